@@ -1,0 +1,180 @@
+//! `bootd export`: one raw file as LUN 0 of one target.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use iscsi_proto::conn::ChapCredentials;
+use iscsi_target::lun::{Lun, LunConfig};
+use iscsi_target::raw::RawFile;
+use iscsi_target::{Server, ServerConfig, Target};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The raw image file (or block device) to serve.
+    file: PathBuf,
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:3260")]
+    listen: SocketAddr,
+    /// Target name (default: derived from the file name).
+    #[arg(long)]
+    iqn: Option<String>,
+    /// Refuse writes.
+    #[arg(long)]
+    read_only: bool,
+    /// Require CHAP with this user and secret.
+    #[arg(long, value_name = "USER:SECRET")]
+    chap: Option<String>,
+    /// Also prove the target to the initiator (mutual CHAP).
+    #[arg(long, value_name = "USER:SECRET", requires = "chap")]
+    mutual_chap: Option<String>,
+    /// Only these initiator names may log in (repeatable; default: any).
+    #[arg(long = "initiator", value_name = "IQN")]
+    initiators: Vec<String>,
+}
+
+fn split_chap(s: &str) -> Result<(String, Vec<u8>)> {
+    let (user, secret) = s
+        .split_once(':')
+        .context("CHAP credentials must be USER:SECRET")?;
+    if user.is_empty() || secret.len() < 12 || secret.len() > 16 {
+        // RFC 7143 12.1.3: CHAP secrets are 12 to 16 bytes for interop
+        // with initiators that enforce it (Windows, open-iscsi warns).
+        bail!("CHAP user must be non-empty and the secret 12 to 16 characters");
+    }
+    Ok((user.to_string(), secret.as_bytes().to_vec()))
+}
+
+/// A stable 64-bit id for VPD designators: FNV-1a of the text.
+fn stable_id(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn default_iqn(file: &Path) -> String {
+    let name: String = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "disk".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("iqn.2026-11.io.bootd:export.{name}")
+}
+
+pub fn run(data_dir: &Path, args: ExportArgs) -> Result<()> {
+    let chap = match &args.chap {
+        Some(c) => {
+            let (user, secret) = split_chap(c)?;
+            let mutual = args.mutual_chap.as_deref().map(split_chap).transpose()?;
+            Some(ChapCredentials {
+                user,
+                secret,
+                mutual,
+            })
+        }
+        None => None,
+    };
+    let iqn = args.iqn.clone().unwrap_or_else(|| default_iqn(&args.file));
+    // Opening the file and loading reservation state block: do it all
+    // before the runtime starts.
+    let path = std::fs::canonicalize(&args.file)
+        .with_context(|| format!("{}: cannot open", args.file.display()))?;
+    let device = RawFile::open(&path, args.read_only)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    let id = stable_id(&format!("{}\0{}", iqn, path.display()));
+    let pr_dir = data_dir.join("pr");
+    let pr_state = match std::fs::create_dir_all(&pr_dir) {
+        Ok(()) => Some(pr_dir.join(format!("{id:016x}-lun0"))),
+        Err(e) => {
+            tracing::warn!(
+                "{}: {e}; persistent reservations kept in memory only",
+                pr_dir.display()
+            );
+            None
+        }
+    };
+    let lun = Lun::new(
+        Arc::new(device),
+        LunConfig {
+            serial: format!("{id:016x}"),
+            naa_id: id,
+            vendor: "BOOTD".into(),
+            product: "export".into(),
+            pr_state,
+        },
+    )
+    .context("setting up LUN 0")?;
+    let target = Target {
+        iqn,
+        alias: None,
+        luns: BTreeMap::from([(0, Arc::new(lun))]),
+        allowed_initiators: (!args.initiators.is_empty()).then(|| args.initiators.clone()),
+        chap,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(&args, &path, target))
+}
+
+async fn serve(args: &ExportArgs, path: &Path, target: Target) -> Result<()> {
+    let iqn = target.iqn.clone();
+    let server = Server::new(ServerConfig::default());
+    server.add_target(target)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        match local {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
+    };
+    // stdout carries exactly these two lines so scripts can wait for them.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "iscsi://{host}:{}/{iqn}/0", local.port())?;
+    writeln!(out, "sanboot iscsi:{host}::{}:0:{iqn}", local.port())?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(file = %path.display(), listen = %local, read_only = args.read_only, "serving");
+
+    let srv = server.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        srv.shutdown();
+    });
+    server.serve(listener).await?;
+    tracing::info!("flushed; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can still be killed; serve on.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

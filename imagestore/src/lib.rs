@@ -1,0 +1,7 @@
+//! Golden images and per-node copy-on-write overlays for bootd.
+//!
+//! An image's format is decided from its own bytes ([`format::probe`]), never
+//! from a file name: operators bring raw disks, qcow2 from KVM shops and
+//! VHD/VHDX from Hyper-V shops, and a header is untrusted input.
+
+pub mod format;

@@ -1,0 +1,14 @@
+//! Tokio driver for bootd's iSCSI target.
+//!
+//! Runs [`iscsi_proto::conn::Connection`]s over TCP, one task per connection,
+//! and executes their SCSI commands against [`block::BlockDevice`]s through
+//! [`lun::Lun`]. The caller binds the listener and passes it in.
+
+pub mod block;
+pub mod lun;
+pub mod mem;
+pub mod raw;
+pub mod server;
+mod session;
+
+pub use server::{Server, ServerConfig, ServerError, Target};

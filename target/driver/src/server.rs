@@ -1,0 +1,316 @@
+//! The target server: targets and their LUNs, access control, the session
+//! registry, and the accept loop. The caller binds the listener.
+
+use crate::lun::Lun;
+use crate::session;
+use iscsi_proto::conn::{
+    Authorization, ChapCredentials, ConnConfig, DiscoveredTarget, TargetDirectory,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+/// Limits and timers for every connection of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Connections served at once; more are closed right after accept.
+    pub max_connections: usize,
+    pub login_timeout: Duration,
+    pub nop_interval: Duration,
+    pub idle_timeout: Duration,
+    pub max_recv_data_segment: u32,
+    pub max_burst: u32,
+    pub first_burst: u32,
+    pub max_outstanding_r2t: u32,
+    pub cmd_window: u32,
+    pub max_transfer: u32,
+    pub portal_group_tag: u16,
+    /// How long shutdown waits for initiators to log out.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            login_timeout: Duration::from_secs(15),
+            nop_interval: Duration::from_secs(10),
+            // iPXE never answers pings and its session is abandoned at the
+            // OS handoff; this reaps it while leaving live initiators alone.
+            idle_timeout: Duration::from_secs(120),
+            max_recv_data_segment: 262_144,
+            max_burst: 1 << 20,
+            first_burst: 262_144,
+            max_outstanding_r2t: 8,
+            cmd_window: 128,
+            max_transfer: 8 << 20,
+            portal_group_tag: 1,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One target: a name, its LUNs and who may use it.
+pub struct Target {
+    pub iqn: String,
+    pub alias: Option<String>,
+    pub luns: BTreeMap<u64, Arc<Lun>>,
+    /// With `Some`, only these initiator names may log in.
+    pub allowed_initiators: Option<Vec<String>>,
+    /// With `Some`, login needs CHAP with these credentials.
+    pub chap: Option<ChapCredentials>,
+}
+
+impl Target {
+    fn authorization(&self, initiator: &str) -> Authorization {
+        match &self.allowed_initiators {
+            Some(list) if !list.iter().any(|i| i == initiator) => Authorization::Denied,
+            _ => Authorization::Allowed(self.chap.clone()),
+        }
+    }
+}
+
+/// A live session as the registry knows it.
+pub(crate) struct SessionEntry {
+    pub tsih: u16,
+    pub conn_id: u64,
+    /// Tells the session's connection to close (reinstatement, removal).
+    pub kill: Arc<Notify>,
+    pub target: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("accept failed: {0}")]
+    Accept(#[from] std::io::Error),
+    #[error("target {0} already exists")]
+    TargetExists(String),
+}
+
+pub struct Server {
+    pub(crate) config: ServerConfig,
+    targets: RwLock<HashMap<String, Arc<Target>>>,
+    /// Live sessions by (initiator name, ISID).
+    pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionEntry>>,
+    next_tsih: AtomicU16,
+    next_conn: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            targets: RwLock::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            next_tsih: AtomicU16::new(1),
+            next_conn: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub fn add_target(&self, target: Target) -> Result<(), ServerError> {
+        let mut t = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        if t.contains_key(&target.iqn) {
+            return Err(ServerError::TargetExists(target.iqn));
+        }
+        t.insert(target.iqn.clone(), Arc::new(target));
+        Ok(())
+    }
+
+    /// Removes a target and ends its sessions.
+    pub fn remove_target(&self, iqn: &str) -> Option<Arc<Target>> {
+        let removed = self
+            .targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(iqn);
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for s in sessions
+            .values()
+            .filter(|s| s.target.as_deref() == Some(iqn))
+        {
+            s.kill.notify_one();
+        }
+        removed
+    }
+
+    pub fn target(&self, iqn: &str) -> Option<Arc<Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(iqn)
+            .cloned()
+    }
+
+    /// Live sessions (normal and discovery).
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub(crate) fn conn_config(&self) -> ConnConfig {
+        let c = &self.config;
+        ConnConfig {
+            tsih: self.alloc_tsih(),
+            portal_group_tag: c.portal_group_tag,
+            max_recv_data_segment: c.max_recv_data_segment,
+            max_outstanding_r2t: c.max_outstanding_r2t,
+            max_burst: c.max_burst,
+            first_burst: c.first_burst,
+            cmd_window: c.cmd_window,
+            max_transfer: c.max_transfer,
+            login_timeout: c.login_timeout,
+            nop_interval: c.nop_interval,
+            idle_timeout: c.idle_timeout,
+            target_alias: None,
+        }
+    }
+
+    fn alloc_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+
+    pub(crate) fn alloc_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Starts an orderly shutdown: no new connections; sessions are asked
+    /// to log out, then closed. [`Server::serve`] returns when all are gone.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Accepts connections until [`Server::shutdown`], then waits for every
+    /// connection to end and flushes every LUN.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut stop = self.shutdown_signal();
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors and the like: wait a moment
+                            // rather than spin or give up.
+                            tracing::warn!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "connection limit reached; closing");
+                        continue;
+                    };
+                    let server = self.clone();
+                    conns.spawn(async move {
+                        session::run(server, stream, peer).await;
+                        drop(permit);
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                _ = stop.changed() => break,
+            }
+        }
+        drop(listener);
+        while conns.join_next().await.is_some() {}
+        self.flush_all().await;
+        Ok(())
+    }
+
+    async fn flush_all(&self) {
+        let targets: Vec<Arc<Target>> = self
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in targets {
+            for (n, lun) in &t.luns {
+                if let Err(e) = lun.flush().await {
+                    tracing::error!(target = %t.iqn, lun = n, "flush on shutdown failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The server as one connection's login and discovery see it.
+pub(crate) struct Directory<'a> {
+    pub server: &'a Server,
+    /// The portal this connection arrived on, for SendTargets.
+    pub local: SocketAddr,
+}
+
+impl TargetDirectory for Directory<'_> {
+    fn authorize(&self, initiator: &str, target: Option<&str>) -> Authorization {
+        match target {
+            // Discovery: open to anyone; SendTargets filters what they see.
+            None => Authorization::Allowed(None),
+            Some(name) => match self.server.target(name) {
+                None => Authorization::NotFound,
+                Some(t) => t.authorization(initiator),
+            },
+        }
+    }
+
+    fn discover(&self, initiator: &str) -> Vec<DiscoveredTarget> {
+        let address = match self.local {
+            SocketAddr::V4(a) => format!(
+                "{}:{},{}",
+                a.ip(),
+                a.port(),
+                self.server.config.portal_group_tag
+            ),
+            SocketAddr::V6(a) => format!(
+                "[{}]:{},{}",
+                a.ip(),
+                a.port(),
+                self.server.config.portal_group_tag
+            ),
+        };
+        let targets = self
+            .server
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<DiscoveredTarget> = targets
+            .values()
+            .filter(|t| matches!(t.authorization(initiator), Authorization::Allowed(_)))
+            .map(|t| DiscoveredTarget {
+                name: t.iqn.clone(),
+                addresses: vec![address.clone()],
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn session_exists(&self, initiator: &str, isid: &[u8; 6], tsih: u16) -> bool {
+        self.server
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(initiator.to_string(), *isid))
+            .is_some_and(|s| s.tsih == tsih)
+    }
+}

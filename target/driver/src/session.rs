@@ -1,0 +1,302 @@
+//! One TCP connection: moves bytes between the socket and its
+//! [`Connection`], runs its SCSI commands concurrently on the LUNs, and
+//! keeps the session registry current.
+
+use crate::server::{Directory, Server, SessionEntry, Target};
+use bytes::BytesMut;
+use iscsi_proto::conn::{Connection, Event, SessionInfo, SessionType, TmfRequest};
+use iscsi_proto::scsi::spc;
+use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, TmfResponse};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+const READ_CHUNK: usize = 256 * 1024;
+const REPORT_LUNS: u8 = 0xA0;
+
+/// The logged-in side of a connection: its target and I_T nexus.
+struct Bound {
+    target: Arc<Target>,
+    nexus: Nexus,
+}
+
+struct State {
+    server: Arc<Server>,
+    conn: Connection,
+    conn_id: u64,
+    kill: Arc<Notify>,
+    info: Option<SessionInfo>,
+    bound: Option<Bound>,
+    done_tx: mpsc::UnboundedSender<(u32, ScsiResult)>,
+}
+
+pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%peer, "no local address: {e}");
+            return;
+        }
+    };
+    tune_socket(&stream);
+    let (mut rd, mut wr) = stream.into_split();
+    // The writer runs on its own so that a slow reader on the other side
+    // never stops us from taking in its commands.
+    let (tx_out, mut rx_out) = mpsc::unbounded_channel::<BytesMut>();
+    let writer = tokio::spawn(async move {
+        while let Some(buf) = rx_out.recv().await {
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut st = State {
+        conn: Connection::new(server.conn_config(), Instant::now()),
+        conn_id: server.alloc_conn_id(),
+        kill: Arc::new(Notify::new()),
+        info: None,
+        bound: None,
+        done_tx,
+        server,
+    };
+    let mut stop = st.server.shutdown_signal();
+    let mut stopping = false;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let result: Result<(), String> = loop {
+        let deadline = st.conn.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => break Ok(()),
+                Ok(_) => {
+                    let dir = Directory { server: &st.server, local };
+                    if let Err(e) = st.conn.handle_input(&mut buf, &dir, Instant::now()) {
+                        flush_out(&mut st.conn, &tx_out);
+                        break Err(e.to_string());
+                    }
+                    if buf.capacity() - buf.len() < 4096 {
+                        buf.reserve(READ_CHUNK);
+                    }
+                }
+                Err(e) => break Err(format!("read: {e}")),
+            },
+            Some((itt, res)) = done_rx.recv() => {
+                st.conn.complete_command(itt, res);
+                // Take every completion that is ready: one write for all.
+                while let Ok((itt, res)) = done_rx.try_recv() {
+                    st.conn.complete_command(itt, res);
+                }
+            }
+            _ = sleep => {
+                if let Err(e) = st.conn.handle_timeout(Instant::now()) {
+                    break Err(e.to_string());
+                }
+            }
+            _ = st.kill.notified() => {
+                st.conn.close();
+                break Err("session reinstated or target removed".into());
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                st.conn.request_logout(0);
+                let grace = st.server.config.shutdown_grace;
+                let kill = st.kill.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    kill.notify_one();
+                });
+            }
+        }
+        while let Some(ev) = st.conn.poll_event() {
+            st.on_event(ev);
+        }
+        flush_out(&mut st.conn, &tx_out);
+        if st.conn.is_closed() {
+            break Ok(());
+        }
+    };
+    if let Err(e) = &result {
+        tracing::info!(%peer, initiator = st.info.as_ref().map(|i| i.initiator_name.as_str()), "connection ended: {e}");
+    }
+    st.unregister();
+    drop(tx_out);
+    let _ = writer.await;
+}
+
+fn flush_out(conn: &mut Connection, tx: &mpsc::UnboundedSender<BytesMut>) {
+    if let Some(b) = conn.poll_transmit() {
+        let _ = tx.send(b);
+    }
+}
+
+fn tune_socket(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    // Dead peers (an abandoned iPXE session after a power cut) are found by
+    // keepalive even when the idle timer is long.
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10));
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+impl State {
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::LoggedIn(info) => self.logged_in(info),
+            Event::Command(cmd) => self.command(cmd),
+            Event::TaskManagement(req) => self.task_management(req),
+            Event::Logout => {}
+        }
+    }
+
+    fn logged_in(&mut self, info: SessionInfo) {
+        let key = (info.initiator_name.clone(), info.isid);
+        let entry = SessionEntry {
+            tsih: info.tsih,
+            conn_id: self.conn_id,
+            kill: self.kill.clone(),
+            target: info.target_name.clone(),
+        };
+        // Same initiator and ISID: session reinstatement ends the old one.
+        if let Some(old) = self
+            .server
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, entry)
+        {
+            old.kill.notify_one();
+        }
+        if info.session_type == SessionType::Normal {
+            if let Some(target) = info
+                .target_name
+                .as_deref()
+                .and_then(|t| self.server.target(t))
+            {
+                let nexus = Nexus {
+                    initiator_port: format!("{},i,0x{}", info.initiator_name, hex_isid(&info.isid))
+                        .into(),
+                    target_port: format!(
+                        "{},t,0x{:04x}",
+                        target.iqn, self.server.config.portal_group_tag
+                    )
+                    .into(),
+                    relative_port: 1,
+                };
+                self.bound = Some(Bound { target, nexus });
+            }
+        }
+        tracing::info!(
+            initiator = %info.initiator_name,
+            target = info.target_name.as_deref().unwrap_or("(discovery)"),
+            tsih = info.tsih,
+            "login"
+        );
+        self.info = Some(info);
+    }
+
+    fn command(&mut self, cmd: ScsiCommand) {
+        let Some(bound) = &self.bound else {
+            return;
+        };
+        let opcode = cmd.cdb.first().copied().unwrap_or(0);
+        if opcode == REPORT_LUNS {
+            let luns: Vec<u64> = bound.target.luns.keys().copied().collect();
+            self.conn
+                .complete_command(cmd.itt, spc::report_luns(&luns, &cmd.cdb));
+            return;
+        }
+        let Some(lun) = bound.target.luns.get(&cmd.lun).cloned() else {
+            self.conn
+                .complete_command(cmd.itt, spc::unknown_lun(&cmd.cdb));
+            return;
+        };
+        let nexus = bound.nexus.clone();
+        let itt = cmd.itt;
+        let mut fut = Box::pin(async move { lun.execute(&nexus, &cmd).await });
+        // Most reads of a warm image finish without waiting (page-cache hits
+        // through RWF_NOWAIT): poll once here and skip a task spawn and a
+        // channel round trip. Anything that would wait goes to its own task,
+        // which polls again with a real waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(res) => self.conn.complete_command(itt, res),
+            Poll::Pending => {
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let res = fut.await;
+                    let _ = done.send((itt, res));
+                });
+            }
+        }
+    }
+
+    fn task_management(&mut self, req: TmfRequest) {
+        let Some(bound) = &self.bound else {
+            self.conn
+                .complete_task_management(req.itt, TmfResponse::Rejected);
+            return;
+        };
+        let all = matches!(
+            req.function,
+            iscsi_proto::task::TmfFunction::TargetWarmReset
+                | iscsi_proto::task::TmfFunction::TargetColdReset
+        );
+        let response = if all {
+            for lun in bound.target.luns.values() {
+                lun.task_management(&bound.nexus, req.function);
+            }
+            TmfResponse::Complete
+        } else {
+            match bound.target.luns.get(&req.lun) {
+                Some(lun) => lun.task_management(&bound.nexus, req.function),
+                None => TmfResponse::LunDoesNotExist,
+            }
+        };
+        self.conn.complete_task_management(req.itt, response);
+        if req.function == iscsi_proto::task::TmfFunction::TargetColdReset {
+            self.conn.close_after_flush();
+        }
+    }
+
+    fn unregister(&mut self) {
+        let Some(info) = &self.info else {
+            return;
+        };
+        let key = (info.initiator_name.clone(), info.isid);
+        let mut sessions = self
+            .server
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if sessions
+            .get(&key)
+            .is_some_and(|s| s.conn_id == self.conn_id)
+        {
+            sessions.remove(&key);
+        }
+        drop(sessions);
+        if let Some(b) = &self.bound {
+            for lun in b.target.luns.values() {
+                lun.nexus_lost(&b.nexus);
+            }
+        }
+    }
+}
+
+fn hex_isid(isid: &[u8; 6]) -> String {
+    isid.iter().map(|b| format!("{b:02x}")).collect()
+}

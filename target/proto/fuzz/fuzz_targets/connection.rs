@@ -1,0 +1,60 @@
+//! A whole connection fed hostile bytes: login, then anything.
+#![no_main]
+
+use bytes::BytesMut;
+use iscsi_proto::conn::{
+    Authorization, ConnConfig, Connection, DiscoveredTarget, TargetDirectory,
+};
+use libfuzzer_sys::fuzz_target;
+use std::time::{Duration, Instant};
+
+struct Open;
+
+impl TargetDirectory for Open {
+    fn authorize(&self, _i: &str, _t: Option<&str>) -> Authorization {
+        Authorization::Allowed(None)
+    }
+    fn discover(&self, _i: &str) -> Vec<DiscoveredTarget> {
+        vec![DiscoveredTarget { name: "iqn.t".into(), addresses: vec!["192.0.2.1:3260,1".into()] }]
+    }
+    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _tsih: u16) -> bool {
+        false
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let now = Instant::now();
+    let mut conn = Connection::new(
+        ConnConfig {
+            tsih: 1,
+            portal_group_tag: 1,
+            max_recv_data_segment: 65536,
+            max_outstanding_r2t: 4,
+            max_burst: 262_144,
+            first_burst: 65536,
+            cmd_window: 32,
+            max_transfer: 1 << 20,
+            login_timeout: Duration::from_secs(5),
+            nop_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            target_alias: None,
+        },
+        now,
+    );
+    // Feed in small chunks so partial PDUs are exercised too.
+    for chunk in data.chunks(61) {
+        let mut buf = BytesMut::from(chunk);
+        if conn.handle_input(&mut buf, &Open, now).is_err() {
+            break;
+        }
+        while let Some(ev) = conn.poll_event() {
+            if let iscsi_proto::conn::Event::Command(c) = ev {
+                conn.complete_command(
+                    c.itt,
+                    iscsi_proto::scsi::sense::Sense::INVALID_OPCODE.into_result(),
+                );
+            }
+        }
+        let _ = conn.poll_transmit();
+    }
+});

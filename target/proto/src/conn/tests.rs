@@ -1,0 +1,605 @@
+//! Connection tests: an in-memory initiator drives the state machine with
+//! bytes; no sockets.
+
+use super::*;
+use crate::login::chap_response;
+use crate::pdu::{op, LoginRequest, LogoutPdu, BHS_LEN};
+
+struct Dir {
+    chap: Option<ChapCredentials>,
+}
+
+impl TargetDirectory for Dir {
+    fn authorize(&self, initiator: &str, target: Option<&str>) -> Authorization {
+        match target {
+            None => Authorization::Allowed(None),
+            Some("iqn.t") if initiator == "iqn.bad" => Authorization::Denied,
+            Some("iqn.t") => Authorization::Allowed(self.chap.clone()),
+            Some(_) => Authorization::NotFound,
+        }
+    }
+    fn discover(&self, _initiator: &str) -> Vec<DiscoveredTarget> {
+        vec![DiscoveredTarget {
+            name: "iqn.t".into(),
+            addresses: vec!["192.0.2.1:3260,1".into()],
+        }]
+    }
+    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _tsih: u16) -> bool {
+        false
+    }
+}
+
+fn config() -> ConnConfig {
+    ConnConfig {
+        tsih: 5,
+        portal_group_tag: 1,
+        max_recv_data_segment: 65536,
+        max_outstanding_r2t: 4,
+        max_burst: 262_144,
+        first_burst: 65536,
+        cmd_window: 16,
+        max_transfer: 1 << 20,
+        login_timeout: Duration::from_secs(10),
+        nop_interval: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+        target_alias: None,
+    }
+}
+
+/// A target PDU as the tests look at it.
+#[derive(Debug)]
+struct Pdu {
+    bhs: [u8; BHS_LEN],
+    data: Bytes,
+}
+
+impl Pdu {
+    fn opcode(&self) -> u8 {
+        self.bhs[0] & 0x3f
+    }
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_be_bytes([
+            self.bhs[at],
+            self.bhs[at + 1],
+            self.bhs[at + 2],
+            self.bhs[at + 3],
+        ])
+    }
+    fn keys(&self) -> Pairs {
+        text::parse(&self.data).unwrap_or_default()
+    }
+}
+
+struct Harness {
+    conn: Connection,
+    dir: Dir,
+    now: Instant,
+    cmd_sn: u32,
+    last_r2t_ttt: u32,
+}
+
+impl Harness {
+    fn new(chap: Option<ChapCredentials>) -> Self {
+        let now = Instant::now();
+        Self {
+            conn: Connection::new(config(), now),
+            dir: Dir { chap },
+            now,
+            cmd_sn: 1,
+            last_r2t_ttt: 0,
+        }
+    }
+
+    fn send(&mut self, req: &Request) -> Result<Vec<Pdu>, ConnError> {
+        let mut buf = BytesMut::new();
+        let digests = self.conn.digests;
+        req.encode(&mut buf, digests);
+        self.send_bytes(buf)
+    }
+
+    fn send_bytes(&mut self, mut buf: BytesMut) -> Result<Vec<Pdu>, ConnError> {
+        self.conn.handle_input(&mut buf, &self.dir, self.now)?;
+        Ok(self.drain())
+    }
+
+    fn drain(&mut self) -> Vec<Pdu> {
+        let mut out = Vec::new();
+        let Some(tx) = self.conn.poll_transmit() else {
+            return out;
+        };
+        let mut tx = tx.freeze();
+        let digests = self.conn.digests;
+        while !tx.is_empty() {
+            let Ok(Some(len)) = pdu::frame_len(&tx, digests, 1 << 24) else {
+                panic!("target sent a malformed PDU");
+            };
+            let Ok(raw) = RawPdu::parse(tx.split_to(len), digests) else {
+                panic!("target sent an undecodable PDU");
+            };
+            out.push(Pdu {
+                bhs: raw.bhs,
+                data: raw.data,
+            });
+        }
+        out
+    }
+
+    fn login(
+        &mut self,
+        csg: u8,
+        nsg: u8,
+        transit: bool,
+        keys: &[(&str, &str)],
+    ) -> Result<Pdu, ConnError> {
+        let mut p = Pairs::default();
+        for (k, v) in keys {
+            p.push(*k, *v);
+        }
+        let req = Request::Login(LoginRequest {
+            transit,
+            cont: false,
+            csg,
+            nsg,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 0,
+            itt: 1,
+            cid: 0,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: 0,
+            data: p.encode(),
+        });
+        let mut pdus = self.send(&req)?;
+        assert_eq!(pdus.len(), 1);
+        Ok(pdus.remove(0))
+    }
+
+    fn full_login(&mut self, extra: &[(&str, &str)]) -> Result<Pdu, ConnError> {
+        let mut keys = vec![
+            ("InitiatorName", "iqn.i"),
+            ("TargetName", "iqn.t"),
+            ("SessionType", "Normal"),
+        ];
+        keys.extend_from_slice(extra);
+        let r = self.login(1, 3, true, &keys)?;
+        assert_eq!((r.bhs[36], r.bhs[37]), (0, 0), "login failed");
+        Ok(r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scsi(
+        &mut self,
+        itt: u32,
+        cdb: &[u8],
+        read: bool,
+        write: bool,
+        len: u32,
+        data: Bytes,
+        final_: bool,
+    ) -> Result<Vec<Pdu>, ConnError> {
+        let mut c = cdb.to_vec();
+        c.resize(16, 0);
+        let sn = self.cmd_sn;
+        self.cmd_sn += 1;
+        self.send(&Request::ScsiCommand(ScsiCommandPdu {
+            immediate: false,
+            final_,
+            read,
+            write,
+            attr: 1,
+            lun: 0,
+            itt,
+            expected_len: len,
+            cmd_sn: sn,
+            exp_stat_sn: 0,
+            cdb: Bytes::from(c),
+            data,
+        }))
+    }
+}
+
+fn good(data: &[u8], transfer_len: u32) -> ScsiResult {
+    ScsiResult {
+        status: ScsiStatus::GOOD,
+        sense: None,
+        data_in: Bytes::copy_from_slice(data),
+        transfer_len,
+    }
+}
+
+#[test]
+fn login_without_auth_answers_only_offered_keys() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    let r = h.full_login(&[
+        ("MaxRecvDataSegmentLength", "8192"),
+        ("ImmediateData", "No"),
+        ("X-com.example", "1"),
+    ])?;
+    assert_eq!(r.opcode(), op::LOGIN_RESPONSE);
+    assert_eq!(r.bhs[1] & 0x83, 0x83, "T bit and NSG=3");
+    assert_eq!(u16::from_be_bytes([r.bhs[14], r.bhs[15]]), 5, "TSIH");
+    let keys = r.keys();
+    assert_eq!(keys.get("TargetPortalGroupTag"), Some("1"));
+    assert_eq!(keys.get("ImmediateData"), Some("No"));
+    assert_eq!(keys.get("MaxRecvDataSegmentLength"), Some("65536"));
+    assert_eq!(keys.get("X-com.example"), Some("NotUnderstood"));
+    assert_eq!(keys.get("FirstBurstLength"), None, "never propose keys");
+    assert!(matches!(h.conn.poll_event(), Some(Event::LoggedIn(i)) if i.tsih == 5));
+    Ok(())
+}
+
+#[test]
+fn login_failures_have_the_right_status() -> Result<(), ConnError> {
+    type Keys<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Keys, (u8, u8)); 4] = [
+        (&[("TargetName", "iqn.t")], (2, 7)),
+        (
+            &[("InitiatorName", "iqn.i"), ("TargetName", "iqn.nope")],
+            (2, 3),
+        ),
+        (
+            &[("InitiatorName", "iqn.bad"), ("TargetName", "iqn.t")],
+            (2, 2),
+        ),
+        (&[("InitiatorName", "iqn.i")], (2, 7)),
+    ];
+    for (keys, status) in cases {
+        let mut h = Harness::new(None);
+        let mut p = Pairs::default();
+        for (k, v) in keys {
+            p.push(*k, *v);
+        }
+        let mut buf = BytesMut::new();
+        Request::Login(LoginRequest {
+            transit: true,
+            cont: false,
+            csg: 1,
+            nsg: 3,
+            version_max: 0,
+            version_min: 0,
+            isid: [0; 6],
+            tsih: 0,
+            itt: 1,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            data: p.encode(),
+        })
+        .encode(&mut buf, Digests::default());
+        assert!(h.conn.handle_input(&mut buf, &h.dir, h.now).is_err());
+        let pdus = h.drain();
+        assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), status, "{keys:?}");
+        assert!(h.conn.is_closed());
+    }
+    Ok(())
+}
+
+fn creds(mutual: bool) -> ChapCredentials {
+    ChapCredentials {
+        user: "alice".into(),
+        secret: b"secretsecret".to_vec(),
+        mutual: mutual.then(|| ("target".into(), b"targetsecret".to_vec())),
+    }
+}
+
+fn chap_login(h: &mut Harness, secret: &[u8], mutual: Option<&[u8]>) -> Result<Pdu, ConnError> {
+    let r = h.login(
+        0,
+        1,
+        true,
+        &[
+            ("InitiatorName", "iqn.i"),
+            ("TargetName", "iqn.t"),
+            ("AuthMethod", "CHAP,None"),
+        ],
+    )?;
+    assert_eq!(r.keys().get("AuthMethod"), Some("CHAP"));
+    assert_eq!(r.bhs[1] & 0x80, 0, "no transit before CHAP");
+    let r = h.login(0, 1, false, &[("CHAP_A", "7,5")])?;
+    let k = r.keys();
+    assert_eq!(k.get("CHAP_A"), Some("5"));
+    let id: u8 = k
+        .get("CHAP_I")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_default();
+    let challenge = login::decode_binary(k.get("CHAP_C").unwrap_or("")).unwrap_or_default();
+    assert_eq!(challenge.len(), 16);
+    let resp = format!("0x{}", hex::encode(chap_response(id, secret, &challenge)));
+    let mut keys = vec![("CHAP_N", "alice"), ("CHAP_R", resp.as_str())];
+    if mutual.is_some() {
+        keys.push(("CHAP_I", "77"));
+        keys.push(("CHAP_C", "0x0102030405060708"));
+    }
+    h.login(0, 1, true, &keys)
+}
+
+#[test]
+fn chap_one_way_and_mutual() -> Result<(), ConnError> {
+    let mut h = Harness::new(Some(creds(false)));
+    let r = chap_login(&mut h, b"secretsecret", None)?;
+    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
+    assert_eq!(r.bhs[1] & 0x83, 0x81, "transit to operational");
+
+    let mut h = Harness::new(Some(creds(true)));
+    let r = chap_login(&mut h, b"secretsecret", Some(b"targetsecret"))?;
+    let k = r.keys();
+    assert_eq!(k.get("CHAP_N"), Some("target"));
+    let want = chap_response(77, b"targetsecret", &[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        k.get("CHAP_R").and_then(login::decode_binary),
+        Some(want.to_vec())
+    );
+    let r = h.login(1, 3, true, &[])?;
+    assert_eq!(r.bhs[1] & 0x83, 0x83);
+    Ok(())
+}
+
+#[test]
+fn chap_wrong_secret_or_skipped_is_refused() {
+    let mut h = Harness::new(Some(creds(false)));
+    assert!(chap_login(&mut h, b"wrongwrongwr", None).is_err());
+    let pdus = h.drain();
+    assert!(pdus.is_empty() || (pdus[0].bhs[36], pdus[0].bhs[37]) == (2, 1));
+
+    // Going straight to the operational stage without CHAP.
+    let mut h = Harness::new(Some(creds(false)));
+    let r = h.login(
+        1,
+        3,
+        true,
+        &[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t")],
+    );
+    assert!(r.is_err());
+    let pdus = h.drain();
+    assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), (2, 1));
+}
+
+#[test]
+fn read_collapses_status_and_reports_underflow() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[("MaxRecvDataSegmentLength", "1024")])?;
+    h.conn.poll_event();
+    assert!(h
+        .scsi(
+            0x10,
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 4, 0],
+            true,
+            false,
+            4096,
+            Bytes::new(),
+            true
+        )?
+        .is_empty());
+    let Some(Event::Command(cmd)) = h.conn.poll_event() else {
+        panic!("no command event");
+    };
+    assert_eq!(cmd.itt, 0x10);
+    // The CDB asked for 2048 bytes only: 2048 underflow.
+    h.conn.complete_command(0x10, good(&[7u8; 2048], 2048));
+    let pdus = h.drain();
+    assert_eq!(pdus.len(), 2, "two 1024-byte Data-In PDUs");
+    assert!(pdus.iter().all(|p| p.opcode() == op::DATA_IN));
+    assert_eq!(pdus[1].bhs[1], 0x80 | 0x01 | 0x02, "F, S and U");
+    assert_eq!(pdus[1].u32(44), 2048);
+    assert_eq!(pdus[1].u32(40), 1024, "buffer offset");
+    assert_eq!(pdus[1].u32(36), 1, "DataSN");
+    Ok(())
+}
+
+#[test]
+fn write_with_r2ts_like_ipxe() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[
+        ("ImmediateData", "No"),
+        ("InitialR2T", "Yes"),
+        ("MaxOutstandingR2T", "1"),
+        ("MaxBurstLength", "1024"),
+    ])?;
+    h.conn.poll_event();
+    let pdus = h.scsi(
+        0x20,
+        &[0x2A, 0, 0, 0, 0, 0, 0, 0, 4, 0],
+        false,
+        true,
+        2048,
+        Bytes::new(),
+        true,
+    )?;
+    assert_eq!(pdus.len(), 1);
+    assert_eq!(pdus[0].opcode(), op::R2T);
+    assert_eq!((pdus[0].u32(40), pdus[0].u32(44)), (0, 1024));
+    let mut offset = 0;
+    for r2t in 0..2u32 {
+        let ttt = if r2t == 0 { pdus[0].u32(20) } else { 0 };
+        let ttt = if r2t == 1 { h.last_r2t_ttt } else { ttt };
+        for sn in 0..2u32 {
+            let out = h.send(&Request::DataOut(DataOutPdu {
+                final_: sn == 1,
+                lun: 0,
+                itt: 0x20,
+                ttt,
+                exp_stat_sn: 0,
+                data_sn: sn,
+                buffer_offset: offset,
+                data: Bytes::from(vec![offset as u8; 512]),
+            }))?;
+            offset += 512;
+            if let Some(p) = out.iter().find(|p| p.opcode() == op::R2T) {
+                assert_eq!(p.u32(40), 1024);
+                assert_eq!(p.u32(36), 1, "R2TSN");
+                h.last_r2t_ttt = p.u32(20);
+            }
+        }
+    }
+    let Some(Event::Command(cmd)) = h.conn.poll_event() else {
+        panic!("no command event");
+    };
+    assert_eq!(cmd.data_out.len(), 2048);
+    assert_eq!(cmd.data_out[1536], 1536u32 as u8);
+    h.conn.complete_command(0x20, good(&[], 2048));
+    let pdus = h.drain();
+    assert_eq!(pdus[0].opcode(), op::SCSI_RESPONSE);
+    assert_eq!(pdus[0].bhs[1] & 0x06, 0, "no residual");
+    Ok(())
+}
+
+#[test]
+fn immediate_and_unsolicited_data() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[
+        ("ImmediateData", "Yes"),
+        ("InitialR2T", "No"),
+        ("FirstBurstLength", "1024"),
+    ])?;
+    h.conn.poll_event();
+    let out = h.scsi(
+        0x30,
+        &[0x2A],
+        false,
+        true,
+        3072,
+        Bytes::from(vec![1u8; 512]),
+        false,
+    )?;
+    assert!(out.is_empty(), "unsolicited data expected first");
+    let out = h.send(&Request::DataOut(DataOutPdu {
+        final_: true,
+        lun: 0,
+        itt: 0x30,
+        ttt: RESERVED_TAG,
+        exp_stat_sn: 0,
+        data_sn: 0,
+        buffer_offset: 512,
+        data: Bytes::from(vec![2u8; 512]),
+    }))?;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].opcode(), op::R2T);
+    assert_eq!((out[0].u32(40), out[0].u32(44)), (1024, 2048));
+    Ok(())
+}
+
+#[test]
+fn cmdsn_window_orders_and_drops() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[])?;
+    h.conn.poll_event();
+    // CmdSN 2 arrives before 1: held.
+    h.cmd_sn = 2;
+    h.scsi(2, &[0x00], false, false, 0, Bytes::new(), true)?;
+    assert!(h.conn.poll_event().is_none());
+    // Far outside the window: ignored.
+    h.cmd_sn = 1000;
+    h.scsi(3, &[0x00], false, false, 0, Bytes::new(), true)?;
+    assert!(h.conn.poll_event().is_none());
+    h.cmd_sn = 1;
+    h.scsi(1, &[0x00], false, false, 0, Bytes::new(), true)?;
+    let order: Vec<u32> = std::iter::from_fn(|| h.conn.poll_event())
+        .filter_map(|e| match e {
+            Event::Command(c) => Some(c.itt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec![1, 2]);
+    Ok(())
+}
+
+#[test]
+fn rejects_unknown_opcodes_and_snack() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[])?;
+    for req in [Request::Unknown { opcode: 0x1c }, Request::Snack { itt: 1 }] {
+        let out = h.send(&req)?;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].opcode(), op::REJECT);
+        assert_eq!(out[0].data.len(), BHS_LEN);
+    }
+    // Oversized data segment: the connection is dropped.
+    let mut buf = BytesMut::new();
+    let mut bhs = [0u8; BHS_LEN];
+    bhs[0] = op::NOP_OUT;
+    bhs[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    buf.extend_from_slice(&bhs);
+    assert!(h.send_bytes(buf).is_err());
+    Ok(())
+}
+
+#[test]
+fn nop_ping_and_idle_timeout() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[])?;
+    let out = h.send(&Request::NopOut(NopOutPdu {
+        immediate: true,
+        lun: 0,
+        itt: 9,
+        ttt: RESERVED_TAG,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+        data: Bytes::from_static(b"hello"),
+    }))?;
+    assert_eq!(out[0].opcode(), op::NOP_IN);
+    assert_eq!(&out[0].data[..], b"hello");
+    let t = h.conn.poll_timeout().unwrap_or(h.now);
+    assert_eq!(t, h.now + Duration::from_secs(5));
+    h.conn.handle_timeout(t)?;
+    let ping = h.drain();
+    assert_eq!(ping[0].opcode(), op::NOP_IN);
+    assert_eq!(ping[0].u32(16), RESERVED_TAG);
+    assert!(h
+        .conn
+        .handle_timeout(h.now + Duration::from_secs(31))
+        .is_err());
+    Ok(())
+}
+
+#[test]
+fn discovery_and_logout() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    let r = h.login(
+        1,
+        3,
+        true,
+        &[("InitiatorName", "iqn.i"), ("SessionType", "Discovery")],
+    )?;
+    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
+    let out = h.send(&Request::Text(TextPdu {
+        immediate: true,
+        final_: true,
+        cont: false,
+        itt: 3,
+        ttt: RESERVED_TAG,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        data: Bytes::from_static(b"SendTargets=All\0"),
+    }))?;
+    let k = out[0].keys();
+    assert_eq!(k.get("TargetName"), Some("iqn.t"));
+    assert_eq!(k.get("TargetAddress"), Some("192.0.2.1:3260,1"));
+    let out = h.send(&Request::Logout(LogoutPdu {
+        immediate: true,
+        reason: 0,
+        itt: 4,
+        cid: 0,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+    }))?;
+    assert_eq!(out[0].opcode(), op::LOGOUT_RESPONSE);
+    assert!(h.conn.is_closed());
+    Ok(())
+}
+
+#[test]
+fn hostile_streams_never_panic() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::default();
+    let strat = proptest::collection::vec(any::<u8>(), 0..2000);
+    let res = runner.run(&strat, |bytes| {
+        let mut h = Harness::new(None);
+        let _ = h.full_login(&[]);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = h.conn.handle_input(&mut buf, &h.dir, h.now);
+        let _ = h.drain();
+        Ok(())
+    });
+    assert!(res.is_ok(), "{res:?}");
+}

@@ -1,0 +1,188 @@
+//! Reading CDB fields without trusting the CDB's length: every accessor
+//! reads missing bytes as zero, so a short or hostile CDB can never panic.
+
+/// A borrowed CDB with zero-extending big-endian accessors.
+#[derive(Debug, Clone, Copy)]
+pub struct Cdb<'a>(pub &'a [u8]);
+
+impl Cdb<'_> {
+    pub fn b(&self, i: usize) -> u8 {
+        self.0.get(i).copied().unwrap_or(0)
+    }
+
+    pub fn opcode(&self) -> u8 {
+        self.b(0)
+    }
+
+    /// Service action in byte 1 bits 4..0 (SERVICE ACTION IN/MAINTENANCE IN, PR).
+    pub fn sa(&self) -> u8 {
+        self.b(1) & 0x1F
+    }
+
+    pub fn u16(&self, i: usize) -> u16 {
+        u16::from_be_bytes([self.b(i), self.b(i.saturating_add(1))])
+    }
+
+    pub fn u24(&self, i: usize) -> u32 {
+        u32::from_be_bytes([
+            0,
+            self.b(i),
+            self.b(i.saturating_add(1)),
+            self.b(i.saturating_add(2)),
+        ])
+    }
+
+    pub fn u32(&self, i: usize) -> u32 {
+        (u32::from(self.u16(i)) << 16) | u32::from(self.u16(i.saturating_add(2)))
+    }
+
+    pub fn u64(&self, i: usize) -> u64 {
+        (u64::from(self.u32(i)) << 32) | u64::from(self.u32(i.saturating_add(4)))
+    }
+}
+
+/// Big-endian u16 from a parameter list at `i` (zero past the end).
+pub fn be16(d: &[u8], i: usize) -> u16 {
+    Cdb(d).u16(i)
+}
+
+pub fn be32(d: &[u8], i: usize) -> u32 {
+    Cdb(d).u32(i)
+}
+
+pub fn be64(d: &[u8], i: usize) -> u64 {
+    Cdb(d).u64(i)
+}
+
+/// Bytes the CDB asks to move in its data direction, for residual
+/// computation: allocation length for Data-In commands, the parameter list
+/// or block count for Data-Out commands, 0 for commands without data.
+pub fn transfer_len(cdb: &[u8], block_size: u32) -> u32 {
+    let c = Cdb(cdb);
+    let bs = u64::from(block_size);
+    let blocks = |n: u64| u32::try_from(n.saturating_mul(bs)).unwrap_or(u32::MAX);
+    match c.opcode() {
+        // INQUIRY, MODE SENSE(6), REQUEST SENSE: 1- or 2-byte allocation length.
+        0x12 => u32::from(c.u16(3)),
+        0x1A | 0x03 => u32::from(c.b(4)),
+        // MODE SELECT(6)
+        0x15 => u32::from(c.b(4)),
+        // MODE SENSE(10), MODE SELECT(10), PERSISTENT RESERVE IN/OUT (PROUT: bytes 5..9)
+        0x5A | 0x55 | 0x5E => u32::from(c.u16(7)),
+        0x5F => c.u32(5),
+        0x25 => 8,
+        0x37 => u32::from(c.u16(7)),
+        0xB7 => c.u32(6),
+        // REPORT LUNS, MAINTENANCE IN (RSOC)
+        0xA0 | 0xA3 => c.u32(6),
+        // SERVICE ACTION IN(16): READ CAPACITY(16), GET LBA STATUS
+        0x9E => c.u32(10),
+        // READ(6)/WRITE(6): 0 blocks means 256.
+        0x08 | 0x0A => {
+            let n = if c.b(4) == 0 { 256 } else { u64::from(c.b(4)) };
+            blocks(n)
+        }
+        0x28 | 0x2A | 0x2E => blocks(u64::from(c.u16(7))),
+        0xA8 | 0xAA | 0xAE => blocks(u64::from(c.u32(6))),
+        0x88 | 0x8A | 0x8E | 0x8B => blocks(u64::from(c.u32(10))),
+        // VERIFY: data only with BYTCHK.
+        0x2F => verify_bytes(c.b(1), u64::from(c.u16(7)), bs),
+        0xAF => verify_bytes(c.b(1), u64::from(c.u32(6)), bs),
+        0x8F => verify_bytes(c.b(1), u64::from(c.u32(10)), bs),
+        // WRITE SAME: one block unless NDOB.
+        0x41 => block_size,
+        0x93 => {
+            if c.b(1) & 0x01 != 0 {
+                0
+            } else {
+                block_size
+            }
+        }
+        // COMPARE AND WRITE: compare and write data.
+        0x89 => blocks(u64::from(c.b(13)) * 2),
+        // UNMAP
+        0x42 => u32::from(c.u16(7)),
+        _ => 0,
+    }
+}
+
+fn verify_bytes(byte1: u8, n: u64, bs: u64) -> u32 {
+    match (byte1 >> 1) & 0x03 {
+        0 => 0,
+        3 => u32::try_from(bs).unwrap_or(u32::MAX),
+        _ => u32::try_from(n.saturating_mul(bs)).unwrap_or(u32::MAX),
+    }
+}
+
+/// Whether the command moves data from the initiator (Data-Out).
+pub fn data_out(cdb: &[u8]) -> bool {
+    matches!(
+        Cdb(cdb).opcode(),
+        0x0A | 0x2A
+            | 0xAA
+            | 0x8A
+            | 0x2E
+            | 0xAE
+            | 0x8E
+            | 0x8B
+            | 0x2F
+            | 0xAF
+            | 0x8F
+            | 0x41
+            | 0x93
+            | 0x89
+            | 0x42
+            | 0x15
+            | 0x55
+            | 0x5F
+    )
+}
+
+/// How a command interacts with reservations (SPC-4 5.9.1, SBC-3 4.17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Never conflicts (INQUIRY, REPORT LUNS, PR commands, ...).
+    Exempt,
+    /// Reads the medium or LU state.
+    Read,
+    /// Modifies the medium or LU state.
+    Write,
+}
+
+pub fn access(cdb: &[u8]) -> Access {
+    let c = Cdb(cdb);
+    match c.opcode() {
+        0x12 | 0xA0 | 0x03 | 0x5E | 0x5F | 0x25 | 0x00 => Access::Exempt,
+        0xA3 => Access::Exempt,
+        0x9E if c.sa() == 0x10 => Access::Exempt,
+        0x08 | 0x28 | 0xA8 | 0x88 | 0x2F | 0xAF | 0x8F | 0x9E | 0x1A | 0x5A | 0x34 | 0x90
+        | 0x37 | 0xB7 => Access::Read,
+        _ => Access::Write,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_cdb_reads_zero() {
+        let c = Cdb(&[0x28, 1]);
+        assert_eq!(c.u32(2), 0);
+        assert_eq!(c.u64(usize::MAX - 3), 0);
+        assert_eq!(c.sa(), 1);
+    }
+
+    #[test]
+    fn transfer_lengths() {
+        assert_eq!(transfer_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 2, 0], 512), 1024);
+        assert_eq!(transfer_len(&[0x08, 0, 0, 0, 0, 0], 512), 256 * 512);
+        assert_eq!(transfer_len(&[0x12, 0, 0, 1, 0, 0], 512), 256);
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[13] = 2;
+        assert_eq!(transfer_len(&caw, 512), 2048);
+        assert_eq!(transfer_len(&[0x2F, 0, 0, 0, 0, 0, 0, 0, 4, 0], 512), 0);
+        assert_eq!(transfer_len(&[0x2F, 2, 0, 0, 0, 0, 0, 0, 4, 0], 512), 2048);
+    }
+}

@@ -1,0 +1,423 @@
+//! A logical unit's shared state and the SPC commands that need no block
+//! I/O: unit attentions per I_T nexus, SPC-2 RESERVE/RELEASE, persistent
+//! reservations, mode pages. The driver holds it in a mutex for the short
+//! time a call takes and does the block I/O itself.
+
+use super::cdb::{access, Access, Cdb};
+use super::inquiry::{self, Identity, Limits};
+use super::mode::ModeState;
+use super::pr::PrState;
+use super::sbc::Geometry;
+use super::sense::Sense;
+use super::{good, opcodes};
+use crate::task::{Nexus, ScsiResult, ScsiStatus, TmfFunction};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+
+/// What [`LogicalUnit::spc`] decided for a command.
+#[derive(Debug)]
+pub enum Spc {
+    /// Answered; `pr_changed` says the PR state must be persisted.
+    Done {
+        result: ScsiResult,
+        pr_changed: bool,
+    },
+    /// A block command: the driver decodes it with `sbc` and does the I/O.
+    Block,
+}
+
+pub struct LogicalUnit {
+    pub id: Identity,
+    pub geo: Geometry,
+    pub limits: Limits,
+    pub mode: ModeState,
+    pub pr: PrState,
+    /// Nexuses that have sent a command since power on (or their loss).
+    seen: HashSet<Nexus>,
+    /// Pending unit attentions, oldest first, per nexus.
+    uas: HashMap<Nexus, Vec<Sense>>,
+    /// SPC-2 RESERVE(6/10) holder.
+    reserved_by: Option<Nexus>,
+}
+
+impl LogicalUnit {
+    pub fn new(id: Identity, geo: Geometry, volatile_cache: bool, pr: PrState) -> Self {
+        // At most 8 MiB per command: the whole Data-Out is held in memory.
+        let limits = Limits {
+            max_transfer_blocks: (8 << 20) / geo.block_size.max(512),
+            ..Limits::DEFAULT
+        };
+        let geo = Geometry {
+            max_transfer_blocks: limits.max_transfer_blocks,
+            ..geo
+        };
+        Self {
+            id,
+            geo,
+            limits,
+            mode: ModeState::new(volatile_cache),
+            pr,
+            seen: HashSet::new(),
+            uas: HashMap::new(),
+            reserved_by: None,
+        }
+    }
+
+    /// Writes must reach stable storage before completing (WCE off).
+    pub fn write_through(&self) -> bool {
+        !self.mode.wce
+    }
+
+    fn add_ua(&mut self, n: &Nexus, s: Sense) {
+        let q = self.uas.entry(n.clone()).or_default();
+        if !q.contains(&s) {
+            q.push(s);
+        }
+    }
+
+    /// Unit attention to every nexus this LU knows, except `but`.
+    fn ua_all(&mut self, s: Sense, but: Option<&Nexus>) {
+        let all: Vec<Nexus> = self
+            .seen
+            .iter()
+            .filter(|n| Some(*n) != but)
+            .cloned()
+            .collect();
+        for n in all {
+            self.add_ua(&n, s);
+        }
+    }
+
+    /// Runs the checks every command goes through (unit attention,
+    /// reservation conflicts) and answers the commands that need no block
+    /// I/O. `data` is the command's Data-Out; `lun` the LUN it was sent to
+    /// (REPORT LUNS from here lists only it: the driver answers REPORT LUNS
+    /// for the whole target itself).
+    pub fn spc(&mut self, n: &Nexus, lun: u64, cdb: &[u8], data: &[u8]) -> Spc {
+        let c = Cdb(cdb);
+        let op = c.opcode();
+        if self.seen.insert(n.clone()) {
+            let q = self.uas.entry(n.clone()).or_default();
+            q.retain(|s| *s != Sense::POWER_ON_RESET);
+            q.insert(0, Sense::POWER_ON_RESET);
+        }
+        // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear UAs.
+        let ua_exempt = matches!(op, 0x12 | 0xA0 | 0x03);
+        if !ua_exempt {
+            if let Some(q) = self.uas.get_mut(n) {
+                if !q.is_empty() {
+                    let s = q.remove(0);
+                    return done(s.into_result());
+                }
+            }
+        }
+        if !opcodes::supported(cdb, self.geo.thin) {
+            return done(Sense::INVALID_OPCODE.into_result());
+        }
+        if self.reservation_conflict(n, cdb) {
+            return done(conflict());
+        }
+        match op {
+            0x00 => done(good(Bytes::new(), 0)),
+            0x03 => self.request_sense(n, cdb),
+            0x12 => done(inquiry::inquiry(cdb, &self.id, &self.geo, &self.limits, n)),
+            0xA0 => done(super::spc::report_luns(&[lun], cdb)),
+            0x1A | 0x5A => done(self.mode.sense(cdb, &self.geo)),
+            0x15 | 0x55 => match self.mode.select(cdb, data, &self.geo) {
+                Ok(changed) => {
+                    if changed {
+                        self.ua_all(Sense::MODE_PARAMETERS_CHANGED, Some(n));
+                    }
+                    done(good(Bytes::new(), 0))
+                }
+                Err(r) => done(r),
+            },
+            0x16 | 0x56 => self.reserve(n, cdb),
+            0x17 | 0x57 => {
+                if self.reserved_by.as_ref() == Some(n) {
+                    self.reserved_by = None;
+                }
+                done(good(Bytes::new(), 0))
+            }
+            0x5E => done(self.pr.prin(cdb)),
+            0x5F => match self.pr.prout(n, cdb, data) {
+                Ok(out) => {
+                    for (who, s) in out.uas {
+                        self.add_ua(&who, s);
+                    }
+                    Spc::Done {
+                        result: good(Bytes::new(), 0),
+                        pr_changed: out.changed,
+                    }
+                }
+                Err(r) => done(r),
+            },
+            0xA3 => done(opcodes::report(cdb, self.geo.thin)),
+            // START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL: a fixed,
+            // always-ready medium; field checks only.
+            0x1B => {
+                if c.b(4) & 0x02 != 0 {
+                    // LOEJ: the medium cannot be ejected.
+                    return done(
+                        Sense::INVALID_FIELD_IN_CDB
+                            .cdb_field(4, Some(1))
+                            .into_result(),
+                    );
+                }
+                done(good(Bytes::new(), 0))
+            }
+            0x1E => done(good(Bytes::new(), 0)),
+            0x37 | 0xB7 => done(defect_data(cdb)),
+            _ => Spc::Block,
+        }
+    }
+
+    fn reservation_conflict(&self, n: &Nexus, cdb: &[u8]) -> bool {
+        let op = Cdb(cdb).opcode();
+        if let Some(holder) = &self.reserved_by {
+            // SPC-2: a reserved LU refuses other nexuses except for commands
+            // that report state or release (a no-op for non-holders).
+            let allowed = matches!(op, 0x12 | 0xA0 | 0x03 | 0x17 | 0x57 | 0xA3 | 0x5E | 0x25);
+            if holder != n && !allowed {
+                return true;
+            }
+        }
+        // SPC-2 RESERVE/RELEASE are refused while anyone holds a persistent
+        // registration (SPC-4 persistent reservations, SPC-2 compatibility).
+        if matches!(op, 0x16 | 0x17 | 0x56 | 0x57) && !self.pr.regs.is_empty() {
+            return true;
+        }
+        let a = access(cdb);
+        if a == Access::Exempt {
+            return false;
+        }
+        self.pr.conflicts(n, a)
+    }
+
+    fn reserve(&mut self, n: &Nexus, cdb: &[u8]) -> Spc {
+        let c = Cdb(cdb);
+        // Third-party and extent reservations are not supported.
+        let b1 = c.b(1);
+        if (c.opcode() == 0x16 && b1 & 0x11 != 0) || (c.opcode() == 0x56 && b1 & 0x12 != 0) {
+            return done(Sense::INVALID_FIELD_IN_CDB.cdb_field(1, None).into_result());
+        }
+        match &self.reserved_by {
+            Some(h) if h != n => done(conflict()),
+            _ => {
+                self.reserved_by = Some(n.clone());
+                done(good(Bytes::new(), 0))
+            }
+        }
+    }
+
+    fn request_sense(&mut self, n: &Nexus, cdb: &[u8]) -> Spc {
+        let c = Cdb(cdb);
+        let alloc = usize::from(c.b(4));
+        if c.b(1) & 0x01 != 0 {
+            return done(
+                Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(0))
+                    .into_result(),
+            );
+        }
+        // A pending unit attention is reported (and cleared) as the sense data.
+        let s = self
+            .uas
+            .get_mut(n)
+            .and_then(|q| {
+                if q.is_empty() {
+                    None
+                } else {
+                    Some(q.remove(0))
+                }
+            })
+            .unwrap_or(Sense::NO_SENSE);
+        done(super::good_vec(s.to_fixed().to_vec(), alloc))
+    }
+
+    /// Effect of a task management function on this LU.
+    pub fn task_management(&mut self, n: &Nexus, f: TmfFunction) {
+        match f {
+            TmfFunction::LogicalUnitReset => {
+                self.reserved_by = None;
+                self.ua_all(Sense::BUS_DEVICE_RESET, None);
+            }
+            TmfFunction::TargetWarmReset => {
+                self.reserved_by = None;
+                self.ua_all(Sense::POWER_ON_RESET, None);
+            }
+            TmfFunction::TargetColdReset => {
+                self.reserved_by = None;
+                self.ua_all(Sense::POWER_ON_RESET, None);
+            }
+            TmfFunction::ClearTaskSet => {
+                self.ua_all(Sense::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, Some(n));
+            }
+            _ => {}
+        }
+    }
+
+    /// The I_T nexus is gone: drop its SPC-2 reservation and its state.
+    /// Persistent reservations stay.
+    pub fn nexus_lost(&mut self, n: &Nexus) {
+        if self.reserved_by.as_ref() == Some(n) {
+            self.reserved_by = None;
+        }
+        self.seen.remove(n);
+        self.uas.remove(n);
+    }
+}
+
+/// READ DEFECT DATA(10/12) (SBC-3 5.11, 5.12): a virtual medium has no
+/// defects, so the lists asked for are valid and empty.
+fn defect_data(cdb: &[u8]) -> ScsiResult {
+    let c = Cdb(cdb);
+    if c.opcode() == 0x37 {
+        let flags = c.b(2) & 0x1F;
+        let d = vec![0, flags, 0, 0];
+        super::good_vec(d, usize::from(c.u16(7)))
+    } else {
+        let flags = c.b(1) & 0x1F;
+        let d = vec![0, flags, 0, 0, 0, 0, 0, 0];
+        super::good_vec(d, c.u32(6) as usize)
+    }
+}
+
+fn done(result: ScsiResult) -> Spc {
+    Spc::Done {
+        result,
+        pr_changed: false,
+    }
+}
+
+fn conflict() -> ScsiResult {
+    ScsiResult {
+        status: ScsiStatus::RESERVATION_CONFLICT,
+        sense: None,
+        data_in: Bytes::new(),
+        transfer_len: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lu() -> LogicalUnit {
+        let id = Identity {
+            vendor: "BOOTD".into(),
+            product: "t".into(),
+            revision: "1".into(),
+            serial: "S".into(),
+            naa_id: 7,
+        };
+        let geo = Geometry {
+            block_size: 512,
+            num_blocks: 1000,
+            read_only: false,
+            thin: true,
+            max_transfer_blocks: 0,
+        };
+        LogicalUnit::new(id, geo, true, PrState::default())
+    }
+
+    fn nexus(i: u8) -> Nexus {
+        Nexus {
+            initiator_port: format!("iqn.i{i},i,0x{i}").into(),
+            target_port: "iqn.t,t,0x1".into(),
+            relative_port: 1,
+        }
+    }
+
+    fn answer(s: Spc) -> Option<ScsiResult> {
+        match s {
+            Spc::Done { result, .. } => Some(result),
+            Spc::Block => None,
+        }
+    }
+
+    fn asc(s: Spc) -> Option<(u8, u8)> {
+        answer(s).and_then(|r| r.sense).map(|s| (s[12], s[13]))
+    }
+
+    #[test]
+    fn ua_order_and_exemptions() {
+        let mut lu = lu();
+        let a = nexus(1);
+        assert_eq!(asc(lu.spc(&a, 0, &[0x12, 0, 0, 0, 36, 0], &[])), None);
+        assert_eq!(
+            asc(lu.spc(&a, 0, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[])),
+            Some((0x29, 0))
+        );
+        assert!(matches!(
+            lu.spc(&a, 0, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]),
+            Spc::Block
+        ));
+        lu.task_management(&a, TmfFunction::TargetWarmReset);
+        lu.task_management(&a, TmfFunction::LogicalUnitReset);
+        assert_eq!(asc(lu.spc(&a, 0, &[0x00], &[])), Some((0x29, 0)));
+        assert_eq!(asc(lu.spc(&a, 0, &[0x00], &[])), Some((0x29, 3)));
+        assert_eq!(asc(lu.spc(&a, 0, &[0x00], &[])), None);
+        // Unknown opcodes are INVALID COMMAND OPERATION CODE.
+        assert_eq!(asc(lu.spc(&a, 0, &[0xC0], &[])), Some((0x20, 0)));
+    }
+
+    #[test]
+    fn spc2_reservation_refused_with_registrations() {
+        let mut lu = lu();
+        let a = nexus(1);
+        lu.spc(&a, 0, &[0x00], &[]);
+        let mut p = vec![0u8; 8];
+        p.extend_from_slice(&5u64.to_be_bytes());
+        p.extend_from_slice(&[0; 8]);
+        let reg = lu.spc(&a, 0, &[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], &p);
+        assert!(matches!(
+            reg,
+            Spc::Done {
+                pr_changed: true,
+                ..
+            }
+        ));
+        let r = answer(lu.spc(&a, 0, &[0x16, 0, 0, 0, 0, 0], &[]));
+        assert_eq!(r.map(|r| r.status), Some(ScsiStatus::RESERVATION_CONFLICT));
+    }
+
+    #[test]
+    fn report_luns_lists_this_lun() {
+        let mut lu = lu();
+        let r = answer(lu.spc(&nexus(1), 5, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[]));
+        let d = r.map(|r| r.data_in).unwrap_or_default();
+        assert_eq!(&d[..], &[0, 0, 0, 8, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn defect_data_is_empty() {
+        let mut lu = lu();
+        let n = nexus(1);
+        lu.spc(&n, 0, &[0x00], &[]);
+        let r = answer(lu.spc(&n, 0, &[0x37, 0, 0x18, 0, 0, 0, 0, 0, 32, 0], &[]));
+        assert_eq!(r.map(|r| r.data_in.to_vec()), Some(vec![0, 0x18, 0, 0]));
+        let r = answer(lu.spc(&n, 0, &[0xB7, 0x08, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0], &[]));
+        assert_eq!(r.map(|r| r.data_in.to_vec()), Some(vec![0, 0x08, 0, 0]));
+    }
+
+    proptest! {
+        #[test]
+        fn random_cdbs_never_panic(
+            cdb in proptest::collection::vec(any::<u8>(), 0..32),
+            data in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut lu = lu();
+            let n = nexus(1);
+            let data = Bytes::from(data);
+            lu.spc(&n, 0, &cdb, &data);
+            lu.spc(&n, 0, &cdb, &data);
+            let _ = super::super::sbc::decode(&lu.geo, &lu.limits, &cdb, &data);
+            let _ = super::super::spc::unknown_lun(&cdb);
+            let _ = super::super::spc::report_luns(&[0, 1, 4000], &cdb);
+            let _ = super::super::cdb::transfer_len(&cdb, 512);
+            let _ = PrState::decode(&data);
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The commands this LU supports and REPORT SUPPORTED OPERATION CODES
+//! (SPC-4 6.35) built from the same table.
+
+use super::cdb::Cdb;
+use super::sense::Sense;
+use crate::task::ScsiResult;
+
+/// One supported command: opcode, service action (for commands that have
+/// one) and the CDB usage data (bits the device server looks at).
+struct Op {
+    opcode: u8,
+    sa: Option<u16>,
+    usage: &'static [u8],
+}
+
+const fn op(opcode: u8, usage: &'static [u8]) -> Op {
+    Op {
+        opcode,
+        sa: None,
+        usage,
+    }
+}
+
+const fn sa(opcode: u8, sa: u16, usage: &'static [u8]) -> Op {
+    Op {
+        opcode,
+        sa: Some(sa),
+        usage,
+    }
+}
+
+const RW10: [u8; 10] = [0, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0];
+const W10: [u8; 10] = [0, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0];
+const V10: [u8; 10] = [0, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0];
+const WV10: [u8; 10] = [0, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0];
+const PRIN: [u8; 10] = [0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0];
+const PROUT: [u8; 10] = [0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0];
+
+macro_rules! with_op {
+    ($arr:expr, $op:expr) => {{
+        const A: [u8; $arr.len()] = {
+            let mut a = $arr;
+            a[0] = $op;
+            a
+        };
+        &A
+    }};
+}
+
+const RW12: [u8; 12] = [
+    0, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+const W12: [u8; 12] = [
+    0, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+const V12: [u8; 12] = [
+    0, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+const WV12: [u8; 12] = [
+    0, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+const RW16: [u8; 16] = [
+    0, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+const W16: [u8; 16] = [
+    0, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+const V16: [u8; 16] = [
+    0, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+const WV16: [u8; 16] = [
+    0, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+
+static OPS: &[Op] = &[
+    op(0x00, &[0x00, 0, 0, 0, 0, 0]),
+    op(0x03, &[0x03, 0, 0, 0, 0xFF, 0]),
+    op(0x08, &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0]),
+    op(0x0A, &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0]),
+    op(0x12, &[0x12, 0x01, 0xFF, 0xFF, 0xFF, 0]),
+    op(0x15, &[0x15, 0x11, 0, 0, 0xFF, 0]),
+    op(0x16, &[0x16, 0, 0, 0, 0, 0]),
+    op(0x17, &[0x17, 0, 0, 0, 0, 0]),
+    op(0x1A, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0]),
+    op(0x1B, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
+    op(0x1E, &[0x1E, 0, 0, 0, 0x03, 0]),
+    op(0x25, &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0]),
+    op(0x28, with_op!(RW10, 0x28)),
+    op(0x2A, with_op!(W10, 0x2A)),
+    op(0x2E, with_op!(WV10, 0x2E)),
+    op(0x2F, with_op!(V10, 0x2F)),
+    op(
+        0x34,
+        &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0],
+    ),
+    op(
+        0x35,
+        &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0],
+    ),
+    op(0x37, &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(
+        0x41,
+        &[0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0],
+    ),
+    op(0x42, &[0x42, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(0x55, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(0x56, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    op(0x57, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    op(0x5A, &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0]),
+    sa(0x5E, 0, &PRIN),
+    sa(0x5E, 1, &PRIN),
+    sa(0x5E, 2, &PRIN),
+    sa(0x5E, 3, &PRIN),
+    sa(0x5F, 0, &PROUT),
+    sa(0x5F, 1, &PROUT),
+    sa(0x5F, 2, &PROUT),
+    sa(0x5F, 3, &PROUT),
+    sa(0x5F, 4, &PROUT),
+    sa(0x5F, 5, &PROUT),
+    sa(0x5F, 6, &PROUT),
+    op(0x88, with_op!(RW16, 0x88)),
+    op(
+        0x89,
+        &[
+            0x89, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0, 0,
+        ],
+    ),
+    op(0x8A, with_op!(W16, 0x8A)),
+    op(0x8B, with_op!(RW16, 0x8B)),
+    op(0x8E, with_op!(WV16, 0x8E)),
+    op(0x8F, with_op!(V16, 0x8F)),
+    op(
+        0x90,
+        &[
+            0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x3F, 0,
+        ],
+    ),
+    op(
+        0x91,
+        &[
+            0x91, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0,
+        ],
+    ),
+    op(
+        0x93,
+        &[
+            0x93, 0x09, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0,
+        ],
+    ),
+    sa(
+        0x9E,
+        0x10,
+        &[
+            0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x01, 0,
+        ],
+    ),
+    sa(
+        0x9E,
+        0x12,
+        &[
+            0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0,
+        ],
+    ),
+    op(
+        0xA0,
+        &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
+    sa(
+        0xA3,
+        0x0C,
+        &[
+            0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+        ],
+    ),
+    op(0xA8, with_op!(RW12, 0xA8)),
+    op(0xAA, with_op!(W12, 0xAA)),
+    op(0xAE, with_op!(WV12, 0xAE)),
+    op(0xAF, with_op!(V12, 0xAF)),
+    op(
+        0xB7,
+        &[0xB7, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+    ),
+];
+
+/// The commands of an LU; UNMAP only when it is thin provisioned (LBPU).
+fn ops(thin: bool) -> impl Iterator<Item = &'static Op> {
+    OPS.iter().filter(move |o| thin || o.opcode != 0x42)
+}
+
+/// Whether the opcode is implemented (service actions are checked by the
+/// command itself, which answers INVALID FIELD IN CDB for unknown ones).
+pub fn supported(cdb: &[u8], thin: bool) -> bool {
+    let opcode = Cdb(cdb).opcode();
+    ops(thin).any(|o| o.opcode == opcode)
+}
+
+/// Command timeouts descriptor (SPC-4 6.35.4): no specific timeouts.
+fn timeouts(d: &mut Vec<u8>) {
+    d.extend_from_slice(&0x0Au16.to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d.extend_from_slice(&0u32.to_be_bytes()); // nominal
+    d.extend_from_slice(&30u32.to_be_bytes()); // recommended, seconds
+}
+
+/// REPORT SUPPORTED OPERATION CODES (MAINTENANCE IN, service action 0x0C).
+pub fn report(cdb: &[u8], thin: bool) -> ScsiResult {
+    let c = Cdb(cdb);
+    let alloc = c.u32(6) as usize;
+    if c.sa() != 0x0C {
+        return Sense::INVALID_FIELD_IN_CDB
+            .cdb_field(1, Some(4))
+            .into_result();
+    }
+    let rctd = c.b(2) & 0x80 != 0;
+    let req_op = c.b(3);
+    let req_sa = c.u16(4);
+    let mut d = Vec::new();
+    match c.b(2) & 0x07 {
+        0 => {
+            d.extend_from_slice(&[0; 4]);
+            for o in ops(thin) {
+                d.push(o.opcode);
+                d.push(0);
+                d.extend_from_slice(&o.sa.unwrap_or(0).to_be_bytes());
+                d.push(0);
+                d.push(if rctd { 0x02 } else { 0 } | u8::from(o.sa.is_some()));
+                d.extend_from_slice(&(o.usage.len() as u16).to_be_bytes());
+                if rctd {
+                    timeouts(&mut d);
+                }
+            }
+            let n = (d.len() - 4) as u32;
+            d[0..4].copy_from_slice(&n.to_be_bytes());
+        }
+        mode @ (1 | 2) => {
+            let has_sa = ops(thin).any(|o| o.opcode == req_op && o.sa.is_some());
+            let known = ops(thin).any(|o| o.opcode == req_op);
+            if known && (mode == 1) == has_sa {
+                return Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(2, Some(0))
+                    .into_result();
+            }
+            let found =
+                ops(thin).find(|o| o.opcode == req_op && (mode == 1 || o.sa == Some(req_sa)));
+            match found {
+                Some(o) => {
+                    d.push(0);
+                    d.push(if rctd { 0x80 } else { 0 } | 0x03);
+                    d.extend_from_slice(&(o.usage.len() as u16).to_be_bytes());
+                    let mut u = o.usage.to_vec();
+                    if let (Some(sa), Some(b1)) = (o.sa, u.get_mut(1)) {
+                        // The service action bits carry its value (SPC-4 6.35.3).
+                        *b1 = (*b1 & 0xE0) | (sa as u8 & 0x1F);
+                    }
+                    d.extend_from_slice(&u);
+                    if rctd {
+                        timeouts(&mut d);
+                    }
+                }
+                None => d.extend_from_slice(&[0, 0x01, 0, 0]),
+            }
+        }
+        _ => {
+            return Sense::INVALID_FIELD_IN_CDB
+                .cdb_field(2, Some(0))
+                .into_result()
+        }
+    }
+    super::good_vec(d, alloc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rsoc(b2: u8, op: u8, sa: u16) -> ScsiResult {
+        let mut c = vec![0xA3, 0x0C, b2, op];
+        c.extend_from_slice(&sa.to_be_bytes());
+        c.extend_from_slice(&65535u32.to_be_bytes());
+        c.extend_from_slice(&[0, 0]);
+        report(&c, true)
+    }
+
+    #[test]
+    fn all_commands_with_and_without_timeouts() {
+        let r = rsoc(0, 0, 0);
+        let d = &r.data_in;
+        let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
+        assert_eq!(n, OPS.len() * 8);
+        let t = rsoc(0x80, 0, 0);
+        assert_eq!(t.data_in.len(), 4 + OPS.len() * 20);
+        assert_eq!(t.data_in[4 + 5] & 0x02, 0x02);
+        assert_eq!(&t.data_in[4 + 8..4 + 10], &[0, 0x0A]);
+        // Descriptors without service action have SA 0.
+        for chunk in d[4..].chunks(8) {
+            if chunk[5] & 1 == 0 {
+                assert_eq!(&chunk[2..4], &[0, 0]);
+            }
+        }
+    }
+
+    #[test]
+    fn one_command() {
+        let r = rsoc(1, 0x28, 0);
+        assert_eq!(r.data_in[1], 0x03);
+        assert_eq!(r.data_in[4], 0x28);
+        assert_eq!(r.data_in[5] & 0x18, 0x18);
+        assert!(rsoc(1, 0x9E, 0x10).sense.is_some());
+        assert!(rsoc(2, 0x28, 0).sense.is_some());
+        let s = rsoc(2, 0x9E, 0x10);
+        assert_eq!(s.data_in[4], 0x9E);
+        assert_eq!(rsoc(1, 0xFF, 0).data_in[1], 0x01);
+        assert!(rsoc(3, 0, 0).sense.is_some());
+    }
+
+    #[test]
+    fn usage_starts_with_opcode() {
+        for o in OPS {
+            assert_eq!(o.usage[0], o.opcode);
+        }
+    }
+}

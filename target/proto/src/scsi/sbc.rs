@@ -1,0 +1,709 @@
+//! Block commands (SBC-3): decoding and checking into operations on a block
+//! device. READ/WRITE 6/10/12/16, WRITE AND VERIFY, VERIFY, WRITE SAME,
+//! COMPARE AND WRITE, SYNCHRONIZE CACHE, UNMAP, READ CAPACITY 10/16 and
+//! GET LBA STATUS.
+
+use super::cdb::{be32, be64, Cdb};
+use super::inquiry::Limits;
+use super::sense::Sense;
+use crate::task::ScsiResult;
+use bytes::Bytes;
+
+pub use super::good;
+
+/// What the decoder needs to know about the LU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub read_only: bool,
+    pub thin: bool,
+    /// Largest READ/WRITE transfer in blocks (0: no limit).
+    pub max_transfer_blocks: u32,
+}
+
+/// A decoded, fully checked block operation. Offsets and lengths in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockOp {
+    /// Nothing to transfer (zero blocks): GOOD.
+    Nothing,
+    /// Read `len` bytes at `offset`.
+    Read { offset: u64, len: u32 },
+    /// Write `data` at `offset` (WRITE AND VERIFY writes with `fua`). When
+    /// the initiator sent less Data-Out than the CDB describes, `data` holds
+    /// what arrived (possibly ending inside a block): only that is written
+    /// (FCP-4 9.4.2 a), and the residual tells the initiator.
+    Write { offset: u64, data: Bytes, fua: bool },
+    /// ORWRITE: OR `data` into the blocks at `offset`.
+    OrWrite { offset: u64, data: Bytes, fua: bool },
+    /// VERIFY: read `len` bytes; with `compare`, compare them against it.
+    Verify {
+        offset: u64,
+        len: u32,
+        compare: Option<Bytes>,
+    },
+    /// WRITE SAME: `block` repeated over `len` bytes; `None` writes zeros
+    /// (NDOB). `unmap`: the range may be deallocated instead.
+    WriteSame {
+        offset: u64,
+        len: u64,
+        block: Option<Bytes>,
+        unmap: bool,
+        fua: bool,
+    },
+    /// COMPARE AND WRITE: if the medium equals `compare`, write `write`.
+    CompareAndWrite {
+        offset: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    },
+    /// Answer with this Data-In (READ CAPACITY); `alloc` is the transfer length.
+    DataIn { data: Bytes, alloc: u32 },
+    /// SYNCHRONIZE CACHE: make completed writes durable.
+    Flush,
+    /// UNMAP: deallocate these byte ranges (offset, len).
+    Discard(Vec<(u64, u64)>),
+    /// GET LBA STATUS from byte `offset` (LBA `lba`), at most `alloc` bytes back.
+    LbaStatus { lba: u64, alloc: u32 },
+}
+
+/// Decodes a block CDB. `Ok(None)`: not a block command. `Err`: the CHECK
+/// CONDITION to return.
+pub fn decode(
+    geo: &Geometry,
+    limits: &Limits,
+    cdb: &[u8],
+    data_out: &Bytes,
+) -> Result<Option<BlockOp>, ScsiResult> {
+    let c = Cdb(cdb);
+    let op = c.opcode();
+    let bs = u64::from(geo.block_size);
+    // (write, lba, blocks, byte-1 flags, protect-bits-allowed)
+    let rw = match op {
+        0x08 | 0x0A => {
+            let lba = u64::from(c.u24(1) & 0x1F_FFFF);
+            let n = if c.b(4) == 0 { 256 } else { u32::from(c.b(4)) };
+            Some((op == 0x0A, lba, n, 0u8))
+        }
+        0x28 | 0x2A => Some((op == 0x2A, u64::from(c.u32(2)), u32::from(c.u16(7)), c.b(1))),
+        0xA8 | 0xAA => Some((op == 0xAA, u64::from(c.u32(2)), c.u32(6), c.b(1))),
+        0x88 | 0x8A => Some((op == 0x8A, c.u64(2), c.u32(10), c.b(1))),
+        _ => None,
+    };
+    if let Some((write, lba, blocks, flags)) = rw {
+        if flags & 0xE0 != 0 {
+            // RDPROTECT/WRPROTECT: no protection information here.
+            return Err(Sense::INVALID_FIELD_IN_CDB
+                .cdb_field(1, Some(7))
+                .into_result());
+        }
+        check_range(geo, lba, u64::from(blocks))?;
+        check_transfer(geo, blocks)?;
+        if write && geo.read_only {
+            return Err(Sense::WRITE_PROTECTED.into_result());
+        }
+        if blocks == 0 {
+            return Ok(Some(BlockOp::Nothing));
+        }
+        let offset = lba * bs;
+        let len = blocks * geo.block_size; // bounded by check_transfer
+        if !write {
+            return Ok(Some(BlockOp::Read { offset, len }));
+        }
+        let data = data_out.slice(..data_out.len().min(len as usize));
+        if data.is_empty() {
+            return Ok(Some(BlockOp::Nothing));
+        }
+        return Ok(Some(BlockOp::Write {
+            offset,
+            data,
+            fua: flags & 0x08 != 0,
+        }));
+    }
+    match op {
+        // WRITE AND VERIFY 10/12/16
+        0x2E | 0xAE | 0x8E => {
+            let (lba, blocks) = lba_len(&c);
+            if c.b(1) & 0xE0 != 0 {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(7))
+                    .into_result());
+            }
+            check_range(geo, lba, u64::from(blocks))?;
+            check_transfer(geo, blocks)?;
+            if geo.read_only {
+                return Err(Sense::WRITE_PROTECTED.into_result());
+            }
+            if blocks == 0 {
+                return Ok(Some(BlockOp::Nothing));
+            }
+            let len = blocks * geo.block_size;
+            let data = data_out.slice(..data_out.len().min(len as usize));
+            if data.is_empty() {
+                return Ok(Some(BlockOp::Nothing));
+            }
+            // The write is verified by making it durable before completion.
+            Ok(Some(BlockOp::Write {
+                offset: lba * bs,
+                data,
+                fua: true,
+            }))
+        }
+        // ORWRITE(16)
+        0x8B => {
+            let (lba, blocks) = (c.u64(2), c.u32(10));
+            if c.b(1) & 0xE0 != 0 {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(7))
+                    .into_result());
+            }
+            check_range(geo, lba, u64::from(blocks))?;
+            check_transfer(geo, blocks)?;
+            if geo.read_only {
+                return Err(Sense::WRITE_PROTECTED.into_result());
+            }
+            if blocks == 0 {
+                return Ok(Some(BlockOp::Nothing));
+            }
+            let data = data_for(data_out, (blocks * geo.block_size) as usize)?;
+            Ok(Some(BlockOp::OrWrite {
+                offset: lba * bs,
+                data,
+                fua: c.b(1) & 0x08 != 0,
+            }))
+        }
+        // PRE-FETCH 10/16: there is no cache to load; GOOD (SBC-3 5.9).
+        0x34 | 0x90 => {
+            let (lba, blocks) = if op == 0x34 {
+                (u64::from(c.u32(2)), u64::from(c.u16(7)))
+            } else {
+                (c.u64(2), u64::from(c.u32(10)))
+            };
+            check_range(geo, lba, blocks)?;
+            Ok(Some(BlockOp::Nothing))
+        }
+        // VERIFY 10/12/16
+        0x2F | 0xAF | 0x8F => {
+            let (lba, blocks) = lba_len(&c);
+            if c.b(1) & 0xE0 != 0 {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(7))
+                    .into_result());
+            }
+            let bytchk = (c.b(1) >> 1) & 0x03;
+            if bytchk == 2 {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(2))
+                    .into_result());
+            }
+            check_range(geo, lba, u64::from(blocks))?;
+            check_transfer(geo, blocks)?;
+            if blocks == 0 {
+                return Ok(Some(BlockOp::Nothing));
+            }
+            let len = blocks * geo.block_size;
+            let compare = match bytchk {
+                0 => None,
+                1 => Some(data_for(data_out, len as usize)?),
+                _ => {
+                    // One block compared against every block of the range.
+                    let one = data_for(data_out, geo.block_size as usize)?;
+                    let mut all = Vec::with_capacity(len as usize);
+                    for _ in 0..blocks {
+                        all.extend_from_slice(&one);
+                    }
+                    Some(Bytes::from(all))
+                }
+            };
+            Ok(Some(BlockOp::Verify {
+                offset: lba * bs,
+                len,
+                compare,
+            }))
+        }
+        // WRITE SAME 10/16
+        0x41 | 0x93 => {
+            let (lba, mut blocks) = if op == 0x41 {
+                (u64::from(c.u32(2)), u64::from(c.u16(7)))
+            } else {
+                (c.u64(2), u64::from(c.u32(10)))
+            };
+            let flags = c.b(1);
+            let ndob = op == 0x93 && flags & 0x01 != 0;
+            if flags & 0xE0 != 0 {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(7))
+                    .into_result());
+            }
+            if flags & 0x10 != 0 {
+                // ANCHOR: anchored LBAs are not supported (ANC_SUP = 0).
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(4))
+                    .into_result());
+            }
+            let unmap = flags & 0x08 != 0;
+            if unmap && !geo.thin {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(3))
+                    .into_result());
+            }
+            check_range(geo, lba, blocks)?;
+            if blocks == 0 {
+                // WSNZ = 0: zero blocks means up to the last LBA.
+                blocks = geo.num_blocks - lba;
+            }
+            if limits.max_write_same_blocks != 0 && blocks > limits.max_write_same_blocks {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(if op == 0x41 { 7 } else { 10 }, None)
+                    .into_result());
+            }
+            if geo.read_only {
+                return Err(Sense::WRITE_PROTECTED.into_result());
+            }
+            let block = if ndob {
+                None
+            } else {
+                if data_out.len() != geo.block_size as usize {
+                    return Err(Sense::INVALID_FIELD_IN_CDB.into_result());
+                }
+                Some(data_out.clone())
+            };
+            if blocks == 0 {
+                return Ok(Some(BlockOp::Nothing));
+            }
+            Ok(Some(BlockOp::WriteSame {
+                offset: lba * bs,
+                len: blocks * bs,
+                block,
+                unmap,
+                fua: false,
+            }))
+        }
+        // COMPARE AND WRITE
+        0x89 => {
+            let lba = c.u64(2);
+            let blocks = u32::from(c.b(13));
+            if c.b(1) & 0xE0 != 0 {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(1, Some(7))
+                    .into_result());
+            }
+            if blocks > u32::from(limits.max_compare_write_blocks) {
+                return Err(Sense::INVALID_FIELD_IN_CDB
+                    .cdb_field(13, None)
+                    .into_result());
+            }
+            check_range(geo, lba, u64::from(blocks))?;
+            if geo.read_only {
+                return Err(Sense::WRITE_PROTECTED.into_result());
+            }
+            if blocks == 0 {
+                // NUMBER OF LOGICAL BLOCKS 0 moves no data; Data-Out sent
+                // anyway means the CDB does not describe the transfer.
+                if !data_out.is_empty() {
+                    return Err(Sense::INVALID_FIELD_IN_CDB
+                        .cdb_field(13, None)
+                        .into_result());
+                }
+                return Ok(Some(BlockOp::Nothing));
+            }
+            let len = (blocks * geo.block_size) as usize;
+            // Exactly the compare and the write data, or nothing is done.
+            if data_out.len() != 2 * len {
+                return Err(Sense::INVALID_FIELD_IN_CDB.into_result());
+            }
+            Ok(Some(BlockOp::CompareAndWrite {
+                offset: lba * bs,
+                compare: data_out.slice(..len),
+                write: data_out.slice(len..),
+                fua: c.b(1) & 0x08 != 0,
+            }))
+        }
+        0x25 => {
+            // PMI = 0 requires LBA = 0.
+            if c.b(8) & 0x01 == 0 && c.u32(2) != 0 {
+                return Err(Sense::INVALID_FIELD_IN_CDB.cdb_field(2, None).into_result());
+            }
+            Ok(Some(BlockOp::DataIn {
+                data: read_capacity10(geo),
+                alloc: 8,
+            }))
+        }
+        0x35 | 0x91 => {
+            let (lba, n) = if op == 0x35 {
+                (u64::from(c.u32(2)), u64::from(c.u16(7)))
+            } else {
+                (c.u64(2), u64::from(c.u32(10)))
+            };
+            check_range(geo, lba, n)?;
+            Ok(Some(BlockOp::Flush))
+        }
+        0x42 => decode_unmap(geo, limits, &c, data_out).map(Some),
+        0x9E => match c.sa() {
+            0x10 => {
+                let alloc = c.u32(10);
+                let mut d = read_capacity16(geo).to_vec();
+                d.truncate(alloc as usize);
+                Ok(Some(BlockOp::DataIn {
+                    data: Bytes::from(d),
+                    alloc,
+                }))
+            }
+            0x12 => {
+                let lba = c.u64(2);
+                if lba >= geo.num_blocks {
+                    return Err(Sense::LBA_OUT_OF_RANGE.into_result());
+                }
+                Ok(Some(BlockOp::LbaStatus {
+                    lba,
+                    alloc: c.u32(10),
+                }))
+            }
+            _ => Err(Sense::INVALID_FIELD_IN_CDB
+                .cdb_field(1, Some(4))
+                .into_result()),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// LBA and transfer length of a 10/12/16-byte CDB.
+fn lba_len(c: &Cdb) -> (u64, u32) {
+    match c.opcode() >> 5 {
+        1 | 2 => (u64::from(c.u32(2)), u32::from(c.u16(7))),
+        5 => (u64::from(c.u32(2)), c.u32(6)),
+        _ => (c.u64(2), c.u32(10)),
+    }
+}
+
+/// The first `len` bytes of Data-Out. Less data than the CDB describes is
+/// refused without writing anything (FCP-4 9.4.2 option b).
+fn data_for(data_out: &Bytes, len: usize) -> Result<Bytes, ScsiResult> {
+    if data_out.len() < len {
+        return Err(Sense::INVALID_FIELD_IN_IU.into_result());
+    }
+    Ok(data_out.slice(..len))
+}
+
+/// UNMAP parameter list (SBC-3 5.28): 8-byte header, 16-byte descriptors.
+fn decode_unmap(
+    geo: &Geometry,
+    limits: &Limits,
+    c: &Cdb,
+    data: &Bytes,
+) -> Result<BlockOp, ScsiResult> {
+    if c.b(1) & 0x01 != 0 {
+        // ANCHOR
+        return Err(Sense::INVALID_FIELD_IN_CDB
+            .cdb_field(1, Some(0))
+            .into_result());
+    }
+    if !geo.thin {
+        return Err(Sense::INVALID_OPCODE.into_result());
+    }
+    if geo.read_only {
+        return Err(Sense::WRITE_PROTECTED.into_result());
+    }
+    let plen = usize::from(c.u16(7));
+    if plen == 0 {
+        return Ok(BlockOp::Discard(Vec::new()));
+    }
+    if plen < 8 {
+        return Err(Sense::PARAMETER_LIST_LENGTH_ERROR.into_result());
+    }
+    let Some(list) = data.get(..plen) else {
+        return Err(Sense::PARAMETER_LIST_LENGTH_ERROR.into_result());
+    };
+    let data_len = usize::from(u16::from_be_bytes([list[0], list[1]]));
+    let dlen = usize::from(u16::from_be_bytes([list[2], list[3]]));
+    if data_len + 2 > plen || dlen + 8 > plen || dlen % 16 != 0 {
+        return Err(Sense::PARAMETER_LIST_LENGTH_ERROR.into_result());
+    }
+    let descs = &list[8..8 + dlen];
+    if limits.max_unmap_descriptors != 0 && descs.len() / 16 > limits.max_unmap_descriptors as usize
+    {
+        return Err(Sense::INVALID_FIELD_IN_PARAMETER_LIST
+            .param_field(2, None)
+            .into_result());
+    }
+    let bs = u64::from(geo.block_size);
+    let mut out = Vec::new();
+    for d in descs.chunks_exact(16) {
+        let lba = be64(d, 0);
+        let n = be32(d, 8);
+        check_range(geo, lba, u64::from(n))?;
+        if limits.max_unmap_blocks != 0 && n > limits.max_unmap_blocks {
+            return Err(Sense::INVALID_FIELD_IN_PARAMETER_LIST
+                .param_field(16, None)
+                .into_result());
+        }
+        if n > 0 {
+            out.push((lba * bs, u64::from(n) * bs));
+        }
+    }
+    Ok(BlockOp::Discard(out))
+}
+
+/// READ CAPACITY(10) parameter data; 0xFFFFFFFF when the LUN needs RC16.
+pub fn read_capacity10(geo: &Geometry) -> Bytes {
+    let last = geo.num_blocks.saturating_sub(1);
+    let last = u32::try_from(last).unwrap_or(u32::MAX);
+    let mut d = Vec::with_capacity(8);
+    d.extend_from_slice(&last.to_be_bytes());
+    d.extend_from_slice(&geo.block_size.to_be_bytes());
+    Bytes::from(d)
+}
+
+/// READ CAPACITY(16) parameter data (32 bytes), LBPME/LBPRZ when thin.
+pub fn read_capacity16(geo: &Geometry) -> Bytes {
+    let mut d = vec![0u8; 32];
+    d[0..8].copy_from_slice(&geo.num_blocks.saturating_sub(1).to_be_bytes());
+    d[8..12].copy_from_slice(&geo.block_size.to_be_bytes());
+    if geo.thin {
+        d[14] = 0x80 | 0x40;
+    }
+    Bytes::from(d)
+}
+
+/// GET LBA STATUS parameter data (SBC-3 5.6): `extents` are (lba, blocks,
+/// deallocated) runs starting at the requested LBA.
+pub fn lba_status(extents: &[(u64, u64, bool)], alloc: u32) -> ScsiResult {
+    let mut d = vec![0u8; 8];
+    for &(lba, n, dealloc) in extents {
+        if d.len() + 16 > alloc as usize && d.len() > 8 {
+            break;
+        }
+        d.extend_from_slice(&lba.to_be_bytes());
+        d.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+        d.push(u8::from(dealloc));
+        d.extend_from_slice(&[0; 3]);
+    }
+    let n = (d.len() - 4) as u32;
+    d[0..4].copy_from_slice(&n.to_be_bytes());
+    d.truncate(alloc as usize);
+    good(Bytes::from(d), alloc)
+}
+
+/// First differing byte, for MISCOMPARE's INFORMATION field.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+fn check_range(geo: &Geometry, lba: u64, blocks: u64) -> Result<(), ScsiResult> {
+    let end = lba.checked_add(blocks);
+    if lba > geo.num_blocks || end.is_none_or(|e| e > geo.num_blocks) {
+        return Err(Sense::LBA_OUT_OF_RANGE.into_result());
+    }
+    Ok(())
+}
+
+fn check_transfer(geo: &Geometry, blocks: u32) -> Result<(), ScsiResult> {
+    let too_big = u64::from(blocks) * u64::from(geo.block_size) > u64::from(u32::MAX);
+    if too_big || (geo.max_transfer_blocks != 0 && blocks > geo.max_transfer_blocks) {
+        return Err(Sense::INVALID_FIELD_IN_CDB.into_result());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GEO: Geometry = Geometry {
+        block_size: 512,
+        num_blocks: 100,
+        read_only: false,
+        thin: true,
+        max_transfer_blocks: 0,
+    };
+    const L: Limits = Limits::DEFAULT;
+
+    fn sense(r: &ScsiResult) -> Option<(u8, u8, u8)> {
+        r.sense.as_ref().map(|s| (s[2] & 0x0F, s[12], s[13]))
+    }
+
+    fn dec(geo: &Geometry, cdb: &[u8], data: &[u8]) -> Result<Option<BlockOp>, ScsiResult> {
+        decode(geo, &L, cdb, &Bytes::copy_from_slice(data))
+    }
+
+    #[test]
+    fn read6_zero_means_256_and_out_of_range() {
+        let cdb = [0x08, 0, 0, 0, 0, 0];
+        let err = dec(&GEO, &cdb, &[]).err();
+        assert_eq!(err.as_ref().and_then(sense), Some((5, 0x21, 0)));
+        let big = Geometry {
+            num_blocks: 1000,
+            ..GEO
+        };
+        assert_eq!(
+            dec(&big, &cdb, &[]).ok().flatten(),
+            Some(BlockOp::Read {
+                offset: 0,
+                len: 256 * 512
+            })
+        );
+    }
+
+    #[test]
+    fn write10_fua_short_data_protect_bits() {
+        let cdb = [0x2A, 0x08, 0, 0, 0, 2, 0, 0, 1, 0];
+        let data = Bytes::from(vec![1u8; 1024]);
+        let op = decode(&GEO, &L, &cdb, &data).ok().flatten();
+        assert_eq!(
+            op,
+            Some(BlockOp::Write {
+                offset: 1024,
+                data: data.slice(..512),
+                fua: true
+            })
+        );
+        let short = dec(&GEO, &cdb, &[0u8; 100]).ok().flatten();
+        assert!(matches!(short, Some(BlockOp::Write { ref data, .. }) if data.len() == 100));
+        assert_eq!(dec(&GEO, &cdb, &[]).ok().flatten(), Some(BlockOp::Nothing));
+        let ro = Geometry {
+            read_only: true,
+            ..GEO
+        };
+        assert_eq!(
+            dec(&ro, &cdb, &[0; 512]).err().as_ref().and_then(sense),
+            Some((7, 0x27, 0))
+        );
+        let prot = [0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(
+            dec(&GEO, &prot, &[]).err().as_ref().and_then(sense),
+            Some((5, 0x24, 0))
+        );
+    }
+
+    #[test]
+    fn zero_blocks_and_lba_limits() {
+        assert_eq!(
+            dec(&GEO, &[0x28, 0, 0, 0, 0, 100, 0, 0, 0, 0], &[])
+                .ok()
+                .flatten(),
+            Some(BlockOp::Nothing)
+        );
+        assert!(dec(&GEO, &[0x28, 0, 0, 0, 0, 101, 0, 0, 0, 0], &[]).is_err());
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x88;
+        cdb[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+        cdb[13] = 1;
+        assert!(dec(&GEO, &cdb, &[]).is_err());
+    }
+
+    #[test]
+    fn verify_bytchk() {
+        let v0 = dec(&GEO, &[0x2F, 0, 0, 0, 0, 1, 0, 0, 2, 0], &[])
+            .ok()
+            .flatten();
+        assert_eq!(
+            v0,
+            Some(BlockOp::Verify {
+                offset: 512,
+                len: 1024,
+                compare: None
+            })
+        );
+        let v1 = dec(&GEO, &[0x2F, 2, 0, 0, 0, 1, 0, 0, 2, 0], &[7; 1024])
+            .ok()
+            .flatten();
+        assert!(
+            matches!(v1, Some(BlockOp::Verify { compare: Some(ref c), .. }) if c.len() == 1024)
+        );
+        assert!(dec(&GEO, &[0x2F, 4, 0, 0, 0, 1, 0, 0, 2, 0], &[]).is_err());
+        let v3 = dec(&GEO, &[0x2F, 6, 0, 0, 0, 1, 0, 0, 2, 0], &[7; 512])
+            .ok()
+            .flatten();
+        assert!(
+            matches!(v3, Some(BlockOp::Verify { compare: Some(ref c), .. }) if c.len() == 1024)
+        );
+    }
+
+    #[test]
+    fn write_same_rules() {
+        let mut ws = [0u8; 16];
+        ws[0] = 0x93;
+        ws[13] = 4;
+        let ok = dec(&GEO, &ws, &[1; 512]).ok().flatten();
+        assert!(matches!(ok, Some(BlockOp::WriteSame { len: 2048, .. })));
+        assert!(dec(&GEO, &ws, &[1; 1024]).is_err());
+        assert!(dec(&GEO, &ws, &[1; 256]).is_err());
+        ws[1] = 0x10; // ANCHOR
+        assert!(dec(&GEO, &ws, &[1; 512]).is_err());
+        ws[1] = 0x09; // UNMAP + NDOB
+        let nd = dec(&GEO, &ws, &[]).ok().flatten();
+        assert!(matches!(
+            nd,
+            Some(BlockOp::WriteSame {
+                block: None,
+                unmap: true,
+                ..
+            })
+        ));
+        ws[1] = 0;
+        ws[13] = 0; // to the end
+        ws[9] = 90;
+        let end = dec(&GEO, &ws, &[0; 512]).ok().flatten();
+        assert!(matches!(
+            end,
+            Some(BlockOp::WriteSame {
+                offset: 46080,
+                len: 5120,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn compare_and_write_checks() {
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[13] = 1;
+        let ok = dec(&GEO, &caw, &[0; 1024]).ok().flatten();
+        assert!(matches!(ok, Some(BlockOp::CompareAndWrite { .. })));
+        assert!(dec(&GEO, &caw, &[0; 512]).is_err());
+        assert!(dec(&GEO, &caw, &[0; 1536]).is_err());
+        caw[9] = 100;
+        assert_eq!(
+            dec(&GEO, &caw, &[0; 1024]).err().as_ref().and_then(sense),
+            Some((5, 0x21, 0))
+        );
+    }
+
+    #[test]
+    fn unmap_and_sync_cache() {
+        let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+        list.extend_from_slice(&5u64.to_be_bytes());
+        list.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 0]);
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        let op = dec(&GEO, &cdb, &list).ok().flatten();
+        assert_eq!(op, Some(BlockOp::Discard(vec![(2560, 1024)])));
+        list[8..16].copy_from_slice(&99u64.to_be_bytes());
+        assert!(dec(&GEO, &cdb, &list).is_err());
+        let short = [0x42, 0, 0, 0, 0, 0, 0, 0, 4, 0];
+        assert!(dec(&GEO, &short, &[0u8; 4]).is_err());
+        let sync = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(dec(&GEO, &sync, &[]).ok().flatten(), Some(BlockOp::Flush));
+    }
+
+    #[test]
+    fn capacity_and_lba_status() {
+        assert_eq!(&read_capacity10(&GEO)[..], &[0, 0, 0, 99, 0, 0, 2, 0]);
+        let huge = Geometry {
+            num_blocks: 1 << 40,
+            ..GEO
+        };
+        assert_eq!(&read_capacity10(&huge)[..4], &[0xFF; 4]);
+        assert_eq!(read_capacity16(&GEO)[14], 0xC0);
+        let r = lba_status(&[(3, 2, false), (5, 95, true)], 24);
+        assert_eq!(r.data_in.len(), 24);
+        assert_eq!(&r.data_in[0..4], &[0, 0, 0, 20]);
+        assert_eq!(r.data_in[8 + 7], 3);
+        let mut gls = [0u8; 16];
+        gls[0] = 0x9E;
+        gls[1] = 0x12;
+        gls[9] = 100;
+        assert!(dec(&GEO, &gls, &[]).is_err());
+    }
+}

@@ -16,6 +16,7 @@ use crate::pdu::{
     self, reject, DataOutPdu, Digests, NopOutPdu, RawPdu, Request, Response, ScsiCommandPdu,
     SeqNums, TaskMgmtPdu, TextPdu, RESERVED_TAG,
 };
+use crate::scsi::sense::Sense;
 use crate::task::{ScsiCommand, ScsiResult, ScsiStatus, TaskAttr, TmfFunction, TmfResponse};
 use crate::text::{self, Pairs};
 use bytes::{Bytes, BytesMut};
@@ -149,6 +150,9 @@ pub enum ConnError {
     Timeout(&'static str),
 }
 
+/// How many early-ended tasks we remember, to drop their late Data-Out.
+const ENDED_ITTS: usize = 64;
+
 /// RFC 1982 serial number comparison on 32-bit sequence numbers.
 fn sn_lt(a: u32, b: u32) -> bool {
     a != b && b.wrapping_sub(a) < 0x8000_0000
@@ -223,6 +227,8 @@ pub struct Connection {
     closing: bool,
     /// CID of this connection (from its login).
     cid: u16,
+    /// Tasks ended early (data phase errors) whose Data-Out may still come.
+    ended_itts: VecDeque<u32>,
 }
 
 impl Connection {
@@ -252,6 +258,7 @@ impl Connection {
             ping: None,
             closing: false,
             cid: 0,
+            ended_itts: VecDeque::new(),
         }
     }
 
@@ -705,8 +712,11 @@ impl Connection {
 
     fn on_data_out(&mut self, p: DataOutPdu, raw: &RawPdu) -> Result<(), ConnError> {
         let Some(task) = self.tasks.get_mut(&p.itt) else {
-            // Data for a task that was aborted or never existed.
-            self.send_reject(reject::INVALID_PDU_FIELD, raw);
+            // The rest of a burst for a task we already ended is dropped;
+            // data for a task that never existed is rejected.
+            if !self.ended_itts.contains(&p.itt) {
+                self.send_reject(reject::INVALID_PDU_FIELD, raw);
+            }
             return Ok(());
         };
         let len = p.data.len() as u32;
@@ -718,10 +728,8 @@ impl Connection {
                 || at.saturating_add(len) > limit
                 || p.data_sn != task.next_unsolicited_sn
             {
-                return Err(ConnError::Protocol(format!(
-                    "bad unsolicited Data-Out for ITT {:#x}",
-                    p.itt
-                )));
+                self.data_phase_error(p.itt);
+                return Ok(());
             }
             task.next_unsolicited_sn = task.next_unsolicited_sn.wrapping_add(1);
             task.data.extend_from_slice(&p.data);
@@ -743,17 +751,16 @@ impl Connection {
                 || r.received + len > r.len
                 || p.data_sn != r.next_data_sn
             {
-                return Err(ConnError::Protocol(format!(
-                    "out of order Data-Out for ITT {:#x} (offset {}, DataSN {})",
-                    p.itt, p.buffer_offset, p.data_sn
-                )));
+                self.data_phase_error(p.itt);
+                return Ok(());
             }
             r.received += len;
             r.next_data_sn = r.next_data_sn.wrapping_add(1);
             task.data.extend_from_slice(&p.data);
             if p.final_ || r.received == r.len {
                 if r.received < r.len {
-                    return Err(ConnError::Protocol("R2T sequence ended short".into()));
+                    self.data_phase_error(p.itt);
+                    return Ok(());
                 }
                 task.r2ts.remove(i);
             }
@@ -921,6 +928,17 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Data-Out out of sequence. ErrorRecoveryLevel 0 has no recovery
+    /// within a command, so the command ends with CHECK CONDITION and the
+    /// session carries on; the rest of its burst is dropped.
+    fn data_phase_error(&mut self, itt: u32) {
+        if self.ended_itts.len() >= ENDED_ITTS {
+            self.ended_itts.pop_front();
+        }
+        self.ended_itts.push_back(itt);
+        self.finish_task(itt, Sense::DATA_PHASE_ERROR.into_result());
     }
 
     pub fn complete_task_management(&mut self, itt: u32, response: TmfResponse) {
@@ -1136,7 +1154,7 @@ impl Connection {
 
 /// CHECK CONDITION for a transfer larger than the target buffers.
 fn too_large() -> ScsiResult {
-    crate::scsi::sense::Sense::INVALID_FIELD_IN_CDB.into_result()
+    Sense::INVALID_FIELD_IN_CDB.into_result()
 }
 
 #[cfg(test)]

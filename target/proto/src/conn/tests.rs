@@ -603,3 +603,47 @@ fn hostile_streams_never_panic() {
     });
     assert!(res.is_ok(), "{res:?}");
 }
+
+#[test]
+fn data_out_out_of_sequence_fails_the_command_not_the_session() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[("ImmediateData", "No"), ("InitialR2T", "Yes")])?;
+    h.conn.poll_event();
+    let r2t = h.scsi(
+        0x40,
+        &[0x2A, 0, 0, 0, 0, 0, 0, 0, 2, 0],
+        false,
+        true,
+        1024,
+        Bytes::new(),
+        true,
+    )?;
+    let ttt = r2t[0].u32(20);
+    let data_out = |sn: u32, offset: u32, final_: bool| {
+        Request::DataOut(DataOutPdu {
+            final_,
+            lun: 0,
+            itt: 0x40,
+            ttt,
+            exp_stat_sn: 0,
+            data_sn: sn,
+            buffer_offset: offset,
+            data: Bytes::from(vec![0u8; 512]),
+        })
+    };
+    assert!(h.send(&data_out(0, 0, false))?.is_empty());
+    // DataSN 27 where 1 is due: CHECK CONDITION, ABORTED COMMAND 4B/00.
+    let out = h.send(&data_out(27, 512, true))?;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].opcode(), op::SCSI_RESPONSE);
+    assert_eq!(out[0].bhs[3], ScsiStatus::CHECK_CONDITION.0);
+    assert_eq!(
+        (out[0].data[2 + 2] & 0x0f, out[0].data[2 + 12]),
+        (0x0b, 0x4b)
+    );
+    // Late Data-Out for that task is dropped quietly; the session goes on.
+    assert!(h.send(&data_out(2, 1024, true))?.is_empty());
+    h.scsi(0x41, &[0x00], false, false, 0, Bytes::new(), true)?;
+    assert!(matches!(h.conn.poll_event(), Some(Event::Command(c)) if c.itt == 0x41));
+    Ok(())
+}

@@ -64,6 +64,8 @@ impl Sense {
     pub const MISCOMPARE_DURING_VERIFY: Self = Self::new(SenseKey::Miscompare, 0x1D, 0x00);
     pub const UNRECOVERED_READ_ERROR: Self = Self::new(SenseKey::MediumError, 0x11, 0x00);
     pub const WRITE_ERROR: Self = Self::new(SenseKey::MediumError, 0x0C, 0x00);
+    /// Data-Out arrived out of sequence (wrong DataSN or offset).
+    pub const DATA_PHASE_ERROR: Self = Self::new(SenseKey::AbortedCommand, 0x4B, 0x00);
     pub const INTERNAL_TARGET_FAILURE: Self = Self::new(SenseKey::HardwareError, 0x44, 0x00);
     pub const MEDIUM_NOT_PRESENT: Self = Self::new(SenseKey::NotReady, 0x3A, 0x00);
     pub const POWER_ON_RESET: Self = Self::new(SenseKey::UnitAttention, 0x29, 0x00);

@@ -202,18 +202,8 @@ pub fn decode_lun(field: [u8; 8]) -> u64 {
     }
 }
 
-/// Encodes a LUN number in the 8-byte LUN field.
-pub fn encode_lun(lun: u64) -> [u8; 8] {
-    let mut f = [0u8; 8];
-    if lun < 256 {
-        f[1] = lun as u8;
-    } else {
-        let l = (lun & 0x3fff) as u16;
-        f[0] = 0x40 | (l >> 8) as u8;
-        f[1] = l as u8;
-    }
-    f
-}
+/// Encodes a LUN number in the 8-byte LUN field (SAM-5 4.6).
+pub use crate::scsi::spc::encode_lun;
 
 /// Login request fields (RFC 7143 11.12).
 #[derive(Debug, Clone, PartialEq, Eq)]

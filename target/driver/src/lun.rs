@@ -18,6 +18,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod sanitize;
+mod xcopy;
+
 /// Identity and persistence settings of one LUN.
 #[derive(Debug, Clone)]
 pub struct LunConfig {
@@ -46,16 +49,22 @@ pub enum LunError {
 const WRITE_SAME_CHUNK: u64 = 1 << 20;
 /// Most blocks GET LBA STATUS asks the device about at once.
 const LBA_STATUS_SPAN: u64 = 1 << 20;
+/// Most device queries one GET LBA STATUS makes; the initiator asks again
+/// from where the answer ends.
+const LBA_STATUS_SPANS: usize = 64;
 
 pub struct Lun {
     device: Arc<dyn BlockDevice>,
     geo: Geometry,
     limits: Limits,
     volatile_cache: bool,
-    state: Mutex<LogicalUnit>,
-    /// Writes hold it shared, COMPARE AND WRITE exclusively: the compare and
-    /// the write happen with no other write in between.
-    write_gate: tokio::sync::RwLock<()>,
+    /// Shared with a running SANITIZE, which outlives its command.
+    state: Arc<Mutex<LogicalUnit>>,
+    /// Reads and writes hold it shared, COMPARE AND WRITE, WRITE ATOMIC and
+    /// read-modify-writes exclusively: nothing else touches the medium in
+    /// between.
+    /// A running SANITIZE holds it exclusively (owned) until it ends.
+    write_gate: Arc<tokio::sync::RwLock<()>>,
     pr_file: Option<PathBuf>,
     /// Serialises PR state file writes so the newest state lands last.
     pr_persist: tokio::sync::Mutex<()>,
@@ -91,17 +100,15 @@ impl Lun {
             geo: lu.geo,
             limits: lu.limits,
             volatile_cache: caps.volatile_cache,
-            state: Mutex::new(lu),
-            write_gate: tokio::sync::RwLock::new(()),
+            state: Arc::new(Mutex::new(lu)),
+            write_gate: Arc::new(tokio::sync::RwLock::new(())),
             pr_file: config.pr_state,
             pr_persist: tokio::sync::Mutex::new(()),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, LogicalUnit> {
-        // Every update of the state completes under the lock without
-        // panicking paths, so a poisoned lock still holds consistent state.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock_state(&self.state)
     }
 
     /// Runs one command; never fails: errors become CHECK CONDITION results.
@@ -119,10 +126,14 @@ impl Lun {
     }
 
     async fn run(&self, nexus: &Nexus, cmd: &ScsiCommand) -> ScsiResult {
-        let (spc, write_through) = {
+        let (spc, write_through, geo) = {
             let mut lu = self.lock();
             let spc = lu.spc(nexus, cmd.lun, &cmd.cdb, &cmd.data_out);
-            (spc, lu.write_through() && self.volatile_cache)
+            (
+                spc,
+                lu.write_through() && self.volatile_cache,
+                lu.current_geo(),
+            )
         };
         match spc {
             Spc::Done { result, pr_changed } => {
@@ -133,7 +144,16 @@ impl Lun {
             }
             Spc::Block => {}
         }
-        let op = match sbc::decode(&self.geo, &self.limits, &cmd.cdb, &cmd.data_out) {
+        match cdb::Cdb(&cmd.cdb).opcode() {
+            0x48 => return self.sanitize(&cmd.cdb, &cmd.data_out, &geo).await,
+            0x83 => {
+                return self
+                    .extended_copy(nexus, &cmd.cdb, &cmd.data_out, &geo, write_through)
+                    .await
+            }
+            _ => {}
+        }
+        let op = match sbc::decode(&geo, &self.limits, &cmd.cdb, &cmd.data_out) {
             Ok(Some(op)) => op,
             Ok(None) => return Sense::INVALID_OPCODE.into_result(),
             Err(r) => return r,
@@ -144,6 +164,7 @@ impl Lun {
                 | BlockOp::WriteSame { .. }
                 | BlockOp::CompareAndWrite { .. }
                 | BlockOp::OrWrite { .. }
+                | BlockOp::AtomicWrite { .. }
                 | BlockOp::Discard(_)
         );
         match self.block(op, write_through).await {
@@ -156,7 +177,20 @@ impl Lun {
         let ok = |d: Bytes| sbc::good(d, 0);
         match op {
             BlockOp::Nothing => Ok(ok(Bytes::new())),
-            BlockOp::Read { offset, len } => self.device.read(offset, len as usize).await.map(ok),
+            BlockOp::Read { offset, len } => {
+                // Shared: a read never sees half of an atomic write.
+                let _g = self.write_gate.read().await;
+                self.device.read(offset, len as usize).await.map(ok)
+            }
+            BlockOp::AtomicWrite { offset, data, fua } => {
+                // Exclusive, like CAW: no other write lands in between and
+                // no read sees the range half written.
+                let _g = self.write_gate.write().await;
+                self.device
+                    .write(offset, data, fua || write_through)
+                    .await?;
+                Ok(ok(Bytes::new()))
+            }
             BlockOp::Write { offset, data, fua } => {
                 let bs = self.geo.block_size as usize;
                 let fua = fua || write_through;
@@ -242,23 +276,47 @@ impl Lun {
                 Ok(ok(Bytes::new()))
             }
             BlockOp::LbaStatus { lba, alloc } => {
-                let bs = u64::from(self.geo.block_size);
-                let blocks = (self.geo.num_blocks - lba).min(LBA_STATUS_SPAN);
-                let extents = self.device.block_status(lba * bs, blocks * bs).await?;
-                let runs: Vec<(u64, u64, bool)> = extents
-                    .iter()
-                    .filter(|e| e.len > 0)
-                    .map(|e| {
-                        (
-                            e.offset / bs,
-                            e.len / bs,
-                            e.state == Allocation::Deallocated,
-                        )
-                    })
-                    .collect();
+                let runs = self.lba_runs(lba, alloc).await?;
                 Ok(sbc::lba_status(&runs, alloc))
             }
         }
+    }
+
+    /// (lba, blocks, deallocated) runs from `lba` on, adjacent runs of one
+    /// state merged, as many as `alloc` bytes of descriptors can hold: the
+    /// device is asked span by span so a large LU still reports its end.
+    async fn lba_runs(&self, lba: u64, alloc: u32) -> Result<Vec<(u64, u64, bool)>, BlockError> {
+        let bs = u64::from(self.geo.block_size);
+        let max_runs = (alloc as usize).saturating_sub(8) / 16;
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        let mut at = lba;
+        let mut spans = 0;
+        while at < self.geo.num_blocks && runs.len() <= max_runs.max(1) && spans < LBA_STATUS_SPANS
+        {
+            spans += 1;
+            let blocks = (self.geo.num_blocks - at).min(LBA_STATUS_SPAN);
+            let extents = self.device.block_status(at * bs, blocks * bs).await?;
+            let start = at;
+            for e in extents.iter().filter(|e| e.len >= bs) {
+                let (elba, n) = (e.offset / bs, e.len / bs);
+                let dealloc = e.state == Allocation::Deallocated;
+                match runs.last_mut() {
+                    Some(last)
+                        if last.2 == dealloc
+                            && last.0 + last.1 == elba
+                            && last.1 + n <= u64::from(u32::MAX) =>
+                    {
+                        last.1 += n;
+                    }
+                    _ => runs.push((elba, n, dealloc)),
+                }
+                at = at.max(elba + n);
+            }
+            if at == start {
+                break;
+            }
+        }
+        Ok(runs)
     }
 
     async fn write_same(
@@ -343,6 +401,12 @@ impl Lun {
     }
 }
 
+fn lock_state(state: &Mutex<LogicalUnit>) -> MutexGuard<'_, LogicalUnit> {
+    // Every update of the state completes under the lock without panicking
+    // paths, so a poisoned lock still holds consistent state.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn miscompare(at: usize) -> ScsiResult {
     Sense::MISCOMPARE_DURING_VERIFY
         .with_info(u32::try_from(at).unwrap_or(u32::MAX))
@@ -405,6 +469,7 @@ mod tests {
     use crate::block::{Capabilities, Extent};
     use crate::mem::MemDevice;
     use async_trait::async_trait;
+    use iscsi_proto::scsi::cdb::{be32, be64};
     use iscsi_proto::task::{ScsiStatus, TaskAttr};
     use proptest::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -879,6 +944,31 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn lba_status_spans_the_whole_lu() -> TestResult {
+        // Larger than one device query: the answer still reaches the end.
+        let blocks = 3 * LBA_STATUS_SPAN;
+        let lun = Lun::new(Arc::new(MemDevice::new(512, blocks, false)), config(None))?;
+        let n = nexus(1);
+        attach(&lun, &n).await;
+        let mut w = vec![0x8A, 0];
+        w.extend_from_slice(&(2 * LBA_STATUS_SPAN + 5).to_be_bytes());
+        w.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+        assert_eq!(run(&lun, &n, &w, &[1; 512]).await.status, ScsiStatus::GOOD);
+        let gls = [0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        let d = run(&lun, &n, &gls, &[]).await.data_in;
+        assert_eq!(&d[0..4], &[0, 0, 0, 52]);
+        let desc = |i: usize| {
+            let e = &d[8 + 16 * i..24 + 16 * i];
+            (be64(e, 0), u64::from(be32(e, 8)), e[12])
+        };
+        let mapped = 2 * LBA_STATUS_SPAN + 5;
+        assert_eq!(desc(0), (0, mapped, 1));
+        assert_eq!(desc(1), (mapped, 1, 0));
+        assert_eq!(desc(2), (mapped + 1, blocks - mapped - 1, 1));
+        Ok(())
+    }
+
     /// A device with a volatile cache that records whether writes asked for FUA.
     struct CacheDevice {
         inner: MemDevice,
@@ -1050,6 +1140,44 @@ mod tests {
             Lun::new(dev, config(None)),
             Err(LunError::BlockSize(100))
         ));
+    }
+
+    #[tokio::test]
+    async fn write_atomic16() -> TestResult {
+        let lun = lun(false)?;
+        let n = nexus(1);
+        attach(&lun, &n).await;
+        let mut wa = [0u8; 16];
+        wa[0] = 0x9C;
+        wa[1] = 0x18; // DPO, FUA
+        wa[9] = 62;
+        wa[13] = 2;
+        let r = run(&lun, &n, &wa, &[0xA6; 1024]).await;
+        assert_eq!(r.status, ScsiStatus::GOOD);
+        assert_eq!(r.transfer_len, 1024);
+        let back = run(&lun, &n, &rw10(0x28, 62, 2), &[]).await;
+        assert!(back.data_in.iter().all(|b| *b == 0xA6));
+        wa[9] = 63;
+        assert_eq!(
+            sense(&run(&lun, &n, &wa, &[0; 1024]).await),
+            Some((5, 0x21, 0))
+        );
+        let rsoc = run(
+            &lun,
+            &n,
+            &[0xA3, 0x0C, 1, 0x9C, 0, 0, 0, 0, 1, 0, 0, 0],
+            &[],
+        )
+        .await;
+        assert_eq!((rsoc.data_in[1] & 0x07, rsoc.data_in[5]), (0x03, 0x18));
+        // Block Limits: atomic length within the transfer length.
+        let bl = run(&lun, &n, &[0x12, 1, 0xB0, 0, 255, 0], &[])
+            .await
+            .data_in;
+        let max = u32::from_be_bytes([bl[8], bl[9], bl[10], bl[11]]);
+        let atomic = u32::from_be_bytes([bl[44], bl[45], bl[46], bl[47]]);
+        assert!(atomic > 0 && atomic <= max);
+        Ok(())
     }
 
     #[tokio::test]

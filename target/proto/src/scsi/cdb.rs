@@ -85,6 +85,13 @@ pub fn transfer_len(cdb: &[u8], block_size: u32) -> u32 {
         0x28 | 0x2A | 0x2E => blocks(u64::from(c.u16(7))),
         0xA8 | 0xAA | 0xAE => blocks(u64::from(c.u32(6))),
         0x88 | 0x8A | 0x8E | 0x8B => blocks(u64::from(c.u32(10))),
+        // WRITE ATOMIC(16): 2-byte transfer length in bytes 12..14.
+        0x9C => blocks(u64::from(c.u16(12))),
+        // EXTENDED COPY: parameter list length; RECEIVE COPY RESULTS:
+        // allocation length.
+        0x83 | 0x84 => c.u32(10),
+        // SANITIZE: parameter list length.
+        0x48 => u32::from(c.u16(7)),
         // VERIFY: data only with BYTCHK.
         0x2F => verify_bytes(c.b(1), u64::from(c.u16(7)), bs),
         0xAF => verify_bytes(c.b(1), u64::from(c.u32(6)), bs),
@@ -131,6 +138,9 @@ pub fn data_out(cdb: &[u8]) -> bool {
             | 0x41
             | 0x93
             | 0x89
+            | 0x9C
+            | 0x48
+            | 0x83
             | 0x42
             | 0x15
             | 0x55
@@ -156,7 +166,7 @@ pub fn access(cdb: &[u8]) -> Access {
         0xA3 => Access::Exempt,
         0x9E if c.sa() == 0x10 => Access::Exempt,
         0x08 | 0x28 | 0xA8 | 0x88 | 0x2F | 0xAF | 0x8F | 0x9E | 0x1A | 0x5A | 0x34 | 0x90
-        | 0x37 | 0xB7 => Access::Read,
+        | 0x37 | 0xB7 | 0x84 => Access::Read,
         _ => Access::Write,
     }
 }

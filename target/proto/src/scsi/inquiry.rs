@@ -26,6 +26,13 @@ pub struct Limits {
     pub max_unmap_descriptors: u32,
     pub max_write_same_blocks: u64,
     pub max_compare_write_blocks: u8,
+    /// WRITE ATOMIC(16): most blocks one atomic write may carry (0: the
+    /// command is not supported), and the LBA alignment and length
+    /// granularity it requires (1: none). Atomic boundaries are not
+    /// supported (their fields are 0).
+    pub max_atomic_transfer_blocks: u32,
+    pub atomic_alignment: u32,
+    pub atomic_granularity: u32,
 }
 
 impl Limits {
@@ -36,12 +43,15 @@ impl Limits {
         max_unmap_descriptors: 256,
         max_write_same_blocks: 0x8000,
         max_compare_write_blocks: 255,
+        max_atomic_transfer_blocks: 0x4000,
+        atomic_alignment: 1,
+        atomic_granularity: 1,
     };
 }
 
 /// VPD pages this LU returns, ascending (page 0x00 lists them).
 fn supported_pages(geo: &Geometry) -> Vec<u8> {
-    let mut p = vec![0x00, 0x80, 0x83, 0xB0, 0xB1];
+    let mut p = vec![0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1];
     if geo.thin {
         p.push(0xB2);
     }
@@ -76,10 +86,16 @@ pub fn inquiry(
         0x00 => supported_pages(geo),
         0x80 => id.serial.as_bytes().to_vec(),
         0x83 => device_identification(id, nexus),
+        0x8F => super::xcopy::vpd_page(),
         0xB0 => block_limits(limits),
         0xB1 => {
             let mut d = vec![0u8; 0x3C];
             d[1] = 0x01; // MEDIUM ROTATION RATE: non-rotating medium
+            if super::sanitize::block_erase_supported(geo.thin) {
+                // WABEREQ 1: blocks read normally after BLOCK ERASE;
+                // WACEREQ 0: no CRYPTO ERASE.
+                d[3] = 0x40;
+            }
             d
         }
         0xB2 if geo.thin => {
@@ -102,6 +118,7 @@ pub fn standard(id: &Identity, peripheral: u8) -> Vec<u8> {
     d[2] = 0x06; // SPC-4
     d[3] = 0x10 | 0x02; // HISUP, response data format 2
     d[4] = 96 - 5;
+    d[5] = 0x08; // 3PC: EXTENDED COPY
     d[7] = 0x02; // CMDQUE
     put_ascii(&mut d[8..16], &id.vendor);
     put_ascii(&mut d[16..32], &id.product);
@@ -121,11 +138,18 @@ fn put_ascii(dst: &mut [u8], s: &str) {
     }
 }
 
-fn device_identification(id: &Identity, nexus: &Nexus) -> Vec<u8> {
+/// The LU's NAA designation descriptor (header and identifier), the first
+/// one VPD 0x83 lists; EXTENDED COPY target descriptors name the LU by it.
+pub fn naa_designator(id: &Identity) -> Vec<u8> {
     let mut d = Vec::new();
     // NAA locally assigned (3): no IEEE OUI is ours to use.
     let naa = (0x3u64 << 60) | (id.naa_id & 0x0FFF_FFFF_FFFF_FFFF);
     designator(&mut d, 0x01, 0x03, &naa.to_be_bytes());
+    d
+}
+
+fn device_identification(id: &Identity, nexus: &Nexus) -> Vec<u8> {
+    let mut d = naa_designator(id);
     // T10 vendor ID: vendor (8 bytes) + serial.
     let mut t10 = vec![b' '; 8];
     put_ascii(&mut t10, &id.vendor);
@@ -178,6 +202,10 @@ fn block_limits(l: &Limits) -> Vec<u8> {
     d[20..24].copy_from_slice(&l.max_unmap_descriptors.to_be_bytes());
     d[24..28].copy_from_slice(&1u32.to_be_bytes()); // optimal unmap granularity
     d[32..40].copy_from_slice(&l.max_write_same_blocks.to_be_bytes());
+    // SBC-4 atomic fields (page bytes 44..64); the boundary fields stay 0.
+    d[40..44].copy_from_slice(&l.max_atomic_transfer_blocks.to_be_bytes());
+    d[44..48].copy_from_slice(&l.atomic_alignment.to_be_bytes());
+    d[48..52].copy_from_slice(&l.atomic_granularity.to_be_bytes());
     d
 }
 
@@ -237,13 +265,22 @@ mod tests {
         assert!(run(&[0x12, 0, 0x80, 0, 255, 0]).sense.is_some());
         assert!(run(&[0x12, 1, 0x99, 0, 255, 0]).sense.is_some());
         let p0 = run(&[0x12, 1, 0, 0, 255, 0]);
-        assert_eq!(&p0.data_in[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+        assert_eq!(
+            &p0.data_in[4..],
+            &[0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2]
+        );
+        let tpc = run(&[0x12, 1, 0x8F, 0, 255, 0]);
+        assert_eq!(&tpc.data_in[4..6], &[0, 1]);
         let sn = run(&[0x12, 1, 0x80, 0, 255, 0]);
         assert_eq!(&sn.data_in[4..], b"SER1");
         let bl = run(&[0x12, 1, 0xB0, 0, 255, 0]);
         assert_eq!(bl.data_in.len(), 64);
         assert_eq!(bl.data_in[3], 0x3C);
         assert_eq!(bl.data_in[5], 255);
+        assert_eq!(&bl.data_in[44..48], &0x4000u32.to_be_bytes());
+        assert_eq!(&bl.data_in[48..52], &1u32.to_be_bytes());
+        assert_eq!(&bl.data_in[52..56], &1u32.to_be_bytes());
+        assert_eq!(&bl.data_in[56..64], &[0; 8]);
         let lbp = run(&[0x12, 1, 0xB2, 0, 255, 0]);
         assert_eq!(lbp.data_in[5], 0xE4);
     }

@@ -7,8 +7,10 @@ use super::cdb::{access, Access, Cdb};
 use super::inquiry::{self, Identity, Limits};
 use super::mode::ModeState;
 use super::pr::PrState;
+use super::sanitize;
 use super::sbc::Geometry;
 use super::sense::Sense;
+use super::xcopy::{self, CopyStatus};
 use super::{good, opcodes};
 use crate::task::{Nexus, ScsiResult, ScsiStatus, TmfFunction};
 use bytes::Bytes;
@@ -38,13 +40,21 @@ pub struct LogicalUnit {
     uas: HashMap<Nexus, Vec<Sense>>,
     /// SPC-2 RESERVE(6/10) holder.
     reserved_by: Option<Nexus>,
+    /// Whether a SANITIZE runs or failed; the driver moves it along.
+    pub sanitize: sanitize::State,
+    /// Held EXTENDED COPY results per nexus, oldest first.
+    copy_results: HashMap<Nexus, Vec<(u8, CopyStatus)>>,
 }
 
 impl LogicalUnit {
     pub fn new(id: Identity, geo: Geometry, volatile_cache: bool, pr: PrState) -> Self {
         // At most 8 MiB per command: the whole Data-Out is held in memory.
+        let max_transfer_blocks = (8 << 20) / geo.block_size.max(512);
         let limits = Limits {
-            max_transfer_blocks: (8 << 20) / geo.block_size.max(512),
+            max_transfer_blocks,
+            // An atomic write holds the LU's writes off for its duration;
+            // anything a single command may carry is short enough.
+            max_atomic_transfer_blocks: max_transfer_blocks,
             ..Limits::DEFAULT
         };
         let geo = Geometry {
@@ -60,6 +70,17 @@ impl LogicalUnit {
             seen: HashSet::new(),
             uas: HashMap::new(),
             reserved_by: None,
+            sanitize: sanitize::State::Idle,
+            copy_results: HashMap::new(),
+        }
+    }
+
+    /// The geometry commands see now: software write protect (SWP in the
+    /// control mode page) makes a writable medium read-only.
+    pub fn current_geo(&self) -> Geometry {
+        Geometry {
+            read_only: self.geo.read_only || self.mode.swp,
+            ..self.geo
         }
     }
 
@@ -114,6 +135,15 @@ impl LogicalUnit {
         if !opcodes::supported(cdb, self.geo.thin) {
             return done(Sense::INVALID_OPCODE.into_result());
         }
+        match self.sanitize {
+            sanitize::State::Running { progress } if !sanitize::allowed_while_running(op) => {
+                return done(sanitize::in_progress(progress).into_result());
+            }
+            sanitize::State::Failed if sanitize::medium_access(op) => {
+                return done(sanitize::FAILED.into_result());
+            }
+            _ => {}
+        }
         if self.reservation_conflict(n, cdb) {
             return done(conflict());
         }
@@ -122,7 +152,7 @@ impl LogicalUnit {
             0x03 => self.request_sense(n, cdb),
             0x12 => done(inquiry::inquiry(cdb, &self.id, &self.geo, &self.limits, n)),
             0xA0 => done(super::spc::report_luns(&[lun], cdb)),
-            0x1A | 0x5A => done(self.mode.sense(cdb, &self.geo)),
+            0x1A | 0x5A => done(self.mode.sense(cdb, &self.current_geo())),
             0x15 | 0x55 => match self.mode.select(cdb, data, &self.geo) {
                 Ok(changed) => {
                     if changed {
@@ -153,6 +183,13 @@ impl LogicalUnit {
                 Err(r) => done(r),
             },
             0xA3 => done(opcodes::report(cdb, self.geo.thin)),
+            0x84 => {
+                let held = self.copy_results.get(n);
+                done(xcopy::receive_copy_results(cdb, |id| {
+                    held.and_then(|h| h.iter().rev().find(|(i, _)| *i == id))
+                        .map(|(_, s)| *s)
+                }))
+            }
             // START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL: a fixed,
             // always-ready medium; field checks only.
             0x1B => {
@@ -231,8 +268,21 @@ impl LogicalUnit {
                     Some(q.remove(0))
                 }
             })
-            .unwrap_or(Sense::NO_SENSE);
+            .unwrap_or(match self.sanitize {
+                sanitize::State::Running { progress } => sanitize::in_progress(progress),
+                _ => Sense::NO_SENSE,
+            });
         done(super::good_vec(s.to_fixed().to_vec(), alloc))
+    }
+
+    /// Holds an EXTENDED COPY's outcome for RECEIVE COPY RESULTS.
+    pub fn hold_copy_result(&mut self, n: &Nexus, list_id: u8, status: CopyStatus) {
+        let held = self.copy_results.entry(n.clone()).or_default();
+        held.retain(|(i, _)| *i != list_id);
+        if held.len() >= xcopy::HELD_RESULTS {
+            held.remove(0);
+        }
+        held.push((list_id, status));
     }
 
     /// Effect of a task management function on this LU.
@@ -265,6 +315,7 @@ impl LogicalUnit {
         }
         self.seen.remove(n);
         self.uas.remove(n);
+        self.copy_results.remove(n);
     }
 }
 
@@ -384,6 +435,53 @@ mod tests {
     }
 
     #[test]
+    fn sanitize_states_gate_commands() {
+        let mut lu = lu();
+        let n = nexus(1);
+        lu.spc(&n, 0, &[0x00], &[]);
+        lu.sanitize = sanitize::State::Running { progress: 0x8000 };
+        assert_eq!(asc(lu.spc(&n, 0, &[0x00], &[])), Some((0x04, 0x1B)));
+        assert_eq!(
+            asc(lu.spc(&n, 0, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[])),
+            Some((0x04, 0x1B))
+        );
+        assert_eq!(asc(lu.spc(&n, 0, &[0x12, 0, 0, 0, 36, 0], &[])), None);
+        let rs = answer(lu.spc(&n, 0, &[0x03, 0, 0, 0, 18, 0], &[]));
+        let d = rs.map(|r| r.data_in.to_vec()).unwrap_or_default();
+        assert_eq!((d[2], d[12], d[13]), (0x02, 0x04, 0x1B));
+        assert_eq!(&d[15..18], &[0x80, 0x80, 0x00]);
+        lu.sanitize = sanitize::State::Failed;
+        assert_eq!(
+            asc(lu.spc(&n, 0, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[])),
+            Some((0x31, 0x03))
+        );
+        assert!(matches!(lu.spc(&n, 0, &[0x00], &[]), Spc::Done { .. }));
+        assert!(matches!(lu.spc(&n, 0, &[0x48, 0x1F], &[]), Spc::Block));
+    }
+
+    #[test]
+    fn software_write_protect() {
+        let mut lu = lu();
+        let n = nexus(1);
+        lu.spc(&n, 0, &[0x00], &[]);
+        let ch = answer(lu.spc(&n, 0, &[0x1A, 0x08, 0x4A, 0, 255, 0], &[]));
+        let page = ch.map(|r| r.data_in[4..].to_vec()).unwrap_or_default();
+        assert_eq!((page[0], page[4]), (0x0A, 0x08));
+        let cur = answer(lu.spc(&n, 0, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]));
+        let mut list = vec![0, 0, 0, 0];
+        list.extend_from_slice(&cur.map(|r| r.data_in[4..].to_vec()).unwrap_or_default());
+        list[4 + 4] |= 0x08;
+        let sel = [0x15, 0x10, 0, 0, list.len() as u8, 0];
+        assert!(answer(lu.spc(&n, 0, &sel, &list)).is_some_and(|r| r.sense.is_none()));
+        assert!(lu.current_geo().read_only);
+        let ms = answer(lu.spc(&n, 0, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]));
+        assert_eq!(
+            ms.map(|r| (r.data_in[2] & 0x80, r.data_in[8] & 0x08)),
+            Some((0x80, 0x08))
+        );
+    }
+
+    #[test]
     fn report_luns_lists_this_lun() {
         let mut lu = lu();
         let r = answer(lu.spc(&nexus(1), 5, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[]));
@@ -417,6 +515,8 @@ mod tests {
             let _ = super::super::spc::unknown_lun(&cdb);
             let _ = super::super::spc::report_luns(&[0, 1, 4000], &cdb);
             let _ = super::super::cdb::transfer_len(&cdb, 512);
+            let _ = super::super::xcopy::decode(&cdb, &data, &lu.geo, &[1, 3, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]);
+            let _ = super::super::sanitize::decode(&cdb, &data, 512, true, false);
             let _ = PrState::decode(&data);
         }
     }

@@ -4,7 +4,9 @@
 //! logical unit's shared state (unit attentions, reservations, persistent
 //! reservations in `pr`, mode pages in `mode`) and answers the SPC commands
 //! that need no block I/O (`inquiry`, `opcodes`, `spc`); `sbc` decodes block
-//! commands into operations the driver performs on a block device.
+//! commands into operations the driver performs on a block device, and
+//! `sanitize` decodes SANITIZE and holds its state, `xcopy` decodes
+//! EXTENDED COPY and answers RECEIVE COPY RESULTS.
 
 pub mod cdb;
 pub mod inquiry;
@@ -12,9 +14,11 @@ pub mod lu;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;
+pub mod sanitize;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
+pub mod xcopy;
 
 use crate::task::{ScsiResult, ScsiStatus};
 use bytes::Bytes;

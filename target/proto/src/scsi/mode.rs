@@ -16,6 +16,8 @@ const ALL_PAGES: u8 = 0x3F;
 pub struct ModeState {
     /// Write cache enabled; only a device with a volatile cache can turn it on.
     pub wce: bool,
+    /// SWP (control page): software write protect of the medium.
+    pub swp: bool,
     volatile_cache: bool,
 }
 
@@ -30,6 +32,7 @@ impl ModeState {
     pub fn new(volatile_cache: bool) -> Self {
         Self {
             wce: volatile_cache,
+            swp: false,
             volatile_cache,
         }
     }
@@ -54,11 +57,15 @@ impl ModeState {
                     p[2] = 0x04;
                 }
             }
-            // Nothing in the control and IE pages is changeable.
+            // Only SWP in the control page is changeable.
+            CONTROL if pc == PageControl::Changeable => p[4] = 0x08,
             _ if pc == PageControl::Changeable => {}
             CONTROL => {
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
                 p[8..10].copy_from_slice(&0xFFFFu16.to_be_bytes()); // busy timeout: unlimited
+                if pc == PageControl::Current && self.swp {
+                    p[4] |= 0x08;
+                }
             }
             _ => p[2] = 0x08, // IE page: DEXCPT, no exception reporting
         }
@@ -219,6 +226,9 @@ impl ModeState {
             }
             if code == CACHING {
                 next.wce = new[2] & 0x04 != 0;
+            }
+            if code == CONTROL {
+                next.swp = new[4] & 0x08 != 0;
             }
             at += len;
         }

@@ -1,6 +1,6 @@
 //! Block commands (SBC-3): decoding and checking into operations on a block
 //! device. READ/WRITE 6/10/12/16, WRITE AND VERIFY, VERIFY, WRITE SAME,
-//! COMPARE AND WRITE, SYNCHRONIZE CACHE, UNMAP, READ CAPACITY 10/16 and
+//! COMPARE AND WRITE, WRITE ATOMIC(16), SYNCHRONIZE CACHE, UNMAP, READ CAPACITY 10/16 and
 //! GET LBA STATUS.
 
 use super::cdb::{be32, be64, Cdb};
@@ -34,6 +34,9 @@ pub enum BlockOp {
     /// what arrived (possibly ending inside a block): only that is written
     /// (FCP-4 9.4.2 a), and the residual tells the initiator.
     Write { offset: u64, data: Bytes, fua: bool },
+    /// WRITE ATOMIC(16): write all of `data` at `offset` with no other
+    /// command seeing or writing the range in between.
+    AtomicWrite { offset: u64, data: Bytes, fua: bool },
     /// ORWRITE: OR `data` into the blocks at `offset`.
     OrWrite { offset: u64, data: Bytes, fua: bool },
     /// VERIFY: read `len` bytes; with `compare`, compare them against it.
@@ -173,6 +176,7 @@ pub fn decode(
                 fua: c.b(1) & 0x08 != 0,
             }))
         }
+        0x9C => decode_atomic(geo, limits, &c, data_out).map(Some),
         // PRE-FETCH 10/16: there is no cache to load; GOOD (SBC-3 5.9).
         0x34 | 0x90 => {
             let (lba, blocks) = if op == 0x34 {
@@ -366,6 +370,58 @@ pub fn decode(
         },
         _ => Ok(None),
     }
+}
+
+/// WRITE ATOMIC(16) (SBC-4 5.48): LBA in bytes 2..10, ATOMIC BOUNDARY in
+/// 10..12, TRANSFER LENGTH in 12..14.
+fn decode_atomic(
+    geo: &Geometry,
+    limits: &Limits,
+    c: &Cdb,
+    data_out: &Bytes,
+) -> Result<BlockOp, ScsiResult> {
+    let (lba, blocks) = (c.u64(2), u32::from(c.u16(12)));
+    if c.b(1) & 0xE0 != 0 {
+        return Err(Sense::INVALID_FIELD_IN_CDB
+            .cdb_field(1, Some(7))
+            .into_result());
+    }
+    if c.u16(10) != 0 {
+        // MAXIMUM ATOMIC BOUNDARY SIZE is 0: boundaries are not supported.
+        return Err(Sense::INVALID_FIELD_IN_CDB
+            .cdb_field(10, None)
+            .into_result());
+    }
+    check_range(geo, lba, u64::from(blocks))?;
+    if blocks == 0 {
+        return Ok(BlockOp::Nothing);
+    }
+    let align = u64::from(limits.atomic_alignment.max(1));
+    let gran = limits.atomic_granularity.max(1);
+    if blocks > limits.max_atomic_transfer_blocks {
+        return Err(Sense::INVALID_FIELD_IN_CDB
+            .cdb_field(12, None)
+            .into_result());
+    }
+    if lba % align != 0 {
+        return Err(Sense::INVALID_FIELD_IN_CDB.cdb_field(2, None).into_result());
+    }
+    if blocks % gran != 0 {
+        return Err(Sense::INVALID_FIELD_IN_CDB
+            .cdb_field(12, None)
+            .into_result());
+    }
+    check_transfer(geo, blocks)?;
+    if geo.read_only {
+        return Err(Sense::WRITE_PROTECTED.into_result());
+    }
+    // All of it or nothing: a partial atomic write would not be one.
+    let data = data_for(data_out, (blocks * geo.block_size) as usize)?;
+    Ok(BlockOp::AtomicWrite {
+        offset: lba * u64::from(geo.block_size),
+        data,
+        fua: c.b(1) & 0x08 != 0,
+    })
 }
 
 /// LBA and transfer length of a 10/12/16-byte CDB.
@@ -669,6 +725,59 @@ mod tests {
             dec(&GEO, &caw, &[0; 1024]).err().as_ref().and_then(sense),
             Some((5, 0x21, 0))
         );
+    }
+
+    #[test]
+    fn write_atomic16_checks() {
+        let cdb = |lba: u64, blocks: u16, b1: u8| {
+            let mut c = [0u8; 16];
+            c[0] = 0x9C;
+            c[1] = b1;
+            c[2..10].copy_from_slice(&lba.to_be_bytes());
+            c[12..14].copy_from_slice(&blocks.to_be_bytes());
+            c
+        };
+        let ok = dec(&GEO, &cdb(98, 2, 0x08), &[3; 1024]).ok().flatten();
+        assert!(matches!(
+            ok,
+            Some(BlockOp::AtomicWrite {
+                offset: 50176,
+                fua: true,
+                ref data
+            }) if data.len() == 1024
+        ));
+        assert_eq!(
+            dec(&GEO, &cdb(0, 0, 0), &[]).ok().flatten(),
+            Some(BlockOp::Nothing)
+        );
+        for (lba, n) in [(99, 2), (101, 0), (1 << 63, 1), (u64::MAX, 1)] {
+            let r = dec(&GEO, &cdb(lba, n, 0), &[0; 1024]).err();
+            assert_eq!(r.as_ref().and_then(sense), Some((5, 0x21, 0)));
+        }
+        let prot = dec(&GEO, &cdb(0, 1, 0x20), &[0; 512]).err();
+        assert_eq!(prot.as_ref().and_then(sense), Some((5, 0x24, 0)));
+        // Short Data-Out is refused, not written in part.
+        assert!(dec(&GEO, &cdb(0, 2, 0), &[0; 600]).is_err());
+        let mut boundary = cdb(0, 1, 0);
+        boundary[11] = 1;
+        assert!(dec(&GEO, &boundary, &[0; 512]).is_err());
+        let strict = Limits {
+            atomic_alignment: 4,
+            atomic_granularity: 2,
+            max_atomic_transfer_blocks: 8,
+            ..L
+        };
+        let d = |c: &[u8], n: usize| decode(&GEO, &strict, c, &Bytes::from(vec![0u8; n]));
+        assert!(d(&cdb(4, 2, 0), 1024).is_ok());
+        assert!(d(&cdb(1, 2, 0), 1024).is_err());
+        assert!(d(&cdb(4, 1, 0), 512).is_err());
+        assert!(d(&cdb(8, 10, 0), 5120).is_err());
+        let ro = Geometry {
+            read_only: true,
+            ..GEO
+        };
+        let r = dec(&ro, &cdb(0, 1, 0), &[0; 512]).err();
+        assert_eq!(r.as_ref().and_then(sense), Some((7, 0x27, 0)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub enum SenseKey {
     IllegalRequest = 0x5,
     UnitAttention = 0x6,
     DataProtect = 0x7,
+    CopyAborted = 0xA,
     AbortedCommand = 0xB,
     Miscompare = 0xE,
 }
@@ -31,6 +32,9 @@ pub struct Sense {
     /// Sense-key-specific field pointer to the bad CDB byte (and bit),
     /// for INVALID FIELD IN CDB / PARAMETER LIST.
     pub field_pointer: Option<FieldPointer>,
+    /// Sense-key-specific progress indication (in 65536ths), for NOT READY
+    /// conditions of long operations such as SANITIZE.
+    pub progress: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +53,7 @@ impl Sense {
             ascq,
             info: None,
             field_pointer: None,
+            progress: None,
         }
     }
 
@@ -107,6 +112,11 @@ impl Sense {
         self
     }
 
+    pub const fn with_progress(mut self, progress: u16) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
     pub const fn with_info(mut self, info: u32) -> Self {
         self.info = Some(info);
         self
@@ -134,6 +144,9 @@ impl Sense {
             }
             s[15] = b;
             s[16..18].copy_from_slice(&fp.byte.to_be_bytes());
+        } else if let Some(p) = self.progress {
+            s[15] = 0x80; // SKSV
+            s[16..18].copy_from_slice(&p.to_be_bytes());
         }
         s
     }
@@ -165,5 +178,7 @@ mod tests {
         let m = Sense::MISCOMPARE_DURING_VERIFY.with_info(7).to_fixed();
         assert_eq!(m[0], 0xF0);
         assert_eq!(u32::from_be_bytes([m[3], m[4], m[5], m[6]]), 7);
+        let p = Sense::MEDIUM_NOT_PRESENT.with_progress(0x1234).to_fixed();
+        assert_eq!(&p[15..18], &[0x80, 0x12, 0x34]);
     }
 }

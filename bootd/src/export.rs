@@ -25,6 +25,10 @@ pub struct ExportArgs {
     /// Refuse writes.
     #[arg(long)]
     read_only: bool,
+    /// Serve it as a removable medium (like a BMC's virtual media):
+    /// initiators may eject and load it, and prevent its removal.
+    #[arg(long)]
+    removable: bool,
     /// Require CHAP with this user and secret.
     #[arg(long, value_name = "USER:SECRET")]
     chap: Option<String>,
@@ -112,6 +116,7 @@ pub fn run(data_dir: &Path, args: ExportArgs) -> Result<()> {
             vendor: "BOOTD".into(),
             product: "export".into(),
             pr_state,
+            removable: args.removable,
         },
     )
     .context("setting up LUN 0")?;
@@ -151,7 +156,7 @@ async fn serve(args: &ExportArgs, path: &Path, target: Target) -> Result<()> {
     writeln!(out, "sanboot iscsi:{host}::{}:0:{iqn}", local.port())?;
     out.flush()?;
     drop(out);
-    tracing::info!(file = %path.display(), listen = %local, read_only = args.read_only, "serving");
+    tracing::info!(file = %path.display(), listen = %local, read_only = args.read_only, removable = args.removable, "serving");
 
     let srv = server.clone();
     tokio::spawn(async move {

@@ -11,6 +11,7 @@ use iscsi_proto::scsi::cdb;
 use iscsi_proto::scsi::inquiry::{Identity, Limits};
 use iscsi_proto::scsi::lu::{LogicalUnit, Spc};
 use iscsi_proto::scsi::pr::PrState;
+use iscsi_proto::scsi::removable;
 use iscsi_proto::scsi::sbc::{self, BlockOp, Geometry};
 use iscsi_proto::scsi::sense::Sense;
 use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, TmfFunction, TmfResponse};
@@ -32,6 +33,10 @@ pub struct LunConfig {
     pub product: String,
     /// Where persistent reservations are kept across restarts (`None`: memory only).
     pub pr_state: Option<PathBuf>,
+    /// A removable medium (INQUIRY RMB): initiators can eject and load it
+    /// with START STOP UNIT and prevent that per I_T nexus. The medium is
+    /// loaded at start.
+    pub removable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,7 @@ pub struct Lun {
     geo: Geometry,
     limits: Limits,
     volatile_cache: bool,
+    removable: bool,
     /// Shared with a running SANITIZE, which outlives its command.
     state: Arc<Mutex<LogicalUnit>>,
     /// Reads and writes hold it shared, COMPARE AND WRITE, WRITE ATOMIC and
@@ -93,6 +99,7 @@ impl Lun {
             revision: env!("CARGO_PKG_VERSION").chars().take(4).collect(),
             serial: config.serial,
             naa_id: config.naa_id,
+            removable: config.removable,
         };
         let lu = LogicalUnit::new(id, geo, caps.volatile_cache, pr);
         Ok(Self {
@@ -100,6 +107,7 @@ impl Lun {
             geo: lu.geo,
             limits: lu.limits,
             volatile_cache: caps.volatile_cache,
+            removable: config.removable,
             state: Arc::new(Mutex::new(lu)),
             write_gate: Arc::new(tokio::sync::RwLock::new(())),
             pr_file: config.pr_state,
@@ -126,6 +134,16 @@ impl Lun {
     }
 
     async fn run(&self, nexus: &Nexus, cmd: &ScsiCommand) -> ScsiResult {
+        // Ejecting writes cached data first (NO_FLUSH 0), before the medium
+        // is gone.
+        if self.removable
+            && cdb::Cdb(&cmd.cdb).opcode() == 0x1B
+            && removable::eject_flushes(&cmd.cdb)
+        {
+            if let Err(e) = self.device.flush().await {
+                return block_error(&e, true);
+            }
+        }
         let (spc, write_through, geo) = {
             let mut lu = self.lock();
             let spc = lu.spc(nexus, cmd.lun, &cmd.cdb, &cmd.data_out);
@@ -472,7 +490,7 @@ mod tests {
     use iscsi_proto::scsi::cdb::{be32, be64};
     use iscsi_proto::task::{ScsiStatus, TaskAttr};
     use proptest::prelude::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -508,6 +526,7 @@ mod tests {
             vendor: "BOOTD".into(),
             product: "test disk".into(),
             pr_state,
+            removable: false,
         }
     }
 
@@ -973,6 +992,7 @@ mod tests {
     struct CacheDevice {
         inner: MemDevice,
         last_fua: AtomicBool,
+        flushes: AtomicUsize,
     }
 
     #[async_trait]
@@ -995,6 +1015,7 @@ mod tests {
             self.inner.write(offset, data, fua).await
         }
         async fn flush(&self) -> Result<(), BlockError> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
         async fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
@@ -1008,11 +1029,106 @@ mod tests {
         }
     }
 
+    const EJECT: [u8; 6] = [0x1B, 0, 0, 0, 0x02, 0];
+    const LOAD: [u8; 6] = [0x1B, 0, 0, 0, 0x03, 0];
+    const PREVENT: [u8; 6] = [0x1E, 0, 0, 0, 1, 0];
+    const ALLOW: [u8; 6] = [0x1E, 0, 0, 0, 0, 0];
+
+    fn removable_lun(dev: Arc<dyn BlockDevice>) -> Result<Lun, LunError> {
+        Lun::new(
+            dev,
+            LunConfig {
+                removable: true,
+                ..config(None)
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn removable_eject_and_load_keep_the_data() -> TestResult {
+        let lun = removable_lun(Arc::new(MemDevice::new(512, 64, false)))?;
+        let n = nexus(1);
+        attach(&lun, &n).await;
+        let inq = run(&lun, &n, &[0x12, 0, 0, 0, 36, 0], &[]).await;
+        assert_eq!(inq.data_in[1] & 0x80, 0x80);
+        let w = run(&lun, &n, &rw10(0x2A, 3, 1), &[0x5A; 512]).await;
+        assert_eq!(w.status, ScsiStatus::GOOD);
+        assert_eq!(run(&lun, &n, &EJECT, &[]).await.status, ScsiStatus::GOOD);
+        let not_present = Some((2, 0x3A, 0x02));
+        assert_eq!(sense(&run(&lun, &n, &[0x00], &[]).await), not_present);
+        let r = run(&lun, &n, &rw10(0x28, 3, 1), &[]).await;
+        assert_eq!(sense(&r), not_present);
+        assert!(r.data_in.is_empty());
+        let w = run(&lun, &n, &rw10(0x2A, 3, 1), &[0; 512]).await;
+        assert_eq!(sense(&w), not_present);
+        let sync = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(sense(&run(&lun, &n, &sync, &[]).await), not_present);
+        assert_eq!(run(&lun, &n, &LOAD, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(run(&lun, &n, &[0x00], &[]).await.status, ScsiStatus::GOOD);
+        // The refused write while ejected changed nothing.
+        let back = run(&lun, &n, &rw10(0x28, 3, 1), &[]).await;
+        assert!(back.data_in.iter().all(|b| *b == 0x5A) && back.data_in.len() == 512);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn removable_prevention_per_nexus() -> TestResult {
+        let lun = removable_lun(Arc::new(MemDevice::new(512, 64, false)))?;
+        let (a, b) = (nexus(1), nexus(2));
+        attach(&lun, &a).await;
+        attach(&lun, &b).await;
+        let prevented = Some((5, 0x53, 0x02));
+        assert_eq!(run(&lun, &a, &PREVENT, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(sense(&run(&lun, &b, &EJECT, &[]).await), prevented);
+        assert_eq!(run(&lun, &b, &ALLOW, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(sense(&run(&lun, &b, &EJECT, &[]).await), prevented);
+        assert_eq!(run(&lun, &a, &[0x00], &[]).await.status, ScsiStatus::GOOD);
+        // a's nexus goes away (logout, connection loss): its prevention too.
+        lun.nexus_lost(&a);
+        assert_eq!(run(&lun, &b, &EJECT, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(run(&lun, &b, &PREVENT, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(sense(&run(&lun, &b, &LOAD, &[]).await), prevented);
+        // A LU reset clears it as well.
+        lun.task_management(&b, TmfFunction::LogicalUnitReset);
+        assert_eq!(sense(&run(&lun, &b, &LOAD, &[]).await), Some((6, 0x29, 3)));
+        assert_eq!(run(&lun, &b, &LOAD, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(run(&lun, &b, &[0x00], &[]).await.status, ScsiStatus::GOOD);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn removable_eject_flushes_unless_no_flush() -> TestResult {
+        let dev = Arc::new(CacheDevice {
+            inner: MemDevice::new(512, 64, false),
+            last_fua: AtomicBool::new(false),
+            flushes: AtomicUsize::new(0),
+        });
+        let lun = removable_lun(dev.clone())?;
+        let n = nexus(1);
+        attach(&lun, &n).await;
+        assert_eq!(run(&lun, &n, &EJECT, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(dev.flushes.load(Ordering::SeqCst), 1);
+        assert_eq!(run(&lun, &n, &LOAD, &[]).await.status, ScsiStatus::GOOD);
+        let no_flush = [0x1B, 0, 0, 0, 0x06, 0];
+        assert_eq!(run(&lun, &n, &no_flush, &[]).await.status, ScsiStatus::GOOD);
+        assert_eq!(dev.flushes.load(Ordering::SeqCst), 1);
+        // A fixed LU neither ejects nor flushes.
+        let fixed = Lun::new(dev.clone(), config(None))?;
+        attach(&fixed, &n).await;
+        assert_eq!(
+            sense(&run(&fixed, &n, &EJECT, &[]).await),
+            Some((5, 0x24, 0))
+        );
+        assert_eq!(dev.flushes.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn write_cache_enable_controls_fua() -> TestResult {
         let dev = Arc::new(CacheDevice {
             inner: MemDevice::new(512, 64, false),
             last_fua: AtomicBool::new(false),
+            flushes: AtomicUsize::new(0),
         });
         let lun = Lun::new(dev.clone(), config(None))?;
         let (a, b) = (nexus(1), nexus(2));
@@ -1093,6 +1209,7 @@ mod tests {
         let dev = Arc::new(CacheDevice {
             inner: MemDevice::new(512, 64, false),
             last_fua: AtomicBool::new(false),
+            flushes: AtomicUsize::new(0),
         });
         let lun = Arc::new(Lun::new(dev, config(None))?);
         let mut tasks = Vec::new();

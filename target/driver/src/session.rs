@@ -268,6 +268,21 @@ impl State {
         };
         self.conn.complete_task_management(req.itt, response);
         if req.function == iscsi_proto::task::TmfFunction::TargetColdReset {
+            // RFC 7143 11.5.1: a cold reset is a power cycle of the target:
+            // every session with it ends, not only the requester's.
+            let me = self.bound.as_ref().map(|b| b.target.iqn.clone());
+            let sessions = self
+                .server
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for s in sessions
+                .values()
+                .filter(|s| s.conn_id != self.conn_id && s.target == me)
+            {
+                s.kill.notify_one();
+            }
+            drop(sessions);
             self.conn.close_after_flush();
         }
     }

@@ -178,6 +178,7 @@ mod tests {
             vendor: "BOOTD".into(),
             product: "t".into(),
             pr_state: None,
+            removable: false,
         };
         Ok(Arc::new(Lun::new(dev, config)?))
     }

@@ -161,6 +161,7 @@ mod tests {
             vendor: "BOOTD".into(),
             product: "t".into(),
             pr_state: None,
+            removable: false,
         };
         let l = Lun::new(dev, config)?;
         let (a, b) = (nexus(1), nexus(2));

@@ -15,6 +15,8 @@ pub struct Identity {
     pub serial: String,
     /// 64-bit identifier behind the NAA designator (VPD 0x83).
     pub naa_id: u64,
+    /// RMB: the medium can be ejected and loaded (START STOP UNIT LOEJ).
+    pub removable: bool,
 }
 
 /// Limits advertised in the Block Limits VPD page and enforced by `sbc`.
@@ -115,6 +117,9 @@ pub fn inquiry(
 pub fn standard(id: &Identity, peripheral: u8) -> Vec<u8> {
     let mut d = vec![0u8; 96];
     d[0] = peripheral;
+    if id.removable {
+        d[1] = 0x80; // RMB
+    }
     d[2] = 0x06; // SPC-4
     d[3] = 0x10 | 0x02; // HISUP, response data format 2
     d[4] = 96 - 5;
@@ -220,6 +225,7 @@ mod tests {
             revision: "0.1".into(),
             serial: "SER1".into(),
             naa_id: 0x1234,
+            removable: false,
         }
     }
 
@@ -249,6 +255,7 @@ mod tests {
         let d = &r.data_in;
         assert_eq!(d.len(), 96);
         assert_eq!(d[0], 0);
+        assert_eq!(d[1], 0, "fixed medium: RMB 0");
         assert_eq!(d[2], 6);
         assert_eq!(d[3] & 0x0F, 2);
         assert_eq!(usize::from(d[4]) + 5, d.len());
@@ -258,6 +265,11 @@ mod tests {
         let short = run(&[0x12, 0, 0, 0, 5, 0]);
         assert_eq!(short.data_in.len(), 5);
         assert_eq!(short.transfer_len, 5);
+        let rmb = Identity {
+            removable: true,
+            ..id()
+        };
+        assert_eq!(standard(&rmb, 0)[1], 0x80);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::cdb::{access, Access, Cdb};
 use super::inquiry::{self, Identity, Limits};
 use super::mode::ModeState;
 use super::pr::PrState;
+use super::removable::Medium;
 use super::sanitize;
 use super::sbc::Geometry;
 use super::sense::Sense;
@@ -44,6 +45,8 @@ pub struct LogicalUnit {
     pub sanitize: sanitize::State,
     /// Held EXTENDED COPY results per nexus, oldest first.
     copy_results: HashMap<Nexus, Vec<(u8, CopyStatus)>>,
+    /// Loaded or ejected, and who prevents removal (removable LUs).
+    pub medium: Medium,
 }
 
 impl LogicalUnit {
@@ -61,6 +64,7 @@ impl LogicalUnit {
             max_transfer_blocks: limits.max_transfer_blocks,
             ..geo
         };
+        let medium = Medium::new(id.removable);
         Self {
             id,
             geo,
@@ -72,6 +76,7 @@ impl LogicalUnit {
             reserved_by: None,
             sanitize: sanitize::State::Idle,
             copy_results: HashMap::new(),
+            medium,
         }
     }
 
@@ -148,7 +153,7 @@ impl LogicalUnit {
             return done(conflict());
         }
         match op {
-            0x00 => done(good(Bytes::new(), 0)),
+            0x00 => self.with_medium(|| good(Bytes::new(), 0)),
             0x03 => self.request_sense(n, cdb),
             0x12 => done(inquiry::inquiry(cdb, &self.id, &self.geo, &self.limits, n)),
             0xA0 => done(super::spc::report_luns(&[lun], cdb)),
@@ -190,23 +195,31 @@ impl LogicalUnit {
                         .map(|(_, s)| *s)
                 }))
             }
-            // START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL: a fixed,
-            // always-ready medium; field checks only.
-            0x1B => {
-                if c.b(4) & 0x02 != 0 {
-                    // LOEJ: the medium cannot be ejected.
-                    return done(
-                        Sense::INVALID_FIELD_IN_CDB
-                            .cdb_field(4, Some(1))
-                            .into_result(),
-                    );
-                }
-                done(good(Bytes::new(), 0))
-            }
-            0x1E => done(good(Bytes::new(), 0)),
-            0x37 | 0xB7 => done(defect_data(cdb)),
-            _ => Spc::Block,
+            // Loading puts the same image back, so no nexus is told the
+            // medium may have changed: while it was out they saw NOT READY.
+            0x1B => match self.medium.start_stop(cdb) {
+                Ok(()) => done(good(Bytes::new(), 0)),
+                Err(s) => done(s.into_result()),
+            },
+            0x1E => match self.medium.prevent_allow(n, cdb) {
+                Ok(()) => done(good(Bytes::new(), 0)),
+                Err(s) => done(s.into_result()),
+            },
+            0x37 | 0xB7 => self.with_medium(|| defect_data(cdb)),
+            // Block commands all need the medium.
+            _ => match self.medium.not_ready() {
+                Some(s) => done(s.into_result()),
+                None => Spc::Block,
+            },
         }
+    }
+
+    /// Answers with `f` when the medium is present, NOT READY otherwise.
+    fn with_medium(&self, f: impl FnOnce() -> ScsiResult) -> Spc {
+        done(match self.medium.not_ready() {
+            Some(s) => s.into_result(),
+            None => f(),
+        })
     }
 
     fn reservation_conflict(&self, n: &Nexus, cdb: &[u8]) -> bool {
@@ -290,14 +303,17 @@ impl LogicalUnit {
         match f {
             TmfFunction::LogicalUnitReset => {
                 self.reserved_by = None;
+                self.medium.reset();
                 self.ua_all(Sense::BUS_DEVICE_RESET, None);
             }
             TmfFunction::TargetWarmReset => {
                 self.reserved_by = None;
+                self.medium.reset();
                 self.ua_all(Sense::POWER_ON_RESET, None);
             }
             TmfFunction::TargetColdReset => {
                 self.reserved_by = None;
+                self.medium.reset();
                 self.ua_all(Sense::POWER_ON_RESET, None);
             }
             TmfFunction::ClearTaskSet => {
@@ -307,8 +323,8 @@ impl LogicalUnit {
         }
     }
 
-    /// The I_T nexus is gone: drop its SPC-2 reservation and its state.
-    /// Persistent reservations stay.
+    /// The I_T nexus is gone: drop its SPC-2 reservation, its prevention
+    /// of medium removal and its state. Persistent reservations stay.
     pub fn nexus_lost(&mut self, n: &Nexus) {
         if self.reserved_by.as_ref() == Some(n) {
             self.reserved_by = None;
@@ -316,6 +332,7 @@ impl LogicalUnit {
         self.seen.remove(n);
         self.uas.remove(n);
         self.copy_results.remove(n);
+        self.medium.nexus_lost(n);
     }
 }
 
@@ -356,12 +373,17 @@ mod tests {
     use proptest::prelude::*;
 
     fn lu() -> LogicalUnit {
+        lu_with(false)
+    }
+
+    fn lu_with(removable: bool) -> LogicalUnit {
         let id = Identity {
             vendor: "BOOTD".into(),
             product: "t".into(),
             revision: "1".into(),
             serial: "S".into(),
             naa_id: 7,
+            removable,
         };
         let geo = Geometry {
             block_size: 512,
@@ -479,6 +501,95 @@ mod tests {
             ms.map(|r| (r.data_in[2] & 0x80, r.data_in[8] & 0x08)),
             Some((0x80, 0x08))
         );
+    }
+
+    const TUR: [u8; 6] = [0x00, 0, 0, 0, 0, 0];
+    const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    const EJECT: [u8; 6] = [0x1B, 0, 0, 0, 0x02, 0];
+    const LOAD: [u8; 6] = [0x1B, 0, 0, 0, 0x03, 0];
+    const PREVENT: [u8; 6] = [0x1E, 0, 0, 0, 1, 0];
+    const ALLOW: [u8; 6] = [0x1E, 0, 0, 0, 0, 0];
+
+    /// (sense key, ASC, ASCQ) of a CHECK CONDITION answered here.
+    fn key_asc(s: Spc) -> Option<(u8, u8, u8)> {
+        answer(s)
+            .and_then(|r| r.sense)
+            .map(|s| (s[2] & 0x0F, s[12], s[13]))
+    }
+
+    #[test]
+    fn ejected_medium_is_not_ready() {
+        let mut lu = lu_with(true);
+        let (a, b) = (nexus(1), nexus(2));
+        for n in [&a, &b] {
+            assert_eq!(asc(lu.spc(n, 0, &TUR, &[])), Some((0x29, 0)));
+        }
+        let inq = answer(lu.spc(&a, 0, &[0x12, 0, 0, 0, 36, 0], &[]));
+        assert_eq!(inq.map(|r| r.data_in[1]), Some(0x80));
+        assert_eq!(key_asc(lu.spc(&a, 0, &EJECT, &[])), None);
+        assert!(!lu.medium.loaded());
+        for cdb in [&TUR[..], &READ10, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]] {
+            assert_eq!(key_asc(lu.spc(&b, 0, cdb, &[])), Some((2, 0x3A, 0x02)));
+        }
+        let rc16 = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        assert_eq!(key_asc(lu.spc(&a, 0, &rc16, &[])), Some((2, 0x3A, 0x02)));
+        // Commands that do not touch the medium still work.
+        assert_eq!(asc(lu.spc(&a, 0, &[0x12, 0, 0, 0, 36, 0], &[])), None);
+        assert_eq!(asc(lu.spc(&a, 0, &[0x1A, 0, 0x3F, 0, 255, 0], &[])), None);
+        assert_eq!(asc(lu.spc(&a, 0, &PREVENT, &[])), None);
+        assert_eq!(asc(lu.spc(&a, 0, &ALLOW, &[])), None);
+        // Loading brings the same image back: ready for every nexus, with
+        // no unit attention.
+        assert_eq!(asc(lu.spc(&a, 0, &LOAD, &[])), None);
+        assert_eq!(asc(lu.spc(&a, 0, &TUR, &[])), None);
+        assert_eq!(asc(lu.spc(&b, 0, &TUR, &[])), None);
+        assert!(matches!(lu.spc(&b, 0, &READ10, &[]), Spc::Block));
+    }
+
+    #[test]
+    fn prevention_is_per_nexus_and_cleared_by_loss_and_resets() {
+        let mut lu = lu_with(true);
+        let (a, b) = (nexus(1), nexus(2));
+        for n in [&a, &b] {
+            lu.spc(n, 0, &TUR, &[]);
+        }
+        let prevented = Some((5, 0x53, 0x02));
+        assert_eq!(asc(lu.spc(&a, 0, &PREVENT, &[])), None);
+        assert_eq!(key_asc(lu.spc(&b, 0, &EJECT, &[])), prevented);
+        assert_eq!(key_asc(lu.spc(&a, 0, &EJECT, &[])), prevented);
+        assert_eq!(asc(lu.spc(&a, 0, &TUR, &[])), None);
+        lu.nexus_lost(&a);
+        assert_eq!(key_asc(lu.spc(&b, 0, &EJECT, &[])), None);
+        assert_eq!(key_asc(lu.spc(&b, 0, &LOAD, &[])), None);
+        for (f, ua) in [
+            (TmfFunction::LogicalUnitReset, (0x29, 3)),
+            (TmfFunction::TargetWarmReset, (0x29, 0)),
+            (TmfFunction::TargetColdReset, (0x29, 0)),
+        ] {
+            assert_eq!(asc(lu.spc(&b, 0, &PREVENT, &[])), None);
+            assert_eq!(key_asc(lu.spc(&b, 0, &EJECT, &[])), prevented);
+            lu.task_management(&b, f);
+            assert_eq!(asc(lu.spc(&b, 0, &TUR, &[])), Some(ua));
+            assert_eq!(key_asc(lu.spc(&b, 0, &EJECT, &[])), None);
+            assert_eq!(key_asc(lu.spc(&b, 0, &LOAD, &[])), None);
+        }
+        // A task-set clear leaves prevention in place.
+        assert_eq!(asc(lu.spc(&b, 0, &PREVENT, &[])), None);
+        lu.task_management(&b, TmfFunction::ClearTaskSet);
+        assert_eq!(key_asc(lu.spc(&b, 0, &EJECT, &[])), prevented);
+    }
+
+    #[test]
+    fn fixed_medium_keeps_its_answers() {
+        let mut lu = lu();
+        let n = nexus(1);
+        lu.spc(&n, 0, &TUR, &[]);
+        let inq = answer(lu.spc(&n, 0, &[0x12, 0, 0, 0, 36, 0], &[]));
+        assert_eq!(inq.map(|r| r.data_in[1]), Some(0));
+        assert_eq!(asc(lu.spc(&n, 0, &PREVENT, &[])), None);
+        assert_eq!(key_asc(lu.spc(&n, 0, &EJECT, &[])), Some((5, 0x24, 0)));
+        assert_eq!(asc(lu.spc(&n, 0, &[0x1B, 0, 0, 0, 0, 0], &[])), None);
+        assert!(matches!(lu.spc(&n, 0, &READ10, &[]), Spc::Block));
     }
 
     #[test]

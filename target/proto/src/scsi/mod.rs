@@ -6,7 +6,8 @@
 //! that need no block I/O (`inquiry`, `opcodes`, `spc`); `sbc` decodes block
 //! commands into operations the driver performs on a block device, and
 //! `sanitize` decodes SANITIZE and holds its state, `xcopy` decodes
-//! EXTENDED COPY and answers RECEIVE COPY RESULTS.
+//! EXTENDED COPY and answers RECEIVE COPY RESULTS; `removable` holds
+//! whether the medium is loaded and who prevents its removal.
 
 pub mod cdb;
 pub mod inquiry;
@@ -14,6 +15,7 @@ pub mod lu;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;
+pub mod removable;
 pub mod sanitize;
 pub mod sbc;
 pub mod sense;

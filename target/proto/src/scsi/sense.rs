@@ -73,6 +73,9 @@ impl Sense {
     pub const DATA_PHASE_ERROR: Self = Self::new(SenseKey::AbortedCommand, 0x4B, 0x00);
     pub const INTERNAL_TARGET_FAILURE: Self = Self::new(SenseKey::HardwareError, 0x44, 0x00);
     pub const MEDIUM_NOT_PRESENT: Self = Self::new(SenseKey::NotReady, 0x3A, 0x00);
+    /// A removable medium was ejected (START STOP UNIT with LOEJ).
+    pub const MEDIUM_NOT_PRESENT_TRAY_OPEN: Self = Self::new(SenseKey::NotReady, 0x3A, 0x02);
+    pub const MEDIUM_REMOVAL_PREVENTED: Self = Self::new(SenseKey::IllegalRequest, 0x53, 0x02);
     pub const POWER_ON_RESET: Self = Self::new(SenseKey::UnitAttention, 0x29, 0x00);
     pub const BUS_DEVICE_RESET: Self = Self::new(SenseKey::UnitAttention, 0x29, 0x03);
     pub const PARAMETERS_CHANGED: Self = Self::new(SenseKey::UnitAttention, 0x2A, 0x00);

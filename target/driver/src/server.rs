@@ -227,7 +227,8 @@ impl Server {
                     });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                _ = stop.changed() => break,
+                // wait_for also sees a shutdown requested before serve started.
+                _ = stop.wait_for(|stopping| *stopping) => break,
             }
         }
         drop(listener);

@@ -869,10 +869,15 @@ impl Connection {
                     // Not started yet: drop it; its CmdSN counts as received.
                     self.ahead.remove(&sn);
                     Some(TmfResponse::Complete)
-                } else if sn_lt(p.ref_cmd_sn, self.exp_cmd_sn) || p.ref_cmd_sn == p.cmd_sn {
-                    // Already completed (RFC 7143 11.5.1, case b).
+                } else if !sn_lt(p.ref_cmd_sn, self.exp_cmd_sn)
+                    && !sn_lt(self.max_cmd_sn, p.ref_cmd_sn)
+                    && sn_lt(p.ref_cmd_sn, p.cmd_sn)
+                {
+                    // Never received but inside the window: it counts as
+                    // received and aborted (RFC 7143 11.5.1, case b).
                     Some(TmfResponse::Complete)
                 } else {
+                    // Already completed, or never sent (case c).
                     Some(TmfResponse::TaskDoesNotExist)
                 }
             }

@@ -647,3 +647,40 @@ fn data_out_out_of_sequence_fails_the_command_not_the_session() -> Result<(), Co
     assert!(matches!(h.conn.poll_event(), Some(Event::Command(c)) if c.itt == 0x41));
     Ok(())
 }
+
+#[test]
+fn abort_task_after_completion_reports_task_does_not_exist() -> Result<(), ConnError> {
+    let mut h = Harness::new(None);
+    h.full_login(&[])?;
+    h.conn.poll_event();
+    h.scsi(0x50, &[0x00], false, false, 0, Bytes::new(), true)?;
+    h.conn.poll_event();
+    h.conn.complete_command(0x50, good(&[], 0));
+    h.drain();
+    let tmf = |h: &mut Harness, referenced_itt: u32, ref_cmd_sn: u32| {
+        h.send(&Request::TaskMgmt(TaskMgmtPdu {
+            immediate: true,
+            function: 1,
+            lun: 0,
+            itt: 0x51,
+            referenced_itt,
+            cmd_sn: h.cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn,
+        }))
+    };
+    // CmdSN 1 was received and completed: outside the window now (case c).
+    let out = tmf(&mut h, 0x50, 1)?;
+    assert_eq!(
+        (out[0].opcode(), out[0].bhs[2]),
+        (op::TASK_MGMT_RESPONSE, 1)
+    );
+    // A running task is aborted and its completion is never sent.
+    h.scsi(0x52, &[0x00], false, false, 0, Bytes::new(), true)?;
+    h.conn.poll_event();
+    let out = tmf(&mut h, 0x52, 2)?;
+    assert_eq!(out[0].bhs[2], 0, "function complete");
+    h.conn.complete_command(0x52, good(&[], 0));
+    assert!(h.drain().is_empty());
+    Ok(())
+}

@@ -150,6 +150,9 @@ async fn serve(args: &ExportArgs, path: &Path, target: Target) -> Result<()> {
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         }
     };
+    // Handlers go in before the ready lines: a SIGTERM right after them
+    // must still shut down cleanly.
+    let signal = shutdown_signal()?;
     // stdout carries exactly these two lines so scripts can wait for them.
     let mut out = std::io::stdout().lock();
     writeln!(out, "iscsi://{host}:{}/{iqn}/0", local.port())?;
@@ -160,7 +163,7 @@ async fn serve(args: &ExportArgs, path: &Path, target: Target) -> Result<()> {
 
     let srv = server.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         tracing::info!("shutting down");
         srv.shutdown();
     });
@@ -169,17 +172,16 @@ async fn serve(args: &ExportArgs, path: &Path, target: Target) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGINT or SIGTERM. The handlers are installed when
+/// this is called, not when it is first polled.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can still be killed; serve on.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

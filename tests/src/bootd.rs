@@ -73,6 +73,9 @@ impl BootdExport {
         if opts.read_only {
             cmd.arg("--read-only");
         }
+        if opts.removable {
+            cmd.arg("--removable");
+        }
         let command = describe(&cmd);
         let mut child = cmd
             .stdin(Stdio::null())

@@ -116,11 +116,19 @@ impl fmt::Display for Report {
             self.count(Outcome::Failed),
             self.results.len()
         )?;
-        for (title, outcome) in [("skipped", Outcome::Skipped), ("failed", Outcome::Failed)] {
-            if self.count(outcome) > 0 {
-                writeln!(f, "{title}:")?;
-                for t in self.with(outcome) {
-                    writeln!(f, "  {}: {}", t.name, t.reason())?;
+        if self.count(Outcome::Skipped) > 0 {
+            writeln!(f, "skipped:")?;
+            for t in self.with(Outcome::Skipped) {
+                writeln!(f, "  {}: {}", t.name, t.reason())?;
+            }
+        }
+        if self.count(Outcome::Failed) > 0 {
+            // Everything a failed test printed: the reason is not always marked.
+            writeln!(f, "failed:")?;
+            for t in self.with(Outcome::Failed) {
+                writeln!(f, "  {}:", t.name)?;
+                for l in t.lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+                    writeln!(f, "      {l}")?;
                 }
             }
         }

@@ -95,7 +95,6 @@ impl Needs {
             );
         }
         println!("{test}: skipped: {why}");
-        eprintln!("{test}: skipped: {why}");
         false
     }
 }

@@ -42,6 +42,8 @@ pub struct ExportOptions {
     pub iqn: String,
     pub chap: Option<Chap>,
     pub read_only: bool,
+    /// Serve the LUN as removable media (eject, load, prevent removal).
+    pub removable: bool,
 }
 
 impl ExportOptions {
@@ -51,6 +53,7 @@ impl ExportOptions {
             iqn: iqn.to_string(),
             chap: None,
             read_only: false,
+            removable: false,
         }
     }
 
@@ -64,6 +67,11 @@ impl ExportOptions {
 
     pub fn read_only(mut self) -> Self {
         self.read_only = true;
+        self
+    }
+
+    pub fn removable(mut self) -> Self {
+        self.removable = true;
         self
     }
 }

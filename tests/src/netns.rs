@@ -4,6 +4,7 @@
 //! Namespaces left behind by a killed run are reaped by the next one.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::process::run;
 /// Prefix of every namespace these tests create: `bootd-e2e-<pid>-<n>`.
 const PREFIX: &str = "bootd-e2e-";
 const IP_LIMIT: Duration = Duration::from_secs(10);
+const STALE_AGE: Duration = Duration::from_secs(30 * 60);
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -85,7 +87,7 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// Deletes `bootd-e2e-<pid>-*` namespaces whose process is gone (a run killed before
-/// its guards dropped).
+/// its guards dropped) and that are older than any test runs.
 fn reap_stale() {
     let Ok(list) = run(Command::new("ip").args(["netns", "list"]), IP_LIMIT) else {
         return;
@@ -102,7 +104,11 @@ fn reap_stale() {
         else {
             continue;
         };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // Also old: a pid we cannot see may belong to a run in another pid namespace.
+        let old = std::fs::metadata(format!("/run/netns/{name}"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_AGE));
+        if pid != std::process::id() && old && !Path::new(&format!("/proc/{pid}")).exists() {
             // Best effort: another run may be reaping the same name right now.
             let _ = ip(&["netns", "del", name]);
         }

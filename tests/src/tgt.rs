@@ -34,8 +34,14 @@ impl TgtExport {
         // Control ports name tgtd's unix socket; keep them apart per process and export
         // and clear of small numbers (0 is a system tgtd's). tgtd rejects values above
         // 32767.
-        let ctl =
-            10_000 + (std::process::id() % 300) * 64 + NEXT.fetch_add(1, Ordering::Relaxed) % 64;
+        // A control port another live tgtd answers on is skipped: our tgtd would fail to
+        // start and tgtadm would configure the other one.
+        let ctl = (0..64)
+            .map(|_| {
+                10_000 + (std::process::id() % 300) * 64 + NEXT.fetch_add(1, Ordering::Relaxed) % 64
+            })
+            .find(|&ctl| !control_port_in_use(ctl))
+            .context("no free tgtd control port")?;
         let port = free_port()?;
         let mut child = Command::new("tgtd")
             .args(["-f", "-C", &ctl.to_string(), "--iscsi"])
@@ -103,19 +109,24 @@ impl TgtExport {
             "--backing-store",
             &file,
         ])?;
-        if opts.read_only {
-            self.tgtadm(&[
-                "--mode",
-                "logicalunit",
-                "--op",
-                "update",
-                "--tid",
-                TID,
-                "--lun",
-                LUN,
-                "--params",
-                "readonly=1",
-            ])?;
+        for (wanted, param) in [
+            (opts.read_only, "readonly=1"),
+            (opts.removable, "removable=1"),
+        ] {
+            if wanted {
+                self.tgtadm(&[
+                    "--mode",
+                    "logicalunit",
+                    "--op",
+                    "update",
+                    "--tid",
+                    TID,
+                    "--lun",
+                    LUN,
+                    "--params",
+                    param,
+                ])?;
+            }
         }
         self.tgtadm(&[
             "--mode",
@@ -193,11 +204,15 @@ impl TgtExport {
             "--mode", "target", "--op", "delete", "--force", "--tid", TID,
         ]);
         let _ = self.tgtadm(&["--mode", "sys", "--op", "delete"]);
-        if wait_for(&mut child, Instant::now() + STOP_LIMIT / 2)?.is_some() {
-            return Ok(true);
+        let stopped = wait_for(&mut child, Instant::now() + STOP_LIMIT / 2)?.is_some() || {
+            terminate(&child);
+            wait_until(&mut child, Instant::now() + STOP_LIMIT / 2)?.is_some()
+        };
+        // tgtd leaves its control socket and lock file behind.
+        for suffix in ["", ".lock"] {
+            let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}{suffix}", self.ctl));
         }
-        terminate(&child);
-        Ok(wait_until(&mut child, Instant::now() + STOP_LIMIT / 2)?.is_some())
+        Ok(stopped)
     }
 }
 
@@ -206,6 +221,12 @@ impl Drop for TgtExport {
         // Errors only mean it is already gone.
         let _ = self.stop();
     }
+}
+
+fn control_port_in_use(ctl: u32) -> bool {
+    let mut cmd = Command::new("tgtadm");
+    cmd.args(["-C", &ctl.to_string(), "--mode", "sys", "--op", "show"]);
+    run(&mut cmd, TGTADM_LIMIT).is_ok_and(|out| out.success())
 }
 
 /// A port that was free a moment ago (tgtd cannot bind port 0 and report it).

@@ -1,0 +1,9 @@
+//! End-to-end tests: real initiators and clients against `bootd export` (or tgt, with
+//! `BOOTD_TEST_TARGET=tgt`). One test binary, one module per client family.
+//!
+//! `BOOTD_E2E=1` makes a missing tool a failure instead of a skip; `scripts/test.sh`
+//! installs the tools and sets it.
+
+mod conformance;
+mod kernel;
+mod qemu;

@@ -1,0 +1,527 @@
+//! The overlay engine: reads, copy-on-write writes, discards and the commit
+//! that makes them durable in an order that survives a crash.
+//!
+//! # Allocation and ordering
+//!
+//! * Clusters are *reserved* in batches: their refcounts are set to 1 (and
+//!   the file grown to cover them) before any table, even in memory, points
+//!   at them. No sync is needed there: a table entry reaches the file only
+//!   in a commit, after an `fdatasync` that also makes every earlier
+//!   refcount write durable (new refcount blocks are synced before the
+//!   refcount table points to them). So no table on disk ever points at a
+//!   cluster whose refcount is 0; a crash only leaks unused reserved
+//!   clusters, which the next read-write open gives back (as
+//!   `qemu-img check -r leaks` would). L2 tables come from the same pool.
+//! * A first write to a guest cluster takes a reserved cluster, writes the
+//!   whole cluster (the guest's data merged with the backing image or zeros)
+//!   and only then updates the in-memory L2 entry, so a concurrent read
+//!   either sees the old mapping or fully written data.
+//! * L2/L1 changes reach the file in [`Overlay::flush`] (and FUA): new L2
+//!   tables are written, `fdatasync` (data and tables durable), then the
+//!   changed L2 entries and L1 entries are written from a snapshot taken
+//!   before that sync, `fdatasync`. No table on disk ever points at data
+//!   that is not durable, even after a power cut, and everything written
+//!   before a flush is reachable after it.
+//! * Discarded clusters are only unreferenced in memory; their refcounts
+//!   drop (and holes are punched) after the commit that made the zero
+//!   entries durable, and after every I/O planned against the old mapping
+//!   has finished (the `gate` barrier), so a freed cluster is never reused
+//!   while a table on disk or a request in flight still points to it.
+//! * The dirty bit is never set: refcounts on disk are always right or
+//!   higher than needed.
+//!
+//! # Concurrency
+//!
+//! One short-held mutex guards the metadata and is never held across an
+//! await; I/O runs on tokio's blocking pool (cached reads inline with
+//! `RWF_NOWAIT`). First writes to the same guest cluster are serialised by a
+//! claim set; reads of allocated clusters never wait for writes.
+
+mod commit;
+mod write;
+
+use super::gate::Gate;
+use super::io;
+use super::l2::Mapping;
+use super::meta::Meta;
+use super::refcount::Write;
+use super::{header::Header, ImageError, CLUSTER_SIZE};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use iscsi_target::block::{Allocation, BlockDevice, BlockError, Capabilities, Extent};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Clusters reserved per refcount batch: the batch doubles while
+/// reservations come quickly and halves when they do not, so a write storm
+/// rarely waits for a reservation and an idle node leaks little on a crash.
+const BATCH_MIN: usize = 64;
+const BATCH_MAX: usize = 2048;
+/// Reservations closer together than this grow the batch.
+const BATCH_BUSY: Duration = Duration::from_secs(1);
+/// Blocking threads writing one overlay at once (see `Overlay::writers`).
+const WRITERS: usize = 2;
+/// Reads up to this size try the page cache inline first.
+const INLINE_READ_MAX: usize = 1 << 20;
+/// [`BlockDevice::block_status`] stops after this many extents.
+const MAX_EXTENTS: usize = 1024;
+/// Discards update at most this many clusters per lock hold.
+const DISCARD_CHUNK: u64 = 8192;
+
+/// An open qcow2 overlay; see the module docs.
+pub struct Overlay {
+    file: Arc<File>,
+    caps: Capabilities,
+    size: u64,
+    backing: Option<Arc<dyn BlockDevice>>,
+    meta: Mutex<Meta>,
+    /// Serialises refcount I/O (reservations, frees) so writes of the same
+    /// refcount bytes reach the file in the order they were decided.
+    /// Guards are moved into the blocking I/O they protect, so a cancelled
+    /// request cannot release the lock while its writes are still running.
+    alloc: Arc<tokio::sync::Mutex<Batch>>,
+    /// One commit at a time.
+    commit: Arc<tokio::sync::Mutex<()>>,
+    /// Entered by every request doing I/O on overlay clusters; a commit
+    /// waits for earlier requests to leave before freeing clusters.
+    gate: Gate,
+    /// Woken when a claimed guest cluster's allocation ends.
+    allocated: Notify,
+    /// Caps blocking threads writing this file at once: buffered writes
+    /// serialise on the inode lock, and more threads only spin on it.
+    writers: tokio::sync::Semaphore,
+    /// Cleared when the filesystem refuses `RWF_NOWAIT`.
+    nowait_reads: AtomicBool,
+}
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay").field("caps", &self.caps).finish()
+    }
+}
+
+/// Reservation batch sizing, kept under the `alloc` lock.
+#[derive(Debug)]
+struct Batch {
+    size: usize,
+    last: Option<Instant>,
+}
+
+/// Where a run of guest bytes comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Host(u64),
+    Backing,
+    Zero,
+}
+
+impl Overlay {
+    /// Creates an empty overlay at `path` (which must not exist) whose header
+    /// names `backing_file_name` (format raw), for qemu tools. Blocking.
+    pub fn create(
+        path: &Path,
+        virtual_size: u64,
+        backing_file_name: &str,
+    ) -> Result<(), ImageError> {
+        super::create::create(path, virtual_size, backing_file_name)
+    }
+
+    /// Opens an overlay. The backing image is whatever the caller passes
+    /// (opened by id); the backing file name in the header is never
+    /// followed. Without a backing device, unallocated clusters read as
+    /// zeros. A read-write open takes an exclusive `flock` (a second writer
+    /// fails with "in use") and gives back clusters leaked by a crash.
+    /// Blocking: call at startup or from a blocking thread.
+    pub fn open(
+        path: &Path,
+        backing: Option<Arc<dyn BlockDevice>>,
+        read_only: bool,
+    ) -> Result<Self, ImageError> {
+        let at = |e: std::io::Error| {
+            ImageError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ))
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(at)?;
+        let meta_fs = file.metadata().map_err(at)?;
+        if !meta_fs.is_file() {
+            return Err(ImageError::Unsupported(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
+        }
+        io::lock(&file, !read_only).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                ImageError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: in use by another writer", path.display()),
+                ))
+            } else {
+                at(e)
+            }
+        })?;
+        let file_len = meta_fs.len();
+        let mut head = vec![0u8; file_len.min(CLUSTER_SIZE) as usize];
+        file.read_exact_at(&mut head, 0).map_err(at)?;
+        let header = Header::decode(&head)?;
+        header.check_supported()?;
+        if let Some(b) = &backing {
+            let bc = b.capabilities();
+            if bc.block_size != 512 {
+                return Err(ImageError::Backing(format!(
+                    "backing block size {} (need 512)",
+                    bc.block_size
+                )));
+            }
+            if bc.size_bytes() != header.size {
+                return Err(ImageError::Backing(format!(
+                    "backing image has {} bytes, overlay {}",
+                    bc.size_bytes(),
+                    header.size
+                )));
+            }
+        }
+        let mut meta = Meta::load(&file, &header, file_len)?;
+        if !read_only && !meta.leaked.is_empty() {
+            // What `qemu-img check -r leaks` would do: nothing references
+            // these, so dropping their refcounts is safe at any moment.
+            let leaked = std::mem::take(&mut meta.leaked);
+            let writes = meta.rc.release(&leaked);
+            let end = meta.rc.end_of_used() * CLUSTER_SIZE;
+            write_all(&file, &writes)
+                .and_then(|()| {
+                    runs(leaked).into_iter().try_for_each(|(c, n)| {
+                        io::punch_hole(&file, c * CLUSTER_SIZE, n * CLUSTER_SIZE)
+                    })
+                })
+                // Durable zero refcounts before the file loses those clusters.
+                .and_then(|()| file.sync_data())
+                .and_then(|()| {
+                    if file_len > end {
+                        file.set_len(end)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(at)?;
+        }
+        if !read_only && header.autoclear_features != 0 {
+            // Autoclear features we do not maintain must be cleared before writing.
+            file.write_all_at(&[0u8; 8], super::header::AUTOCLEAR_OFFSET)
+                .and_then(|()| file.sync_data())
+                .map_err(at)?;
+        }
+        Ok(Self {
+            file: Arc::new(file),
+            caps: Capabilities {
+                block_size: 512,
+                num_blocks: header.size / 512,
+                read_only,
+                thin: true,
+                volatile_cache: true,
+            },
+            size: header.size,
+            backing,
+            meta: Mutex::new(meta),
+            alloc: Arc::new(tokio::sync::Mutex::new(Batch {
+                size: BATCH_MIN,
+                last: None,
+            })),
+            commit: Arc::new(tokio::sync::Mutex::new(())),
+            gate: Gate::default(),
+            allocated: Notify::new(),
+            writers: tokio::sync::Semaphore::new(WRITERS),
+            nowait_reads: AtomicBool::new(true),
+        })
+    }
+
+    /// Commits everything and returns reserved but unused clusters to the
+    /// free state (and trims the file after the last used cluster), so a
+    /// cleanly closed image has no leaked clusters. The
+    /// overlay stays usable (later writes reserve again).
+    pub async fn close(&self) -> Result<(), BlockError> {
+        if self.caps.read_only {
+            return Ok(());
+        }
+        self.commit().await?;
+        let alloc = Arc::clone(&self.alloc).lock_owned().await;
+        let writes = {
+            let mut m = self.lock();
+            let pool: Vec<u64> = m.pool.drain(..).collect();
+            if let Some(&low) = pool.iter().min() {
+                m.hint = m.hint.min(low);
+            }
+            let writes = m.rc.release(&pool);
+            (writes, m.rc.end_of_used() * CLUSTER_SIZE)
+        };
+        io::blocking(&self.file, move |f| {
+            let _alloc = alloc;
+            write_all(f, &writes.0)?;
+            f.sync_data()?;
+            // Drop the unused (sparse) tail the last reservation grew.
+            if f.metadata()?.len() > writes.1 {
+                f.set_len(writes.1)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Turns the inline `RWF_NOWAIT` read attempt on or off (for measuring it).
+    pub fn set_nowait_reads(&self, on: bool) {
+        self.nowait_reads.store(on, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Meta> {
+        // Metadata updates never panic half-way; a poisoned lock only means
+        // another request panicked elsewhere.
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn range(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        match offset.checked_add(len) {
+            Some(end)
+                if offset.is_multiple_of(512) && len.is_multiple_of(512) && end <= self.size =>
+            {
+                Ok(())
+            }
+            _ => Err(BlockError::OutOfRange { offset, len }),
+        }
+    }
+
+    fn writable(&self) -> Result<(), BlockError> {
+        if self.caps.read_only {
+            Err(BlockError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn unallocated_src(&self) -> Src {
+        if self.backing.is_some() {
+            Src::Backing
+        } else {
+            Src::Zero
+        }
+    }
+
+    /// Splits a guest range into runs by source.
+    fn plan(&self, m: &Meta, offset: u64, len: u64) -> Vec<(u64, u64, Src)> {
+        let mut runs: Vec<(u64, u64, Src)> = Vec::new();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let g = pos / CLUSTER_SIZE;
+            let in_cluster = pos % CLUSTER_SIZE;
+            let n = (CLUSTER_SIZE - in_cluster).min(end - pos);
+            let src = match m.mapping(g) {
+                Mapping::Data(h) => Src::Host(h + in_cluster),
+                Mapping::Zero { .. } => Src::Zero,
+                Mapping::Unallocated => self.unallocated_src(),
+            };
+            match runs.last_mut() {
+                Some((_, rlen, last)) if continues(*last, *rlen, src) => *rlen += n,
+                _ => runs.push((pos, n, src)),
+            }
+            pos += n;
+        }
+        runs
+    }
+
+    async fn read_backing(&self, offset: u64, len: usize) -> Result<Bytes, BlockError> {
+        match &self.backing {
+            Some(b) => b.read(offset, len).await,
+            None => Ok(Bytes::from(vec![0u8; len])),
+        }
+    }
+
+    /// Reads overlay file bytes, from the page cache inline when possible.
+    async fn read_host(&self, host: u64, len: usize) -> Result<Bytes, BlockError> {
+        let mut buf = BytesMut::with_capacity(len);
+        if len <= INLINE_READ_MAX && self.nowait_reads.load(Ordering::Relaxed) {
+            match io::read_nowait(&self.file, &mut buf, host, len) {
+                Ok(()) if buf.len() == len => {
+                    // Never waiting would let one busy session hog its worker.
+                    tokio::task::consume_budget().await;
+                    return Ok(buf.freeze());
+                }
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
+                    self.nowait_reads.store(false, Ordering::Relaxed)
+                }
+                Err(e) => return Err(io::block_error(e)),
+            }
+        }
+        io::blocking(&self.file, move |f| {
+            io::read_rest(f, &mut buf, host, len)?;
+            Ok(buf.freeze())
+        })
+        .await
+    }
+
+    async fn read_run(&self, off: u64, len: u64, src: Src) -> Result<Bytes, BlockError> {
+        match src {
+            Src::Host(h) => self.read_host(h, len as usize).await,
+            Src::Backing => self.read_backing(off, len as usize).await,
+            Src::Zero => Ok(Bytes::from(vec![0u8; len as usize])),
+        }
+    }
+}
+
+/// Whether `next` continues a run of `len` bytes from `last`.
+fn continues(last: Src, len: u64, next: Src) -> bool {
+    match (last, next) {
+        (Src::Host(a), Src::Host(b)) => a + len == b,
+        (a, b) => a == b,
+    }
+}
+
+fn write_all(f: &File, writes: &[Write]) -> std::io::Result<()> {
+    for w in writes {
+        io::write_at(f, &w.data, w.offset, false)?;
+    }
+    Ok(())
+}
+
+/// Sorted runs (first, count) of cluster numbers.
+fn runs(mut clusters: Vec<u64>) -> Vec<(u64, u64)> {
+    clusters.sort_unstable();
+    clusters.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for c in clusters {
+        match out.last_mut() {
+            Some((s, n)) if *s + *n == c => *n += 1,
+            _ => out.push((c, 1)),
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl BlockDevice for Overlay {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, BlockError> {
+        self.range(offset, len as u64)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let _pass = self.gate.enter();
+        let g = offset / CLUSTER_SIZE;
+        if g == (offset + len as u64 - 1) / CLUSTER_SIZE {
+            // Within one cluster (most reads): no plan to build.
+            let m = self.lock().mapping(g);
+            let src = match m {
+                Mapping::Data(h) => Src::Host(h + offset % CLUSTER_SIZE),
+                Mapping::Zero { .. } => Src::Zero,
+                Mapping::Unallocated => self.unallocated_src(),
+            };
+            return self.read_run(offset, len as u64, src).await;
+        }
+        let runs = {
+            let m = self.lock();
+            self.plan(&m, offset, len as u64)
+        };
+        if let [(off, n, src)] = runs[..] {
+            return self.read_run(off, n, src).await;
+        }
+        let mut out = BytesMut::with_capacity(len);
+        for (off, n, src) in runs {
+            match src {
+                Src::Zero => out.resize(out.len() + n as usize, 0),
+                _ => out.extend_from_slice(&self.read_run(off, n, src).await?),
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        self.writable()?;
+        self.range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.write_inner(offset, data).await?;
+        if fua {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), BlockError> {
+        if self.caps.read_only {
+            return Ok(());
+        }
+        self.commit().await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.writable()?;
+        self.range(offset, len)?;
+        self.zero_range(offset, len).await
+    }
+
+    /// Both ways set the zero flag on whole clusters: the range reads zeros
+    /// and takes no space, which is what WRITE SAME asks of a thin device.
+    async fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> Result<(), BlockError> {
+        self.writable()?;
+        self.range(offset, len)?;
+        self.zero_range(offset, len).await
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BlockError> {
+        self.range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let runs = {
+            let m = self.lock();
+            self.plan(&m, offset, len)
+        };
+        let mut out: Vec<Extent> = Vec::new();
+        let mut push = |e: Extent| match out.last_mut() {
+            Some(last) if last.state == e.state && last.offset + last.len == e.offset => {
+                last.len += e.len
+            }
+            _ => out.push(e),
+        };
+        for (off, n, src) in runs {
+            let state = match src {
+                Src::Host(_) => Allocation::Mapped,
+                Src::Zero => Allocation::Deallocated,
+                Src::Backing => {
+                    let Some(b) = &self.backing else { continue };
+                    let ext = b.block_status(off, n).await?;
+                    let covered: u64 = ext.iter().map(|e| e.len).sum();
+                    for e in ext {
+                        push(e);
+                    }
+                    if covered < n {
+                        // The backing device stopped early; so do we.
+                        break;
+                    }
+                    continue;
+                }
+            };
+            push(Extent {
+                offset: off,
+                len: n,
+                state,
+            });
+        }
+        out.truncate(MAX_EXTENTS);
+        Ok(out)
+    }
+}

@@ -228,7 +228,7 @@ impl Server {
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 // wait_for also sees a shutdown requested before serve started.
-                _ = stop.wait_for(|stopping| *stopping) => break,
+                _ = async { stop.wait_for(|stopping| *stopping).await.map(|_| ()) } => break,
             }
         }
         drop(listener);

@@ -108,7 +108,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
                 st.conn.close();
                 break Err("session reinstated or target removed".into());
             }
-            _ = stop.wait_for(|s| *s), if !stopping => {
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) }, if !stopping => {
                 stopping = true;
                 st.conn.request_logout(0);
                 let grace = st.server.config.shutdown_grace;

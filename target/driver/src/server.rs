@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub max_outstanding_r2t: u32,
     pub cmd_window: u32,
     pub max_transfer: u32,
+    /// Write data solicited and not yet received, per connection.
+    pub r2t_budget: u64,
     pub portal_group_tag: u16,
     /// How long shutdown waits for initiators to log out.
     pub shutdown_grace: Duration,
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             max_outstanding_r2t: 8,
             cmd_window: 128,
             max_transfer: 8 << 20,
+            r2t_budget: 32 << 20,
             portal_group_tag: 1,
             shutdown_grace: Duration::from_secs(2),
         }
@@ -167,6 +170,7 @@ impl Server {
             first_burst: c.first_burst,
             cmd_window: c.cmd_window,
             max_transfer: c.max_transfer,
+            r2t_budget: c.r2t_budget,
             login_timeout: c.login_timeout,
             nop_interval: c.nop_interval,
             idle_timeout: c.idle_timeout,

@@ -41,6 +41,10 @@ pub struct ConnConfig {
     pub cmd_window: u32,
     /// Largest Expected Data Transfer Length accepted for one command.
     pub max_transfer: u32,
+    /// Most write data solicited by R2Ts and not yet received: bounds what
+    /// one initiator can make us buffer (unsolicited data is bounded by
+    /// FirstBurstLength times the CmdSN window).
+    pub r2t_budget: u64,
     /// The login must complete within this time.
     pub login_timeout: Duration,
     /// Send a NOP-In ping after this long without any PDU from the initiator.
@@ -229,6 +233,10 @@ pub struct Connection {
     cid: u16,
     /// Tasks ended early (data phase errors) whose Data-Out may still come.
     ended_itts: VecDeque<u32>,
+    /// Bytes solicited by R2Ts and not yet received.
+    r2t_outstanding: u64,
+    /// Some task holds back R2Ts until budget frees up.
+    r2t_waiting: bool,
 }
 
 impl Connection {
@@ -259,6 +267,8 @@ impl Connection {
             closing: false,
             cid: 0,
             ended_itts: VecDeque::new(),
+            r2t_outstanding: 0,
+            r2t_waiting: false,
         }
     }
 

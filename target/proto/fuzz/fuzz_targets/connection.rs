@@ -2,9 +2,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use iscsi_proto::conn::{
-    Authorization, ConnConfig, Connection, DiscoveredTarget, TargetDirectory,
-};
+use iscsi_proto::conn::{Authorization, ConnConfig, Connection, DiscoveredTarget, TargetDirectory};
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
 
@@ -15,7 +13,10 @@ impl TargetDirectory for Open {
         Authorization::Allowed(None)
     }
     fn discover(&self, _i: &str) -> Vec<DiscoveredTarget> {
-        vec![DiscoveredTarget { name: "iqn.t".into(), addresses: vec!["192.0.2.1:3260,1".into()] }]
+        vec![DiscoveredTarget {
+            name: "iqn.t".into(),
+            addresses: vec!["192.0.2.1:3260,1".into()],
+        }]
     }
     fn session_exists(&self, _i: &str, _isid: &[u8; 6], _tsih: u16) -> bool {
         false
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
             first_burst: 65536,
             cmd_window: 32,
             max_transfer: 1 << 20,
+            r2t_budget: 32 << 20,
             login_timeout: Duration::from_secs(5),
             nop_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),

@@ -35,6 +35,12 @@ impl Connection {
         task.windowed = windowed;
         self.window_used += u32::from(windowed);
         let itt = task.cmd.itt;
+        let unsolicited = if !task.cmd.final_ {
+            self.params.first_burst.min(write_len)
+        } else {
+            immediate_len
+        };
+        task.data.reserve(unsolicited as usize);
         task.data.extend_from_slice(&task.cmd.data);
         task.cmd.data = Bytes::new();
         // F=0 announces unsolicited Data-Out up to FirstBurstLength.
@@ -48,9 +54,43 @@ impl Connection {
         self.advance_task(itt);
     }
 
+    /// Takes a task out, giving back its share of the CmdSN window and of
+    /// the R2T budget, and lets tasks waiting for that budget go on.
+    pub(super) fn remove_task(&mut self, itt: u32) -> Option<Task> {
+        let t = self.tasks.remove(&itt)?;
+        if t.windowed {
+            self.window_used = self.window_used.saturating_sub(1);
+        }
+        let owed: u64 = t.r2ts.iter().map(|r| u64::from(r.len - r.received)).sum();
+        self.r2t_outstanding = self.r2t_outstanding.saturating_sub(owed);
+        self.resume_waiting();
+        Some(t)
+    }
+
+    /// Tasks that stopped soliciting data for lack of budget get their R2Ts.
+    pub(super) fn resume_waiting(&mut self) {
+        if !self.r2t_waiting {
+            return;
+        }
+        self.r2t_waiting = false;
+        let waiting: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                !t.dispatched && !t.unsolicited_open && t.next_r2t_offset < t.write_len
+            })
+            .map(|(itt, _)| *itt)
+            .collect();
+        for itt in waiting {
+            self.advance_task(itt);
+        }
+    }
+
     pub(super) fn new_task(&self, cmd: ScsiCommandPdu, write_len: u32) -> Task {
         Task {
-            data: BytesMut::with_capacity(write_len as usize),
+            // Grown as data is solicited, so buffered memory follows the R2T
+            // budget rather than what initiators announce.
+            data: BytesMut::new(),
             cmd,
             write_len,
             unsolicited_open: false,
@@ -103,6 +143,16 @@ impl Connection {
         }
         while task.r2ts.len() < max_r2t && task.next_r2t_offset < task.write_len {
             let len = (task.write_len - task.next_r2t_offset).min(max_burst);
+            // Solicit no more than the connection's budget at once (but
+            // always something, so no task waits forever).
+            if self.r2t_outstanding > 0
+                && self.r2t_outstanding + u64::from(len) > self.config.r2t_budget
+            {
+                self.r2t_waiting = true;
+                break;
+            }
+            self.r2t_outstanding += u64::from(len);
+            task.data.reserve(len as usize);
             let ttt = next_tag(&mut self.next_ttt);
             task.r2ts.push(R2t {
                 ttt,
@@ -174,6 +224,7 @@ impl Connection {
             }
             r.received += len;
             r.next_data_sn = r.next_data_sn.wrapping_add(1);
+            self.r2t_outstanding = self.r2t_outstanding.saturating_sub(u64::from(len));
             task.data.extend_from_slice(&p.data);
             if p.final_ || r.received == r.len {
                 if r.received < r.len {
@@ -184,6 +235,7 @@ impl Connection {
             }
         }
         self.advance_task(p.itt);
+        self.resume_waiting();
         Ok(())
     }
 
@@ -195,12 +247,9 @@ impl Connection {
     }
 
     pub(super) fn finish_task(&mut self, itt: u32, result: ScsiResult) {
-        let Some(task) = self.tasks.remove(&itt) else {
+        let Some(task) = self.remove_task(itt) else {
             return;
         };
-        if task.windowed {
-            self.window_used = self.window_used.saturating_sub(1);
-        }
         if self.closing {
             return;
         }

@@ -39,6 +39,7 @@ fn config() -> ConnConfig {
         first_burst: 65536,
         cmd_window: 16,
         max_transfer: 1 << 20,
+        r2t_budget: 32 << 20,
         login_timeout: Duration::from_secs(10),
         nop_interval: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
@@ -80,9 +81,13 @@ struct Harness {
 
 impl Harness {
     fn new(chap: Option<ChapCredentials>) -> Self {
+        Self::with_config(chap, config())
+    }
+
+    fn with_config(chap: Option<ChapCredentials>, config: ConnConfig) -> Self {
         let now = Instant::now();
         Self {
-            conn: Connection::new(config(), now),
+            conn: Connection::new(config, now),
             dir: Dir { chap },
             now,
             cmd_sn: 1,
@@ -682,5 +687,56 @@ fn abort_task_after_completion_reports_task_does_not_exist() -> Result<(), ConnE
     assert_eq!(out[0].bhs[2], 0, "function complete");
     h.conn.complete_command(0x52, good(&[], 0));
     assert!(h.drain().is_empty());
+    Ok(())
+}
+
+#[test]
+fn r2t_budget_bounds_solicited_data() -> Result<(), ConnError> {
+    // Budget for two 1 KiB bursts: a third write waits for its R2T.
+    let mut h = Harness::with_config(
+        None,
+        ConnConfig {
+            r2t_budget: 2048,
+            ..config()
+        },
+    );
+    h.full_login(&[
+        ("ImmediateData", "No"),
+        ("InitialR2T", "Yes"),
+        ("MaxBurstLength", "1024"),
+    ])?;
+    h.conn.poll_event();
+    let mut ttts = Vec::new();
+    for itt in 1..=3u32 {
+        let out = h.scsi(
+            itt,
+            &[0x2A, 0, 0, 0, 0, 0, 0, 0, 2, 0],
+            false,
+            true,
+            1024,
+            Bytes::new(),
+            true,
+        )?;
+        ttts.push(
+            out.first()
+                .filter(|p| p.opcode() == op::R2T)
+                .map(|p| p.u32(20)),
+        );
+    }
+    assert!(ttts[0].is_some() && ttts[1].is_some());
+    assert_eq!(ttts[2], None, "over budget: no R2T yet");
+    // Data for the first write frees budget: the third gets its R2T.
+    let out = h.send(&Request::DataOut(DataOutPdu {
+        final_: true,
+        lun: 0,
+        itt: 1,
+        ttt: ttts[0].unwrap_or_default(),
+        exp_stat_sn: 0,
+        data_sn: 0,
+        buffer_offset: 0,
+        data: Bytes::from(vec![1u8; 1024]),
+    }))?;
+    assert!(out.iter().any(|p| p.opcode() == op::R2T && p.u32(16) == 3));
+    assert!(matches!(h.conn.poll_event(), Some(Event::Command(c)) if c.itt == 1));
     Ok(())
 }

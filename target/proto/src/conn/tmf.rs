@@ -86,11 +86,7 @@ impl Connection {
 
     pub(super) fn abort(&mut self, itts: &[u32]) {
         for itt in itts {
-            if let Some(t) = self.tasks.remove(itt) {
-                if t.windowed {
-                    self.window_used = self.window_used.saturating_sub(1);
-                }
-            }
+            self.remove_task(*itt);
         }
     }
 

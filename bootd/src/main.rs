@@ -1,7 +1,19 @@
 //! bootd: network boot for diskless fleets. This binary is the operator CLI
 //! and the daemon; the protocol work lives in the library crates.
 
+mod cmd_df;
+mod cmd_image;
+mod cmd_node;
+mod cmd_template;
+mod datadir;
 mod export;
+mod import;
+mod lifecycle;
+mod names;
+mod output;
+mod progress;
+mod serve;
+mod store;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -30,10 +42,29 @@ struct Cli {
 enum Command {
     /// Serve one raw file as LUN 0 of one iSCSI target until SIGINT/SIGTERM.
     Export(export::ExportArgs),
+    /// Serve every node's disk (its overlay) as LUN 0 of its own target.
+    Serve(serve::ServeArgs),
+    /// Golden images.
+    #[command(subcommand)]
+    Image(cmd_image::ImageCmd),
+    /// Boot recipes: an image plus an optional iPXE script.
+    #[command(subcommand)]
+    Template(cmd_template::TemplateCmd),
+    /// Machines, each with its own copy-on-write disk.
+    #[command(subcommand)]
+    Node(cmd_node::NodeCmd),
+    /// Physical vs logical bytes of the fleet's disks.
+    Df {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BOOTD_LOG")
@@ -44,6 +75,19 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Export(args) => export::run(&cli.data_dir, args),
+        Command::Serve(args) => serve::run(&cli.data_dir, args),
+        Command::Image(cmd) => {
+            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_image::run(&d, cmd))
+        }
+        Command::Template(cmd) => {
+            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_template::run(&d, cmd))
+        }
+        Command::Node(cmd) => {
+            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_node::run(&d, cmd))
+        }
+        Command::Df { json } => {
+            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_df::run(&d, json))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,4 +96,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version print as clap does; a usage error becomes one line on
+/// stderr, like every other failure.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!(
+        "bootd: {} (see --help)",
+        line.strip_prefix("error: ").unwrap_or(&line)
+    );
+    ExitCode::from(2)
 }

@@ -1,0 +1,235 @@
+//! `bootd node add|list|show|rm|reset|move`.
+
+use crate::datadir::{allocated_bytes, DataDir};
+use crate::names;
+use crate::output;
+use crate::store::{NewNode, Node, Store, StoreError};
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Subcommand};
+use serde_json::json;
+use std::net::IpAddr;
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Register a machine by MAC with its own overlay on the newest version
+    /// of an image (directly or through a template).
+    #[command(group(ArgGroup::new("source").required(true).args(["image", "template"])))]
+    Add {
+        mac: String,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        template: Option<String>,
+        /// Default: node-<mac without colons>.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        ip: Option<IpAddr>,
+    },
+    /// Every node with its image version, overlay size and state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one node, including its iSCSI credentials.
+    Show {
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the node and its overlay. A running serve ends the node's
+    /// sessions first.
+    Rm { node: String },
+    /// Discard the node's writes: it boots its golden image again. A running
+    /// serve ends the node's sessions before the overlay is replaced.
+    Reset {
+        node: String,
+        /// Also move the node to the newest version of its image.
+        #[arg(long)]
+        latest: bool,
+    },
+    /// Move the node to the newest version of its image (discards its writes).
+    Move {
+        node: String,
+        #[arg(long, required = true)]
+        latest: bool,
+    },
+}
+
+pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
+    let mut store = dd.store()?;
+    match cmd {
+        NodeCmd::Add {
+            mac,
+            image,
+            template,
+            name,
+            ip,
+        } => {
+            let node = add(dd, store.as_mut(), &mac, image, template, name, ip)?;
+            println!(
+                "added node {} ({}) on {} version {}: {}",
+                node.name, node.mac, node.image.name, node.image.version, node.target_iqn
+            );
+        }
+        NodeCmd::List { json } => list(store.as_ref(), json)?,
+        NodeCmd::Show { node, json } => {
+            let n = lookup(store.as_ref(), &node)?;
+            if json {
+                return output::json(&node_json(&n));
+            }
+            show(&n);
+        }
+        NodeCmd::Rm { node } => {
+            let n = lookup(store.as_ref(), &node)?;
+            crate::lifecycle::remove(dd, store.as_mut(), &n)?;
+            println!("removed node {}", n.name);
+        }
+        NodeCmd::Reset { node, latest } => move_node(store.as_mut(), &node, latest)?,
+        NodeCmd::Move { node, latest } => move_node(store.as_mut(), &node, latest)?,
+    }
+    Ok(())
+}
+
+fn move_node(store: &mut dyn Store, key: &str, latest: bool) -> Result<()> {
+    let n = lookup(store, key)?;
+    let image = if latest {
+        store.latest_image(&n.image.name)?
+    } else {
+        n.image.clone()
+    };
+    let done = crate::lifecycle::recreate(store, &n, &image)?;
+    println!(
+        "node {}: overlay reset on {} version {}",
+        done.name, done.image.name, done.image.version
+    );
+    Ok(())
+}
+
+/// By name first, then by MAC in any spelling.
+pub fn lookup(store: &dyn Store, key: &str) -> Result<Node> {
+    match store.node(key) {
+        Err(StoreError::NotFound { .. }) => match names::normalize_mac(key) {
+            Ok(mac) => Ok(store.node(&mac)?),
+            Err(_) => bail!("node {key:?} does not exist"),
+        },
+        other => Ok(other?),
+    }
+}
+
+fn add(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    mac: &str,
+    image: Option<String>,
+    template: Option<String>,
+    name: Option<String>,
+    ip: Option<IpAddr>,
+) -> Result<Node> {
+    let mac = names::normalize_mac(mac)?;
+    let name = name.unwrap_or_else(|| names::default_node_name(&mac));
+    names::check_node_name(&name)?;
+    let image_name = match (&image, &template) {
+        (Some(i), _) => i.clone(),
+        (None, Some(t)) => store.template(t)?.image,
+        (None, None) => bail!("give --image or --template"),
+    };
+    let img = store.latest_image(&image_name)?;
+    let overlay_path = dd.overlay_file(&name);
+    let node = store.add_node(&NewNode {
+        name: name.clone(),
+        mac,
+        image_id: img.id,
+        template,
+        ip: ip.map(|i| i.to_string()),
+        target_iqn: names::target_iqn(&name),
+        initiator_iqn: names::initiator_iqn(&name),
+        chap_user: name.clone(),
+        chap_secret: names::chap_secret(),
+        overlay_path: overlay_path.clone(),
+    })?;
+    // The row (state `creating`) claims the name and MAC; serve ignores the
+    // node until the overlay exists.
+    if let Err(e) = crate::lifecycle::write_overlay(&overlay_path, &img) {
+        if let Err(e2) = store.remove_node(&name) {
+            eprintln!("bootd: warning: could not undo node {name}: {e2}");
+        }
+        return Err(e);
+    }
+    store
+        .node_overlay_ready(&node.name, img.id)
+        .context("marking the node ready")
+}
+
+pub fn node_json(n: &Node) -> serde_json::Value {
+    json!({
+        "name": n.name,
+        "mac": n.mac,
+        "image": n.image.name,
+        "image_version": n.image.version,
+        "image_path": n.image.path,
+        "template": n.template,
+        "ip": n.ip,
+        "target_iqn": n.target_iqn,
+        "initiator_iqn": n.initiator_iqn,
+        "chap_user": n.chap_user,
+        "chap_secret": n.chap_secret,
+        "overlay_path": n.overlay_path,
+        "overlay_bytes": allocated_bytes(&n.overlay_path),
+        "virtual_bytes": n.image.bytes,
+        "state": n.state.as_str(),
+        "created": n.created,
+    })
+}
+
+fn list(store: &dyn Store, as_json: bool) -> Result<()> {
+    let nodes = store.nodes()?;
+    if as_json {
+        return output::json(&json!(nodes.iter().map(node_json).collect::<Vec<_>>()));
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.mac.clone(),
+                format!("{} v{}", n.image.name, n.image.version),
+                n.ip.clone().unwrap_or_else(|| "-".into()),
+                output::bytes(allocated_bytes(&n.overlay_path)),
+                n.state.as_str().into(),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "MAC", "IMAGE", "IP", "OVERLAY", "STATE"], &rows);
+    Ok(())
+}
+
+fn show(n: &Node) {
+    let rows = [
+        ("name", n.name.clone()),
+        ("mac", n.mac.clone()),
+        (
+            "image",
+            format!("{} version {}", n.image.name, n.image.version),
+        ),
+        ("template", n.template.clone().unwrap_or_else(|| "-".into())),
+        ("ip", n.ip.clone().unwrap_or_else(|| "-".into())),
+        ("target_iqn", n.target_iqn.clone()),
+        ("initiator_iqn", n.initiator_iqn.clone()),
+        ("chap_user", n.chap_user.clone()),
+        ("chap_secret", n.chap_secret.clone()),
+        ("overlay_path", n.overlay_path.display().to_string()),
+        (
+            "overlay_bytes",
+            format!(
+                "{} of {}",
+                output::bytes(allocated_bytes(&n.overlay_path)),
+                output::bytes(n.image.bytes)
+            ),
+        ),
+        ("state", n.state.as_str().into()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<14} {v}");
+    }
+}

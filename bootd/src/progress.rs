@@ -1,0 +1,44 @@
+//! Progress bars on a terminal only; piped output stays quiet.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    fn new(len: u64, template: &str, what: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self(ProgressBar::hidden());
+        }
+        let bar = ProgressBar::new(len);
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        Self(bar)
+    }
+
+    pub fn bytes(len: u64, what: &str) -> Self {
+        Self::new(
+            len,
+            "{msg:>10} [{wide_bar}] {bytes}/{total_bytes} eta {eta}",
+            what,
+        )
+    }
+
+    pub fn percent(what: &str) -> Self {
+        Self::new(100, "{msg:>10} [{wide_bar}] {pos:>3}%", what)
+    }
+
+    pub fn visible(&self) -> bool {
+        !self.0.is_hidden()
+    }
+
+    pub fn set(&self, pos: u64) {
+        self.0.set_position(pos);
+    }
+
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}

@@ -1,0 +1,198 @@
+//! Keeps the iSCSI server's targets in step with the registry: one target
+//! per `ready` node, its overlay as LUN 0, only the node's initiator IQN with
+//! the node's CHAP secret. Golden images are opened once per version and
+//! shared by every overlay on them.
+
+use crate::datadir::DataDir;
+use crate::store::{Node, NodeState, Store};
+use anyhow::{Context, Result};
+use imagestore::qcow2::Overlay;
+use iscsi_proto::conn::ChapCredentials;
+use iscsi_target::block::BlockDevice;
+use iscsi_target::lun::{Lun, LunConfig};
+use iscsi_target::raw::RawFile;
+use iscsi_target::{Server, Target};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// A node the server is serving now.
+struct Served {
+    id: i64,
+    revision: i64,
+    iqn: String,
+    image_id: i64,
+    overlay: Arc<Overlay>,
+}
+
+pub struct Fleet {
+    server: Arc<Server>,
+    dd: DataDir,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    served: HashMap<String, Served>,
+    goldens: HashMap<i64, Arc<RawFile>>,
+    /// Nodes that failed to open, by name, at the revision that failed: tried
+    /// again every tick, logged once per revision.
+    failed: HashMap<String, i64>,
+    seen: Option<u64>,
+}
+
+impl Fleet {
+    pub fn new(server: Arc<Server>, dd: DataDir, store: Box<dyn Store>) -> Self {
+        Self {
+            server,
+            dd,
+            store: Arc::new(Mutex::new(store)),
+            served: HashMap::new(),
+            goldens: HashMap::new(),
+            failed: HashMap::new(),
+            seen: None,
+        }
+    }
+
+    /// Targets being served.
+    pub fn len(&self) -> usize {
+        self.served.len()
+    }
+
+    fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T>> {
+        let store = self.store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let s = store.lock().unwrap_or_else(|e| e.into_inner());
+                f(s.as_ref())
+            })
+            .await
+            .context("registry reader")?
+            .map_err(Into::into)
+        }
+    }
+
+    /// One reconciliation: cheap when the generation has not moved and
+    /// nothing is waiting for a retry.
+    pub async fn tick(&mut self) -> Result<()> {
+        let generation = self.with_store(|s| s.generation()).await?;
+        if self.seen == Some(generation) && self.failed.is_empty() {
+            return Ok(());
+        }
+        let nodes = self.with_store(|s| s.nodes()).await?;
+        let wanted: HashMap<String, Node> = nodes
+            .into_iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| (n.name.clone(), n))
+            .collect();
+
+        // Drop first: a reset node's old target goes before its new one comes.
+        let stale: Vec<String> = self
+            .served
+            .iter()
+            .filter(|(name, s)| {
+                wanted
+                    .get(*name)
+                    .is_none_or(|n| n.id != s.id || n.revision != s.revision)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(s) = self.served.remove(&name) {
+                self.drop_target(&name, s).await;
+            }
+        }
+        self.failed.retain(|name, _| wanted.contains_key(name));
+
+        for (name, node) in &wanted {
+            if self.served.contains_key(name) {
+                continue;
+            }
+            match self.open(node).await {
+                Ok(s) => {
+                    tracing::info!(node = %name, iqn = %node.target_iqn, image = %node.image.name, version = node.image.version, "serving");
+                    self.failed.remove(name);
+                    self.served.insert(name.clone(), s);
+                }
+                Err(e) => {
+                    if self.failed.insert(name.clone(), node.revision) != Some(node.revision) {
+                        tracing::error!(node = %name, "cannot serve: {e:#}");
+                    }
+                }
+            }
+        }
+        let used: Vec<i64> = self.served.values().map(|s| s.image_id).collect();
+        self.goldens.retain(|id, _| used.contains(id));
+        self.seen = Some(generation);
+        Ok(())
+    }
+
+    /// Removes the target (ending its sessions) and commits the overlay.
+    async fn drop_target(&self, name: &str, s: Served) {
+        self.server.remove_target(&s.iqn);
+        if let Err(e) = s.overlay.close().await {
+            tracing::error!(node = %name, "closing overlay: {e}");
+        }
+        tracing::info!(node = %name, "stopped serving");
+    }
+
+    async fn open(&mut self, node: &Node) -> Result<Served> {
+        let golden = match self.goldens.get(&node.image.id) {
+            Some(g) => g.clone(),
+            None => {
+                let path = node.image.path.clone();
+                let g = tokio::task::spawn_blocking(move || RawFile::open(&path, true))
+                    .await?
+                    .with_context(|| format!("golden image {}", node.image.path.display()))?;
+                let g = Arc::new(g);
+                self.goldens.insert(node.image.id, g.clone());
+                g
+            }
+        };
+        let path = node.overlay_path.clone();
+        let backing: Arc<dyn BlockDevice> = golden;
+        let overlay =
+            tokio::task::spawn_blocking(move || Overlay::open(&path, Some(backing), false))
+                .await?
+                .with_context(|| format!("overlay {}", node.overlay_path.display()))?;
+        let overlay = Arc::new(overlay);
+        let id = crate::export::stable_id(&node.target_iqn);
+        let lun = Lun::new(
+            overlay.clone(),
+            LunConfig {
+                serial: format!("{id:016x}"),
+                naa_id: id,
+                vendor: "BOOTD".into(),
+                product: "node disk".into(),
+                pr_state: Some(self.dd.pr_file(&node.name)),
+                removable: false,
+            },
+        )?;
+        self.server.add_target(Target {
+            iqn: node.target_iqn.clone(),
+            alias: Some(node.name.clone()),
+            luns: BTreeMap::from([(0, Arc::new(lun))]),
+            allowed_initiators: Some(vec![node.initiator_iqn.clone()]),
+            chap: Some(ChapCredentials {
+                user: node.chap_user.clone(),
+                secret: node.chap_secret.as_bytes().to_vec(),
+                mutual: None,
+            }),
+        })?;
+        Ok(Served {
+            id: node.id,
+            revision: node.revision,
+            iqn: node.target_iqn.clone(),
+            image_id: node.image.id,
+            overlay,
+        })
+    }
+
+    /// After the server has stopped: commit every overlay and give back
+    /// reserved clusters, so `qemu-img check` finds them clean.
+    pub async fn close_all(&mut self) {
+        for (name, s) in self.served.drain() {
+            if let Err(e) = s.overlay.close().await {
+                tracing::error!(node = %name, "closing overlay: {e}");
+            }
+        }
+    }
+}

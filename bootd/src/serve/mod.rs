@@ -1,0 +1,152 @@
+//! `bootd serve`: every node's overlay as LUN 0 of the node's own iSCSI
+//! target, following registry changes without a restart.
+//!
+//! DHCP, TFTP and HTTP come with network boot; until then only `--dhcp off`
+//! runs and the other network flags are accepted but unused.
+
+pub mod config;
+mod fleet;
+
+use crate::datadir::DataDir;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use config::{DhcpMode, FileConfig, Settings};
+use iscsi_target::{Server, ServerConfig};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often the registry's generation is checked.
+const POLL: Duration = Duration::from_secs(1);
+
+#[derive(Args)]
+#[command(after_help = "\
+Changes made with `bootd node|image` take effect within a second. \
+`node reset` and `node rm` end the node's live sessions first: serve drops the \
+node's target (closing its sessions) and its overlay, the CLI waits until the \
+overlay is released, then replaces or deletes it.")]
+pub struct ServeArgs {
+    /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
+    /// http_port, tftp_port. Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Network interface for DHCP (network boot; not used yet).
+    #[arg(long)]
+    interface: Option<String>,
+    /// Address to serve on [default: 0.0.0.0].
+    #[arg(long)]
+    listen_ip: Option<IpAddr>,
+    /// off (only mode implemented so far), proxy or full [default: off].
+    #[arg(long, value_enum)]
+    dhcp: Option<DhcpMode>,
+    /// Address pool for --dhcp full, FIRST-LAST.
+    #[arg(long)]
+    pool: Option<String>,
+    /// [default: 80] (network boot; not used yet)
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// [default: 69] (network boot; not used yet)
+    #[arg(long)]
+    tftp_port: Option<u16>,
+    /// iSCSI port; 0 picks a free one [default: 3260].
+    #[arg(long)]
+    iscsi_port: Option<u16>,
+}
+
+fn settings(args: &ServeArgs) -> Result<Settings> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let pool = args.pool.clone().or(file.pool);
+    Ok(Settings {
+        listen_ip: args
+            .listen_ip
+            .or(file.listen_ip)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        iscsi_port: args.iscsi_port.or(file.iscsi_port).unwrap_or(3260),
+        dhcp: args.dhcp.or(file.dhcp).unwrap_or(DhcpMode::Off),
+        interface: args.interface.clone().or(file.interface),
+        pool: pool.as_deref().map(config::parse_pool).transpose()?,
+        http_port: args.http_port.or(file.http_port).unwrap_or(80),
+        tftp_port: args.tftp_port.or(file.tftp_port).unwrap_or(69),
+    })
+}
+
+pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
+    let s = settings(&args)?;
+    match s.dhcp {
+        DhcpMode::Off => {}
+        DhcpMode::Proxy => bail!("--dhcp proxy is not yet implemented; use --dhcp off"),
+        DhcpMode::Full => bail!("--dhcp full is not yet implemented; use --dhcp off"),
+    }
+    if s.interface.is_some() || s.pool.is_some() {
+        tracing::warn!("--interface and --pool are not used with --dhcp off");
+    }
+    tracing::debug!(
+        http_port = s.http_port,
+        tftp_port = s.tftp_port,
+        "HTTP and TFTP are not served yet"
+    );
+    let dd = DataDir::open(data_dir)?;
+    let _lock = dd.lock_serve()?;
+    let store = dd.store()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(s, dd, store))
+}
+
+async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) -> Result<()> {
+    let server = Server::new(ServerConfig::default());
+    let mut fleet = fleet::Fleet::new(server.clone(), dd, store);
+    fleet.tick().await?;
+    let addr = SocketAddr::new(s.listen_ip, s.iscsi_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // Handlers go in before the ready line: a SIGTERM right after it must
+    // still shut down cleanly.
+    let signal = crate::export::shutdown_signal()?;
+    // One line on stdout so scripts can wait for it and learn the port.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "iscsi {local}")?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(listen = %local, nodes = fleet.len(), "serving");
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        let mut timer = tokio::time::interval(POLL);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = timer.tick() => {
+                    if let Err(e) = fleet.tick().await {
+                        // The registry may be busy or briefly unreadable; the
+                        // targets already served keep running.
+                        tracing::warn!("registry: {e:#}");
+                    }
+                }
+                _ = stop_rx.changed() => break,
+            }
+        }
+        fleet
+    });
+    let srv = server.clone();
+    tokio::spawn(async move {
+        signal.await;
+        tracing::info!("shutting down");
+        srv.shutdown();
+    });
+    let served = server.serve(listener).await;
+    let _ = stop_tx.send(true);
+    let mut fleet = watcher.await.context("registry watcher")?;
+    fleet.close_all().await;
+    served?;
+    tracing::info!("overlays flushed; bye");
+    Ok(())
+}

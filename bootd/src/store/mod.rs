@@ -1,0 +1,175 @@
+//! The node registry: images, templates and nodes, behind [`Store`] so that
+//! a shared PostgreSQL backend can serve several bootd servers later. The
+//! embedded backend is SQLite ([`sqlite::SqliteStore`]).
+//!
+//! Every change bumps one `generation` counter in the same transaction, so a
+//! running `serve` notices CLI changes by reading one integer.
+
+pub mod rooted;
+pub mod schema;
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+/// One stored version of a golden image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub id: i64,
+    pub name: String,
+    pub version: u32,
+    pub path: PathBuf,
+    /// Virtual size: the raw file's length.
+    pub bytes: u64,
+    /// Hex SHA-256 of the stored raw file.
+    pub sha256: String,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+/// What `image import` hands the store once the file is in place.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub name: String,
+    pub version: u32,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub name: String,
+    /// Image name (not version): nodes get its newest version.
+    pub image: String,
+    pub script: Option<String>,
+    pub created: i64,
+}
+
+/// Where a node's overlay is in its life; `serve` only serves `Ready` nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// The row exists, the overlay is being written.
+    Creating,
+    Ready,
+    /// The overlay is about to be recreated or deleted: `serve` drops the
+    /// node's target (ending its sessions) and closes the overlay.
+    Releasing,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Ready => "ready",
+            Self::Releasing => "releasing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "creating" => Some(Self::Creating),
+            "ready" => Some(Self::Ready),
+            "releasing" => Some(Self::Releasing),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: i64,
+    pub name: String,
+    pub mac: String,
+    /// The image version the overlay sits on, with its name, version, file and size.
+    pub image: Image,
+    pub template: Option<String>,
+    pub ip: Option<String>,
+    pub target_iqn: String,
+    pub initiator_iqn: String,
+    pub chap_user: String,
+    pub chap_secret: String,
+    pub overlay_path: PathBuf,
+    pub state: NodeState,
+    /// Bumped by every change to the node; `serve` rebuilds the target when it moves.
+    pub revision: i64,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub name: String,
+    pub mac: String,
+    pub image_id: i64,
+    pub template: Option<String>,
+    pub ip: Option<String>,
+    pub target_iqn: String,
+    pub initiator_iqn: String,
+    pub chap_user: String,
+    pub chap_secret: String,
+    pub overlay_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} with {field} {value:?} already exists")]
+    Duplicate {
+        kind: &'static str,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{kind} {name:?} is in use by {by}")]
+    InUse {
+        kind: &'static str,
+        name: String,
+        by: String,
+    },
+    #[error("database schema version {found} is newer than this bootd understands ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("database holds an invalid value: {0}")]
+    Corrupt(String),
+    #[error("database {path}", path = path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database")]
+    Db(#[from] rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The registry's operations; each write is one transaction that also bumps
+/// the generation.
+pub trait Store: Send {
+    /// Changes so far; moves on every committed write.
+    fn generation(&self) -> Result<u64>;
+
+    /// Adds an image version; `Duplicate` if that name and version exist.
+    fn add_image(&mut self, image: &NewImage) -> Result<Image>;
+    /// Every version of every image, by name then version.
+    fn images(&self) -> Result<Vec<Image>>;
+    /// The newest version of `name`.
+    fn latest_image(&self, name: &str) -> Result<Image>;
+    /// Highest version stored under `name` (0 when none).
+    fn max_image_version(&self, name: &str) -> Result<u32>;
+    /// Removes every version of `name`; refused while a node or template uses it.
+    fn remove_image(&mut self, name: &str) -> Result<Vec<Image>>;
+
+    fn add_template(&mut self, name: &str, image: &str, script: Option<&str>) -> Result<Template>;
+    fn templates(&self) -> Result<Vec<Template>>;
+    fn template(&self, name: &str) -> Result<Template>;
+    /// Refused while nodes were created from it.
+    fn remove_template(&mut self, name: &str) -> Result<Template>;
+
+    /// Adds a node in state `Creating`.
+    fn add_node(&mut self, node: &NewNode) -> Result<Node>;
+    fn nodes(&self) -> Result<Vec<Node>>;
+    /// By name or by (normalised) MAC.
+    fn node(&self, name_or_mac: &str) -> Result<Node>;
+    fn set_node_state(&mut self, name: &str, state: NodeState) -> Result<Node>;
+    /// A fresh overlay over `image_id` is in place: the node is `Ready`.
+    fn node_overlay_ready(&mut self, name: &str, image_id: i64) -> Result<Node>;
+    fn remove_node(&mut self, name: &str) -> Result<Node>;
+}

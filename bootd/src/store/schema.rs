@@ -1,0 +1,52 @@
+//! Schema migrations. Each entry moves the database from version `i` to
+//! `i + 1`; `schema_version` records how far a database has come. Append
+//! new migrations, never edit applied ones.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: images, templates, nodes, the change counter.
+    "
+    CREATE TABLE images (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        name     TEXT NOT NULL,
+        version  INTEGER NOT NULL CHECK (version > 0),
+        path     TEXT NOT NULL UNIQUE,
+        bytes    INTEGER NOT NULL CHECK (bytes > 0),
+        sha256   TEXT NOT NULL,
+        created  INTEGER NOT NULL,
+        UNIQUE (name, version)
+    );
+    CREATE TABLE templates (
+        name     TEXT PRIMARY KEY,
+        image    TEXT NOT NULL,
+        script   TEXT,
+        created  INTEGER NOT NULL
+    );
+    CREATE TABLE nodes (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        name          TEXT NOT NULL UNIQUE,
+        mac           TEXT NOT NULL UNIQUE,
+        image_id      INTEGER NOT NULL REFERENCES images(id),
+        template      TEXT REFERENCES templates(name),
+        ip            TEXT UNIQUE,
+        target_iqn    TEXT NOT NULL UNIQUE,
+        initiator_iqn TEXT NOT NULL UNIQUE,
+        chap_user     TEXT NOT NULL,
+        chap_secret   TEXT NOT NULL,
+        overlay_path  TEXT NOT NULL UNIQUE,
+        state         TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'releasing')),
+        revision      INTEGER NOT NULL DEFAULT 0,
+        created       INTEGER NOT NULL
+    );
+    CREATE INDEX nodes_image ON nodes(image_id);
+    CREATE TABLE generation (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        value  INTEGER NOT NULL
+    );
+    INSERT INTO generation (id, value) VALUES (1, 0);
+    ",
+];
+
+/// The version a fully migrated database has.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}

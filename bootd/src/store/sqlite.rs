@@ -1,0 +1,548 @@
+//! The embedded SQLite backend. WAL mode lets `serve` read while the CLI
+//! writes; writes take the write lock up front (`BEGIN IMMEDIATE`) so two
+//! CLI commands queue instead of failing half-way.
+
+use super::schema::{self, MIGRATIONS};
+use super::{Image, NewImage, NewNode, Node, NodeState, Result, Store, StoreError, Template};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+const NODE_SELECT: &str = "
+    SELECT n.id, n.name, n.mac, n.template, n.ip, n.target_iqn, n.initiator_iqn,
+           n.chap_user, n.chap_secret, n.overlay_path, n.state, n.revision, n.created,
+           i.id, i.name, i.version, i.path, i.bytes, i.sha256, i.created
+    FROM nodes n JOIN images i ON i.id = n.image_id";
+
+const IMAGE_SELECT: &str = "SELECT id, name, version, path, bytes, sha256, created FROM images";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let at = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(at)?;
+        Self::setup(conn).map_err(|e| match e {
+            StoreError::Db(source) => at(source),
+            other => other,
+        })
+    }
+
+    /// An in-memory database, for tests.
+    #[cfg(test)]
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        // Another bootd process may hold the write lock for a moment.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // In-memory databases answer "memory"; both are fine.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&mut conn)?;
+        Ok(Self { conn })
+    }
+
+    fn write(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}
+
+/// Applies the migrations this database lacks, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+        [],
+    )?;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: i64 = tx
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .unwrap_or(0);
+        if current > schema::latest() {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known: schema::latest(),
+            });
+        }
+        if current == schema::latest() {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[current as usize])?;
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [current + 1],
+        )?;
+        tx.commit()?;
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn bump(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute("UPDATE generation SET value = value + 1 WHERE id = 1", [])?;
+    Ok(())
+}
+
+fn u64_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(idx)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+}
+
+fn image_at(row: &Row<'_>, base: usize) -> rusqlite::Result<Image> {
+    let version: i64 = row.get(base + 2)?;
+    Ok(Image {
+        id: row.get(base)?,
+        name: row.get(base + 1)?,
+        version: u32::try_from(version)
+            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(base + 2, version))?,
+        path: PathBuf::from(row.get::<_, String>(base + 3)?),
+        bytes: u64_col(row, base + 4)?,
+        sha256: row.get(base + 5)?,
+        created: row.get(base + 6)?,
+    })
+}
+
+fn node_row(row: &Row<'_>) -> rusqlite::Result<Node> {
+    let state: String = row.get(10)?;
+    let state = NodeState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            10,
+            rusqlite::types::Type::Text,
+            format!("node state {state:?}").into(),
+        )
+    })?;
+    Ok(Node {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        mac: row.get(2)?,
+        template: row.get(3)?,
+        ip: row.get(4)?,
+        target_iqn: row.get(5)?,
+        initiator_iqn: row.get(6)?,
+        chap_user: row.get(7)?,
+        chap_secret: row.get(8)?,
+        overlay_path: PathBuf::from(row.get::<_, String>(9)?),
+        state,
+        revision: row.get(11)?,
+        created: row.get(12)?,
+        image: image_at(row, 13)?,
+    })
+}
+
+fn template_row(row: &Row<'_>) -> rusqlite::Result<Template> {
+    Ok(Template {
+        name: row.get(0)?,
+        image: row.get(1)?,
+        script: row.get(2)?,
+        created: row.get(3)?,
+    })
+}
+
+fn path_text(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| StoreError::Corrupt(format!("path {} is not UTF-8", p.display())))
+}
+
+fn node_by_name(conn: &Connection, name: &str) -> Result<Node> {
+    conn.query_row(
+        &format!("{NODE_SELECT} WHERE n.name = ?1"),
+        [name],
+        node_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound {
+        kind: "node",
+        name: name.to_string(),
+    })
+}
+
+fn exists(conn: &Connection, sql: &str, value: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(sql, [value], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+impl Store for SqliteStore {
+    fn generation(&self) -> Result<u64> {
+        let v: i64 = self
+            .conn
+            .query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
+                r.get(0)
+            })?;
+        u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("generation {v}")))
+    }
+
+    fn add_image(&mut self, image: &NewImage) -> Result<Image> {
+        let tx = self.write()?;
+        if tx
+            .query_row(
+                "SELECT 1 FROM images WHERE name = ?1 AND version = ?2",
+                params![image.name, image.version],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some()
+        {
+            return Err(StoreError::Duplicate {
+                kind: "image",
+                field: "version",
+                value: format!("{} v{}", image.name, image.version),
+            });
+        }
+        let bytes = i64::try_from(image.bytes)
+            .map_err(|_| StoreError::Corrupt(format!("image size {}", image.bytes)))?;
+        tx.execute(
+            "INSERT INTO images (name, version, path, bytes, sha256, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                image.name,
+                image.version,
+                path_text(&image.path)?,
+                bytes,
+                image.sha256,
+                now()
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        let img = tx.query_row(&format!("{IMAGE_SELECT} WHERE id = ?1"), [id], |r| {
+            image_at(r, 0)
+        })?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(img)
+    }
+
+    fn images(&self) -> Result<Vec<Image>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("{IMAGE_SELECT} ORDER BY name, version"))?;
+        let rows = st.query_map([], |r| image_at(r, 0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn latest_image(&self, name: &str) -> Result<Image> {
+        self.conn
+            .query_row(
+                &format!("{IMAGE_SELECT} WHERE name = ?1 ORDER BY version DESC LIMIT 1"),
+                [name],
+                |r| image_at(r, 0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "image",
+                name: name.to_string(),
+            })
+    }
+
+    fn max_image_version(&self, name: &str) -> Result<u32> {
+        let v: Option<i64> = self.conn.query_row(
+            "SELECT MAX(version) FROM images WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        u32::try_from(v.unwrap_or(0)).map_err(|_| StoreError::Corrupt(format!("version {v:?}")))
+    }
+
+    fn remove_image(&mut self, name: &str) -> Result<Vec<Image>> {
+        let tx = self.write()?;
+        let images: Vec<Image> = {
+            let mut st = tx.prepare(&format!("{IMAGE_SELECT} WHERE name = ?1"))?;
+            let rows = st.query_map([name], |r| image_at(r, 0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if images.is_empty() {
+            return Err(StoreError::NotFound {
+                kind: "image",
+                name: name.to_string(),
+            });
+        }
+        let users: Vec<String> = {
+            let mut st = tx.prepare(
+                "SELECT n.name FROM nodes n JOIN images i ON i.id = n.image_id
+                 WHERE i.name = ?1 ORDER BY n.name",
+            )?;
+            let rows = st.query_map([name], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                kind: "image",
+                name: name.to_string(),
+                by: describe("node", &users),
+            });
+        }
+        let templates: Vec<String> = {
+            let mut st = tx.prepare("SELECT name FROM templates WHERE image = ?1 ORDER BY name")?;
+            let rows = st.query_map([name], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if !templates.is_empty() {
+            return Err(StoreError::InUse {
+                kind: "image",
+                name: name.to_string(),
+                by: describe("template", &templates),
+            });
+        }
+        tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(images)
+    }
+
+    fn add_template(&mut self, name: &str, image: &str, script: Option<&str>) -> Result<Template> {
+        let tx = self.write()?;
+        if exists(&tx, "SELECT 1 FROM templates WHERE name = ?1", name)? {
+            return Err(StoreError::Duplicate {
+                kind: "template",
+                field: "name",
+                value: name.to_string(),
+            });
+        }
+        if !exists(&tx, "SELECT 1 FROM images WHERE name = ?1", image)? {
+            return Err(StoreError::NotFound {
+                kind: "image",
+                name: image.to_string(),
+            });
+        }
+        tx.execute(
+            "INSERT INTO templates (name, image, script, created) VALUES (?1, ?2, ?3, ?4)",
+            params![name, image, script, now()],
+        )?;
+        let t = tx.query_row(
+            "SELECT name, image, script, created FROM templates WHERE name = ?1",
+            [name],
+            template_row,
+        )?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(t)
+    }
+
+    fn templates(&self) -> Result<Vec<Template>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, image, script, created FROM templates ORDER BY name")?;
+        let rows = st.query_map([], template_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn template(&self, name: &str) -> Result<Template> {
+        self.conn
+            .query_row(
+                "SELECT name, image, script, created FROM templates WHERE name = ?1",
+                [name],
+                template_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "template",
+                name: name.to_string(),
+            })
+    }
+
+    fn remove_template(&mut self, name: &str) -> Result<Template> {
+        let tx = self.write()?;
+        let t = tx
+            .query_row(
+                "SELECT name, image, script, created FROM templates WHERE name = ?1",
+                [name],
+                template_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "template",
+                name: name.to_string(),
+            })?;
+        let users: Vec<String> = {
+            let mut st = tx.prepare("SELECT name FROM nodes WHERE template = ?1 ORDER BY name")?;
+            let rows = st.query_map([name], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                kind: "template",
+                name: name.to_string(),
+                by: describe("node", &users),
+            });
+        }
+        tx.execute("DELETE FROM templates WHERE name = ?1", [name])?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(t)
+    }
+
+    fn add_node(&mut self, node: &NewNode) -> Result<Node> {
+        let tx = self.write()?;
+        let overlay = path_text(&node.overlay_path)?;
+        let checks: [(&str, &'static str, &str); 5] = [
+            ("SELECT 1 FROM nodes WHERE name = ?1", "name", &node.name),
+            ("SELECT 1 FROM nodes WHERE mac = ?1", "MAC", &node.mac),
+            (
+                "SELECT 1 FROM nodes WHERE target_iqn = ?1",
+                "target IQN",
+                &node.target_iqn,
+            ),
+            (
+                "SELECT 1 FROM nodes WHERE initiator_iqn = ?1",
+                "initiator IQN",
+                &node.initiator_iqn,
+            ),
+            (
+                "SELECT 1 FROM nodes WHERE overlay_path = ?1",
+                "overlay",
+                overlay,
+            ),
+        ];
+        for (sql, field, value) in checks {
+            if exists(&tx, sql, value)? {
+                return Err(StoreError::Duplicate {
+                    kind: "node",
+                    field,
+                    value: value.to_string(),
+                });
+            }
+        }
+        if let Some(ip) = &node.ip {
+            if exists(&tx, "SELECT 1 FROM nodes WHERE ip = ?1", ip)? {
+                return Err(StoreError::Duplicate {
+                    kind: "node",
+                    field: "IP",
+                    value: ip.clone(),
+                });
+            }
+        }
+        tx.execute(
+            "INSERT INTO nodes (name, mac, image_id, template, ip, target_iqn, initiator_iqn,
+                                chap_user, chap_secret, overlay_path, state, revision, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12)",
+            params![
+                node.name,
+                node.mac,
+                node.image_id,
+                node.template,
+                node.ip,
+                node.target_iqn,
+                node.initiator_iqn,
+                node.chap_user,
+                node.chap_secret,
+                overlay,
+                NodeState::Creating.as_str(),
+                now()
+            ],
+        )?;
+        let n = node_by_name(&tx, &node.name)?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn nodes(&self) -> Result<Vec<Node>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("{NODE_SELECT} ORDER BY n.name"))?;
+        let rows = st.query_map([], node_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn node(&self, name_or_mac: &str) -> Result<Node> {
+        let found = self
+            .conn
+            .query_row(
+                &format!("{NODE_SELECT} WHERE n.name = ?1 OR n.mac = ?1"),
+                [name_or_mac],
+                node_row,
+            )
+            .optional()?;
+        found.ok_or_else(|| StoreError::NotFound {
+            kind: "node",
+            name: name_or_mac.to_string(),
+        })
+    }
+
+    fn set_node_state(&mut self, name: &str, state: NodeState) -> Result<Node> {
+        let tx = self.write()?;
+        let changed = tx.execute(
+            "UPDATE nodes SET state = ?2, revision = revision + 1 WHERE name = ?1",
+            params![name, state.as_str()],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound {
+                kind: "node",
+                name: name.to_string(),
+            });
+        }
+        let n = node_by_name(&tx, name)?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn node_overlay_ready(&mut self, name: &str, image_id: i64) -> Result<Node> {
+        let tx = self.write()?;
+        let changed = tx.execute(
+            "UPDATE nodes SET state = ?2, image_id = ?3, revision = revision + 1 WHERE name = ?1",
+            params![name, NodeState::Ready.as_str(), image_id],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound {
+                kind: "node",
+                name: name.to_string(),
+            });
+        }
+        let n = node_by_name(&tx, name)?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn remove_node(&mut self, name: &str) -> Result<Node> {
+        let tx = self.write()?;
+        let n = node_by_name(&tx, name)?;
+        tx.execute("DELETE FROM nodes WHERE id = ?1", [n.id])?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(n)
+    }
+}
+
+/// "node a", "nodes a, b, c", "nodes a, b, c and 7 more".
+fn describe(kind: &str, names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = format!(
+        "{kind}{} {}",
+        if names.len() == 1 { "" } else { "s" },
+        names
+            .iter()
+            .take(SHOWN)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

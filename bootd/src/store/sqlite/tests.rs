@@ -1,0 +1,159 @@
+use super::*;
+
+fn image(name: &str, version: u32) -> NewImage {
+    NewImage {
+        name: name.into(),
+        version,
+        path: format!("/data/images/{name}-v{version}.raw").into(),
+        bytes: 1 << 20,
+        sha256: "00".repeat(32),
+    }
+}
+
+fn node(name: &str, mac: &str, image_id: i64) -> NewNode {
+    NewNode {
+        name: name.into(),
+        mac: mac.into(),
+        image_id,
+        template: None,
+        ip: None,
+        target_iqn: format!("iqn.t:{name}"),
+        initiator_iqn: format!("iqn.i:{name}"),
+        chap_user: name.into(),
+        chap_secret: "0123456789abcdef".into(),
+        overlay_path: format!("/data/overlays/{name}.qcow2").into(),
+    }
+}
+
+#[test]
+fn every_write_bumps_the_generation() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    let g0 = s.generation()?;
+    let img = s.add_image(&image("deb", 1))?;
+    let g1 = s.generation()?;
+    assert!(g1 > g0);
+    s.add_node(&node("a", "02:00:00:00:00:01", img.id))?;
+    let g2 = s.generation()?;
+    assert!(g2 > g1);
+    s.set_node_state("a", NodeState::Ready)?;
+    assert!(s.generation()? > g2);
+    // Reads do not.
+    let g3 = s.generation()?;
+    s.nodes()?;
+    s.images()?;
+    assert_eq!(s.generation()?, g3);
+    Ok(())
+}
+
+#[test]
+fn versions_and_latest() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    assert_eq!(s.max_image_version("deb")?, 0);
+    s.add_image(&image("deb", 1))?;
+    s.add_image(&image("deb", 2))?;
+    assert_eq!(s.max_image_version("deb")?, 2);
+    assert_eq!(s.latest_image("deb")?.version, 2);
+    assert!(matches!(
+        s.add_image(&image("deb", 2)),
+        Err(StoreError::Duplicate { .. })
+    ));
+    assert!(matches!(
+        s.latest_image("nope"),
+        Err(StoreError::NotFound { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn duplicates_and_lookups() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    let img = s.add_image(&image("deb", 1))?;
+    s.add_node(&node("a", "02:00:00:00:00:01", img.id))?;
+    let err = s.add_node(&node("b", "02:00:00:00:00:01", img.id));
+    assert!(
+        matches!(err, Err(StoreError::Duplicate { field: "MAC", .. })),
+        "{err:?}"
+    );
+    let err = s.add_node(&node("a", "02:00:00:00:00:02", img.id));
+    assert!(matches!(
+        err,
+        Err(StoreError::Duplicate { field: "name", .. })
+    ));
+    assert_eq!(s.node("02:00:00:00:00:01")?.name, "a");
+    assert_eq!(s.node("a")?.image.name, "deb");
+    assert_eq!(s.node("a")?.state, NodeState::Creating);
+    Ok(())
+}
+
+#[test]
+fn image_and_template_removal_is_refused_while_used() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    let v1 = s.add_image(&image("deb", 1))?;
+    s.add_image(&image("deb", 2))?;
+    s.add_template("t", "deb", Some("#!ipxe"))?;
+    let mut n = node("a", "02:00:00:00:00:01", v1.id);
+    n.template = Some("t".into());
+    s.add_node(&n)?;
+    assert!(matches!(
+        s.remove_image("deb"),
+        Err(StoreError::InUse { .. })
+    ));
+    assert!(matches!(
+        s.remove_template("t"),
+        Err(StoreError::InUse { .. })
+    ));
+    s.remove_node("a")?;
+    // The template still names the image.
+    assert!(matches!(
+        s.remove_image("deb"),
+        Err(StoreError::InUse { .. })
+    ));
+    s.remove_template("t")?;
+    assert_eq!(s.remove_image("deb")?.len(), 2);
+    assert!(s.images()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn reopening_keeps_data_and_a_newer_schema_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let path = dir.path().join("bootd.db");
+    {
+        let mut s = SqliteStore::open(&path)?;
+        s.add_image(&image("deb", 1))?;
+    }
+    {
+        let s = SqliteStore::open(&path)?;
+        assert_eq!(s.images()?.len(), 1);
+        s.conn
+            .execute("UPDATE schema_version SET version = 999", [])?;
+    }
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::SchemaTooNew { found: 999, .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn node_revisions_move_with_state_and_image() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    let v1 = s.add_image(&image("deb", 1))?;
+    let v2 = s.add_image(&image("deb", 2))?;
+    let n = s.add_node(&node("a", "02:00:00:00:00:01", v1.id))?;
+    let r = s.node_overlay_ready("a", v1.id)?;
+    assert_eq!(r.state, NodeState::Ready);
+    assert!(r.revision > n.revision);
+    let rel = s.set_node_state("a", NodeState::Releasing)?;
+    assert!(rel.revision > r.revision);
+    let moved = s.node_overlay_ready("a", v2.id)?;
+    assert_eq!(moved.image.version, 2);
+    assert!(moved.revision > rel.revision);
+    assert!(matches!(
+        s.set_node_state("ghost", NodeState::Ready),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.remove_node("a")?.name, "a");
+    assert!(matches!(s.node("a"), Err(StoreError::NotFound { .. })));
+    Ok(())
+}

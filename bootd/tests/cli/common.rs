@@ -1,0 +1,291 @@
+//! Helpers: a data directory with the bootd binary pointed at it, commands
+//! with time limits, and a running `serve` that is stopped on drop.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Every external command gets this long at most.
+const LIMIT: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn bootd_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bootd"));
+        c.env("BOOTD_DATA_DIR", self.data())
+            .env("BOOTD_LOG", "info")
+            .args(args);
+        c
+    }
+
+    /// Runs bootd; returns its output whatever the exit status.
+    pub fn bootd(&self, args: &[&str]) -> Result<Output> {
+        run(self.bootd_cmd(args))
+    }
+
+    /// Runs bootd and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.bootd(args)?;
+        if !out.status.success() {
+            return Err(format!(
+                "bootd {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs bootd, insists on failure with exactly one line on stderr; returns it.
+    pub fn fails(&self, args: &[&str]) -> Result<String> {
+        let out = self.bootd(args)?;
+        let err = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success(), "bootd {args:?} should fail");
+        assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
+        Ok(err)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.ok(args)?)?)
+    }
+}
+
+/// Runs a command to completion within [`LIMIT`].
+pub fn run(mut cmd: Command) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let mut err = child.stderr.take().ok_or("no stderr")?;
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{cmd:?} took longer than {LIMIT:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: t_out.join().map_err(|_| "stdout reader")?,
+        stderr: t_err.join().map_err(|_| "stderr reader")?,
+    })
+}
+
+/// Runs a tool that must exist here and must succeed.
+pub fn tool(program: &str, args: &[&str]) -> Result<String> {
+    let mut c = Command::new(program);
+    c.args(args);
+    let out = run(c)?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A raw golden image: `size` bytes, the first `filled` bytes set to `byte`.
+pub fn golden(path: &Path, size: u64, filled: usize, byte: u8) -> Result {
+    std::fs::write(path, vec![byte; filled])?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(size)?;
+    Ok(())
+}
+
+pub fn sha256(path: &Path) -> Result<String> {
+    let out = tool("sha256sum", &[&path.to_string_lossy()])?;
+    Ok(out.split_whitespace().next().unwrap_or("").to_string())
+}
+
+/// A running `bootd serve`, stopped (SIGTERM, then kill) on drop.
+pub struct Serve {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Serve {
+    pub fn start(env: &Env) -> Result<Self> {
+        let mut cmd = env.bootd_cmd(&[
+            "serve",
+            "--dhcp",
+            "off",
+            "--listen-ip",
+            "127.0.0.1",
+            "--iscsi-port",
+            "0",
+        ]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        // The ready line: "iscsi 127.0.0.1:PORT".
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut serve = Self {
+            child: Some(child),
+            port: 0,
+        };
+        let line = rx.recv_timeout(Duration::from_secs(20))?;
+        serve.port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("serve printed {line:?}"))?;
+        Ok(serve)
+    }
+
+    /// Descriptors the serve process has open on `path`.
+    pub fn open_count(&self, path: &Path) -> Result<usize> {
+        let pid = self.child.as_ref().ok_or("stopped")?.id();
+        let want = std::fs::canonicalize(path)?;
+        let mut n = 0;
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            if std::fs::read_link(fd?.path()).ok().as_deref() == Some(want.as_path()) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> Result {
+        let mut child = self.child.take().ok_or("already stopped")?;
+        tool("kill", &["-TERM", &child.id().to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait()? {
+                assert!(s.success(), "serve exited with {s}");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("serve did not stop within 20 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How a client presents itself to a target.
+pub struct Login<'a> {
+    pub target: &'a str,
+    pub initiator: &'a str,
+    pub chap: Option<(&'a str, &'a str)>,
+}
+
+/// qemu-io against `iscsi://127.0.0.1:port` with the given identity.
+pub fn qemu_io(port: u16, login: &Login<'_>, cmds: &[&str]) -> Result<Output> {
+    let mut opts = format!(
+        "driver=iscsi,transport=tcp,portal=127.0.0.1:{port},target={},lun=0,initiator-name={}",
+        login.target, login.initiator
+    );
+    if let Some((u, p)) = login.chap {
+        opts.push_str(&format!(",user={u},password={p}"));
+    }
+    let mut c = Command::new("qemu-io");
+    c.arg("--image-opts").arg(opts);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    run(c)
+}
+
+/// qemu-io must succeed and report no pattern mismatch.
+pub fn io_ok(port: u16, login: &Login<'_>, cmds: &[&str]) -> Result {
+    let out = qemu_io(port, login, cmds)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success()
+        || text.contains("Pattern verification failed")
+        || text.contains("can't open")
+    {
+        return Err(format!("qemu-io {cmds:?} as {}: {text}", login.initiator).into());
+    }
+    Ok(())
+}
+
+/// Retries `io_ok` while serve catches up with a registry change.
+pub fn io_eventually(port: u16, login: &Login<'_>, cmds: &[&str]) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match io_ok(port, login, cmds) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// The login must be refused (qemu-io cannot open the LUN).
+pub fn login_refused(port: u16, login: &Login<'_>) -> Result {
+    let out = qemu_io(port, login, &["read 0 512"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("can't open"),
+        "login of {} to {} should be refused: {err}",
+        login.initiator,
+        login.target
+    );
+    Ok(())
+}

@@ -12,9 +12,12 @@
 
 pub mod bootd;
 pub mod cunit;
+pub mod disk;
 pub mod env;
 pub mod export;
 pub mod guest;
 pub mod netns;
 pub mod process;
+pub mod qemu_iscsi;
+pub mod serve;
 pub mod tgt;

@@ -1,0 +1,306 @@
+//! A bootd data directory driven through the operator CLI (`image`, `node`, `df`), and
+//! `bootd serve` on it as a child process that is stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::bootd::{bootd_bin, START_LIMIT, STOP_LIMIT};
+use crate::export::Log;
+use crate::process::{describe, run, terminate, wait_until, Finished};
+use serde_json::Value;
+
+/// One CLI call; importing a 64 MiB image is the slowest and takes about a second.
+pub const CLI_LIMIT: Duration = Duration::from_secs(120);
+
+/// A node as `bootd node show NAME --json` describes it.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub mac: String,
+    pub image: String,
+    pub target_iqn: String,
+    pub initiator_iqn: String,
+    pub chap_user: String,
+    pub chap_secret: String,
+    pub overlay_path: PathBuf,
+    pub overlay_bytes: u64,
+}
+
+impl Node {
+    fn from_json(v: &Value) -> Result<Self> {
+        Ok(Self {
+            name: v.str_field("name")?.to_string(),
+            mac: v.str_field("mac")?.to_string(),
+            image: v.str_field("image")?.to_string(),
+            target_iqn: v.str_field("target_iqn")?.to_string(),
+            initiator_iqn: v.str_field("initiator_iqn")?.to_string(),
+            chap_user: v.str_field("chap_user")?.to_string(),
+            chap_secret: v.str_field("chap_secret")?.to_string(),
+            overlay_path: PathBuf::from(v.str_field("overlay_path")?),
+            overlay_bytes: v.u64_field("overlay_bytes")?,
+        })
+    }
+}
+
+/// `bootd df --json`.
+#[derive(Clone, Copy, Debug)]
+pub struct Df {
+    pub physical_bytes: u64,
+    pub logical_bytes: u64,
+}
+
+/// A fresh data directory (removed when dropped) and the bootd binary that runs on it.
+pub struct DataDir {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl DataDir {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir().context("creating bootd data dir")?,
+            bin: bootd_bin()?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `bootd ARGS` with `BOOTD_DATA_DIR` pointing here.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env("BOOTD_DATA_DIR", self.dir.path()).args(args);
+        cmd
+    }
+
+    /// Runs a CLI command; whether it succeeded is the caller's question.
+    pub fn try_run(&self, args: &[&str]) -> Result<Finished> {
+        run(&mut self.command(args), CLI_LIMIT)
+    }
+
+    /// Runs a CLI command that must succeed.
+    pub fn run(&self, args: &[&str]) -> Result<Finished> {
+        self.try_run(args)?.ok()
+    }
+
+    /// Runs a CLI command that must succeed and print one JSON document.
+    pub fn json(&self, args: &[&str]) -> Result<Value> {
+        let out = self.run(args)?;
+        serde_json::from_str(&out.stdout).with_context(|| format!("{out}"))
+    }
+
+    pub fn import(&self, name: &str, file: &Path) -> Result<()> {
+        let file = file.to_str().context("image path is not UTF-8")?;
+        self.run(&["image", "import", name, file]).map(drop)
+    }
+
+    /// The `image list --json` entry of `name` (its newest version).
+    pub fn image(&self, name: &str) -> Result<Value> {
+        let list = self.json(&["image", "list", "--json"])?;
+        list.as_array()
+            .context("image list --json is not an array")?
+            .iter()
+            .filter(|i| i.get("name").and_then(Value::as_str) == Some(name))
+            .max_by_key(|i| i.get("version").and_then(Value::as_u64))
+            .cloned()
+            .ok_or_else(|| anyhow!("image {name} not in `image list --json`: {list:?}"))
+    }
+
+    /// `node add MAC --image IMAGE --name NAME`, then what `node show` says about it.
+    pub fn add_node(&self, mac: &str, image: &str, name: &str) -> Result<Node> {
+        self.run(&["node", "add", mac, "--image", image, "--name", name])?;
+        self.node(name)
+    }
+
+    pub fn node(&self, name: &str) -> Result<Node> {
+        Node::from_json(&self.json(&["node", "show", name, "--json"])?)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<Node>> {
+        let list = self.json(&["node", "list", "--json"])?;
+        list.as_array()
+            .context("node list --json is not an array")?
+            .iter()
+            .map(Node::from_json)
+            .collect()
+    }
+
+    pub fn df(&self) -> Result<Df> {
+        let v = self.json(&["df", "--json"])?;
+        Ok(Df {
+            physical_bytes: v.u64_field("physical_bytes")?,
+            logical_bytes: v.u64_field("logical_bytes")?,
+        })
+    }
+
+    /// `bootd serve` on this data directory, on a free loopback port.
+    pub fn serve(&self) -> Result<Serve> {
+        Serve::start(self)
+    }
+}
+
+/// A running `bootd serve --dhcp off --listen-ip 127.0.0.1 --iscsi-port 0`.
+pub struct Serve {
+    child: Option<Child>,
+    port: u16,
+    command: String,
+    log: Log,
+}
+
+impl Serve {
+    /// Spawns serve and waits for its `iscsi 127.0.0.1:PORT` line; by then every
+    /// registered node is served.
+    pub fn start(data: &DataDir) -> Result<Self> {
+        // Port 0: serve binds a free port itself and prints it, so no other process
+        // can take the port between our choosing it and serve binding it.
+        let mut cmd = data.command(&[
+            "serve",
+            "--dhcp",
+            "off",
+            "--listen-ip",
+            "127.0.0.1",
+            "--iscsi-port",
+            "0",
+        ]);
+        let command = describe(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning `{command}`"))?;
+        let log = Log::default();
+        let (tx, rx) = mpsc::channel();
+        log.follow("stdout", child.stdout.take(), Some(tx));
+        log.follow("stderr", child.stderr.take(), None);
+        let mut serve = Self {
+            child: None,
+            port: 0,
+            command,
+            log,
+        };
+        let deadline = Instant::now() + START_LIMIT;
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("iscsi ") {
+                        break parse_listen(addr);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    break Err(anyhow!(
+                        "no `iscsi ADDR` line within {}s",
+                        START_LIMIT.as_secs()
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = wait_until(&mut child, Instant::now() + STOP_LIMIT)?;
+                    break Err(anyhow!(
+                        "serve closed stdout before its `iscsi ADDR` line (exit: {status:?})"
+                    ));
+                }
+            }
+        };
+        serve.child = Some(child);
+        match port {
+            Ok(port) => serve.port = port,
+            Err(e) => bail!("`{}`: {e}\n{}", serve.command, serve.log()),
+        }
+        Ok(serve)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Everything serve printed so far, for failure messages.
+    pub fn log(&self) -> String {
+        format!("--- bootd serve output ---\n{}--- end ---", self.log.text())
+    }
+
+    /// SIGTERM, then wait: serve must flush every overlay and exit 0 in time.
+    pub fn stop(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        terminate(&child);
+        match wait_until(&mut child, Instant::now() + STOP_LIMIT)? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("serve exited with {status} after SIGTERM\n{}", self.log()),
+            None => bail!(
+                "serve did not exit within {}s of SIGTERM (killed)\n{}",
+                STOP_LIMIT.as_secs(),
+                self.log()
+            ),
+        }
+    }
+
+    /// SIGKILL: a crash at whatever instant this lands. Returns once the process is gone.
+    pub fn kill9(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        child.kill().context("SIGKILL to serve")?;
+        child.wait().context("reaping serve")?;
+        Ok(())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            // Errors here only mean the child is already gone.
+            let _ = wait_until(&mut child, Instant::now() + STOP_LIMIT);
+        }
+    }
+}
+
+/// `127.0.0.1:PORT` → PORT (never 0: the line must carry the bound port).
+fn parse_listen(addr: &str) -> Result<u16> {
+    let port = addr
+        .trim()
+        .strip_prefix("127.0.0.1:")
+        .ok_or_else(|| anyhow!("serve listens on {addr:?}, not 127.0.0.1"))?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => bail!("serve printed a bad port in {addr:?}"),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// Typed access to the fields of bootd's `--json` output.
+pub trait Fields {
+    fn str_field(&self, key: &str) -> Result<&str>;
+    fn u64_field(&self, key: &str) -> Result<u64>;
+}
+
+impl Fields for Value {
+    fn str_field(&self, key: &str) -> Result<&str> {
+        self.get(key)
+            .and_then(Value::as_str)
+            .with_context(|| format!("no string field {key:?} in {self}"))
+    }
+
+    fn u64_field(&self, key: &str) -> Result<u64> {
+        self.get(key)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("no integer field {key:?} in {self}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listen_line() {
+        assert_eq!(super::parse_listen("127.0.0.1:3260").ok(), Some(3260));
+        for bad in ["0.0.0.0:3260", "127.0.0.1:0", "127.0.0.1:x", "127.0.0.1"] {
+            assert!(super::parse_listen(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

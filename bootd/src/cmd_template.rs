@@ -1,5 +1,6 @@
-//! `bootd template add|list|rm`. Scripts are stored as text; rendering and
-//! checking them comes with network boot.
+//! `bootd template add|list|rm`. Scripts are stored as text, after a trial
+//! render against a sample node so that a broken one is refused here, not
+//! at boot.
 
 use crate::datadir::DataDir;
 use crate::output;
@@ -15,7 +16,9 @@ pub enum TemplateCmd {
         name: String,
         #[arg(long)]
         image: String,
-        /// iPXE script text (UTF-8).
+        /// iPXE script template (UTF-8, minijinja syntax); without it nodes
+        /// get the built-in sanboot.ipxe. It may include or extend the
+        /// built-ins sanboot.ipxe, linux-iscsi.ipxe and windows-sanboot.ipxe.
         #[arg(long)]
         script: Option<PathBuf>,
     },
@@ -51,6 +54,9 @@ pub fn run(dd: &DataDir, cmd: TemplateCmd) -> Result<()> {
                 }
                 None => None,
             };
+            if let (Some(p), Some(t)) = (&script, &text) {
+                bootd_ipxe::validate(t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            }
             store.add_template(&name, &image, text.as_deref())?;
             println!("added template {name} (image {image})");
         }

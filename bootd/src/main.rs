@@ -7,6 +7,7 @@ mod cmd_node;
 mod cmd_template;
 mod datadir;
 mod export;
+mod http;
 mod import;
 mod lifecycle;
 mod names;

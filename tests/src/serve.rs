@@ -166,6 +166,8 @@ impl Serve {
             "127.0.0.1",
             "--iscsi-port",
             "0",
+            "--http-port",
+            "0",
         ]);
         let command = describe(&cmd);
         let mut child = cmd

@@ -1,8 +1,9 @@
 //! `bootd serve`: every node's overlay as LUN 0 of the node's own iSCSI
-//! target, following registry changes without a restart.
+//! target, following registry changes without a restart, and each node's
+//! iPXE script over HTTP.
 //!
-//! DHCP, TFTP and HTTP come with network boot; until then only `--dhcp off`
-//! runs and the other network flags are accepted but unused.
+//! DHCP and TFTP come with network boot; until then only `--dhcp off` runs
+//! and those flags are accepted but unused.
 
 pub mod config;
 mod fleet;
@@ -16,6 +17,9 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Where iPXE scripts are served unless told otherwise.
+const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// How often the registry's generation is checked.
 const POLL: Duration = Duration::from_secs(1);
@@ -43,7 +47,9 @@ pub struct ServeArgs {
     /// Address pool for --dhcp full, FIRST-LAST.
     #[arg(long)]
     pool: Option<String>,
-    /// [default: 80] (network boot; not used yet)
+    /// HTTP port for iPXE scripts (/boot.ipxe, /boot/MAC.ipxe); 0 picks a
+    /// free one [default: 8080]. When the default port is taken, serve warns
+    /// and runs without HTTP; a port given explicitly must be free.
     #[arg(long)]
     http_port: Option<u16>,
     /// [default: 69] (network boot; not used yet)
@@ -69,7 +75,10 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         dhcp: args.dhcp.or(file.dhcp).unwrap_or(DhcpMode::Off),
         interface: args.interface.clone().or(file.interface),
         pool: pool.as_deref().map(config::parse_pool).transpose()?,
-        http_port: args.http_port.or(file.http_port).unwrap_or(80),
+        http_port: args
+            .http_port
+            .or(file.http_port)
+            .unwrap_or(DEFAULT_HTTP_PORT),
         tftp_port: args.tftp_port.or(file.tftp_port).unwrap_or(69),
     })
 }
@@ -84,11 +93,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
     if s.interface.is_some() || s.pool.is_some() {
         tracing::warn!("--interface and --pool are not used with --dhcp off");
     }
-    tracing::debug!(
-        http_port = s.http_port,
-        tftp_port = s.tftp_port,
-        "HTTP and TFTP are not served yet"
-    );
+    tracing::debug!(tftp_port = s.tftp_port, "TFTP is not served yet");
     let dd = DataDir::open(data_dir)?;
     let _lock = dd.lock_serve()?;
     let store = dd.store()?;
@@ -101,6 +106,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
 
 async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) -> Result<()> {
     let server = Server::new(ServerConfig::default());
+    let http_store = dd.store()?;
     let mut fleet = fleet::Fleet::new(server.clone(), dd, store);
     fleet.tick().await?;
     let addr = SocketAddr::new(s.listen_ip, s.iscsi_port);
@@ -108,12 +114,19 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let http_listener = bind_http(&s).await?;
     // Handlers go in before the ready line: a SIGTERM right after it must
     // still shut down cleanly.
     let signal = crate::export::shutdown_signal()?;
-    // One line on stdout so scripts can wait for it and learn the port.
+    // Ready lines on stdout so scripts can wait for them and learn the
+    // ports; one write, so a reader that takes only the first line still gets
+    // both in one read and never closes the pipe between them.
+    let http_local = http_listener.local_addr()?;
+    let lines = format!("iscsi {local}\nhttp {http_local}\n");
+    let http = crate::http::HttpServer::new(http_store, http_local.port(), local.port());
+    let http_task = tokio::spawn(http.serve(http_listener));
     let mut out = std::io::stdout().lock();
-    writeln!(out, "iscsi {local}")?;
+    out.write_all(lines.as_bytes())?;
     out.flush()?;
     drop(out);
     tracing::info!(listen = %local, nodes = fleet.len(), "serving");
@@ -143,10 +156,20 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         srv.shutdown();
     });
     let served = server.serve(listener).await;
+    http_task.abort();
     let _ = stop_tx.send(true);
     let mut fleet = watcher.await.context("registry watcher")?;
     fleet.close_all().await;
     served?;
     tracing::info!("overlays flushed; bye");
     Ok(())
+}
+
+/// The HTTP listener for iPXE scripts. A port that is taken is an error,
+/// as for iSCSI: a half-started server would boot nothing.
+async fn bind_http(s: &Settings) -> Result<tokio::net::TcpListener> {
+    let addr = SocketAddr::new(s.listen_ip, s.http_port);
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }

@@ -156,6 +156,8 @@ impl Serve {
             "127.0.0.1",
             "--iscsi-port",
             "0",
+            "--http-port",
+            "0",
         ]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 //! bootd's operator commands end to end: the real binary, a temporary data
 //! directory, and qemu-img / qemu-io / iscsi-ls as clients. One test binary.
 
+mod boot_http;
 mod common;
 mod images;
 mod nodes;

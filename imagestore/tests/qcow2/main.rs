@@ -13,5 +13,6 @@ mod bench;
 mod common;
 mod crash;
 mod engine;
+mod imago_bench;
 mod interop;
 mod model;

@@ -1,0 +1,253 @@
+//! The boot-script HTTP server: `GET /boot.ipxe` (chain to the node's own
+//! script) and `GET /boot/{mac}.ipxe` (the node's script from its template).
+//! One request per connection, bounded in size, time and number; every
+//! lookup reads the registry, so CLI changes apply to the next request.
+
+mod request;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+use crate::store::{NodeState, Store, StoreError};
+use bootd_ipxe::{BootPlan, Renderer};
+use request::{Method, ParseError};
+use routes::{Refusal, Route};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Connections handled at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send its request head ...
+const READ_LIMIT: Duration = Duration::from_secs(10);
+/// ... and to take the answer.
+const WRITE_LIMIT: Duration = Duration::from_secs(10);
+
+/// After refusing a request, unread input is discarded for at most this
+/// long and this many bytes.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 64 * 1024;
+
+pub struct HttpServer {
+    store: Arc<Mutex<Box<dyn Store>>>,
+    renderer: Renderer,
+    /// Where this HTTP server listens (for URLs in scripts).
+    http_port: u16,
+    /// Where the iSCSI portal listens.
+    iscsi_port: u16,
+    slots: Arc<Semaphore>,
+}
+
+/// An answer: status and plain-text body.
+struct Response {
+    status: u16,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+        }
+    }
+
+    fn bytes(&self, head_only: bool) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            414 => "URI Too Long",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            503 => "Service Unavailable",
+            505 => "HTTP Version Not Supported",
+            _ => "",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            self.status,
+            self.body.len()
+        )
+        .into_bytes();
+        if !head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+        out
+    }
+}
+
+impl HttpServer {
+    pub fn new(store: Box<dyn Store>, http_port: u16, iscsi_port: u16) -> Arc<Self> {
+        Arc::new(Self {
+            store: Arc::new(Mutex::new(store)),
+            renderer: Renderer::new(),
+            http_port,
+            iscsi_port,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+
+    /// Accepts until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!("http accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.connection(stream, peer).await {
+                    tracing::debug!(%peer, "http: {e}");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn connection(&self, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+        let local = stream.local_addr()?;
+        let parsed = match tokio::time::timeout(READ_LIMIT, read_head(&mut stream)).await {
+            Ok(r) => r?,
+            Err(_) => Err(None),
+        };
+        let refused = parsed.is_err();
+        let (response, head_only) = match parsed {
+            Ok(req) => {
+                let r = self.answer(&req.path, local.ip()).await;
+                tracing::info!(%peer, path = %req.path, status = r.status, "http");
+                (r, req.method == Method::Head)
+            }
+            Err(Some(e)) => (Response::text(e.status(), format!("{e}\n")), false),
+            Err(None) => (Response::text(408, "request head took too long\n"), false),
+        };
+        tokio::time::timeout(WRITE_LIMIT, async {
+            stream.write_all(&response.bytes(head_only)).await?;
+            stream.shutdown().await
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))?;
+        if refused {
+            // Closing with unread input makes the kernel send a reset, which
+            // can destroy the error answer before the client reads it: read
+            // and discard a bounded amount first.
+            let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+                let mut sink = [0u8; 4096];
+                let mut left = DRAIN_BYTES;
+                while left > 0 {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn answer(&self, path: &str, local: IpAddr) -> Response {
+        // A client reaching us over IPv4 on a dual-stack socket shows up as
+        // ::ffff:a.b.c.d; iPXE wants the plain IPv4 address.
+        let host = bootd_ipxe::uri_host(local.to_canonical());
+        let http_base = format!("http://{host}:{}", self.http_port);
+        match routes::route(path) {
+            Ok(Route::Chain) => Response::text(200, bootd_ipxe::chain_script(&http_base)),
+            Ok(Route::Node(mac)) => self.node_script(mac, host, http_base).await,
+            Err(Refusal::BadRequest) => Response::text(400, "bad path\n"),
+            Err(Refusal::NotFound) => Response::text(404, "not found\n"),
+        }
+    }
+
+    async fn node_script(&self, mac: String, host: String, http_base: String) -> Response {
+        let store = self.store.clone();
+        let lookup = tokio::task::spawn_blocking(move || {
+            let s = store.lock().unwrap_or_else(|e| e.into_inner());
+            let node = s.node(&mac)?;
+            let script = match &node.template {
+                Some(t) => s.template(t)?.script,
+                None => None,
+            };
+            Ok::<_, StoreError>((node, script))
+        })
+        .await;
+        let (node, script) = match lookup {
+            Ok(Ok(found)) => found,
+            Ok(Err(StoreError::NotFound { .. })) => {
+                return Response::text(404, "no node has this MAC\n")
+            }
+            Ok(Err(e)) => {
+                tracing::error!("http: registry: {e}");
+                return Response::text(500, "registry unavailable\n");
+            }
+            Err(e) => {
+                tracing::error!("http: registry reader: {e}");
+                return Response::text(500, "registry unavailable\n");
+            }
+        };
+        if node.state != NodeState::Ready {
+            return Response::text(503, "the node's disk is being recreated\n");
+        }
+        let plan = BootPlan {
+            node_name: node.name.clone(),
+            mac: node.mac.clone(),
+            ip: node.ip.clone().unwrap_or_default(),
+            server: host.clone(),
+            http_base,
+            portal: format!("{host}:{}", self.iscsi_port),
+            iscsi_host: host,
+            iscsi_port: self.iscsi_port,
+            target_iqn: node.target_iqn.clone(),
+            initiator_iqn: node.initiator_iqn.clone(),
+            chap_user: node.chap_user.clone(),
+            chap_secret: node.chap_secret.clone(),
+            image_name: node.image.name.clone(),
+            image_version: node.image.version,
+        };
+        match self.renderer.render(script.as_deref(), &plan) {
+            Ok(text) => Response::text(200, text),
+            Err(e) => {
+                // Scripts are checked at `template add`; this is a template
+                // stored by an older bootd, or a built-in changed since.
+                tracing::error!(node = %node.name, "http: {e}");
+                Response::text(500, "the node's template does not render\n")
+            }
+        }
+    }
+}
+
+/// Reads until the head is complete; `Err(Some)` for a bad head, `Err(None)`
+/// for a client that closed early.
+async fn read_head(
+    stream: &mut TcpStream,
+) -> std::io::Result<Result<request::Request, Option<ParseError>>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match request::parse(&buf) {
+            Ok(Some(req)) => return Ok(Ok(req)),
+            Ok(None) if buf.len() <= request::MAX_HEAD => {}
+            Ok(None) => return Ok(Err(Some(ParseError::TooLarge))),
+            Err(e) => return Ok(Err(Some(e))),
+        }
+    }
+}

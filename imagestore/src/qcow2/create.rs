@@ -1,24 +1,36 @@
 //! Creating an empty overlay: header (naming the golden image and its raw
 //! format), an all-zero L1 table, a one-cluster refcount table and the first
-//! refcount block counting those clusters.
+//! refcount block counting those clusters. New overlays use extended L2
+//! entries (2 KiB subclusters), so a small first write to a cluster writes
+//! only the subclusters it touches instead of copying the whole cluster.
 
-use super::header::Header;
+use super::header::{Header, INCOMPAT_EXTL2};
+use super::l2::Layout;
 use super::meta::MAX_L1_ENTRIES;
-use super::{ImageError, CLUSTER_SIZE, L2_ENTRIES, RB_ENTRIES};
+use super::{ImageError, CLUSTER_SIZE, RB_ENTRIES};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// Writes a new qcow2 v3 image of `virtual_size` bytes at `path` (which must
-/// not exist) whose header names `backing_file_name` with format raw. Blocking.
-pub fn create(path: &Path, virtual_size: u64, backing_file_name: &str) -> Result<(), ImageError> {
+/// not exist) whose header names `backing_file_name` with format raw, with
+/// extended L2 entries or the standard layout. Blocking.
+pub fn create(
+    path: &Path,
+    virtual_size: u64,
+    backing_file_name: &str,
+    extended_l2: bool,
+) -> Result<(), ImageError> {
     if virtual_size == 0 || !virtual_size.is_multiple_of(512) {
         return Err(ImageError::Unsupported(format!(
             "virtual size {virtual_size} is not a positive multiple of 512"
         )));
     }
-    let l1_entries = virtual_size.div_ceil(L2_ENTRIES as u64 * CLUSTER_SIZE);
+    let layout = Layout {
+        extended: extended_l2,
+    };
+    let l1_entries = virtual_size.div_ceil(layout.entries() as u64 * CLUSTER_SIZE);
     if l1_entries > MAX_L1_ENTRIES {
         return Err(ImageError::Unsupported(format!(
             "virtual size {virtual_size} is too large"
@@ -32,6 +44,9 @@ pub fn create(path: &Path, virtual_size: u64, backing_file_name: &str) -> Result
     debug_assert!(used <= RB_ENTRIES as u64);
 
     let mut header = Header::new(virtual_size, l1_entries as u32, l1_offset, rt_offset, 1);
+    if extended_l2 {
+        header.incompatible_features |= INCOMPAT_EXTL2;
+    }
     header.backing_file = Some(backing_file_name.to_owned());
     header.backing_format = Some("raw".to_owned());
     let head = header.encode()?;

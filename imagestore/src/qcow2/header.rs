@@ -190,6 +190,11 @@ impl Header {
         })
     }
 
+    /// Whether L2 entries are extended (128 bits, 32 subclusters per cluster).
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTL2 != 0
+    }
+
     /// Refuses what this engine does not implement, with the reason.
     pub fn check_supported(&self) -> Result<(), ImageError> {
         let no = |what: &str| Err(ImageError::Unsupported(what.to_owned()));
@@ -206,9 +211,8 @@ impl Header {
         if inc & INCOMPAT_COMPRESSION != 0 {
             return no("compression types other than zlib");
         }
-        if inc & INCOMPAT_EXTL2 != 0 {
-            return no("extended L2 entries (subclusters)");
-        }
+        // Extended L2 entries (subclusters) are supported.
+        let inc = inc & !INCOMPAT_EXTL2;
         if inc != 0 {
             return no(&format!("unknown incompatible features {inc:#x}"));
         }
@@ -383,7 +387,15 @@ mod tests {
         unsupported(patch(72, &2u64.to_be_bytes()), "corrupt");
         unsupported(patch(72, &4u64.to_be_bytes()), "external data");
         unsupported(patch(72, &8u64.to_be_bytes()), "compression");
-        unsupported(patch(72, &16u64.to_be_bytes()), "extended L2");
+        // Extended L2 entries are supported.
+        let ext = Header::decode(&{
+            let mut c = b.clone();
+            c[72..80].copy_from_slice(&16u64.to_be_bytes());
+            c
+        })?;
+        ext.check_supported()?;
+        assert!(ext.extended_l2() && !sample().extended_l2());
+        unsupported(patch(72, &(16u64 | 1 << 40).to_be_bytes()), "unknown");
         unsupported(patch(72, &(1u64 << 40).to_be_bytes()), "unknown");
         unsupported(patch(20, &12u32.to_be_bytes()), "cluster size");
         unsupported(patch(96, &5u32.to_be_bytes()), "refcount_order");

@@ -3,9 +3,9 @@
 //! parts still have to reach the file.
 
 use super::header::Header;
-use super::l2::{self, Mapping};
+use super::l2::{self, Entry, Layout};
 use super::refcount::{decode_block, Refcounts};
-use super::{ImageError, CLUSTER_SIZE, L2_ENTRIES, RB_ENTRIES};
+use super::{ImageError, CLUSTER_SIZE, RB_ENTRIES};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,7 +21,7 @@ pub struct Dirty {
     /// L2 tables allocated since the last commit: written whole, before their
     /// L1 entry.
     pub new_tables: BTreeSet<usize>,
-    /// Changed entry range (first, last) per existing L2 table.
+    /// Changed word range (first, last) per existing L2 table.
     pub entries: BTreeMap<usize, (usize, usize)>,
     /// L1 entries pointing to new tables.
     pub l1: BTreeSet<usize>,
@@ -41,10 +41,11 @@ impl Dirty {
 
 #[derive(Debug)]
 pub struct Meta {
+    pub layout: Layout,
     pub l1_offset: u64,
     /// Host offset of each L2 table.
     pub l1: Vec<Option<u64>>,
-    /// Raw entries of each L2 table (validated at load or written by us).
+    /// Raw words of each L2 table (validated at load or written by us).
     pub l2: Vec<Option<Box<[u64]>>>,
     pub rc: Refcounts,
     /// Reserved host cluster numbers: refcount 1 on disk, referenced by nothing.
@@ -61,47 +62,49 @@ pub struct Meta {
 
 impl Meta {
     /// What guest cluster `g` maps to.
-    pub fn mapping(&self, g: u64) -> Mapping {
-        let (t, i) = l2::split(g);
+    pub fn mapping(&self, g: u64) -> Entry {
+        let (t, i) = self.layout.split(g);
         match self.l2.get(t).and_then(|x| x.as_ref()) {
             // Entries were validated at load and only valid ones are stored.
-            Some(table) => l2::decode_l2(table[i]).unwrap_or(Mapping::Unallocated),
-            None => Mapping::Unallocated,
+            Some(table) => self.layout.decode(table, i).unwrap_or_default(),
+            None => Entry::default(),
         }
     }
 
     pub fn has_table(&self, g: u64) -> bool {
-        let (t, _) = l2::split(g);
+        let (t, _) = self.layout.split(g);
         matches!(self.l2.get(t), Some(Some(_)))
     }
 
     /// Makes host cluster `host` the (empty) L2 table covering guest cluster `g`.
     pub fn install_table(&mut self, g: u64, host: u64) {
-        let (t, _) = l2::split(g);
+        let (t, _) = self.layout.split(g);
         self.l2[t] = Some(l2::empty_l2());
         self.l1[t] = Some(host * CLUSTER_SIZE);
         self.dirty.new_tables.insert(t);
         self.dirty.l1.insert(t);
     }
 
-    /// Points guest cluster `g` (whose table exists) at `m`; a host cluster
-    /// it referenced before is queued for freeing.
-    pub fn set(&mut self, g: u64, m: Mapping) {
-        let (t, i) = l2::split(g);
+    /// Sets guest cluster `g`'s entry (its table exists); a host cluster it
+    /// referenced before is queued for freeing.
+    pub fn set(&mut self, g: u64, e: Entry) {
+        let layout = self.layout;
+        let (t, i) = layout.split(g);
         let Some(Some(table)) = self.l2.get_mut(t) else {
             return;
         };
-        let old = l2::decode_l2(table[i]).unwrap_or(Mapping::Unallocated);
-        table[i] = m.encode();
-        if let Some(h) = old.host() {
-            if Some(h) != m.host() {
+        let old = layout.decode(table, i).unwrap_or_default();
+        layout.store(table, i, e);
+        if let Some(h) = old.host {
+            if Some(h) != e.host {
                 self.dirty.frees.push(h / CLUSTER_SIZE);
             }
         }
         if !self.dirty.new_tables.contains(&t) {
-            let e = self.dirty.entries.entry(t).or_insert((i, i));
-            e.0 = e.0.min(i);
-            e.1 = e.1.max(i);
+            let (lo, hi) = (i * layout.words(), (i + 1) * layout.words() - 1);
+            let r = self.dirty.entries.entry(t).or_insert((lo, hi));
+            r.0 = r.0.min(lo);
+            r.1 = r.1.max(hi);
         }
     }
 
@@ -109,7 +112,10 @@ impl Meta {
     pub fn load(file: &File, h: &Header, file_len: u64) -> Result<Self, ImageError> {
         let corrupt = |what: String| ImageError::Corrupt(what);
         let within = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= file_len);
-        let per_table = L2_ENTRIES as u64 * CLUSTER_SIZE;
+        let layout = Layout {
+            extended: h.extended_l2(),
+        };
+        let per_table = layout.entries() as u64 * CLUSTER_SIZE;
         let need = h.size.div_ceil(per_table);
         if need > MAX_L1_ENTRIES || u64::from(h.l1_size) < need {
             return Err(corrupt(format!(
@@ -170,16 +176,16 @@ impl Meta {
             };
             file.read_exact_at(&mut buf, *host)?;
             let table: Box<[u64]> = l2::decode_table(&buf).into();
-            for (i, &e) in table.iter().enumerate() {
-                let m = l2::decode_l2(e).map_err(|m| {
+            for i in 0..layout.entries() {
+                let m = layout.decode(&table, i).map_err(|m| {
                     let what = format!("L2[{t}][{i}]: {m}");
-                    if e & l2::COMPRESSED != 0 {
+                    if table[i * layout.words()] & l2::COMPRESSED != 0 {
                         ImageError::Unsupported(what)
                     } else {
                         ImageError::Corrupt(what)
                     }
                 })?;
-                if let Some(h) = m.host() {
+                if let Some(h) = m.host {
                     if !l2::aligned(h) || h >= data_limit {
                         return Err(corrupt(format!(
                             "L2[{t}][{i}]: cluster {h:#x} outside the file"
@@ -242,6 +248,7 @@ impl Meta {
             }
         }
         Ok(Self {
+            layout,
             leaked,
             l1_offset: h.l1_table_offset,
             l1,

@@ -6,8 +6,11 @@
 //! session task) and its file backend does blocking `preadv`/`pwritev` on
 //! the calling thread, so it would need its own storage backend or dedicated
 //! I/O threads anyway. What bootd needs is a small subset of qcow2 (v3, one
-//! cluster size, no compression, encryption, snapshots or external data),
-//! which this module implements and refuses everything else.
+//! cluster size, standard or extended L2 entries, no compression,
+//! encryption, snapshots or external data), which this module implements
+//! and refuses everything else. New overlays use extended L2 entries: 32
+//! subclusters of 2 KiB per cluster, so a first 4 KiB write into a cluster
+//! writes 4 KiB instead of copying 64 KiB from the golden image.
 //!
 //! Files: [`header`] (header and extensions), [`l2`] (L1/L2 entries),
 //! [`refcount`] (refcount blocks and reservations), [`meta`] (the in-memory
@@ -32,7 +35,8 @@ pub use overlay::Overlay;
 pub const CLUSTER_BITS: u32 = 16;
 /// 64 KiB clusters, qemu's default.
 pub const CLUSTER_SIZE: u64 = 1 << CLUSTER_BITS;
-/// Entries per L2 table (one cluster of 8-byte entries): 512 MiB of disk.
+/// 64-bit words per L2 table (one cluster): as many standard entries (512
+/// MiB of disk), half as many extended ones (256 MiB).
 pub const L2_ENTRIES: usize = (CLUSTER_SIZE / 8) as usize;
 /// 16-bit refcounts, qemu's default.
 pub const REFCOUNT_ORDER: u32 = 4;

@@ -36,9 +36,23 @@ pub fn open_golden(path: &Path) -> Result<Arc<dyn BlockDevice>, Box<dyn std::err
     Ok(Arc::new(RawFile::open(path, true)?))
 }
 
-/// Opens `overlay` over the golden image at `golden`.
+/// Opens `overlay` over the golden image at `golden`. Retries "in use" for
+/// a moment: a test thread spawning qemu-img at the same time briefly
+/// shares every descriptor (and so this file's `flock`) with the child until
+/// it execs.
 pub fn open(overlay: &Path, golden: &Path) -> Result<Overlay, Box<dyn std::error::Error>> {
-    Ok(Overlay::open(overlay, Some(open_golden(golden)?), false)?)
+    let mut tries = 0;
+    loop {
+        match Overlay::open(overlay, Some(open_golden(golden)?), false) {
+            Err(imagestore::ImageError::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 pub fn run(cmd: &str, args: &[&str]) -> std::io::Result<Output> {

@@ -15,13 +15,25 @@ fn ext(offset: u64, len: u64, state: Allocation) -> Extent {
 
 #[tokio::test]
 async fn block_status_reports_overlay_golden_and_zeroed() -> TestResult {
+    block_status_in(true).await
+}
+
+#[tokio::test]
+async fn block_status_standard_layout() -> TestResult {
+    block_status_in(false).await
+}
+
+/// A 4 KiB first write maps its subclusters only (2 KiB each), or the
+/// whole 64 KiB cluster in the standard layout.
+async fn block_status_in(extended_l2: bool) -> TestResult {
     use Allocation::{Deallocated as D, Mapped as M};
     let dir = tempfile::tempdir()?;
     // Golden: data in the first 1 MiB only.
     let gold = golden(dir.path(), SIZE, &[(0, 1 << 20)])?;
     let ov = dir.path().join("n.qcow2");
-    Overlay::create(&ov, SIZE, "golden.raw")?;
+    Overlay::create_with(&ov, SIZE, "golden.raw", extended_l2)?;
     let dev = open(&ov, &gold)?;
+    let mapped: u64 = if extended_l2 { 4096 } else { 64 << 10 };
     dev.write(2 << 20, bytes(&pattern(4096, 1)), false).await?;
     dev.discard(0, 128 << 10).await?;
     let st = dev.block_status(0, SIZE).await?;
@@ -31,8 +43,8 @@ async fn block_status_reports_overlay_golden_and_zeroed() -> TestResult {
             ext(0, 128 << 10, D),
             ext(128 << 10, (1 << 20) - (128 << 10), M),
             ext(1 << 20, 1 << 20, D),
-            ext(2 << 20, 64 << 10, M),
-            ext((2 << 20) + (64 << 10), (2 << 20) - (64 << 10), D),
+            ext(2 << 20, mapped, M),
+            ext((2 << 20) + mapped, (2 << 20) - mapped, D),
         ]
     );
     // From inside a cluster, short.

@@ -50,7 +50,9 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let range = (0..3usize, 0..AREA / 512, 1..=300u64);
+    // Mostly short ranges (parts of 2 KiB subclusters), some long ones.
+    let len = prop_oneof![3 => 1..=6u64, 2 => 1..=300u64];
+    let range = (0..3usize, 0..AREA / 512, len);
     prop_oneof![
         6 => (range.clone(), any::<u64>(), any::<bool>()).prop_map(|((area, sector, len), seed, f)| Op::Write { area, sector, len, seed, fua: f && seed % 4 == 0 }),
         2 => range.clone().prop_map(|(area, sector, len)| Op::Discard { area, sector, len: len * 2 }),
@@ -68,11 +70,11 @@ fn clip(area: usize, sector: u64, len: u64) -> (u64, usize, usize) {
     (AREAS[area] + start, start as usize, len as usize)
 }
 
-async fn run_ops(ops: Vec<Op>) -> TestResult {
+async fn run_ops(ops: Vec<Op>, extended_l2: bool) -> TestResult {
     let (_, gold) = shared_golden();
     let dir = tempfile::tempdir()?;
     let ov = dir.path().join("node.qcow2");
-    Overlay::create(&ov, SIZE, s(gold))?;
+    Overlay::create_with(&ov, SIZE, s(gold), extended_l2)?;
     let mut dev = open(&ov, gold)?;
     let mut cur: Vec<Vec<u8>> = Vec::new();
     for &a in &AREAS {
@@ -162,11 +164,29 @@ async fn run_ops(ops: Vec<Op>) -> TestResult {
     Ok(())
 }
 
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24), max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), max_shrink_iters: 200, ..ProptestConfig::default() })]
+    /// Extended L2 entries (subclusters), the layout of new overlays.
     #[test]
     fn overlay_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(run_ops(ops)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        rt.block_on(run_ops(ops, true)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(8), max_shrink_iters: 200, ..ProptestConfig::default() })]
+    /// The standard layout (images made before subclusters, or by qemu).
+    #[test]
+    fn standard_layout_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(run_ops(ops, false)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
 }

@@ -13,15 +13,22 @@
 //!   clusters, which the next read-write open gives back (as
 //!   `qemu-img check -r leaks` would). L2 tables come from the same pool.
 //! * A first write to a guest cluster takes a reserved cluster, writes the
-//!   whole cluster (the guest's data merged with the backing image or zeros)
-//!   and only then updates the in-memory L2 entry, so a concurrent read
-//!   either sees the old mapping or fully written data.
+//!   subclusters it touches (the guest's data merged, in partly covered
+//!   subclusters, with the backing image or zeros; the whole cluster in the
+//!   standard layout, which has one subcluster per cluster) and only then
+//!   sets their "allocated" bits in the in-memory L2 entry, so a concurrent
+//!   read either sees the old mapping or fully written data. Later first
+//!   writes to other subclusters of the cluster reuse its host cluster.
 //! * L2/L1 changes reach the file in [`Overlay::flush`] (and FUA): new L2
 //!   tables are written, `fdatasync` (data and tables durable), then the
 //!   changed L2 entries and L1 entries are written from a snapshot taken
 //!   before that sync, `fdatasync`. No table on disk ever points at data
 //!   that is not durable, even after a power cut, and everything written
 //!   before a flush is reachable after it.
+//! * Zeroing whole clusters drops their host cluster and sets every "reads
+//!   as zero" bit; zeroing part of a cluster sets the zero bits of the
+//!   subclusters it covers (the host cluster stays) and writes zeros into
+//!   partly covered ones.
 //! * Discarded clusters are only unreferenced in memory; their refcounts
 //!   drop (and holes are punched) after the commit that made the zero
 //!   entries durable, and after every I/O planned against the old mapping
@@ -42,7 +49,7 @@ mod write;
 
 use super::gate::Gate;
 use super::io;
-use super::l2::Mapping;
+use super::l2::{Entry, Layout, Sub};
 use super::meta::Meta;
 use super::refcount::Write;
 use super::{header::Header, ImageError, CLUSTER_SIZE};
@@ -78,6 +85,8 @@ pub struct Overlay {
     file: Arc<File>,
     caps: Capabilities,
     size: u64,
+    /// The image's L2 layout (fixed for its life).
+    layout: Layout,
     backing: Option<Arc<dyn BlockDevice>>,
     meta: Mutex<Meta>,
     /// Serialises refcount I/O (reservations, frees) so writes of the same
@@ -122,13 +131,26 @@ enum Src {
 
 impl Overlay {
     /// Creates an empty overlay at `path` (which must not exist) whose header
-    /// names `backing_file_name` (format raw), for qemu tools. Blocking.
+    /// names `backing_file_name` (format raw), for qemu tools, with extended
+    /// L2 entries (subclusters). Blocking.
     pub fn create(
         path: &Path,
         virtual_size: u64,
         backing_file_name: &str,
     ) -> Result<(), ImageError> {
-        super::create::create(path, virtual_size, backing_file_name)
+        super::create::create(path, virtual_size, backing_file_name, true)
+    }
+
+    /// [`Self::create`] choosing the L2 layout: `extended_l2` false makes
+    /// the standard layout (whole-cluster copy-on-write), which qemu
+    /// versions before 5.2 can open.
+    pub fn create_with(
+        path: &Path,
+        virtual_size: u64,
+        backing_file_name: &str,
+        extended_l2: bool,
+    ) -> Result<(), ImageError> {
+        super::create::create(path, virtual_size, backing_file_name, extended_l2)
     }
 
     /// Opens an overlay. The backing image is whatever the caller passes
@@ -222,6 +244,7 @@ impl Overlay {
                 .map_err(at)?;
         }
         Ok(Self {
+            layout: meta.layout,
             file: Arc::new(file),
             caps: Capabilities {
                 block_size: 512,
@@ -315,19 +338,39 @@ impl Overlay {
         }
     }
 
+    /// Where a subcluster reads from.
+    fn src(&self, sub: Sub) -> Src {
+        match sub {
+            Sub::Host(h) => Src::Host(h),
+            Sub::Zero => Src::Zero,
+            Sub::Unallocated => self.unallocated_src(),
+        }
+    }
+
     /// Splits a guest range into runs by source.
     fn plan(&self, m: &Meta, offset: u64, len: u64) -> Vec<(u64, u64, Src)> {
         let mut runs: Vec<(u64, u64, Src)> = Vec::new();
+        let sub_size = m.layout.sub_size();
         let end = offset + len;
         let mut pos = offset;
+        let mut cached: Option<(u64, Entry)> = None;
         while pos < end {
             let g = pos / CLUSTER_SIZE;
+            let e = match cached {
+                Some((cg, e)) if cg == g => e,
+                _ => {
+                    let e = m.mapping(g);
+                    cached = Some((g, e));
+                    e
+                }
+            };
             let in_cluster = pos % CLUSTER_SIZE;
-            let n = (CLUSTER_SIZE - in_cluster).min(end - pos);
-            let src = match m.mapping(g) {
-                Mapping::Data(h) => Src::Host(h + in_cluster),
-                Mapping::Zero { .. } => Src::Zero,
-                Mapping::Unallocated => self.unallocated_src(),
+            let s = (in_cluster / sub_size) as u32;
+            let in_sub = in_cluster % sub_size;
+            let n = (sub_size - in_sub).min(end - pos);
+            let src = match self.src(e.sub(s, sub_size)) {
+                Src::Host(h) => Src::Host(h + in_sub),
+                other => other,
             };
             match runs.last_mut() {
                 Some((_, rlen, last)) if continues(*last, *rlen, src) => *rlen += n,
@@ -421,14 +464,21 @@ impl BlockDevice for Overlay {
         let _pass = self.gate.enter();
         let g = offset / CLUSTER_SIZE;
         if g == (offset + len as u64 - 1) / CLUSTER_SIZE {
-            // Within one cluster (most reads): no plan to build.
-            let m = self.lock().mapping(g);
-            let src = match m {
-                Mapping::Data(h) => Src::Host(h + offset % CLUSTER_SIZE),
-                Mapping::Zero { .. } => Src::Zero,
-                Mapping::Unallocated => self.unallocated_src(),
+            // Within one cluster (most reads): no plan to build when the
+            // cluster reads from one place.
+            let (e, full) = {
+                let m = self.lock();
+                (m.mapping(g), m.layout.full())
             };
-            return self.read_run(offset, len as u64, src).await;
+            let src = match e.host {
+                Some(h) if e.alloc == full => Some(Src::Host(h + offset % CLUSTER_SIZE)),
+                _ if e.zero == full => Some(Src::Zero),
+                _ if e.alloc == 0 && e.zero == 0 => Some(self.unallocated_src()),
+                _ => None,
+            };
+            if let Some(src) = src {
+                return self.read_run(offset, len as u64, src).await;
+            }
         }
         let runs = {
             let m = self.lock();

@@ -1,11 +1,12 @@
-//! The write path: reserving clusters, first writes with copy-on-write
-//! (serialised per guest cluster), writes in place, and zeroing.
+//! The write path: reserving clusters, first writes to subclusters with
+//! copy-on-write of partly covered ones (serialised per guest cluster),
+//! writes in place, and zeroing.
 
 use super::{write_all, Batch, Overlay, BATCH_BUSY, BATCH_MAX, BATCH_MIN, DISCARD_CHUNK};
 use crate::qcow2::io;
-use crate::qcow2::l2::{self, Mapping};
+use crate::qcow2::l2::{Entry, Sub};
 use crate::qcow2::meta::Meta;
-use crate::qcow2::{CLUSTER_SIZE, L2_ENTRIES};
+use crate::qcow2::CLUSTER_SIZE;
 use bytes::{Bytes, BytesMut};
 use iscsi_target::block::BlockError;
 use std::sync::Arc;
@@ -71,19 +72,22 @@ impl Overlay {
         Ok(())
     }
 
-    /// Claims guest cluster `g` for allocation unless it is already mapped
-    /// to data; waits while another request allocates it.
-    async fn claim(&self, g: u64) -> Mapping {
+    /// Claims guest cluster `g` for allocation unless the subclusters in
+    /// `need` are all allocated already; waits while another request
+    /// allocates in it.
+    async fn claim(&self, g: u64, need: u32) -> Claim {
         loop {
             let notified = self.allocated.notified();
             {
                 let mut m = self.lock();
                 let cur = m.mapping(g);
-                if matches!(cur, Mapping::Data(_)) {
-                    return cur;
+                if let Some(h) = cur.host {
+                    if cur.alloc & need == need {
+                        return Claim::Owned(h);
+                    }
                 }
                 if m.allocating.insert(g) {
-                    return cur;
+                    return Claim::Claimed(cur);
                 }
             }
             notified.await;
@@ -101,9 +105,18 @@ impl Overlay {
 
     pub(super) async fn write_inner(&self, offset: u64, data: Bytes) -> Result<(), BlockError> {
         let _pass = self.gate.enter();
+        let layout = self.layout;
         let end = offset + data.len() as u64;
         let first = offset / CLUSTER_SIZE;
         let last = (end - 1) / CLUSTER_SIZE;
+        // The write's bytes within guest cluster `g`, as cluster offsets.
+        let within = |g: u64| {
+            let c_start = g * CLUSTER_SIZE;
+            (
+                offset.max(c_start) - c_start,
+                end.min(c_start + CLUSTER_SIZE) - c_start,
+            )
+        };
         // (host offset, bytes) to write, one per cluster: copying contiguous
         // pieces together would cost more than the extra `pwrite` calls.
         let mut ops: Vec<(u64, Bytes)> = Vec::new();
@@ -112,13 +125,13 @@ impl Overlay {
             guests: Vec::new(),
         };
         for g in first..=last {
+            let (lo, hi) = within(g);
             let c_start = g * CLUSTER_SIZE;
-            let lo = offset.max(c_start);
-            let hi = end.min(c_start + CLUSTER_SIZE);
-            let part = data.slice((lo - offset) as usize..(hi - offset) as usize);
-            match self.claim(g).await {
-                Mapping::Data(h) => ops.push((h + (lo - c_start), part)),
-                other => claims.guests.push((g, other)),
+            let part =
+                data.slice((c_start + lo - offset) as usize..(c_start + hi - offset) as usize);
+            match self.claim(g, layout.mask(lo, hi)).await {
+                Claim::Owned(h) => ops.push((h + lo, part)),
+                Claim::Claimed(cur) => claims.guests.push((g, cur)),
             }
         }
         let claimed = &claims.guests;
@@ -130,17 +143,36 @@ impl Overlay {
             let mut t: Vec<usize> = claimed
                 .iter()
                 .filter(|(g, _)| !m.has_table(*g))
-                .map(|(g, _)| l2::split(*g).0)
+                .map(|(g, _)| layout.split(*g).0)
                 .collect();
             t.dedup();
             t.len()
         };
-        let mut hosts = self.take(claimed.len() + tables).await?;
-        let spare_tables = hosts.split_off(claimed.len());
+        // Clusters with a host cluster (some subclusters written) keep it.
+        let fresh = claimed.iter().filter(|(_, e)| e.host.is_none()).count();
+        let mut hosts = self.take(fresh + tables).await?;
+        let spare_tables = hosts.split_off(fresh);
+        let mut new_hosts = hosts.iter();
+        let targets: Option<Vec<u64>> = claimed
+            .iter()
+            .map(|(_, e)| {
+                e.host
+                    .or_else(|| new_hosts.next().map(|&c| c * CLUSTER_SIZE))
+            })
+            .collect();
+        let Some(targets) = targets else {
+            // Cannot happen (one new host per cluster without one, counted
+            // above); never fall back to writing at some other offset.
+            hosts.extend(spare_tables);
+            self.untake(hosts);
+            return Err(BlockError::Io(std::io::Error::other(
+                "qcow2: host cluster count mismatch",
+            )));
+        };
         let result = async {
-            for (&(g, old), &host) in claimed.iter().zip(&hosts) {
-                let buf = self.cow_cluster(g, old, offset, &data).await?;
-                ops.push((host * CLUSTER_SIZE, buf));
+            for (&(g, old), &host) in claimed.iter().zip(&targets) {
+                let (at, buf) = self.cow(g, old, within(g), offset, &data).await?;
+                ops.push((host + at, buf));
             }
             self.write_ops(ops).await
         }
@@ -154,7 +186,7 @@ impl Overlay {
         let mut unused = Vec::new();
         {
             let mut m = self.lock();
-            for (&(g, _), &host) in claimed.iter().zip(&hosts) {
+            for (&(g, _), &host) in claimed.iter().zip(&targets) {
                 if !m.has_table(g) {
                     match spare.next() {
                         Some(t) => m.install_table(g, t),
@@ -162,7 +194,18 @@ impl Overlay {
                         None => continue,
                     }
                 }
-                m.set(g, Mapping::Data(host * CLUSTER_SIZE));
+                let (lo, hi) = within(g);
+                let need = layout.mask(lo, hi);
+                // The claim kept others from changing this entry meanwhile.
+                let cur = m.mapping(g);
+                m.set(
+                    g,
+                    Entry {
+                        host: Some(host),
+                        alloc: cur.alloc | need,
+                        zero: cur.zero & !need,
+                    },
+                );
             }
             unused.extend(spare);
         }
@@ -170,39 +213,81 @@ impl Overlay {
         Ok(())
     }
 
-    /// The full new contents of guest cluster `g`: the write's bytes over
-    /// what the cluster read as before (backing data or zeros).
-    async fn cow_cluster(
+    /// What a first write to guest cluster `g` writes: (offset within the
+    /// cluster, bytes). The write's bytes `lo..hi`, widened to whole
+    /// subclusters where an edge subcluster is not allocated yet, filled
+    /// with what it read as before (backing data or zeros). In the standard
+    /// layout that is the whole cluster.
+    async fn cow(
         &self,
         g: u64,
-        old: Mapping,
+        old: Entry,
+        (lo, hi): (u64, u64),
         offset: u64,
         data: &Bytes,
-    ) -> Result<Bytes, BlockError> {
+    ) -> Result<(u64, Bytes), BlockError> {
+        let ss = self.layout.sub_size();
         let c_start = g * CLUSTER_SIZE;
-        let end = offset + data.len() as u64;
-        let lo = offset.max(c_start);
-        let hi = end.min(c_start + CLUSTER_SIZE);
-        let part = data.slice((lo - offset) as usize..(hi - offset) as usize);
-        if lo == c_start && hi == c_start + CLUSTER_SIZE {
-            return Ok(part);
+        let part = data.slice((c_start + lo - offset) as usize..(c_start + hi - offset) as usize);
+        let (head, tail) = ((lo / ss) as u32, ((hi - 1) / ss) as u32);
+        let start = if lo % ss != 0 && old.alloc & (1 << head) == 0 {
+            lo - lo % ss
+        } else {
+            lo
+        };
+        let stop = if hi % ss != 0 && old.alloc & (1 << tail) == 0 {
+            hi.div_ceil(ss) * ss
+        } else {
+            hi
+        };
+        if start == lo && stop == hi {
+            return Ok((lo, part));
         }
+        let from_backing = |s: u32| self.backing.is_some() && old.sub(s, ss) == Sub::Unallocated;
         // The disk may end inside its last cluster; the rest stays zero.
-        let valid = (self.size - c_start).min(CLUSTER_SIZE) as usize;
-        let mut buf = if old == Mapping::Unallocated && self.backing.is_some() {
-            // A fresh read buffer is unique: reuse it instead of copying.
-            let base = self.read_backing(c_start, valid).await?;
+        let valid = (self.size - c_start).min(stop);
+        let (fill_head, fill_tail) = (
+            start < lo && from_backing(head),
+            hi < stop && from_backing(tail),
+        );
+        // Every edge to fill comes from the backing image (always so in the
+        // standard layout): one read, and a fresh read buffer is unique, so
+        // it is reused instead of copied.
+        let one_read = match (start < lo, hi < stop) {
+            (true, true) => fill_head && fill_tail,
+            (true, false) => fill_head,
+            (false, true) => fill_tail,
+            (false, false) => false,
+        };
+        let mut buf = if one_read {
+            let base = self
+                .read_backing(c_start + start, (valid - start) as usize)
+                .await?;
             let mut b = base
                 .try_into_mut()
                 .unwrap_or_else(|b| BytesMut::from(&b[..]));
-            b.resize(CLUSTER_SIZE as usize, 0);
+            b.resize((stop - start) as usize, 0);
             b
         } else {
-            BytesMut::zeroed(CLUSTER_SIZE as usize)
+            let mut b = BytesMut::zeroed((stop - start) as usize);
+            if fill_head {
+                let base = self
+                    .read_backing(c_start + start, (lo - start) as usize)
+                    .await?;
+                b[..base.len()].copy_from_slice(&base);
+            }
+            if fill_tail && valid > hi {
+                let base = self
+                    .read_backing(c_start + hi, (valid - hi) as usize)
+                    .await?;
+                let at = (hi - start) as usize;
+                b[at..at + base.len()].copy_from_slice(&base);
+            }
+            b
         };
-        let at = (lo - c_start) as usize;
+        let at = (lo - start) as usize;
         buf[at..at + part.len()].copy_from_slice(&part);
-        Ok(buf.freeze())
+        Ok((start, buf.freeze()))
     }
 
     async fn write_ops(&self, ops: Vec<(u64, Bytes)>) -> Result<(), BlockError> {
@@ -219,8 +304,10 @@ impl Overlay {
         .await
     }
 
-    /// Makes guest range read as zeros: whole clusters get the zero flag (and
-    /// lose their host cluster); partial clusters are written with zeros.
+    /// Makes guest range read as zeros: whole clusters get every zero bit
+    /// (and lose their host cluster); in partial clusters wholly covered
+    /// subclusters get their zero bit and partly covered ones are written
+    /// with zeros.
     pub(super) async fn zero_range(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         let end = offset + len;
         let mut g = offset / CLUSTER_SIZE;
@@ -239,20 +326,76 @@ impl Overlay {
                 g = g_end;
                 continue;
             }
-            let lo = offset.max(c_start);
-            let hi = end.min(c_end);
-            let reads_zero = match self.lock().mapping(g) {
-                Mapping::Zero { .. } => true,
-                Mapping::Unallocated => self.backing.is_none(),
-                Mapping::Data(_) => false,
-            };
-            if !reads_zero {
-                self.write_inner(lo, Bytes::from(vec![0u8; (hi - lo) as usize]))
-                    .await?;
-            }
+            self.zero_part(g, offset.max(c_start) - c_start, end.min(c_end) - c_start)
+                .await?;
             g += 1;
         }
         Ok(())
+    }
+
+    /// Zeroes bytes `lo..hi` (cluster offsets) of guest cluster `g`, not the
+    /// whole cluster.
+    async fn zero_part(&self, g: u64, lo: u64, hi: u64) -> Result<(), BlockError> {
+        let layout = self.layout;
+        let ss = layout.sub_size();
+        let c_start = g * CLUSTER_SIZE;
+        let covered = layout.covered(lo, hi);
+        let head_end = hi.min(lo.div_ceil(ss) * ss);
+        let tail_start = head_end.max(hi / ss * ss);
+        let mut edges = vec![(lo, head_end), (tail_start, hi)];
+        if covered != 0 {
+            if self.lock().has_table(g) {
+                self.zero_bits(g, covered).await;
+            } else if self.backing.is_some() {
+                // No table to hold the bits: write the zeros instead.
+                edges = vec![(lo, hi)];
+            }
+        }
+        for (a, b) in edges {
+            if a >= b {
+                continue;
+            }
+            let e = self.lock().mapping(g);
+            let reads_zero =
+                ((a / ss) as u32..=((b - 1) / ss) as u32).all(|s| match e.sub(s, ss) {
+                    Sub::Zero => true,
+                    Sub::Unallocated => self.backing.is_none(),
+                    Sub::Host(_) => false,
+                });
+            if !reads_zero {
+                self.write_inner(c_start + a, Bytes::from(vec![0u8; (b - a) as usize]))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the zero bits of subclusters `mask` of guest cluster `g` (whose
+    /// table exists) once no first write is in flight there; the host
+    /// cluster goes when no subcluster is left that does not read zeros.
+    async fn zero_bits(&self, g: u64, mask: u32) {
+        let full = self.layout.full();
+        loop {
+            let notified = self.allocated.notified();
+            {
+                let mut m = self.lock();
+                if !m.allocating.contains(&g) {
+                    let cur = m.mapping(g);
+                    let zero = cur.zero | mask;
+                    let host = if zero == full { None } else { cur.host };
+                    m.set(
+                        g,
+                        Entry {
+                            host,
+                            alloc: cur.alloc & !mask,
+                            zero,
+                        },
+                    );
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Sets the zero flag on guest clusters `from..to`, creating L2 tables
@@ -261,7 +404,7 @@ impl Overlay {
         let need_tables = |m: &Meta| -> Vec<u64> {
             let mut firsts: Vec<u64> = (from..to)
                 .filter(|&g| !m.has_table(g))
-                .map(|g| g - g % L2_ENTRIES as u64)
+                .map(|g| g - g % self.layout.entries() as u64)
                 .collect();
             firsts.dedup();
             firsts
@@ -295,8 +438,13 @@ impl Overlay {
                             None => break false,
                         }
                     }
-                    if m.mapping(g) != (Mapping::Zero { host: None }) {
-                        m.set(g, Mapping::Zero { host: None });
+                    let zero = Entry {
+                        host: None,
+                        alloc: 0,
+                        zero: self.layout.full(),
+                    };
+                    if m.mapping(g) != zero {
+                        m.set(g, zero);
                     }
                     g += 1;
                 }
@@ -324,8 +472,16 @@ impl Overlay {
 /// also when the write is cancelled.
 struct Claims<'a> {
     overlay: &'a Overlay,
-    /// Each claimed cluster with what it mapped to when claimed.
-    guests: Vec<(u64, Mapping)>,
+    /// Each claimed cluster with its entry when claimed.
+    guests: Vec<(u64, Entry)>,
+}
+
+/// What [`Overlay::claim`] found.
+enum Claim {
+    /// The needed subclusters are allocated at this host cluster: write in place.
+    Owned(u64),
+    /// Claimed for a first write; the entry as it was.
+    Claimed(Entry),
 }
 
 impl Drop for Claims<'_> {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Overlay vs raw, in one run, over iSCSI on 127.0.0.1 only:
 #  - reads: iscsi-perf QD32, 4 KiB random and 128 KiB sequential, from a qcow2
-#    overlay (nothing written yet) over a golden image vs the golden image
+#    overlay (nothing written yet; 64 KiB clusters with 2 KiB subclusters, as
+#    bootd creates them) over a golden image vs the golden image
 #    exported raw;
 #  - first-touch writes: `qemu-img bench -w -s 4k -S 64k -d 32` (one 4 KiB write
 #    per 64 KiB cluster) into a fresh overlay vs into a fresh raw copy, with QEMU's
@@ -81,7 +82,7 @@ for r in $(seq "$ROUNDS"); do
         i=$(perf "$RAW_URL" "$b" "$rnd"); echo "$i" >>"$WORK/read-$n.raw"; log "round $r read $n raw: $i IOPS"
     done
     rm -f "$WORK/ov.qcow2"
-    qemu-img create -q -f qcow2 -b "$GOLDEN" -F raw "$WORK/ov.qcow2"
+    qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k -b "$GOLDEN" -F raw "$WORK/ov.qcow2"
     start_export "$WORK/ov.qcow2" --backing "$GOLDEN" --iqn iqn.2026-11.test:overlay
     for w in "4k:8:1" "128k:256:0"; do
         IFS=: read -r n b rnd <<<"$w"
@@ -96,7 +97,7 @@ for r in $(seq "$ROUNDS"); do
     i=$(bench_writes -f raw "$URL"); echo "$i" >>"$WORK/write.raw"; log "round $r first-touch raw: $i IOPS"
     stop_export
     rm -f "$WORK/local.qcow2"
-    qemu-img create -q -f qcow2 -b "$GOLDEN" -F raw "$WORK/local.qcow2"
+    qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k -b "$GOLDEN" -F raw "$WORK/local.qcow2"
     i=$(bench_writes -f qcow2 "$WORK/local.qcow2"); echo "$i" >>"$WORK/write.qemu"; log "round $r first-touch QEMU qcow2 (local): $i IOPS"
 done
 for k in read-4k read-128k write; do

@@ -6,6 +6,7 @@ mod cmd_image;
 mod cmd_node;
 mod cmd_template;
 mod datadir;
+mod dhcp;
 mod export;
 mod http;
 mod import;
@@ -15,6 +16,7 @@ mod output;
 mod progress;
 mod serve;
 mod store;
+mod tftp;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

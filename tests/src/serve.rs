@@ -168,6 +168,8 @@ impl Serve {
             "0",
             "--http-port",
             "0",
+            "--tftp-port",
+            "0",
         ]);
         let command = describe(&cmd);
         let mut child = cmd

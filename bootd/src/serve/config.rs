@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub pool: Option<String>,
     pub http_port: Option<u16>,
     pub tftp_port: Option<u16>,
+    pub tftp_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ pub struct Settings {
     pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
     pub http_port: u16,
     pub tftp_port: u16,
+    /// Where TFTP files come from; `None`: Debian's iPXE directory.
+    pub tftp_dir: Option<PathBuf>,
 }
 
 pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
@@ -99,9 +102,10 @@ mod tests {
     #[test]
     fn config_file_and_pool() -> Result<(), Box<dyn std::error::Error>> {
         let c: FileConfig = toml::from_str(
-            "listen_ip = \"127.0.0.1\"\niscsi_port = 3261\ndhcp = \"off\"\npool = \"192.0.2.10-192.0.2.20\"\n",
+            "listen_ip = \"127.0.0.1\"\niscsi_port = 3261\ndhcp = \"off\"\npool = \"192.0.2.10-192.0.2.20\"\ntftp_dir = \"/srv/tftp\"\n",
         )?;
         assert_eq!(c.iscsi_port, Some(3261));
+        assert_eq!(c.tftp_dir.as_deref(), Some(Path::new("/srv/tftp")));
         assert_eq!(c.dhcp, Some(DhcpMode::Off));
         assert!(toml::from_str::<FileConfig>("bogus = 1\n").is_err());
         assert_eq!(

@@ -2,14 +2,14 @@
 //! target, following registry changes without a restart, and each node's
 //! iPXE script over HTTP.
 //!
-//! DHCP and TFTP come with network boot; until then only `--dhcp off` runs
-//! and those flags are accepted but unused.
+//! TFTP serves the iPXE binaries to PXE firmware; with `--dhcp proxy|full`,
+//! DHCP (crate::dhcp) points the firmware at them.
 
 pub mod config;
 mod fleet;
 
 use crate::datadir::DataDir;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use config::{DhcpMode, FileConfig, Settings};
 use iscsi_target::{Server, ServerConfig};
@@ -32,16 +32,18 @@ node's target (closing its sessions) and its overlay, the CLI waits until the \
 overlay is released, then replaces or deletes it.")]
 pub struct ServeArgs {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
-    /// http_port, tftp_port. Flags override it.
+    /// http_port, tftp_port, tftp_dir. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Network interface for DHCP (network boot; not used yet).
+    /// Network interface DHCP answers on (SO_BINDTODEVICE); its IPv4
+    /// address is the server address unless --listen-ip names one.
     #[arg(long)]
     interface: Option<String>,
     /// Address to serve on [default: 0.0.0.0].
     #[arg(long)]
     listen_ip: Option<IpAddr>,
-    /// off (only mode implemented so far), proxy or full [default: off].
+    /// off, proxy (boot offers beside the site's DHCP server, ports 67 and
+    /// 4011) or full (addresses from --pool too) [default: off].
     #[arg(long, value_enum)]
     dhcp: Option<DhcpMode>,
     /// Address pool for --dhcp full, FIRST-LAST.
@@ -52,9 +54,14 @@ pub struct ServeArgs {
     /// and runs without HTTP; a port given explicitly must be free.
     #[arg(long)]
     http_port: Option<u16>,
-    /// [default: 69] (network boot; not used yet)
+    /// TFTP port for PXE firmware; 0 picks a free one [default: 69].
+    /// Port 69 needs root (or CAP_NET_BIND_SERVICE); failing to bind is an error.
     #[arg(long)]
     tftp_port: Option<u16>,
+    /// Directory served over TFTP (read-only, octet mode; names cannot
+    /// leave it) [default: /usr/lib/ipxe].
+    #[arg(long)]
+    tftp_dir: Option<PathBuf>,
     /// iSCSI port; 0 picks a free one [default: 3260].
     #[arg(long)]
     iscsi_port: Option<u16>,
@@ -80,20 +87,15 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .or(file.http_port)
             .unwrap_or(DEFAULT_HTTP_PORT),
         tftp_port: args.tftp_port.or(file.tftp_port).unwrap_or(69),
+        tftp_dir: args.tftp_dir.clone().or(file.tftp_dir),
     })
 }
 
 pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
     let s = settings(&args)?;
-    match s.dhcp {
-        DhcpMode::Off => {}
-        DhcpMode::Proxy => bail!("--dhcp proxy is not yet implemented; use --dhcp off"),
-        DhcpMode::Full => bail!("--dhcp full is not yet implemented; use --dhcp off"),
-    }
-    if s.interface.is_some() || s.pool.is_some() {
+    if s.dhcp == DhcpMode::Off && (s.interface.is_some() || s.pool.is_some()) {
         tracing::warn!("--interface and --pool are not used with --dhcp off");
     }
-    tracing::debug!(tftp_port = s.tftp_port, "TFTP is not served yet");
     let dd = DataDir::open(data_dir)?;
     let _lock = dd.lock_serve()?;
     let store = dd.store()?;
@@ -107,6 +109,9 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
 async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) -> Result<()> {
     let server = Server::new(ServerConfig::default());
     let http_store = dd.store()?;
+    let dhcp_store = dd.store()?;
+    // Beside the registry in the data directory's root.
+    let lease_file = dd.overlays().with_file_name("dhcp-leases");
     let mut fleet = fleet::Fleet::new(server.clone(), dd, store);
     fleet.tick().await?;
     let addr = SocketAddr::new(s.listen_ip, s.iscsi_port);
@@ -115,6 +120,13 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let http_listener = bind_http(&s).await?;
+    let (tftp_socket, tftp) = crate::tftp::bind(
+        SocketAddr::new(s.listen_ip, s.tftp_port),
+        s.tftp_dir.as_deref(),
+    )
+    .await?;
+    let tftp_local = tftp_socket.local_addr()?;
+    let tftp_task = tokio::spawn(tftp.serve(tftp_socket));
     // Handlers go in before the ready line: a SIGTERM right after it must
     // still shut down cleanly.
     let signal = crate::export::shutdown_signal()?;
@@ -122,7 +134,8 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
-    let lines = format!("iscsi {local}\nhttp {http_local}\n");
+    let dhcp = crate::dhcp::start(&s, dhcp_store, lease_file, http_local.port())?;
+    let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
     let http = crate::http::HttpServer::new(http_store, http_local.port(), local.port());
     let http_task = tokio::spawn(http.serve(http_listener));
     let mut out = std::io::stdout().lock();
@@ -157,6 +170,10 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     });
     let served = server.serve(listener).await;
     http_task.abort();
+    tftp_task.abort();
+    if let Some(d) = dhcp {
+        let _ = tokio::task::spawn_blocking(move || d.stop()).await;
+    }
     let _ = stop_tx.send(true);
     let mut fleet = watcher.await.context("registry watcher")?;
     fleet.close_all().await;

@@ -26,6 +26,8 @@ impl HttpServe {
             "0",
             "--http-port",
             "0",
+            "--tftp-port",
+            "0",
         ]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -158,6 +158,8 @@ impl Serve {
             "0",
             "--http-port",
             "0",
+            "--tftp-port",
+            "0",
         ]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

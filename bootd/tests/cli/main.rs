@@ -6,3 +6,4 @@ mod common;
 mod images;
 mod nodes;
 mod serve;
+mod tftp;

@@ -379,10 +379,20 @@ fn fifty_nodes_writing_a_mib_each_cost_little_space() -> Result {
 }
 
 #[test]
-fn serve_refuses_unimplemented_modes_and_bad_config() -> Result {
+fn serve_refuses_dhcp_without_a_network_and_bad_config() -> Result {
     let env = Env::new()?;
     let e = env.fails(&["serve", "--dhcp", "proxy", "--iscsi-port", "0"])?;
-    assert!(e.contains("not yet implemented"), "{e}");
+    assert!(e.contains("needs --interface or --listen-ip"), "{e}");
+    let e = env.fails(&[
+        "serve",
+        "--dhcp",
+        "full",
+        "--listen-ip",
+        "127.0.0.1",
+        "--iscsi-port",
+        "0",
+    ])?;
+    assert!(e.contains("--pool"), "{e}");
     let cfg = env.path("bootd.toml");
     std::fs::write(&cfg, "iscsi_port = 0\nlisten_adress = \"127.0.0.1\"\n")?;
     let e = env.fails(&["serve", "--config", &cfg.to_string_lossy()])?;

@@ -1,0 +1,36 @@
+//! What a registered node's firmware is told to load next: an iPXE binary
+//! over TFTP, its URL for UEFI HTTP boot, or, once iPXE runs, the script URL.
+
+use super::Request;
+use bootd_ipxe::arch::{binary_name, ClientArch, EfiFlavour};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootFile {
+    /// A file name on the TFTP server.
+    Tftp(String),
+    /// A URL; `http_client` says the firmware asked with vendor class
+    /// `HTTPClient`, which must be echoed.
+    Http { url: String, http_client: bool },
+}
+
+/// `None` when the client's architecture has no iPXE build.
+pub fn choose(req: &Request, server: Ipv4Addr, http_port: u16) -> Option<BootFile> {
+    if req.is_ipxe() {
+        // Already iPXE: hand it the script, not iPXE again (the chainload loop).
+        return Some(BootFile::Http {
+            url: format!("http://{server}:{http_port}/boot.ipxe"),
+            http_client: false,
+        });
+    }
+    // PXE ROMs that omit option 93 are BIOS ones (RFC 4578 came later).
+    let arch = ClientArch::from_option93(req.arch().unwrap_or(0))?;
+    let name = binary_name(arch, EfiFlavour::SnpOnly);
+    if req.vendor_class().starts_with(b"HTTPClient") || arch.is_http() {
+        return Some(BootFile::Http {
+            url: format!("http://{server}:{http_port}/ipxe/{name}"),
+            http_client: true,
+        });
+    }
+    Some(BootFile::Tftp(name.to_string()))
+}

@@ -1,0 +1,47 @@
+//! TFTP for PXE firmware: a sans-IO protocol core (`packet`, `transfer`),
+//! file lookup confined to the boot directory (`files`) and a tokio driver
+//! (`server`). Read-only; octet mode only.
+
+pub mod files;
+pub mod packet;
+pub mod server;
+pub mod transfer;
+
+pub use files::Root;
+pub use server::{TftpServer, DEFAULT_MAX_TRANSFERS};
+pub use transfer::Limits;
+
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Binds the request socket on `addr` and prepares the server for `dir`
+/// (`None`: Debian's iPXE directory). A port that cannot be bound is an
+/// error, as for HTTP and iSCSI: firmware would find nothing to boot. A
+/// missing default directory only warns: requests then get "file not found".
+pub async fn bind(
+    addr: SocketAddr,
+    dir: Option<&Path>,
+) -> Result<(tokio::net::UdpSocket, TftpServer)> {
+    let root = match dir {
+        Some(d) => Root::new(d).with_context(|| format!("TFTP directory {}", d.display()))?,
+        None => {
+            let d = Path::new(bootd_ipxe::arch::DEFAULT_BINARY_DIR);
+            Root::new(d).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "TFTP directory {}: {e}; install the ipxe package or set --tftp-dir",
+                    d.display()
+                );
+                Root::at(d.to_path_buf())
+            })
+        }
+    };
+    let socket = tokio::net::UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on udp {addr}"))?;
+    tracing::debug!(dir = %root.path().display(), "serving TFTP");
+    Ok((
+        socket,
+        TftpServer::new(root, Limits::default(), DEFAULT_MAX_TRANSFERS),
+    ))
+}

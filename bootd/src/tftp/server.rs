@@ -1,0 +1,277 @@
+//! The TFTP driver: requests arrive on the well-known socket; each read
+//! runs as its own task on its own ephemeral socket (its TID, RFC 1350),
+//! driving a [`Transfer`] with the socket and the clock.
+
+use super::files::Root;
+use super::packet::{self, ErrorCode, Packet, Request};
+use super::transfer::{Limits, Outcome, Transfer};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+
+/// Transfers running at once; more requests get "server busy".
+pub const DEFAULT_MAX_TRANSFERS: usize = 512;
+
+pub struct TftpServer {
+    root: Arc<Root>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+}
+
+impl TftpServer {
+    pub fn new(root: Root, limits: Limits, max_transfers: usize) -> Self {
+        Self {
+            root: Arc::new(root),
+            limits,
+            slots: Arc::new(Semaphore::new(max_transfers)),
+        }
+    }
+
+    /// Answers requests on `socket` (bound by the caller) until the task is
+    /// dropped or aborted.
+    pub async fn serve(self, socket: UdpSocket) {
+        let local_ip = match socket.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => {
+                tracing::error!("tftp socket: {e}");
+                return;
+            }
+        };
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, peer) = match socket.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Transient (an ICMP error surfacing, a full buffer):
+                    // the next datagram is unaffected.
+                    tracing::debug!("tftp recv: {e}");
+                    continue;
+                }
+            };
+            let reply = match Packet::decode(&buf[..n]) {
+                Ok(Packet::Rrq(req)) => match self.slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let root = self.root.clone();
+                        let limits = self.limits;
+                        tokio::spawn(async move {
+                            run_transfer(root, limits, req, peer, local_ip).await;
+                            drop(permit);
+                        });
+                        None
+                    }
+                    Err(_) => Some(packet::error(ErrorCode::NotDefined, "server busy")),
+                },
+                Ok(Packet::Wrq(_)) => Some(packet::error(
+                    ErrorCode::AccessViolation,
+                    "read-only server",
+                )),
+                // Strays (late ACKs of finished transfers, noise) get nothing:
+                // answering would let anyone reflect traffic through us.
+                Ok(_) | Err(_) => None,
+            };
+            if let Some(r) = reply {
+                let _ = socket.send_to(&r, peer).await;
+            }
+        }
+    }
+}
+
+async fn run_transfer(
+    root: Arc<Root>,
+    limits: Limits,
+    req: Request,
+    peer: SocketAddr,
+    local_ip: IpAddr,
+) {
+    let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, "tftp transfer socket: {e}");
+            return;
+        }
+    };
+    // Only octet is served: boot loaders are binary, and netascii's line-end
+    // translation would corrupt them. A netascii request is refused rather
+    // than silently served as octet, so the client sees why.
+    if req.mode != "octet" {
+        let _ = sock
+            .send_to(
+                &packet::error(ErrorCode::IllegalOperation, "only octet mode is served"),
+                peer,
+            )
+            .await;
+        return;
+    }
+    let name = req.filename.clone();
+    let r = root.clone();
+    let loaded = match tokio::task::spawn_blocking(move || r.load(&name)).await {
+        Ok(l) => l,
+        Err(_) => Err((ErrorCode::NotDefined, "internal error")),
+    };
+    let file = match loaded {
+        Ok(f) => f,
+        Err((code, message)) => {
+            tracing::info!(%peer, file = %req.filename, message, "tftp refused");
+            let _ = sock.send_to(&packet::error(code, message), peer).await;
+            return;
+        }
+    };
+    let size = file.len();
+    let (mut t, first) = Transfer::start(&req.options, file, &limits, std::time::Instant::now());
+    if send_all(&sock, &first, peer).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 2048];
+    while t.outcome().is_none() {
+        let deadline = tokio::time::Instant::from_std(t.deadline());
+        let out = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, src)) if src == peer => t.on_datagram(&buf[..n], std::time::Instant::now()),
+                Ok((_, src)) => {
+                    let _ = sock.send_to(&packet::error(ErrorCode::UnknownTid, "unknown transfer ID"), src).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, "tftp transfer recv: {e}");
+                    continue;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => t.on_timeout(std::time::Instant::now()),
+        };
+        if send_all(&sock, &out, peer).await.is_err() {
+            return;
+        }
+    }
+    match t.outcome() {
+        Some(Outcome::Complete) => {
+            tracing::debug!(%peer, file = %req.filename, bytes = size,
+                blksize = t.blksize(), window = t.window(), "tftp sent")
+        }
+        Some(o) => tracing::info!(%peer, file = %req.filename, outcome = ?o, "tftp ended"),
+        None => {}
+    }
+}
+
+async fn send_all(sock: &UdpSocket, out: &[Vec<u8>], peer: SocketAddr) -> std::io::Result<()> {
+    for d in out {
+        if let Err(e) = sock.send_to(d, peer).await {
+            tracing::debug!(%peer, "tftp send: {e}");
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn request(write: bool, name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        packet::encode_request(
+            &mut v,
+            write,
+            &Request {
+                filename: name.into(),
+                mode: "octet".into(),
+                options: options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        );
+        v
+    }
+
+    async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        tokio::time::timeout(Duration::from_secs(5), sock.recv_from(buf))
+            .await
+            .map_err(|_| std::io::Error::other("nothing received"))?
+    }
+
+    #[tokio::test]
+    async fn windowed_read_over_sockets_with_a_lost_block() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("f"), &content)?;
+        let server = TftpServer::new(Root::new(dir.path())?, Limits::default(), 4);
+        let listen = UdpSocket::bind("127.0.0.1:0").await?;
+        let port = listen.local_addr()?.port();
+        let task = tokio::spawn(server.serve(listen));
+
+        let client = UdpSocket::bind("127.0.0.1:0").await?;
+        let mut buf = vec![0u8; 2048];
+        // Writes are refused from the well-known port.
+        client
+            .send_to(&request(true, "f", &[]), ("127.0.0.1", port))
+            .await?;
+        let (n, _) = recv(&client, &mut buf).await?;
+        assert!(matches!(
+            Packet::decode(&buf[..n]),
+            Ok(Packet::Error { code: 2, .. })
+        ));
+
+        let opts = [("blksize", "1000"), ("windowsize", "8"), ("tsize", "0")];
+        client
+            .send_to(&request(false, "f", &opts), ("127.0.0.1", port))
+            .await?;
+        let (n, tid) = recv(&client, &mut buf).await?;
+        assert_ne!(tid.port(), port, "a transfer answers from its own port");
+        let Ok(Packet::Oack(got)) = Packet::decode(&buf[..n]) else {
+            return Err("expected an OACK".into());
+        };
+        assert!(got.contains(&("tsize".to_string(), "100000".to_string())));
+
+        // A stranger writing to the transfer's TID gets ERROR 5.
+        let stranger = UdpSocket::bind("127.0.0.1:0").await?;
+        stranger.send_to(&[0, 4, 0, 0], tid).await?;
+        let (n, _) = recv(&stranger, &mut buf).await?;
+        assert!(matches!(
+            Packet::decode(&buf[..n]),
+            Ok(Packet::Error { code: 5, .. })
+        ));
+
+        let ack = |b: u16| [0u8, 4, (b >> 8) as u8, b as u8];
+        client.send_to(&ack(0), tid).await?;
+        let mut received = Vec::new();
+        let mut next = 1u16;
+        let mut dropped = false;
+        loop {
+            // One window: take blocks in order; pretend block 6 was lost once.
+            let mut last_len = 1000;
+            for _ in 0..8 {
+                let (n, _) = recv(&client, &mut buf).await?;
+                let Ok(Packet::Data { block, data }) = Packet::decode(&buf[..n]) else {
+                    return Err("expected DATA".into());
+                };
+                if block == 6 && !dropped {
+                    dropped = true;
+                    // Drain the rest of this window, then ask from 6 again.
+                    for _ in block..8 {
+                        recv(&client, &mut buf).await?;
+                    }
+                    break;
+                }
+                if block == next {
+                    received.extend_from_slice(data);
+                    next += 1;
+                }
+                last_len = data.len();
+                if data.len() < 1000 {
+                    break;
+                }
+            }
+            client.send_to(&ack(next - 1), tid).await?;
+            if last_len < 1000 {
+                break;
+            }
+        }
+        assert_eq!(received, content);
+        task.abort();
+        Ok(())
+    }
+}

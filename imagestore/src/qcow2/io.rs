@@ -3,15 +3,11 @@
 
 use bytes::BytesMut;
 use iscsi_target::block::BlockError;
+use iscsi_target::fileio::{off_t, read_into, write_all, write_durable, PastEnd};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-
-fn off_t(offset: u64) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
-}
 
 /// Maps errors the SCSI layer reports specially.
 pub fn block_error(e: io::Error) -> BlockError {
@@ -34,94 +30,23 @@ where
     }
 }
 
-/// Appends bytes read at `base + buf.len()` until `buf` holds `want` bytes.
-/// With `nowait` it stops early, short, where the kernel would wait for the
-/// disk; `Err(Unsupported)` means RWF_NOWAIT itself is refused.
-fn read_into(
-    file: &File,
-    buf: &mut BytesMut,
-    base: u64,
-    want: usize,
-    nowait: bool,
-) -> io::Result<()> {
-    let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
-    buf.reserve(want.saturating_sub(buf.len()));
-    while buf.len() < want {
-        let missing = want - buf.len();
-        let spare = &mut buf.spare_capacity_mut()[..missing];
-        let iov = libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: spare.len(),
-        };
-        let at = off_t(base + buf.len() as u64)?;
-        // SAFETY: `iov` describes `spare`, writable memory owned by `buf` that
-        // outlives the call; the descriptor stays open while `file` is borrowed.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
-        match n {
-            n if n > 0 => {
-                // SAFETY: the kernel initialised the first `n` (<= spare.len())
-                // bytes of the spare capacity.
-                unsafe { buf.set_len(buf.len() + n as usize) };
-            }
-            0 => {
-                // Past the end of the file: a sparse tail reads as zeros (the
-                // file may be shorter than a cluster we reserved and wrote).
-                buf.resize(want, 0);
-            }
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => {}
-                    io::ErrorKind::WouldBlock if nowait => return Ok(()),
-                    _ => return Err(e),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Continues a read started by [`read_nowait`].
 pub fn read_rest(file: &File, buf: &mut BytesMut, offset: u64, len: usize) -> io::Result<()> {
-    read_into(file, buf, offset, len, false)
+    read_into(file, buf, offset, len, false, PastEnd::Zeros)
 }
 
 /// Reads from the page cache only; the result may be short.
 pub fn read_nowait(file: &File, buf: &mut BytesMut, offset: u64, len: usize) -> io::Result<()> {
-    read_into(file, buf, offset, len, true)
+    read_into(file, buf, offset, len, true, PastEnd::Zeros)
 }
 
 /// Writes all of `data` at `offset`; `dsync` makes it durable (RWF_DSYNC).
-pub fn write_at(file: &File, mut data: &[u8], mut offset: u64, dsync: bool) -> io::Result<()> {
-    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-    while !data.is_empty() {
-        let iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // SAFETY: `iov` describes `data`, which outlives the call; pwritev2
-        // only reads through it. The descriptor is open while `file` is borrowed.
-        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off_t(offset)?, flags) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if dsync && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
-                // Old kernel: a plain write and a sync do the same.
-                write_at(file, data, offset, false)?;
-                return file.sync_data();
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-        let n = n as usize; // positive and at most data.len()
-        data = &data[n..];
-        offset += n as u64;
+pub fn write_at(file: &File, data: &[u8], offset: u64, dsync: bool) -> io::Result<()> {
+    if dsync {
+        write_durable(file, data, offset)
+    } else {
+        write_all(file, data, offset, 0)
     }
-    Ok(())
 }
 
 /// Deallocates a range, keeping the file size. Best effort: where the

@@ -5,6 +5,7 @@
 //! [`lun::Lun`]. The caller binds the listener and passes it in.
 
 pub mod block;
+pub mod fileio;
 pub mod lun;
 pub mod mem;
 pub mod raw;

@@ -7,6 +7,7 @@
 //! the thread hand-off for cached data.
 
 use crate::block::{Allocation, BlockDevice, BlockError, Capabilities, Extent};
+use crate::fileio::{off_t, read_into, unsupported, write_all, write_durable, PastEnd};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
@@ -211,106 +212,10 @@ fn block_error(e: io::Error) -> BlockError {
     }
 }
 
-fn unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS))
-}
-
 /// fallocate cannot do this here: unsupported by the filesystem or device,
 /// or (EINVAL, the range being valid) not aligned to a block device's sectors.
 fn fallocate_refused(e: &io::Error) -> bool {
     unsupported(e) || matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENODEV))
-}
-
-fn off_t(offset: u64) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
-}
-
-/// Reads at `base + buf.len()` into `buf`'s spare capacity until it holds
-/// `want` bytes. With `RWF_NOWAIT` in `flags` it returns early, short, where
-/// the kernel would have to wait for the disk.
-fn read_into(
-    file: &File,
-    buf: &mut BytesMut,
-    base: u64,
-    want: usize,
-    flags: libc::c_int,
-) -> io::Result<()> {
-    buf.reserve(want.saturating_sub(buf.len()));
-    while buf.len() < want {
-        let missing = want - buf.len();
-        let spare = &mut buf.spare_capacity_mut()[..missing];
-        let iov = libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: spare.len(),
-        };
-        let at = off_t(base + buf.len() as u64)?;
-        // SAFETY: `iov` describes `spare`, writable memory owned by `buf` that
-        // outlives the call; the descriptor stays open because `file` is borrowed.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
-        match n {
-            n if n > 0 => {
-                // Positive and at most iov_len, so the cast is lossless.
-                let n = n as usize;
-                // SAFETY: the kernel initialised the first `n` bytes of the
-                // spare capacity, and `n <= spare.len()`.
-                unsafe { buf.set_len(buf.len() + n) };
-            }
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "image file shrank under the device",
-                ))
-            }
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => {}
-                    io::ErrorKind::WouldBlock if flags & libc::RWF_NOWAIT != 0 => return Ok(()),
-                    _ => return Err(e),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes all of `data` at `offset` with `pwritev2` `flags`.
-fn write_all(file: &File, mut data: &[u8], mut offset: u64, flags: libc::c_int) -> io::Result<()> {
-    while !data.is_empty() {
-        let iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // SAFETY: `iov` describes `data`, which outlives the call; pwritev2
-        // only reads through it. The descriptor is open while `file` is borrowed.
-        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off_t(offset)?, flags) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-        let n = n as usize; // positive and at most data.len()
-        data = &data[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
-
-/// Writes durably: `RWF_DSYNC` per write, or write + fdatasync on kernels without it.
-fn write_durable(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    match write_all(file, data, offset, libc::RWF_DSYNC) {
-        Err(e) if unsupported(&e) => {
-            write_all(file, data, offset, 0)?;
-            file.sync_data()
-        }
-        r => r,
-    }
 }
 
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -409,7 +314,7 @@ impl BlockDevice for RawFile {
         let mut buf = BytesMut::with_capacity(len);
         if len <= INLINE_READ_MAX && self.nowait_reads.load(Ordering::Relaxed) {
             // Never sleeps: RWF_NOWAIT only copies what is already cached.
-            match read_into(&self.file, &mut buf, offset, len, libc::RWF_NOWAIT) {
+            match read_into(&self.file, &mut buf, offset, len, true, PastEnd::Error) {
                 Ok(()) if buf.len() == len => {
                     // Completing without ever waiting would let one busy
                     // connection hog its worker; this yields now and then.
@@ -423,7 +328,7 @@ impl BlockDevice for RawFile {
         }
         // The rest (usually all of it) may wait for the disk.
         self.blocking(move |f| {
-            read_into(f, &mut buf, offset, len, 0)?;
+            read_into(f, &mut buf, offset, len, false, PastEnd::Error)?;
             Ok(buf.freeze())
         })
         .await
@@ -587,7 +492,8 @@ mod tests {
             &mut buf,
             1 << 20,
             65536,
-            libc::RWF_NOWAIT,
+            true,
+            PastEnd::Error,
         )?;
         assert!(buf.len() < 65536, "page cache was not dropped");
         assert_eq!(

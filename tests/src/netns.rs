@@ -61,6 +61,14 @@ impl NetNs {
         self.ip(&["link", "set", dev, "up"])
     }
 
+    /// Joins this namespace and `peer` with a veth pair: `dev` here, `peer_dev` there,
+    /// both down (addresses and MACs are set before bringing them up).
+    pub fn add_veth(&self, dev: &str, peer: &NetNs, peer_dev: &str) -> Result<()> {
+        self.ip(&[
+            "link", "add", dev, "type", "veth", "peer", "name", peer_dev, "netns", &peer.name,
+        ])
+    }
+
     /// A command that runs `program` inside the namespace. `ip netns exec` execs the
     /// program, so the child's pid is the program's own and signals reach it.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::bootd::{bootd_bin, START_LIMIT, STOP_LIMIT};
 use crate::export::Log;
+use crate::netns::NetNs;
 use crate::process::{describe, run, terminate, wait_until, Finished};
 use serde_json::Value;
 
@@ -142,12 +143,42 @@ impl DataDir {
     pub fn serve(&self) -> Result<Serve> {
         Serve::start(self)
     }
+
+    /// `bootd serve` as `opts` says (another address, DHCP, inside a namespace).
+    pub fn serve_with(&self, opts: &ServeOptions) -> Result<Serve> {
+        Serve::start_with(self, opts)
+    }
 }
 
-/// A running `bootd serve --dhcp off --listen-ip 127.0.0.1 --iscsi-port 0`.
+/// How [`Serve::start_with`] runs serve; the default is [`Serve::start`]'s.
+#[derive(Debug)]
+pub struct ServeOptions<'a> {
+    /// Run inside this namespace (`ip netns exec`, which execs: signals reach serve).
+    pub netns: Option<&'a NetNs>,
+    /// `--listen-ip`; the ready lines must name it.
+    pub listen_ip: String,
+    /// Flags added after the ports, e.g. `--dhcp full --interface IF --pool A-B`.
+    /// Without a `--dhcp` among them, `--dhcp off` is passed.
+    pub extra: Vec<String>,
+}
+
+impl Default for ServeOptions<'_> {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            listen_ip: "127.0.0.1".to_string(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A running `bootd serve` (by default `--dhcp off --listen-ip 127.0.0.1`), every
+/// port picked by serve itself.
 pub struct Serve {
     child: Option<Child>,
     port: u16,
+    http_port: u16,
+    tftp_port: u16,
     command: String,
     log: Log,
 }
@@ -156,21 +187,38 @@ impl Serve {
     /// Spawns serve and waits for its `iscsi 127.0.0.1:PORT` line; by then every
     /// registered node is served.
     pub fn start(data: &DataDir) -> Result<Self> {
+        Self::start_with(data, &ServeOptions::default())
+    }
+
+    /// Spawns serve as `opts` says and waits for its ready lines (`iscsi`, `http`,
+    /// `tftp`, written at once); by then every registered node is served and DHCP,
+    /// if asked for, answers.
+    pub fn start_with(data: &DataDir, opts: &ServeOptions) -> Result<Self> {
         // Port 0: serve binds a free port itself and prints it, so no other process
         // can take the port between our choosing it and serve binding it.
-        let mut cmd = data.command(&[
+        let mut args = vec![
             "serve",
-            "--dhcp",
-            "off",
             "--listen-ip",
-            "127.0.0.1",
+            &opts.listen_ip,
             "--iscsi-port",
             "0",
             "--http-port",
             "0",
             "--tftp-port",
             "0",
-        ]);
+        ];
+        if !opts.extra.iter().any(|a| a == "--dhcp") {
+            args.extend(["--dhcp", "off"]);
+        }
+        args.extend(opts.extra.iter().map(String::as_str));
+        let mut cmd = match opts.netns {
+            None => data.command(&args),
+            Some(ns) => {
+                let mut cmd = ns.command(&data.bin);
+                cmd.env("BOOTD_DATA_DIR", data.path()).args(&args);
+                cmd
+            }
+        };
         let command = describe(&cmd);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -185,42 +233,64 @@ impl Serve {
         let mut serve = Self {
             child: None,
             port: 0,
+            http_port: 0,
+            tftp_port: 0,
             command,
             log,
         };
         let deadline = Instant::now() + START_LIMIT;
-        let port = loop {
+        // iscsi, http, tftp: serve prints them in this order.
+        let mut ports = Vec::new();
+        let ready = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("iscsi ") {
-                        break parse_listen(addr);
+                    let want = ["iscsi ", "http ", "tftp "][ports.len()];
+                    if let Some(addr) = line.strip_prefix(want) {
+                        match parse_listen(addr, &opts.listen_ip) {
+                            Ok(p) => ports.push(p),
+                            Err(e) => break Err(e),
+                        }
+                        if ports.len() == 3 {
+                            break Ok(());
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     break Err(anyhow!(
-                        "no `iscsi ADDR` line within {}s",
+                        "no `iscsi|http|tftp ADDR` lines within {}s",
                         START_LIMIT.as_secs()
                     ))
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = wait_until(&mut child, Instant::now() + STOP_LIMIT)?;
                     break Err(anyhow!(
-                        "serve closed stdout before its `iscsi ADDR` line (exit: {status:?})"
+                        "serve closed stdout before its ready lines (exit: {status:?})"
                     ));
                 }
             }
         };
         serve.child = Some(child);
-        match port {
-            Ok(port) => serve.port = port,
+        match ready {
+            Ok(()) => {
+                [serve.port, serve.http_port, serve.tftp_port] = [ports[0], ports[1], ports[2]]
+            }
             Err(e) => bail!("`{}`: {e}\n{}", serve.command, serve.log()),
         }
         Ok(serve)
     }
 
+    /// The iSCSI port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub fn tftp_port(&self) -> u16 {
+        self.tftp_port
     }
 
     /// Everything serve printed so far, for failure messages.
@@ -266,12 +336,13 @@ impl Drop for Serve {
     }
 }
 
-/// `127.0.0.1:PORT` → PORT (never 0: the line must carry the bound port).
-fn parse_listen(addr: &str) -> Result<u16> {
+/// `IP:PORT` → PORT (never 0: the line must carry the bound port).
+fn parse_listen(addr: &str, ip: &str) -> Result<u16> {
     let port = addr
         .trim()
-        .strip_prefix("127.0.0.1:")
-        .ok_or_else(|| anyhow!("serve listens on {addr:?}, not 127.0.0.1"))?;
+        .strip_prefix(ip)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .ok_or_else(|| anyhow!("serve listens on {addr:?}, not {ip}"))?;
     match port.parse::<u16>() {
         Ok(0) | Err(_) => bail!("serve printed a bad port in {addr:?}"),
         Ok(p) => Ok(p),
@@ -302,9 +373,25 @@ impl Fields for Value {
 mod tests {
     #[test]
     fn listen_line() {
-        assert_eq!(super::parse_listen("127.0.0.1:3260").ok(), Some(3260));
-        for bad in ["0.0.0.0:3260", "127.0.0.1:0", "127.0.0.1:x", "127.0.0.1"] {
-            assert!(super::parse_listen(bad).is_err(), "{bad} accepted");
+        assert_eq!(
+            super::parse_listen("127.0.0.1:3260", "127.0.0.1").ok(),
+            Some(3260)
+        );
+        assert_eq!(
+            super::parse_listen("192.0.2.1:69", "192.0.2.1").ok(),
+            Some(69)
+        );
+        for bad in [
+            "0.0.0.0:3260",
+            "127.0.0.1:0",
+            "127.0.0.1:x",
+            "127.0.0.1",
+            "127.0.0.12:1",
+        ] {
+            assert!(
+                super::parse_listen(bad, "127.0.0.1").is_err(),
+                "{bad} accepted"
+            );
         }
     }
 }

@@ -6,5 +6,6 @@
 
 mod conformance;
 mod kernel;
+mod netboot;
 mod qemu;
 mod registry;

@@ -276,33 +276,19 @@ impl Store for SqliteStore {
                 name: name.to_string(),
             });
         }
-        let users: Vec<String> = {
-            let mut st = tx.prepare(
-                "SELECT n.name FROM nodes n JOIN images i ON i.id = n.image_id
-                 WHERE i.name = ?1 ORDER BY n.name",
-            )?;
-            let rows = st.query_map([name], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        if !users.is_empty() {
-            return Err(StoreError::InUse {
-                kind: "image",
-                name: name.to_string(),
-                by: describe("node", &users),
-            });
-        }
-        let templates: Vec<String> = {
-            let mut st = tx.prepare("SELECT name FROM templates WHERE image = ?1 ORDER BY name")?;
-            let rows = st.query_map([name], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        if !templates.is_empty() {
-            return Err(StoreError::InUse {
-                kind: "image",
-                name: name.to_string(),
-                by: describe("template", &templates),
-            });
-        }
+        refuse_if_used(
+            &tx,
+            "SELECT n.name FROM nodes n JOIN images i ON i.id = n.image_id
+             WHERE i.name = ?1 ORDER BY n.name",
+            ("image", name),
+            "node",
+        )?;
+        refuse_if_used(
+            &tx,
+            "SELECT name FROM templates WHERE image = ?1 ORDER BY name",
+            ("image", name),
+            "template",
+        )?;
         tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
         bump(&tx)?;
         tx.commit()?;
@@ -373,18 +359,12 @@ impl Store for SqliteStore {
                 kind: "template",
                 name: name.to_string(),
             })?;
-        let users: Vec<String> = {
-            let mut st = tx.prepare("SELECT name FROM nodes WHERE template = ?1 ORDER BY name")?;
-            let rows = st.query_map([name], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        if !users.is_empty() {
-            return Err(StoreError::InUse {
-                kind: "template",
-                name: name.to_string(),
-                by: describe("node", &users),
-            });
-        }
+        refuse_if_used(
+            &tx,
+            "SELECT name FROM nodes WHERE template = ?1 ORDER BY name",
+            ("template", name),
+            "node",
+        )?;
         tx.execute("DELETE FROM templates WHERE name = ?1", [name])?;
         bump(&tx)?;
         tx.commit()?;
@@ -526,6 +506,29 @@ impl Store for SqliteStore {
 }
 
 /// "node a", "nodes a, b, c", "nodes a, b, c and 7 more".
+/// `InUse` if `users_sql` (taking the name as ?1) lists anything that still
+/// uses the `what` (kind, name) about to be removed.
+fn refuse_if_used(
+    conn: &Connection,
+    users_sql: &str,
+    what: (&'static str, &str),
+    user_kind: &str,
+) -> Result<()> {
+    let users: Vec<String> = {
+        let mut st = conn.prepare(users_sql)?;
+        let rows = st.query_map([what.1], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::InUse {
+        kind: what.0,
+        name: what.1.to_string(),
+        by: describe(user_kind, &users),
+    })
+}
+
 fn describe(kind: &str, names: &[String]) -> String {
     const SHOWN: usize = 5;
     let mut s = format!(

@@ -3,71 +3,16 @@
 //! MACs and hostile paths, and `template add` refusing a broken script.
 
 use crate::common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::time::Duration;
 
-/// A `serve` with HTTP on a free port; SIGTERM on `stop`, kill on drop.
-struct HttpServe {
-    child: Option<Child>,
-    iscsi: u16,
-    http: u16,
+/// GETs from a serve's HTTP port.
+trait HttpGet {
+    /// GET with curl as-is (no path normalising): (status, body).
+    fn get(&self, path: &str) -> Result<(u16, String)>;
 }
 
-impl HttpServe {
-    fn start(env: &Env) -> Result<Self> {
-        let mut cmd = env.bootd_cmd(&[
-            "serve",
-            "--dhcp",
-            "off",
-            "--listen-ip",
-            "127.0.0.1",
-            "--iscsi-port",
-            "0",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-        ]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            for _ in 0..2 {
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                let _ = tx.send(line);
-            }
-        });
-        let mut serve = Self {
-            child: Some(child),
-            iscsi: 0,
-            http: 0,
-        };
-        let port = |line: &str, kind: &str| -> Result<u16> {
-            let rest = line
-                .trim()
-                .strip_prefix(kind)
-                .ok_or_else(|| format!("expected {kind} line, got {line:?}"))?;
-            Ok(rest
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| format!("serve printed {line:?}"))?)
-        };
-        serve.iscsi = port(
-            &rx.recv_timeout(Duration::from_secs(20))?,
-            "iscsi 127.0.0.1:",
-        )?;
-        serve.http = port(&rx.recv_timeout(Duration::from_secs(5))?, "http 127.0.0.1:")?;
-        Ok(serve)
-    }
-
-    /// GET with curl as-is (no path normalising): (status, body).
+impl HttpGet for Serve {
     fn get(&self, path: &str) -> Result<(u16, String)> {
         let url = format!("http://127.0.0.1:{}{path}", self.http);
         let out = tool(
@@ -86,32 +31,6 @@ impl HttpServe {
         let (code, ctype) = tail.split_once(' ').ok_or("no content type")?;
         assert!(ctype.starts_with("text/plain"), "{path}: {ctype}");
         Ok((code.parse()?, body.to_string()))
-    }
-
-    fn stop(mut self) -> Result {
-        let mut child = self.child.take().ok_or("already stopped")?;
-        tool("kill", &["-TERM", &child.id().to_string()])?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = child.try_wait()? {
-                assert!(s.success(), "serve exited with {s}");
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err("serve did not stop within 20 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for HttpServe {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -139,7 +58,7 @@ fn nodes_get_their_own_ipxe_scripts() -> Result {
     ])?;
     let n1 = env.json(&["node", "show", "n1", "--json"])?;
 
-    let serve = HttpServe::start(&env)?;
+    let serve = Serve::start(&env)?;
 
     let (code, chain) = serve.get("/boot.ipxe")?;
     assert_eq!(code, 200);
@@ -167,12 +86,12 @@ fn nodes_get_their_own_ipxe_scripts() -> Result {
             format!("set password {}", field(&n1, "chap_secret")?),
             format!(
                 "sanboot iscsi:127.0.0.1::{}:0:{target} || goto failed",
-                serve.iscsi
+                serve.port
             ),
         ] {
             assert!(script.lines().any(|l| l == line), "{line:?} in {script}");
         }
-        assert!(script.contains(&format!("127.0.0.1:{}", serve.iscsi)));
+        assert!(script.contains(&format!("127.0.0.1:{}", serve.port)));
     }
     let (code, _) = serve.get("/boot/52-54-00-ab-cd-e0.ipxe")?;
     assert_eq!(code, 404, "unknown MAC");
@@ -255,7 +174,7 @@ fn nodes_get_their_own_ipxe_scripts() -> Result {
     assert!(
         script.contains(&format!(
             "sanboot --drive 0x80 iscsi:127.0.0.1::{}:0:{}",
-            serve.iscsi,
+            serve.port,
             field(&w1, "target_iqn")?
         )),
         "{script}"

@@ -140,15 +140,24 @@ pub fn sha256(path: &Path) -> Result<String> {
     Ok(out.split_whitespace().next().unwrap_or("").to_string())
 }
 
-/// A running `bootd serve`, stopped (SIGTERM, then kill) on drop.
+/// A running `bootd serve` on 127.0.0.1 with free ports, stopped (SIGTERM
+/// on `stop`, kill on drop).
 pub struct Serve {
     child: Option<Child>,
+    /// The iSCSI port.
     pub port: u16,
+    pub http: u16,
+    pub tftp: u16,
 }
 
 impl Serve {
     pub fn start(env: &Env) -> Result<Self> {
-        let mut cmd = env.bootd_cmd(&[
+        Self::start_with(env, &[])
+    }
+
+    /// With `extra` arguments after the defaults (e.g. `--tftp-dir DIR`).
+    pub fn start_with(env: &Env, extra: &[&str]) -> Result<Self> {
+        let mut args = vec![
             "serve",
             "--dhcp",
             "off",
@@ -160,30 +169,42 @@ impl Serve {
             "0",
             "--tftp-port",
             "0",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = env.bootd_cmd(&args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        // The ready line: "iscsi 127.0.0.1:PORT".
+        // The ready lines: "iscsi 127.0.0.1:PORT", "http ...", "tftp ...".
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut r = BufReader::new(stdout);
+            for _ in 0..3 {
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+                let _ = tx.send(line);
+            }
         });
         let mut serve = Self {
             child: Some(child),
             port: 0,
+            http: 0,
+            tftp: 0,
         };
-        let line = rx.recv_timeout(Duration::from_secs(20))?;
-        serve.port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| format!("serve printed {line:?}"))?;
+        let port = |kind: &str| -> Result<u16> {
+            let line = rx.recv_timeout(Duration::from_secs(20))?;
+            Ok(line
+                .trim()
+                .strip_prefix(kind)
+                .and_then(|rest| rest.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| format!("expected a {kind} line, serve printed {line:?}"))?)
+        };
+        serve.port = port("iscsi ")?;
+        serve.http = port("http ")?;
+        serve.tftp = port("tftp ")?;
         Ok(serve)
     }
 

@@ -3,72 +3,7 @@
 //! refused.
 
 use crate::common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-/// A `serve` with TFTP on a free port over `dir`; killed on drop.
-struct TftpServe {
-    child: Child,
-    port: u16,
-}
-
-impl TftpServe {
-    fn start(env: &Env, dir: &std::path::Path) -> Result<Self> {
-        let mut cmd = env.bootd_cmd(&[
-            "serve",
-            "--dhcp",
-            "off",
-            "--listen-ip",
-            "127.0.0.1",
-            "--iscsi-port",
-            "0",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-            "--tftp-dir",
-            &dir.to_string_lossy(),
-        ]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut serve = Self { child, port: 0 };
-        loop {
-            let line = rx.recv_timeout(Duration::from_secs(20))?;
-            if let Some(addr) = line.strip_prefix("tftp ") {
-                serve.port = addr
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| format!("serve printed {line:?}"))?;
-                return Ok(serve);
-            }
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("tftp://127.0.0.1:{}/{path}", self.port)
-    }
-}
-
-impl Drop for TftpServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
 
 /// Deterministic pseudo-random bytes (xorshift), so a mismatch reproduces.
 fn noise(len: usize) -> Vec<u8> {
@@ -81,6 +16,10 @@ fn noise(len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+fn tftp_url(serve: &Serve, name: &str) -> String {
+    format!("tftp://127.0.0.1:{}/{name}", serve.tftp)
 }
 
 fn curl(args: &[&str]) -> Result<std::process::Output> {
@@ -98,12 +37,12 @@ fn tftp_serves_files_byte_identical_and_refuses_escapes() -> Result {
     std::fs::write(dir.join("file"), &content)?;
     std::fs::write(env.path("secret"), b"outside the boot directory")?;
     std::os::unix::fs::symlink(env.path("secret"), dir.join("link"))?;
-    let serve = TftpServe::start(&env, &dir)?;
+    let serve = Serve::start_with(&env, &["--tftp-dir", &dir.to_string_lossy()])?;
 
     for blksize in ["512", "1428"] {
         let copy = env.path(&format!("copy-{blksize}"));
         let out = curl(&[
-            &serve.url("file"),
+            &tftp_url(&serve, "file"),
             "--tftp-blksize",
             blksize,
             "-o",
@@ -124,12 +63,16 @@ fn tftp_serves_files_byte_identical_and_refuses_escapes() -> Result {
         ("link", 69),
         ("missing", 68),
     ] {
-        let out = curl(&[&serve.url(path), "-o", "/dev/null"])?;
+        let out = curl(&[&tftp_url(&serve, path), "-o", "/dev/null"])?;
         assert_eq!(out.status.code(), Some(code), "{path}: {out:?}");
     }
 
     // Uploads are refused: the server is read-only.
-    let out = curl(&["-T", &dir.join("file").to_string_lossy(), &serve.url("up")])?;
+    let out = curl(&[
+        "-T",
+        &dir.join("file").to_string_lossy(),
+        &tftp_url(&serve, "up"),
+    ])?;
     assert_eq!(out.status.code(), Some(69), "upload: {out:?}");
     assert!(!dir.join("up").exists());
     Ok(())
@@ -142,7 +85,7 @@ fn tftp_keeps_answering_after_random_datagrams() -> Result {
     std::fs::create_dir_all(&dir)?;
     let content = noise(100_000);
     std::fs::write(dir.join("file"), &content)?;
-    let serve = TftpServe::start(&env, &dir)?;
+    let serve = Serve::start_with(&env, &["--tftp-dir", &dir.to_string_lossy()])?;
 
     // 2000 datagrams: random bytes, half of them dressed as requests
     // (opcodes 1..=6) so they reach the request and option parsers.
@@ -154,11 +97,11 @@ fn tftp_keeps_answering_after_random_datagrams() -> Result {
             d[0] = 0;
             d[1] = (i % 6) as u8 + 1;
         }
-        sock.send_to(&d, ("127.0.0.1", serve.port))?;
+        sock.send_to(&d, ("127.0.0.1", serve.tftp))?;
     }
 
     let copy = env.path("copy");
-    let out = curl(&[&serve.url("file"), "-o", &copy.to_string_lossy()])?;
+    let out = curl(&[&tftp_url(&serve, "file"), "-o", &copy.to_string_lossy()])?;
     assert!(out.status.success(), "curl after the flood: {out:?}");
     assert!(std::fs::read(&copy)? == content, "copy differs");
     Ok(())

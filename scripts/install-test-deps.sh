@@ -24,9 +24,15 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #   ipxe               iPXE binaries served to PXE clients
 #   iproute2           network namespaces, bridges, veth, tap
 #   curl procps        tftp:// and http:// clients; pgrep/ps for process checks
+#   dnsmasq-base       the site's DHCP server beside proxy mode, and the DHCP benchmark's peer
+#                      (the binary only: no service that would answer on the host)
+#   kea-admin          perfdhcp, the DHCP load generator
+#   syslinux syslinux-common mtools dosfstools fdisk systemd-boot-efi
+#                      building the bootable golden test image (BIOS and UEFI loaders, FAT)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
-    e2fsprogs xz-utils zstd curl procps
+    e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
+    dosfstools fdisk systemd-boot-efi
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 
@@ -89,7 +95,7 @@ fi
 
 # Verify what the tests rely on.
 for tool in iscsi-test-cu iscsi-ls iscsi-perf tgtd tgtadm qemu-img qemu-io qemu-system-x86_64 \
-    iscsistart busybox cpio mkfs.ext4 ip curl pgrep; do
+    iscsistart busybox cpio mkfs.ext4 ip curl pgrep dnsmasq perfdhcp mcopy mkfs.vfat sfdisk; do
     command -v "$tool" >/dev/null || die "after install, $tool is still missing"
 done
 [[ $(installed_version qemu-utils) == "$(installed_version qemu-block-extra)" ]] ||

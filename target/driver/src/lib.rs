@@ -5,6 +5,7 @@
 //! [`lun::Lun`]. The caller binds the listener and passes it in.
 
 pub mod block;
+pub mod events;
 pub mod fileio;
 pub mod lun;
 pub mod mem;
@@ -12,4 +13,5 @@ pub mod raw;
 pub mod server;
 mod session;
 
+pub use events::{SessionEvent, SessionObserver};
 pub use server::{Server, ServerConfig, ServerError, Target};

@@ -103,6 +103,7 @@ pub struct Server {
     next_tsih: AtomicU16,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
+    observer: std::sync::OnceLock<crate::events::SessionObserver>,
 }
 
 impl Server {
@@ -114,7 +115,20 @@ impl Server {
             next_tsih: AtomicU16::new(1),
             next_conn: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the one observer told of sessions starting and ending; `false`
+    /// if one was already set.
+    pub fn observe(&self, f: crate::events::SessionObserver) -> bool {
+        self.observer.set(f).is_ok()
+    }
+
+    pub(crate) fn notify(&self, ev: &crate::events::SessionEvent) {
+        if let Some(f) = self.observer.get() {
+            f(ev);
+        }
     }
 
     pub fn add_target(&self, target: Target) -> Result<(), ServerError> {

@@ -2,6 +2,7 @@
 //! [`Connection`], runs its SCSI commands concurrently on the LUNs, and
 //! keeps the session registry current.
 
+use crate::events::SessionEvent;
 use crate::server::{Directory, Server, SessionEntry, Target};
 use bytes::BytesMut;
 use iscsi_proto::conn::{Connection, Event, SessionInfo, SessionType, TmfRequest};
@@ -33,6 +34,8 @@ struct State {
     info: Option<SessionInfo>,
     bound: Option<Bound>,
     done_tx: mpsc::UnboundedSender<(u32, ScsiResult)>,
+    peer: SocketAddr,
+    logged_out: bool,
 }
 
 pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr) {
@@ -65,6 +68,8 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
         bound: None,
         done_tx,
         server,
+        peer,
+        logged_out: false,
     };
     let mut stop = st.server.shutdown_signal();
     let mut stopping = false;
@@ -130,6 +135,20 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
     if let Err(e) = &result {
         tracing::info!(%peer, initiator = st.info.as_ref().map(|i| i.initiator_name.as_str()), "connection ended: {e}");
     }
+    if let (Some(info), Some(bound)) = (&st.info, &st.bound) {
+        let reason = match &result {
+            _ if st.logged_out => "logout".to_string(),
+            Ok(()) => "closed".to_string(),
+            Err(e) => e.clone(),
+        };
+        st.server.notify(&SessionEvent::Ended {
+            initiator: info.initiator_name.clone(),
+            target: bound.target.iqn.clone(),
+            isid: info.isid,
+            peer,
+            reason,
+        });
+    }
     st.unregister();
     drop(tx_out);
     let _ = writer.await;
@@ -158,7 +177,7 @@ impl State {
             Event::LoggedIn(info) => self.logged_in(info),
             Event::Command(cmd) => self.command(cmd),
             Event::TaskManagement(req) => self.task_management(req),
-            Event::Logout => {}
+            Event::Logout => self.logged_out = true,
         }
     }
 
@@ -196,6 +215,12 @@ impl State {
                     .into(),
                     relative_port: 1,
                 };
+                self.server.notify(&SessionEvent::LoggedIn {
+                    initiator: info.initiator_name.clone(),
+                    target: target.iqn.clone(),
+                    isid: info.isid,
+                    peer: self.peer,
+                });
                 self.bound = Some(Bound { target, nexus });
             }
         }

@@ -203,3 +203,49 @@ async fn connection_cap_and_shutdown() -> Res<()> {
     timeout(LIMIT, task).await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_observer_sees_logins_and_their_end() -> Res<()> {
+    use iscsi_proto::pdu::LogoutPdu;
+    use iscsi_target::SessionEvent;
+    let (server, addr, _task) = start(ServerConfig::default()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    assert!(server.observe(Arc::new(move |ev: &SessionEvent| {
+        let _ = tx.send(ev.clone());
+    })));
+    let isid = [0x80, 0, 0, 0, 0, 7];
+    let mut s = login(addr, isid).await?;
+    match timeout(LIMIT, rx.recv()).await?.ok_or("no event")? {
+        SessionEvent::LoggedIn {
+            initiator,
+            target,
+            isid: got,
+            ..
+        } => {
+            assert_eq!(
+                (initiator.as_str(), target.as_str()),
+                ("iqn.2026-11.test:init", IQN)
+            );
+            assert_eq!(got, isid);
+        }
+        other => panic!("expected a login, got {other:?}"),
+    }
+    send(
+        &mut s,
+        &Request::Logout(LogoutPdu {
+            immediate: true,
+            reason: 0,
+            itt: 2,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 1,
+        }),
+    )
+    .await?;
+    assert!(closed(&mut s).await);
+    match timeout(LIMIT, rx.recv()).await?.ok_or("no event")? {
+        SessionEvent::Ended { reason, .. } => assert_eq!(reason, "logout"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    Ok(())
+}

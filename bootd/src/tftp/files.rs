@@ -53,8 +53,11 @@ impl Root {
     }
 
     /// Resolves `name` inside the root. Leading slashes are dropped (PXE
-    /// ROMs often send `/undionly.kpxe`); `..`, NUL, backslashes and any
-    /// path whose real location (symlinks followed) leaves the root are refused.
+    /// ROMs often send `/undionly.kpxe`); `..`, NUL and backslashes are
+    /// refused, and so is any directory on the way whose real location
+    /// leaves the root. The file itself may be a symlink to a file anywhere:
+    /// the operator put it there (Debian's `/usr/lib/ipxe/ipxe.efi` points to
+    /// `/boot`), as tftpd-hpa and dnsmasq allow.
     pub fn resolve(&self, name: &str) -> Result<PathBuf, Refusal> {
         const DENIED: Refusal = (ErrorCode::AccessViolation, "access violation");
         if name.contains('\0') || name.contains('\\') || name.len() > super::packet::MAX_FILENAME {
@@ -74,12 +77,15 @@ impl Root {
         if clean.as_os_str().is_empty() {
             return Err(DENIED);
         }
-        let real = std::fs::canonicalize(self.dir.join(&clean))
+        let joined = self.dir.join(&clean);
+        let parent = joined.parent().unwrap_or(&self.dir);
+        let real_parent = std::fs::canonicalize(parent)
             .map_err(|_| (ErrorCode::FileNotFound, "file not found"))?;
-        if !real.starts_with(&self.dir) {
+        if !real_parent.starts_with(&self.dir) {
             return Err(DENIED);
         }
-        Ok(real)
+        // The real file is the cache key: two names of one file share a copy.
+        std::fs::canonicalize(&joined).map_err(|_| (ErrorCode::FileNotFound, "file not found"))
     }
 
     /// Resolves and reads `name`. Blocking: call from `spawn_blocking`.
@@ -140,7 +146,12 @@ mod tests {
         std::fs::write(outer.path().join("secret"), b"S")?;
         std::os::unix::fs::symlink(outer.path().join("secret"), root_dir.join("out"))?;
         std::os::unix::fs::symlink("a.efi", root_dir.join("in"))?;
+        std::fs::create_dir(outer.path().join("etc"))?;
+        std::fs::write(outer.path().join("etc/shadow"), b"X")?;
+        std::os::unix::fs::symlink(outer.path().join("etc"), root_dir.join("etc"))?;
         let root = Root::new(&root_dir)?;
+        // A file symlink the operator placed is followed wherever it points.
+        assert_eq!(&*root.load("out").map_err(|e| e.1)?, b"S");
 
         assert_eq!(&*root.load("a.efi").map_err(|e| e.1)?, b"A");
         assert_eq!(&*root.load("/a.efi").map_err(|e| e.1)?, b"A");
@@ -149,7 +160,7 @@ mod tests {
         for bad in [
             "../secret",
             "sub/../../secret",
-            "out",
+            "etc/shadow",
             "a\0b",
             "sub\\..\\..\\secret",
             "/",

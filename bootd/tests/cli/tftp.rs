@@ -37,6 +37,10 @@ fn tftp_serves_files_byte_identical_and_refuses_escapes() -> Result {
     std::fs::write(dir.join("file"), &content)?;
     std::fs::write(env.path("secret"), b"outside the boot directory")?;
     std::os::unix::fs::symlink(env.path("secret"), dir.join("link"))?;
+    // A directory link leaving the root exposes nothing below it.
+    std::fs::create_dir_all(env.path("outside"))?;
+    std::fs::write(env.path("outside/file"), b"outside")?;
+    std::os::unix::fs::symlink(env.path("outside"), dir.join("dirlink"))?;
     let serve = Serve::start_with(&env, &["--tftp-dir", &dir.to_string_lossy()])?;
 
     for blksize in ["512", "1428"] {
@@ -60,12 +64,15 @@ fn tftp_serves_files_byte_identical_and_refuses_escapes() -> Result {
     for (path, code) in [
         ("%2e%2e/secret", 69),
         ("sub/%2e%2e/%2e%2e/secret", 69),
-        ("link", 69),
+        ("dirlink/file", 69),
         ("missing", 68),
     ] {
         let out = curl(&[&tftp_url(&serve, path), "-o", "/dev/null"])?;
         assert_eq!(out.status.code(), Some(code), "{path}: {out:?}");
     }
+    // A file link is the operator naming a file (Debian's ipxe.efi is one).
+    let out = curl(&[&tftp_url(&serve, "link")])?;
+    assert_eq!(out.stdout, b"outside the boot directory", "link: {out:?}");
 
     // Uploads are refused: the server is read-only.
     let out = curl(&[

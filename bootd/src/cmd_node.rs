@@ -1,10 +1,14 @@
-//! `bootd node add|list|show|rm|reset|move`.
+//! `bootd node add|list|adopt|show|rm|reset|move`.
+
+mod discovered;
+mod stages;
 
 use crate::datadir::{allocated_bytes, DataDir};
+use crate::lifecycle::Source;
 use crate::names;
 use crate::output;
-use crate::store::{NewNode, Node, Store, StoreError};
-use anyhow::{bail, Context, Result};
+use crate::store::{Node, Store, StoreError};
+use anyhow::{bail, Result};
 use clap::{ArgGroup, Subcommand};
 use serde_json::json;
 use std::net::IpAddr;
@@ -30,8 +34,26 @@ pub enum NodeCmd {
     List {
         #[arg(long)]
         json: bool,
+        /// List instead the unregistered machines that asked to boot while
+        /// serve ran with `--unknown discover`.
+        #[arg(long)]
+        discovered: bool,
     },
-    /// Everything about one node, including its iSCSI credentials.
+    /// Register discovered machines (see `list --discovered`) as nodes.
+    #[command(group(ArgGroup::new("source").required(true).args(["image", "template"])))]
+    #[command(group(ArgGroup::new("which").required(true).args(["macs", "all"])))]
+    Adopt {
+        macs: Vec<String>,
+        /// Every discovered machine.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        template: Option<String>,
+    },
+    /// Everything about one node, including its iSCSI credentials and the
+    /// stages of its last boot.
     Show {
         node: String,
         #[arg(long)]
@@ -66,19 +88,31 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             name,
             ip,
         } => {
-            let node = add(dd, store.as_mut(), &mac, image, template, name, ip)?;
+            let source = source(image, template)?;
+            let node = crate::lifecycle::add(dd, store.as_mut(), &mac, &source, name, ip)?;
             println!(
                 "added node {} ({}) on {} version {}: {}",
                 node.name, node.mac, node.image.name, node.image.version, node.target_iqn
             );
         }
-        NodeCmd::List { json } => list(store.as_ref(), json)?,
+        NodeCmd::List { json, discovered } if discovered => discovered::list(store.as_ref(), json)?,
+        NodeCmd::List { json, .. } => list(store.as_ref(), json)?,
+        NodeCmd::Adopt {
+            macs,
+            all,
+            image,
+            template,
+        } => discovered::adopt(dd, store.as_mut(), &macs, all, &source(image, template)?)?,
         NodeCmd::Show { node, json } => {
             let n = lookup(store.as_ref(), &node)?;
+            let last_boot = store.boot_stages(&n.mac)?;
             if json {
-                return output::json(&node_json(&n));
+                let mut v = node_json(&n);
+                v["last_boot"] = stages::to_json(&last_boot);
+                return output::json(&v);
             }
             show(&n);
+            stages::print(&last_boot);
         }
         NodeCmd::Rm { node } => {
             let n = lookup(store.as_ref(), &node)?;
@@ -89,6 +123,14 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
         NodeCmd::Move { node, latest } => move_node(store.as_mut(), &node, latest)?,
     }
     Ok(())
+}
+
+fn source(image: Option<String>, template: Option<String>) -> Result<Source> {
+    Ok(match (image, template) {
+        (Some(i), _) => Source::Image(i),
+        (None, Some(t)) => Source::Template(t),
+        (None, None) => bail!("give --image or --template"),
+    })
 }
 
 fn move_node(store: &mut dyn Store, key: &str, latest: bool) -> Result<()> {
@@ -115,50 +157,6 @@ pub fn lookup(store: &dyn Store, key: &str) -> Result<Node> {
         },
         other => Ok(other?),
     }
-}
-
-fn add(
-    dd: &DataDir,
-    store: &mut dyn Store,
-    mac: &str,
-    image: Option<String>,
-    template: Option<String>,
-    name: Option<String>,
-    ip: Option<IpAddr>,
-) -> Result<Node> {
-    let mac = names::normalize_mac(mac)?;
-    let name = name.unwrap_or_else(|| names::default_node_name(&mac));
-    names::check_node_name(&name)?;
-    let image_name = match (&image, &template) {
-        (Some(i), _) => i.clone(),
-        (None, Some(t)) => store.template(t)?.image,
-        (None, None) => bail!("give --image or --template"),
-    };
-    let img = store.latest_image(&image_name)?;
-    let overlay_path = dd.overlay_file(&name);
-    let node = store.add_node(&NewNode {
-        name: name.clone(),
-        mac,
-        image_id: img.id,
-        template,
-        ip: ip.map(|i| i.to_string()),
-        target_iqn: names::target_iqn(&name),
-        initiator_iqn: names::initiator_iqn(&name),
-        chap_user: name.clone(),
-        chap_secret: names::chap_secret(),
-        overlay_path: overlay_path.clone(),
-    })?;
-    // The row (state `creating`) claims the name and MAC; serve ignores the
-    // node until the overlay exists.
-    if let Err(e) = crate::lifecycle::write_overlay(&overlay_path, &img) {
-        if let Err(e2) = store.remove_node(&name) {
-            eprintln!("bootd: warning: could not undo node {name}: {e2}");
-        }
-        return Err(e);
-    }
-    store
-        .node_overlay_ready(&node.name, img.id)
-        .context("marking the node ready")
 }
 
 pub fn node_json(n: &Node) -> serde_json::Value {

@@ -11,10 +11,12 @@
 //! Without a running `serve` the lock is free at once.
 
 use crate::datadir::{backing_name, DataDir};
-use crate::store::{Image, Node, NodeState, Store};
+use crate::names;
+use crate::store::{Image, NewNode, Node, NodeState, Store};
 use anyhow::{bail, Context, Result};
 use imagestore::qcow2::Overlay;
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -140,6 +142,60 @@ pub fn remove(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Result<()> {
     }
     drop(lock);
     Ok(())
+}
+
+/// Where a new node's overlay comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The newest version of this image.
+    Image(String),
+    /// This template's image (newest version); the node keeps the template's script.
+    Template(String),
+}
+
+/// Registers `mac` with its own fresh overlay: derived IQNs, a random CHAP
+/// secret, name `node-<mac>` unless given. Used by `node add`/`node adopt`
+/// and by serve's `--unknown default=TEMPLATE`.
+pub fn add(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    mac: &str,
+    source: &Source,
+    name: Option<String>,
+    ip: Option<IpAddr>,
+) -> Result<Node> {
+    let mac = names::normalize_mac(mac)?;
+    let name = name.unwrap_or_else(|| names::default_node_name(&mac));
+    names::check_node_name(&name)?;
+    let (image_name, template) = match source {
+        Source::Image(i) => (i.clone(), None),
+        Source::Template(t) => (store.template(t)?.image, Some(t.clone())),
+    };
+    let img = store.latest_image(&image_name)?;
+    let overlay_path = dd.overlay_file(&name);
+    let node = store.add_node(&NewNode {
+        name: name.clone(),
+        mac,
+        image_id: img.id,
+        template,
+        ip: ip.map(|i| i.to_string()),
+        target_iqn: names::target_iqn(&name),
+        initiator_iqn: names::initiator_iqn(&name),
+        chap_user: name.clone(),
+        chap_secret: names::chap_secret(),
+        overlay_path: overlay_path.clone(),
+    })?;
+    // The row (state `creating`) claims the name and MAC; serve ignores the
+    // node until the overlay exists.
+    if let Err(e) = write_overlay(&overlay_path, &img) {
+        if let Err(e2) = store.remove_node(&name) {
+            tracing::warn!("could not undo node {name}: {e2}");
+        }
+        return Err(e);
+    }
+    store
+        .node_overlay_ready(&node.name, img.id)
+        .context("marking the node ready")
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! bootd: network boot for diskless fleets. This binary is the operator CLI
 //! and the daemon; the protocol work lives in the library crates.
 
+mod bootlog;
 mod cmd_df;
 mod cmd_image;
 mod cmd_node;

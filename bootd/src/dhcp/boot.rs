@@ -14,8 +14,29 @@ pub enum BootFile {
     Http { url: String, http_client: bool },
 }
 
+/// Where iPXE binaries are served over HTTP for UEFI HTTP boot.
+pub const HTTP_BINARY_PREFIX: &str = "/ipxe/";
+
+impl BootFile {
+    /// The iPXE binary this names, if it names one (not the script URL).
+    pub fn binary(&self) -> Option<&str> {
+        match self {
+            Self::Tftp(name) => Some(name),
+            Self::Http { url, http_client } => {
+                let (_, name) = url.rsplit_once(HTTP_BINARY_PREFIX)?;
+                http_client.then_some(name)
+            }
+        }
+    }
+}
+
 /// `None` when the client's architecture has no iPXE build.
-pub fn choose(req: &Request, server: Ipv4Addr, http_port: u16) -> Option<BootFile> {
+pub fn choose(
+    req: &Request,
+    server: Ipv4Addr,
+    http_port: u16,
+    efi: EfiFlavour,
+) -> Option<BootFile> {
     if req.is_ipxe() {
         // Already iPXE: hand it the script, not iPXE again (the chainload loop).
         return Some(BootFile::Http {
@@ -25,10 +46,10 @@ pub fn choose(req: &Request, server: Ipv4Addr, http_port: u16) -> Option<BootFil
     }
     // PXE ROMs that omit option 93 are BIOS ones (RFC 4578 came later).
     let arch = ClientArch::from_option93(req.arch().unwrap_or(0))?;
-    let name = binary_name(arch, EfiFlavour::SnpOnly);
+    let name = binary_name(arch, efi);
     if req.vendor_class().starts_with(b"HTTPClient") || arch.is_http() {
         return Some(BootFile::Http {
-            url: format!("http://{server}:{http_port}/ipxe/{name}"),
+            url: format!("http://{server}:{http_port}{HTTP_BINARY_PREFIX}{name}"),
             http_client: true,
         });
     }

@@ -1,151 +1,174 @@
-//! The UDP side: binds the DHCP ports on one interface, looks the client's
-//! MAC up in the registry, asks [`super::handle`] and sends what it returns.
-//! One blocking thread per port; the decision itself holds no sockets.
+//! The UDP side: one blocking thread per port takes whatever datagrams are
+//! waiting (up to a batch), asks [`super::handle`] about each, makes the
+//! batch's lease changes durable with one disk flush, then sends the
+//! replies. Under load many ACKs share one flush; alone, a request is
+//! answered as soon as it is decided. The decision itself holds no sockets.
 
 use super::lease::Leases;
-use super::reply::Destination;
-use super::server::{handle, Mode, NodeLookup, Params};
+use super::registry::Registry;
+use super::reply::{Destination, Reply};
+use super::server::{handle, Mode, Params};
+use super::socket::DhcpSocket;
 use super::{Request, CLIENT_PORT};
-use crate::store::{NodeState, Store, StoreError};
-use socket2::{Domain, Protocol, Socket, Type};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use crate::bootlog::{BootLog, Stage, Who};
+use dhcproto::v4::{MessageType, OptionCode};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// How often a blocked receive looks at the stop flag.
-const STOP_POLL: Duration = Duration::from_millis(500);
-
-/// A DHCP port bound to all addresses (broadcasts arrive at 255.255.255.255)
-/// but only on `interface`, so bootd never answers on another network.
-pub fn bind(port: u16, interface: Option<&str>) -> std::io::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.set_broadcast(true)?;
-    if let Some(ifname) = interface {
-        s.bind_device(Some(ifname.as_bytes()))?;
-    }
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
-    let u: UdpSocket = s.into();
-    u.set_read_timeout(Some(STOP_POLL))?;
-    Ok(u)
-}
+/// Datagrams decided before the lease changes are flushed and replies sent.
+const BATCH: usize = 64;
 
 /// Shared by the threads of one server.
 pub struct Shared {
     pub params: Params,
     pub leases: Option<Mutex<Leases>>,
-    pub store: Mutex<Box<dyn Store>>,
+    pub registry: Mutex<Registry>,
     pub stop: AtomicBool,
+    pub bootlog: Option<BootLog>,
 }
 
-fn lookup(shared: &Shared, mac: &str) -> NodeLookup {
-    let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
-    match store.node(mac) {
-        Ok(n) if n.state == NodeState::Ready => NodeLookup::Known {
-            static_ip: n.ip.as_deref().and_then(|ip| ip.parse().ok()),
-        },
-        Ok(_) | Err(StoreError::NotFound { .. }) => NodeLookup::Unknown,
-        Err(e) => {
-            // A busy registry: the client retries, and gets an address anyway.
-            tracing::warn!(%mac, "registry: {e}");
-            NodeLookup::Unknown
-        }
-    }
-}
-
-/// Static addresses of registered nodes, kept out of the pool.
-fn refresh_reserved(shared: &Shared, seen: &mut Option<u64>) {
-    let Some(leases) = &shared.leases else { return };
-    let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(generation) = store.generation() else {
-        return;
-    };
-    if *seen == Some(generation) {
-        return;
-    }
-    if let Ok(nodes) = store.nodes() {
-        let reserved = nodes
-            .iter()
-            .filter_map(|n| n.ip.as_deref()?.parse().ok())
-            .collect();
-        leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_reserved(reserved);
-        *seen = Some(generation);
-    }
+struct Pending {
+    reply: Reply,
+    ifindex: u32,
+    mac: String,
+    ipxe: bool,
 }
 
 /// Answers on `sock` until `shared.stop` is set.
-pub fn run(sock: UdpSocket, shared: Arc<Shared>) {
-    let port = sock.local_addr().map_or(0, |a| a.port());
-    let mut buf = [0u8; 1500];
-    let mut seen = None;
+pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
+    let port = sock.local_port();
+    let mut bufs = vec![[0u8; 1500]; BATCH];
+    let mut out: Vec<Pending> = Vec::with_capacity(BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, from) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
+        let mut batch = Vec::with_capacity(BATCH);
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            match sock.recv(buf, i == 0) {
+                Ok(Some(a)) => batch.push((i, a)),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(port, "dhcp receive: {e}");
+                    std::thread::sleep(super::socket::STOP_POLL);
+                    break;
+                }
             }
-            Err(e) => {
-                tracing::warn!(port, "dhcp receive: {e}");
-                std::thread::sleep(STOP_POLL);
-                continue;
-            }
-        };
-        let SocketAddr::V4(from) = from else { continue };
-        let Some(req) = Request::decode(&buf[..n]) else {
+        }
+        if batch.is_empty() {
             continue;
-        };
-        refresh_reserved(&shared, &mut seen);
-        let node = lookup(&shared, &req.mac());
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut guard = shared
-            .leases
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+        decide(&shared, port, &bufs, &batch, now, &mut out);
+        if out.is_empty() {
+            continue;
+        }
+        if let Some(leases) = &shared.leases {
+            let mut l = leases.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = l.commit() {
+                // No ACK for a lease that might not survive a crash; the
+                // clients retry.
+                tracing::warn!("saving DHCP leases: {e}");
+                out.clear();
+                continue;
+            }
+        }
+        for p in out.drain(..) {
+            send(&sock, &p);
+            if let Some(log) = &shared.bootlog {
+                report(log, &p, shared.params.mode);
+            }
+        }
+    }
+}
+
+fn decide(
+    shared: &Shared,
+    port: u16,
+    bufs: &[[u8; 1500]],
+    batch: &[(usize, super::socket::Arrival)],
+    now: u64,
+    out: &mut Vec<Pending>,
+) {
+    let mut registry = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(reserved) = registry.refresh() {
+        if let Some(l) = &shared.leases {
+            l.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_reserved(reserved);
+        }
+    }
+    let mut leases = shared
+        .leases
+        .as_ref()
+        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+    for (i, a) in batch {
+        let Some(req) = bufs.get(*i).and_then(|b| Request::decode(b.get(..a.len)?)) else {
+            continue;
+        };
+        let node = registry.lookup(&req, now);
         let reply = handle(
             &req,
             port,
-            from,
+            a.from,
             &shared.params,
-            guard.as_deref_mut(),
+            leases.as_deref_mut(),
             &node,
             now,
         );
-        drop(guard);
-        let reply = match reply {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!("saving DHCP leases: {e}");
-                continue;
-            }
-        };
-        let Some(bytes) = reply.to_bytes() else {
-            continue;
-        };
-        let to = match reply.dest {
-            Destination::Relay(a) | Destination::Unicast(a) => a,
-            // Reaching a client without an address needs an ARP entry we do
-            // not set; RFC 2131 4.1 allows broadcasting instead.
-            Destination::Broadcast | Destination::UnicastHw { .. } => {
-                SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
-            }
-        };
-        if let Err(e) = sock.send_to(&bytes, to) {
-            tracing::warn!(%to, "dhcp send: {e}");
+        tracing::debug!(mac = %req.mac(), kind = ?req.msg_type, ?node, mode = ?shared.params.mode, answered = reply.is_some(), "dhcp");
+        if let Some(reply) = reply {
+            out.push(Pending {
+                reply,
+                ifindex: a.ifindex,
+                mac: req.mac(),
+                ipxe: req.is_ipxe(),
+            });
         }
-        tracing::debug!(mac = %req.mac(), kind = ?req.msg_type, ?node, mode = ?shared.params.mode, "dhcp answered");
     }
+}
+
+fn send(sock: &DhcpSocket, p: &Pending) {
+    let Some(bytes) = p.reply.to_bytes() else {
+        return;
+    };
+    let to = match p.reply.dest {
+        Destination::Relay(a) | Destination::Unicast(a) => a,
+        // Reaching a client without an address needs an ARP entry we do
+        // not set; RFC 2131 4.1 allows broadcasting instead.
+        Destination::Broadcast | Destination::UnicastHw { .. } => {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        }
+    };
+    if let Err(e) = sock.send(&bytes, to, p.ifindex) {
+        tracing::warn!(%to, mac = %p.mac, "dhcp send: {e}");
+    }
+}
+
+/// A boot offer the client will act on (the ACK in full mode, the proxy's
+/// OFFER or ACK) is a boot stage of the node.
+fn report(log: &BootLog, p: &Pending, mode: Mode) {
+    let m = &p.reply.msg;
+    let acted_on = matches!(
+        (mode, m.opts().msg_type()),
+        (_, Some(MessageType::Ack)) | (Mode::Proxy, Some(MessageType::Offer))
+    );
+    let Some(dhcproto::v4::DhcpOption::BootfileName(file)) = m.opts().get(OptionCode::BootfileName)
+    else {
+        return;
+    };
+    if !acted_on {
+        return;
+    }
+    let stage = if p.ipxe { Stage::IpxeDhcp } else { Stage::Dhcp };
+    let file = String::from_utf8_lossy(file);
+    let detail = if m.yiaddr().is_unspecified() {
+        format!("{file} (proxy)")
+    } else {
+        format!("{file} to {}", m.yiaddr())
+    };
+    log.report(Who::Mac(p.mac.clone()), stage, detail);
 }
 
 /// Mode::Proxy listens on 4011 as well.

@@ -3,12 +3,17 @@
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
 
+/// An interface's IPv4 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub ip: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub name: String,
+}
+
 /// IPv4 address and netmask of the interface named `name`, or of the
 /// interface holding `addr`; the first match.
-pub fn find(
-    name: Option<&str>,
-    addr: Option<Ipv4Addr>,
-) -> std::io::Result<Option<(Ipv4Addr, Ipv4Addr)>> {
+pub fn find(name: Option<&str>, addr: Option<Ipv4Addr>) -> std::io::Result<Option<Found>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -43,7 +48,11 @@ pub fn find(
             )
         };
         if name.is_none_or(|n| n == ifname) && addr.is_none_or(|a| a == ip) {
-            found = Some((ip, mask));
+            found = Some(Found {
+                ip,
+                netmask: mask,
+                name: ifname,
+            });
             break;
         }
     }

@@ -20,55 +20,109 @@ pub struct Lease {
     pub expires: u64,
 }
 
+/// A change to one MAC's lease: the new lease, or `None` once forgotten.
+pub type Change = (String, Option<Lease>);
+
 /// Where leases survive a restart.
 pub trait LeaseStore: Send {
-    fn load(&self) -> std::io::Result<HashMap<String, Lease>>;
-    fn save(&self, leases: &HashMap<String, Lease>) -> std::io::Result<()>;
+    fn load(&mut self) -> std::io::Result<HashMap<String, Lease>>;
+    /// Makes `changes` durable (they are replayed in order by `load`).
+    fn append(&mut self, changes: &[Change]) -> std::io::Result<()>;
+    /// Replaces everything with `all`: compacts the history `append` grew.
+    fn rewrite(&mut self, all: &HashMap<String, Lease>) -> std::io::Result<()>;
 }
 
-/// One text line per lease (`MAC IP EXPIRES`), replaced atomically.
+/// A text log, one line per change (`MAC IP EXPIRES`, or `MAC -` once the
+/// lease is forgotten); later lines win. Appending and one fdatasync per
+/// batch of answers lets many ACKs share one disk flush; the log is
+/// rewritten atomically when it grows well past the live leases.
 pub struct FileLeaseStore {
     path: PathBuf,
+    log: Option<std::fs::File>,
 }
+
+/// Compaction starts when the log holds this many lines beyond twice the leases.
+const COMPACT_SLACK: usize = 4096;
 
 impl FileLeaseStore {
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, log: None }
+    }
+
+    fn line(mac: &str, lease: Option<&Lease>) -> String {
+        match lease {
+            Some(l) => format!("{mac} {} {}\n", l.ip, l.expires),
+            None => format!("{mac} -\n"),
+        }
     }
 }
 
 impl LeaseStore for FileLeaseStore {
-    fn load(&self) -> std::io::Result<HashMap<String, Lease>> {
+    fn load(&mut self) -> std::io::Result<HashMap<String, Lease>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
         let mut out = HashMap::new();
         for line in text.lines() {
             let mut f = line.split_whitespace();
-            // A damaged line loses one lease, not the table.
-            if let (Some(mac), Some(Ok(ip)), Some(Ok(expires))) =
-                (f.next(), f.next().map(str::parse), f.next().map(str::parse))
-            {
-                out.insert(mac.to_string(), Lease { ip, expires });
+            match (f.next(), f.next(), f.next().map(str::parse)) {
+                (Some(mac), Some("-"), None) => {
+                    out.remove(mac);
+                }
+                (Some(mac), Some(ip), Some(Ok(expires))) => {
+                    // A damaged line (a torn last write) loses one change, not the table.
+                    if let Ok(ip) = ip.parse() {
+                        out.insert(mac.to_string(), Lease { ip, expires });
+                    }
+                }
+                _ => {}
             }
         }
+        // Start from a compact file: the log then only holds this run's changes.
+        self.rewrite(&out)?;
         Ok(out)
     }
 
-    fn save(&self, leases: &HashMap<String, Lease>) -> std::io::Result<()> {
-        let mut rows: Vec<_> = leases.iter().collect();
+    fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
+        if self.log.is_none() {
+            self.log = Some(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&self.path)?,
+            );
+        }
+        let Some(f) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let mut text = String::new();
+        for (mac, lease) in changes {
+            text.push_str(&Self::line(mac, lease.as_ref()));
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_data()
+    }
+
+    fn rewrite(&mut self, all: &HashMap<String, Lease>) -> std::io::Result<()> {
+        let mut rows: Vec<_> = all.iter().collect();
         rows.sort_by_key(|(_, l)| l.ip);
         let mut text = String::new();
         for (mac, l) in rows {
-            text.push_str(&format!("{mac} {} {}\n", l.ip, l.expires));
+            text.push_str(&Self::line(mac, Some(l)));
         }
         let tmp = self.path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            // The rename itself must survive a power cut.
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        self.log = None;
+        Ok(())
     }
 }
 
@@ -82,10 +136,20 @@ pub struct Leases {
     /// Static addresses of registered nodes: never handed to anyone else.
     reserved: HashSet<Ipv4Addr>,
     store: Box<dyn LeaseStore>,
+    /// Changes not yet durable: [`Leases::commit`] writes them.
+    pending: Vec<Change>,
+    /// Changes committed since the last compaction.
+    since_compaction: usize,
+    /// Where the search for a never-used address starts: addresses below it
+    /// were all taken when it moved, so a fleet's allocation stays linear.
+    cursor: u32,
 }
 
 impl Leases {
-    pub fn open(pool: (Ipv4Addr, Ipv4Addr), store: Box<dyn LeaseStore>) -> std::io::Result<Self> {
+    pub fn open(
+        pool: (Ipv4Addr, Ipv4Addr),
+        mut store: Box<dyn LeaseStore>,
+    ) -> std::io::Result<Self> {
         let mut by_mac = store.load()?;
         let mut by_ip = HashMap::new();
         for (mac, l) in &by_mac {
@@ -101,7 +165,27 @@ impl Leases {
             declined: HashMap::new(),
             reserved: HashSet::new(),
             store,
+            pending: Vec::new(),
+            since_compaction: 0,
+            cursor: pool.0.into(),
         })
+    }
+
+    /// Makes every change since the last commit durable: one disk flush for
+    /// a whole batch of answers. Until it succeeds, no ACK may be sent. A
+    /// failure keeps the changes for the next try.
+    pub fn commit(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.store.append(&self.pending)?;
+        self.since_compaction += self.pending.len();
+        self.pending.clear();
+        if self.since_compaction > 2 * self.by_mac.len() + COMPACT_SLACK {
+            self.store.rewrite(&self.by_mac)?;
+            self.since_compaction = 0;
+        }
+        Ok(())
     }
 
     pub fn set_reserved(&mut self, reserved: HashSet<Ipv4Addr>) {
@@ -154,6 +238,13 @@ impl Leases {
                 return Some(r);
             }
         }
+        let start = self.cursor.clamp(self.first, self.last);
+        for n in start..=self.last {
+            let ip = Ipv4Addr::from(n);
+            if !self.by_ip.contains_key(&ip) && self.free_for(mac, ip, now, false) {
+                return Some(ip);
+            }
+        }
         for take_expired in [false, true] {
             for n in self.first..=self.last {
                 let ip = Ipv4Addr::from(n);
@@ -165,14 +256,14 @@ impl Leases {
         None
     }
 
-    /// Records that `mac` holds `ip` until `expires`; persisted when `save`.
-    pub fn bind(
-        &mut self,
-        mac: &str,
-        ip: Ipv4Addr,
-        expires: u64,
-        save: bool,
-    ) -> std::io::Result<()> {
+    /// Records that `mac` holds `ip` until `expires`; made durable by the
+    /// next [`Leases::commit`] when `durable` (an ACK), kept in memory only
+    /// otherwise (an OFFER's hold).
+    pub fn bind(&mut self, mac: &str, ip: Ipv4Addr, expires: u64, durable: bool) {
+        let n = u32::from(ip);
+        if n == self.cursor {
+            self.cursor = n.saturating_add(1);
+        }
         // Another MAC's expired claim on the address ends here.
         if let Some(prev) = self.by_ip.insert(ip, mac.to_string()) {
             if prev != mac {
@@ -184,30 +275,29 @@ impl Leases {
                 self.by_ip.remove(&old.ip);
             }
         }
-        if save {
-            self.store.save(&self.by_mac)?;
+        if durable {
+            self.pending
+                .push((mac.to_string(), Some(Lease { ip, expires })));
         }
-        Ok(())
     }
 
     /// RELEASE: the lease ends now; the MAC keeps its claim for next time.
-    pub fn release(&mut self, mac: &str, ip: Ipv4Addr, now: u64) -> std::io::Result<()> {
-        match self.by_mac.get_mut(mac) {
-            Some(l) if l.ip == ip => l.expires = l.expires.min(now),
-            _ => return Ok(()),
+    pub fn release(&mut self, mac: &str, ip: Ipv4Addr, now: u64) {
+        if let Some(l) = self.by_mac.get_mut(mac).filter(|l| l.ip == ip) {
+            l.expires = l.expires.min(now);
+            let l = l.clone();
+            self.pending.push((mac.to_string(), Some(l)));
         }
-        self.store.save(&self.by_mac)
     }
 
     /// DECLINE: the address is in use by someone else; forget the lease and
     /// keep the address out of the pool for a while.
-    pub fn decline(&mut self, mac: &str, ip: Ipv4Addr, now: u64) -> std::io::Result<()> {
+    pub fn decline(&mut self, mac: &str, ip: Ipv4Addr, now: u64) {
         if self.by_mac.get(mac).is_some_and(|l| l.ip == ip) {
             self.by_mac.remove(mac);
             self.by_ip.remove(&ip);
             self.declined.insert(ip, now + DECLINE_HOLD_SECS);
-            self.store.save(&self.by_mac)?;
+            self.pending.push((mac.to_string(), None));
         }
-        Ok(())
     }
 }

@@ -7,8 +7,10 @@ pub mod decode;
 pub mod driver;
 pub mod iface;
 pub mod lease;
+pub mod registry;
 pub mod reply;
 pub mod server;
+pub mod socket;
 pub mod start;
 
 #[cfg(test)]

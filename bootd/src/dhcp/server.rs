@@ -4,8 +4,10 @@ use super::boot::{self, BootFile};
 use super::lease::{Leases, OFFER_HOLD_SECS};
 use super::reply::{self, Destination, Reply};
 use super::{Request, PXE_PORT, SERVER_PORT};
+use bootd_ipxe::arch::EfiFlavour;
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -27,6 +29,12 @@ pub struct Params {
     pub lease_secs: u32,
     pub http_port: u16,
     pub tftp_server: Ipv4Addr,
+    /// Which iPXE build x64 UEFI clients get.
+    pub efi: EfiFlavour,
+    /// When set, a binary missing from this directory is not offered (an
+    /// arm64 client gets nothing until the operator provides its build):
+    /// one `stat` per boot offer.
+    pub boot_dir: Option<PathBuf>,
 }
 
 /// The registry's answer for the request's MAC, looked up by the caller.
@@ -43,8 +51,9 @@ pub enum NodeLookup {
 /// discovery), then End: lets PXE ROMs accept a proxyDHCP offer.
 const PXE_OPTION_43: [u8; 4] = [6, 1, 8, 255];
 
-/// The reply to `req`, which arrived on `local_port` from `source`. An
-/// error means the lease table could not be saved; nothing was promised.
+/// The reply to `req`, which arrived on `local_port` from `source`. Lease
+/// changes are recorded in `leases`; the caller commits them before it
+/// sends any reply.
 pub fn handle(
     req: &Request,
     local_port: u16,
@@ -53,12 +62,12 @@ pub fn handle(
     leases: Option<&mut Leases>,
     node: &NodeLookup,
     now: u64,
-) -> std::io::Result<Option<Reply>> {
+) -> Option<Reply> {
     match (p.mode, leases) {
-        (Mode::Proxy, _) => Ok(proxy(req, local_port, source, p, node)),
+        (Mode::Proxy, _) => proxy(req, local_port, source, p, node),
         // Full mode listens on the server port only, so any port will do.
         (Mode::Full, Some(leases)) => full(req, source, p, leases, node, now),
-        (Mode::Full, None) => Ok(None),
+        (Mode::Full, None) => None,
     }
 }
 
@@ -76,72 +85,72 @@ fn full(
     leases: &mut Leases,
     node: &NodeLookup,
     now: u64,
-) -> std::io::Result<Option<Reply>> {
+) -> Option<Reply> {
     let mac = req.mac();
     let ours = |id: Option<Ipv4Addr>| id.is_none_or(|id| id == p.server);
     match req.msg_type {
         MessageType::Discover => {
             let Some(ip) = leases.choose(&mac, static_ip(node), req.requested_ip(), now) else {
                 tracing::warn!(%mac, "DHCP pool exhausted");
-                return Ok(None);
+                return None;
             };
             // Hold the address for the REQUEST without cutting a live lease short.
             let held = leases
                 .get(&mac)
                 .filter(|l| l.ip == ip)
                 .map_or(0, |l| l.expires);
-            leases.bind(&mac, ip, held.max(now + OFFER_HOLD_SECS), false)?;
+            leases.bind(&mac, ip, held.max(now + OFFER_HOLD_SECS), false);
             let mut m = reply::skeleton(req, MessageType::Offer, p.server);
             m.set_yiaddr(ip);
             network_options(&mut m, p, true);
             boot_options(&mut m, req, p, node);
             let dest = reply::destination(req, &m, false);
-            Ok(Some(Reply { msg: m, dest }))
+            Some(Reply { msg: m, dest })
         }
         MessageType::Request => {
             let ciaddr = req.msg.ciaddr();
             let want = match (req.server_id(), req.requested_ip()) {
                 // The client took another server's offer.
-                (Some(id), _) if id != p.server => return Ok(None),
+                (Some(id), _) if id != p.server => return None,
                 // SELECTING or INIT-REBOOT.
                 (_, Some(r)) => r,
                 // RENEWING or REBINDING.
                 (None, None) if !ciaddr.is_unspecified() => ciaddr,
                 (Some(_), None) if !ciaddr.is_unspecified() => ciaddr,
-                _ => return Ok(None),
+                _ => return None,
             };
             if leases.choose(&mac, static_ip(node), Some(want), now) != Some(want) {
-                return Ok(Some(reply::nak(req, p.server)));
+                return Some(reply::nak(req, p.server));
             }
-            leases.bind(&mac, want, now + u64::from(p.lease_secs), true)?;
+            leases.bind(&mac, want, now + u64::from(p.lease_secs), true);
             let mut m = reply::skeleton(req, MessageType::Ack, p.server);
             m.set_yiaddr(want);
             network_options(&mut m, p, true);
             boot_options(&mut m, req, p, node);
             let dest = reply::destination(req, &m, false);
-            Ok(Some(Reply { msg: m, dest }))
+            Some(Reply { msg: m, dest })
         }
         MessageType::Release if ours(req.server_id()) => {
-            leases.release(&mac, req.msg.ciaddr(), now)?;
-            Ok(None)
+            leases.release(&mac, req.msg.ciaddr(), now);
+            None
         }
         MessageType::Decline if ours(req.server_id()) => {
             if let Some(ip) = req.requested_ip() {
                 tracing::warn!(%mac, %ip, "address declined: in use by another host");
-                leases.decline(&mac, ip, now)?;
+                leases.decline(&mac, ip, now);
             }
-            Ok(None)
+            None
         }
         MessageType::Inform => {
             let mut m = reply::skeleton(req, MessageType::Ack, p.server);
             network_options(&mut m, p, false);
             boot_options(&mut m, req, p, node);
-            Ok(Some(Reply {
+            Some(Reply {
                 dest: inform_destination(req, source),
                 msg: m,
-            }))
+            })
         }
-        _ => Ok(None),
+        _ => None,
     }
 }
 
@@ -213,9 +222,15 @@ fn boot_options(m: &mut Message, req: &Request, p: &Params, node: &NodeLookup) -
     if *node == NodeLookup::Unknown {
         return false;
     }
-    let Some(file) = boot::choose(req, p.server, p.http_port) else {
+    let Some(file) = boot::choose(req, p.server, p.http_port, p.efi) else {
         return false;
     };
+    if let (Some(dir), Some(name)) = (&p.boot_dir, file.binary()) {
+        if !dir.join(name).is_file() {
+            tracing::debug!(mac = %req.mac(), name, "no such iPXE binary: no boot offer");
+            return false;
+        }
+    }
     let name = match file {
         BootFile::Tftp(name) => {
             m.set_siaddr(p.tftp_server);

@@ -3,18 +3,18 @@
 
 use super::driver::{self, Shared};
 use super::lease::{FileLeaseStore, Leases};
+use super::registry::{Registry, Unknown};
 use super::server::{Mode, Params};
-use crate::serve::config::{DhcpMode, Settings};
-use crate::store::Store;
+use super::socket::DhcpSocket;
+use crate::bootlog::BootLog;
+use crate::datadir::DataDir;
+use crate::serve::config::{DhcpMode, Settings, UnknownPolicy};
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-
-/// Lease time handed out in full mode.
-const LEASE_SECS: u32 = 3600;
 
 pub struct Running {
     shared: Arc<Shared>,
@@ -34,9 +34,10 @@ impl Running {
 /// `None` with `--dhcp off`. `http_port` is the port actually bound.
 pub fn start(
     s: &Settings,
-    store: Box<dyn Store>,
+    dd: &DataDir,
     lease_file: PathBuf,
     http_port: u16,
+    bootlog: BootLog,
 ) -> Result<Option<Running>> {
     let mode = match s.dhcp {
         DhcpMode::Off => return Ok(None),
@@ -51,7 +52,7 @@ pub fn start(
     if want.is_none() && s.interface.is_none() {
         bail!("DHCP needs --interface or --listen-ip to know which network to answer on");
     }
-    let (server, subnet_mask) = super::iface::find(s.interface.as_deref(), want)
+    let found = super::iface::find(s.interface.as_deref(), want)
         .context("listing interface addresses")?
         .with_context(|| {
             format!(
@@ -68,27 +69,47 @@ pub fn start(
         (Mode::Full, None) => bail!("--dhcp full needs --pool FIRST-LAST"),
         (Mode::Proxy, _) => None,
     };
+    let server = found.ip;
+    let unknown = match &s.unknown {
+        UnknownPolicy::Ignore => Unknown::Ignore,
+        UnknownPolicy::Discover => Unknown::Discover,
+        UnknownPolicy::Default(template) => {
+            // Refuse a template that does not exist now, not at the first boot.
+            dd.store()?.template(template)?;
+            Unknown::Enrol {
+                dd: dd.clone(),
+                template: template.clone(),
+            }
+        }
+    };
+    let boot_dir = s
+        .tftp_dir
+        .clone()
+        .unwrap_or_else(|| bootd_ipxe::arch::DEFAULT_BINARY_DIR.into());
     let shared = Arc::new(Shared {
         params: Params {
             mode,
             server,
-            subnet_mask,
-            // The boot network's gateway and resolver, when there are any,
-            // are not known to bootd yet: clients get none.
-            router: None,
-            dns: Vec::new(),
-            lease_secs: LEASE_SECS,
+            subnet_mask: found.netmask,
+            router: s.router,
+            dns: s.dns.clone(),
+            lease_secs: s.lease_secs,
             http_port,
             tftp_server: server,
+            efi: s.efi,
+            boot_dir: Some(boot_dir),
         },
         leases,
-        store: Mutex::new(store),
+        registry: Mutex::new(Registry::new(dd.store()?, unknown)),
         stop: Default::default(),
+        bootlog: Some(bootlog),
     });
+    // Without --interface, the interface holding --listen-ip is the one served.
+    let ifname = s.interface.clone().unwrap_or(found.name);
     let mut threads = Vec::new();
     for &port in driver::ports(mode) {
-        let sock = driver::bind(port, s.interface.as_deref())
-            .with_context(|| format!("cannot bind DHCP port {port}"))?;
+        let sock = DhcpSocket::bind(port, Some(&ifname), server)
+            .with_context(|| format!("cannot bind DHCP port {port} on {ifname}"))?;
         let sh = shared.clone();
         threads.push(
             std::thread::Builder::new()
@@ -97,6 +118,6 @@ pub fn start(
                 .context("starting DHCP")?,
         );
     }
-    tracing::info!(?mode, %server, %subnet_mask, "DHCP serving");
+    tracing::info!(?mode, %server, interface = %ifname, unknown = ?s.unknown, "DHCP serving");
     Ok(Some(Running { shared, threads }))
 }

@@ -1,6 +1,6 @@
 //! Decisions on requests built as real clients send them.
 
-use super::lease::{FileLeaseStore, Lease, LeaseStore, Leases};
+use super::lease::{Change, FileLeaseStore, Lease, LeaseStore, Leases};
 use super::reply::Destination;
 use super::server::{handle, Mode, NodeLookup, Params};
 use super::{reply::Reply, Request, PXE_PORT, SERVER_PORT};
@@ -28,6 +28,8 @@ fn params(mode: Mode) -> Params {
         lease_secs: 3600,
         http_port: 8080,
         tftp_server: SERVER,
+        efi: bootd_ipxe::arch::EfiFlavour::SnpOnly,
+        boot_dir: None,
     }
 }
 
@@ -35,7 +37,7 @@ fn params(mode: Mode) -> Params {
 #[derive(Clone, Default)]
 struct Mem(Arc<Mutex<HashMap<String, Lease>>>);
 
-impl LeaseStore for Mem {
+impl Mem {
     fn load(&self) -> std::io::Result<HashMap<String, Lease>> {
         Ok(self
             .0
@@ -43,11 +45,30 @@ impl LeaseStore for Mem {
             .map_err(|_| std::io::Error::other("poisoned"))?
             .clone())
     }
-    fn save(&self, l: &HashMap<String, Lease>) -> std::io::Result<()> {
+}
+
+impl LeaseStore for Mem {
+    fn load(&mut self) -> std::io::Result<HashMap<String, Lease>> {
+        Mem::load(self)
+    }
+    fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
+        let mut m = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        for (mac, lease) in changes {
+            match lease {
+                Some(l) => m.insert(mac.clone(), l.clone()),
+                None => m.remove(mac),
+            };
+        }
+        Ok(())
+    }
+    fn rewrite(&mut self, all: &HashMap<String, Lease>) -> std::io::Result<()> {
         *self
             .0
             .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))? = l.clone();
+            .map_err(|_| std::io::Error::other("poisoned"))? = all.clone();
         Ok(())
     }
 }
@@ -90,15 +111,10 @@ fn run(
     l: &mut Leases,
     node: &NodeLookup,
 ) -> Result<Option<Reply>, Box<dyn std::error::Error>> {
-    Ok(handle(
-        &decode(m)?,
-        SERVER_PORT,
-        src(),
-        p,
-        Some(l),
-        node,
-        NOW,
-    )?)
+    let r = handle(&decode(m)?, SERVER_PORT, src(), p, Some(&mut *l), node, NOW);
+    // As the driver does before it sends anything.
+    l.commit()?;
+    Ok(r)
 }
 
 fn boot_file(m: &Message) -> Option<String> {
@@ -309,7 +325,7 @@ fn renew_is_unicast_to_ciaddr_and_extends_the_lease() -> R {
         ip,
         NOW + 10,
         true,
-    )?;
+    );
     let mut q = msg(MessageType::Request, MAC);
     q.set_ciaddr(ip);
     let a = run(&q, &p, &mut l, &KNOWN)?.ok_or("ack")?;
@@ -380,7 +396,7 @@ fn inform_gets_options_but_no_address_or_lease() -> R {
         Some(&mut l),
         &KNOWN,
         NOW,
-    )?
+    )
     .ok_or("ack")?;
     assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
@@ -417,7 +433,7 @@ fn proxy_answers_pxe_clients_only_without_address() -> R {
     let p = params(Mode::Proxy);
     let mut d = msg(MessageType::Discover, MAC);
     pxe(&mut d, 7);
-    let r = handle(&decode(&d)?, SERVER_PORT, src(), &p, None, &KNOWN, NOW)?.ok_or("offer")?;
+    let r = handle(&decode(&d)?, SERVER_PORT, src(), &p, None, &KNOWN, NOW).ok_or("offer")?;
     let m = wire(&r)?;
     assert_eq!(m.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(m.siaddr(), SERVER);
@@ -437,14 +453,14 @@ fn proxy_answers_pxe_clients_only_without_address() -> R {
     pxe(&mut q, 7);
     let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 60), 68);
     q.set_ciaddr(*from.ip());
-    let a = handle(&decode(&q)?, PXE_PORT, from, &p, None, &KNOWN, NOW)?.ok_or("ack")?;
+    let a = handle(&decode(&q)?, PXE_PORT, from, &p, None, &KNOWN, NOW).ok_or("ack")?;
     assert_eq!(a.msg.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(a.dest, Destination::Unicast(from));
     // Not PXE, or not registered: silence.
     let plain = msg(MessageType::Discover, MAC);
-    assert!(handle(&decode(&plain)?, SERVER_PORT, src(), &p, None, &KNOWN, NOW)?.is_none());
+    assert!(handle(&decode(&plain)?, SERVER_PORT, src(), &p, None, &KNOWN, NOW).is_none());
     let unknown = NodeLookup::Unknown;
-    assert!(handle(&decode(&d)?, SERVER_PORT, src(), &p, None, &unknown, NOW)?.is_none());
+    assert!(handle(&decode(&d)?, SERVER_PORT, src(), &p, None, &unknown, NOW).is_none());
     Ok(())
 }
 
@@ -474,6 +490,38 @@ fn leases_survive_a_restart_in_the_file() -> R {
         let o = run(&msg(MessageType::Discover, mac), &p, &mut l, &KNOWN)?.ok_or("offer")?;
         assert_eq!(o.msg.yiaddr(), ips[usize::from(n)]);
     }
+    Ok(())
+}
+
+/// The log replays in order (a forgotten lease stays forgotten), survives a
+/// torn last line, and is compacted when it is reopened.
+#[test]
+fn lease_log_replays_torn_tail_and_compacts() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("leases");
+    let lease = |ip: [u8; 4], expires| Lease {
+        ip: Ipv4Addr::from(ip),
+        expires,
+    };
+    let mut f = FileLeaseStore::new(path.clone());
+    f.append(&[
+        ("a".into(), Some(lease([192, 0, 2, 100], 5))),
+        ("b".into(), Some(lease([192, 0, 2, 101], 6))),
+    ])?;
+    f.append(&[
+        ("a".into(), Some(lease([192, 0, 2, 100], 9))),
+        ("b".into(), None),
+    ])?;
+    // A crash mid-append leaves half a line.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut h| std::io::Write::write_all(&mut h, b"c 192.0.2"))?;
+    let mut again = FileLeaseStore::new(path.clone());
+    let got = again.load()?;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got.get("a"), Some(&lease([192, 0, 2, 100], 9)));
+    assert_eq!(std::fs::read_to_string(&path)?, "a 192.0.2.100 9\n");
     Ok(())
 }
 
@@ -521,8 +569,7 @@ fn exercise(bytes: &[u8]) {
                 let Ok(mut l) = leases(Mem::default()) else {
                     return;
                 };
-                if let Ok(Some(r)) =
-                    handle(&req, port, src(), &params(mode), Some(&mut l), &node, NOW)
+                if let Some(r) = handle(&req, port, src(), &params(mode), Some(&mut l), &node, NOW)
                 {
                     assert!(r.to_bytes().is_some());
                 }
@@ -560,10 +607,10 @@ proptest! {
 
 #[test]
 fn loopback_address_and_mask_are_found() -> R {
-    let found = super::iface::find(Some("lo"), None)?;
+    let found = super::iface::find(Some("lo"), None)?.ok_or("no lo")?;
     assert_eq!(
-        found,
-        Some((Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0)))
+        (found.ip, found.netmask, found.name.as_str()),
+        (Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0), "lo")
     );
     assert_eq!(super::iface::find(Some("lo"), Some(SERVER))?, None);
     Ok(())
@@ -574,19 +621,21 @@ fn loopback_address_and_mask_are_found() -> R {
 #[test]
 fn driver_answers_inform_over_udp() -> R {
     use super::driver::{run as drive, Shared};
+    use super::registry::{Registry, Unknown};
     use std::sync::atomic::Ordering;
-    let server = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    server.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
-    let port = server.local_addr()?.port();
+    let server = super::socket::DhcpSocket::bind(0, None, Ipv4Addr::LOCALHOST)?;
+    let port = server.local_port();
     let mut p = params(Mode::Full);
     p.server = Ipv4Addr::LOCALHOST;
     let shared = Arc::new(Shared {
         params: p,
         leases: Some(Mutex::new(leases(Mem::default())?)),
-        store: Mutex::new(Box::new(
-            crate::store::sqlite::SqliteStore::open_in_memory()?
+        registry: Mutex::new(Registry::new(
+            Box::new(crate::store::sqlite::SqliteStore::open_in_memory()?),
+            Unknown::Ignore,
         )),
         stop: Default::default(),
+        bootlog: None,
     });
     let sh = shared.clone();
     let t = std::thread::spawn(move || drive(server, sh));

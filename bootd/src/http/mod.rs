@@ -1,5 +1,6 @@
 //! The boot-script HTTP server: `GET /boot.ipxe` (chain to the node's own
-//! script) and `GET /boot/{mac}.ipxe` (the node's script from its template).
+//! script), `GET /boot/{mac}.ipxe` (the node's script from its template)
+//! and `GET /ipxe/{name}` (an iPXE binary, for UEFI HTTP boot firmware).
 //! One request per connection, bounded in size, time and number; every
 //! lookup reads the registry, so CLI changes apply to the next request.
 
@@ -8,7 +9,9 @@ mod routes;
 #[cfg(test)]
 mod tests;
 
+use crate::bootlog::{BootLog, Stage, Who};
 use crate::store::{NodeState, Store, StoreError};
+use crate::tftp::Root;
 use bootd_ipxe::{BootPlan, Renderer};
 use request::{Method, ParseError};
 use routes::{Refusal, Route};
@@ -33,25 +36,34 @@ const DRAIN_BYTES: usize = 64 * 1024;
 
 pub struct HttpServer {
     store: Arc<Mutex<Box<dyn Store>>>,
+    /// The boot directory, shared with TFTP (same confinement, same cache).
+    files: Arc<Root>,
     renderer: Renderer,
     /// Where this HTTP server listens (for URLs in scripts).
     http_port: u16,
     /// Where the iSCSI portal listens.
     iscsi_port: u16,
     slots: Arc<Semaphore>,
+    /// Scripts served are reported as boot stages.
+    bootlog: Option<BootLog>,
 }
 
-/// An answer: status and plain-text body.
+/// An answer: status and body (plain text, or a binary).
 struct Response {
     status: u16,
-    body: String,
+    body: Body,
+}
+
+enum Body {
+    Text(String),
+    Binary(Arc<[u8]>),
 }
 
 impl Response {
     fn text(status: u16, body: impl Into<String>) -> Self {
         Self {
             status,
-            body: body.into(),
+            body: Body::Text(body.into()),
         }
     }
 
@@ -69,28 +81,40 @@ impl Response {
             505 => "HTTP Version Not Supported",
             _ => "",
         };
+        let (kind, body): (&str, &[u8]) = match &self.body {
+            Body::Text(t) => ("text/plain; charset=utf-8", t.as_bytes()),
+            Body::Binary(b) => ("application/octet-stream", b),
+        };
         let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\n\
              Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
             self.status,
-            self.body.len()
+            body.len()
         )
         .into_bytes();
         if !head_only {
-            out.extend_from_slice(self.body.as_bytes());
+            out.extend_from_slice(body);
         }
         out
     }
 }
 
 impl HttpServer {
-    pub fn new(store: Box<dyn Store>, http_port: u16, iscsi_port: u16) -> Arc<Self> {
+    pub fn new(
+        store: Box<dyn Store>,
+        files: Arc<Root>,
+        http_port: u16,
+        iscsi_port: u16,
+        bootlog: Option<BootLog>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::new(Mutex::new(store)),
+            files,
             renderer: Renderer::new(),
             http_port,
             iscsi_port,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            bootlog,
         })
     }
 
@@ -168,8 +192,24 @@ impl HttpServer {
         match routes::route(path) {
             Ok(Route::Chain) => Response::text(200, bootd_ipxe::chain_script(&http_base)),
             Ok(Route::Node(mac)) => self.node_script(mac, host, http_base).await,
+            Ok(Route::Binary(name)) => self.binary(name).await,
             Err(Refusal::BadRequest) => Response::text(400, "bad path\n"),
             Err(Refusal::NotFound) => Response::text(404, "not found\n"),
+        }
+    }
+
+    async fn binary(&self, name: String) -> Response {
+        let files = self.files.clone();
+        match tokio::task::spawn_blocking(move || files.load(&name)).await {
+            Ok(Ok(bytes)) => Response {
+                status: 200,
+                body: Body::Binary(bytes),
+            },
+            Ok(Err((_, why))) => Response::text(404, format!("{why}\n")),
+            Err(e) => {
+                tracing::error!("http: file reader: {e}");
+                Response::text(500, "file unavailable\n")
+            }
         }
     }
 
@@ -219,7 +259,14 @@ impl HttpServer {
             image_version: node.image.version,
         };
         match self.renderer.render(script.as_deref(), &plan) {
-            Ok(text) => Response::text(200, text),
+            Ok(text) => {
+                if let Some(log) = &self.bootlog {
+                    let detail =
+                        format!("template {}", node.template.as_deref().unwrap_or("sanboot"));
+                    log.report(Who::Mac(node.mac.clone()), Stage::Script, detail);
+                }
+                Response::text(200, text)
+            }
             Err(e) => {
                 // Scripts are checked at `template add`; this is a template
                 // stored by an older bootd, or a built-in changed since.

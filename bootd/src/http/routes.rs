@@ -1,6 +1,6 @@
 //! Which resource a request path names. Paths are checked strictly: only
-//! the two boot paths exist, and anything that looks like traversal is a
-//! 400 rather than a lookup.
+//! the boot paths and `/ipxe/NAME` exist, and anything that looks like
+//! traversal is a 400 rather than a lookup.
 
 /// Longest MAC spelling accepted in a path (`aa-bb-cc-dd-ee-ff`).
 const MAX_MAC: usize = 17;
@@ -11,7 +11,13 @@ pub enum Route {
     Chain,
     /// `/boot/{mac}.ipxe`, with the MAC in lower-case colon form.
     Node(String),
+    /// `/ipxe/{name}`: an iPXE binary for UEFI HTTP boot firmware, from
+    /// the boot directory TFTP serves.
+    Binary(String),
 }
+
+/// Longest binary name accepted (`snponly-arm64.efi` is 17).
+const MAX_BINARY: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -25,6 +31,20 @@ pub fn route(path: &str) -> Result<Route, Refusal> {
     }
     if path == "/boot.ipxe" {
         return Ok(Route::Chain);
+    }
+    if let Some(name) = path.strip_prefix(crate::dhcp::boot::HTTP_BINARY_PREFIX) {
+        // One plain file name: no directories, nothing hidden.
+        let ok = !name.is_empty()
+            && name.len() <= MAX_BINARY
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        return if ok {
+            Ok(Route::Binary(name.to_string()))
+        } else {
+            Err(Refusal::NotFound)
+        };
     }
     let mac = path
         .strip_prefix("/boot/")
@@ -102,6 +122,20 @@ mod tests {
         assert_eq!(route("/boot/52545400123456.ipxe"), Err(Refusal::NotFound));
         assert_eq!(route("/boot/zz5400123456.ipxe"), Err(Refusal::NotFound));
         assert_eq!(route("/boot/52-54-00-12-34-56.efi"), Err(Refusal::NotFound));
+        assert_eq!(
+            route("/ipxe/snponly.efi"),
+            Ok(Route::Binary("snponly.efi".into()))
+        );
+        for p in [
+            "/ipxe/",
+            "/ipxe/.hidden",
+            "/ipxe/a/b.efi",
+            "/ipxe/a%2fb",
+            "/ipxe/a b",
+        ] {
+            assert_eq!(route(p), Err(Refusal::NotFound), "{p}");
+        }
+        assert_eq!(route("/ipxe/../etc/passwd"), Err(Refusal::BadRequest));
     }
 
     proptest! {

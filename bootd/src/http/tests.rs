@@ -33,6 +33,13 @@ fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
 }
 
 async fn start() -> Result<(Arc<HttpServer>, u16, i64)> {
+    start_with(Arc::new(crate::tftp::Root::at(
+        "/nonexistent-boot-dir".into(),
+    )))
+    .await
+}
+
+async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Arc<HttpServer>, u16, i64)> {
     let mut store = SqliteStore::open_in_memory()?;
     let img = store.add_image(&NewImage {
         name: "deb".into(),
@@ -43,7 +50,7 @@ async fn start() -> Result<(Arc<HttpServer>, u16, i64)> {
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let server = HttpServer::new(Box::new(store), port, 3260);
+    let server = HttpServer::new(Box::new(store), files, port, 3260, None);
     tokio::spawn(server.clone().serve(listener));
     Ok((server, port, img.id))
 }
@@ -100,5 +107,34 @@ async fn a_stored_template_that_fails_is_a_server_error() -> Result {
     })?;
     let r = ask(port, "GET /boot/02:00:00:00:00:0a.ipxe HTTP/1.1\r\n\r\n").await?;
     assert!(r.starts_with("HTTP/1.1 500 "), "{r}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn binaries_for_http_boot_come_from_the_boot_directory() -> Result {
+    let dir = tempfile::tempdir()?;
+    // Not valid UTF-8: the body must go out byte for byte.
+    let efi: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    std::fs::write(dir.path().join("snponly.efi"), &efi)?;
+    let (_server, port, _) = start_with(Arc::new(crate::tftp::Root::new(dir.path())?)).await?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /ipxe/snponly.efi HTTP/1.1\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no head")?;
+    let head = String::from_utf8_lossy(&out[..split]);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.contains("Content-Type: application/octet-stream"),
+        "{head}"
+    );
+    assert!(head.contains("Content-Length: 70000"), "{head}");
+    assert!(out[split + 4..] == efi[..], "body differs");
+    let missing = ask(port, "GET /ipxe/ipxe.efi HTTP/1.1\r\n\r\n").await?;
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
     Ok(())
 }

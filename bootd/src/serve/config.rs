@@ -1,8 +1,10 @@
 //! `serve` settings: an optional TOML file, overridden by command-line flags.
 
+use bootd_ipxe::arch::EfiFlavour;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -13,6 +15,51 @@ pub enum DhcpMode {
     Proxy,
     /// A full DHCP server handing out the pool.
     Full,
+}
+
+/// Which iPXE build x64 UEFI clients get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EfiBinary {
+    /// `snponly.efi`: iPXE over the firmware's own NIC driver.
+    Snponly,
+    /// `ipxe.efi`: iPXE with its own NIC drivers.
+    Ipxe,
+}
+
+impl From<EfiBinary> for EfiFlavour {
+    fn from(b: EfiBinary) -> Self {
+        match b {
+            EfiBinary::Snponly => EfiFlavour::SnpOnly,
+            EfiBinary::Ipxe => EfiFlavour::Full,
+        }
+    }
+}
+
+/// What a PXE client whose MAC is not registered gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownPolicy {
+    /// No boot offer (full mode still gives an address).
+    Ignore,
+    /// No boot offer; the MAC is recorded for `node list --discovered`.
+    Discover,
+    /// Registered on the spot from this template, then booted like any node.
+    Default(String),
+}
+
+impl FromStr for UnknownPolicy {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "ignore" => Ok(Self::Ignore),
+            "discover" => Ok(Self::Discover),
+            _ => match s.strip_prefix("default=") {
+                Some(t) if !t.is_empty() => Ok(Self::Default(t.to_string())),
+                _ => Err(ConfigError::Unknown(s.to_string())),
+            },
+        }
+    }
 }
 
 /// The config file; every key is optional.
@@ -27,6 +74,11 @@ pub struct FileConfig {
     pub http_port: Option<u16>,
     pub tftp_port: Option<u16>,
     pub tftp_dir: Option<PathBuf>,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Option<Vec<Ipv4Addr>>,
+    pub lease_secs: Option<u32>,
+    pub efi_binary: Option<EfiBinary>,
+    pub unknown: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +96,10 @@ pub enum ConfigError {
     },
     #[error("pool {0:?} is not FIRST-LAST (two IPv4 addresses, first <= last)")]
     Pool(String),
+    #[error("unknown-MAC policy {0:?} is not ignore, discover or default=TEMPLATE")]
+    Unknown(String),
+    #[error("lease time {0} s is too short (at least 60)")]
+    LeaseTime(u32),
 }
 
 impl FileConfig {
@@ -82,6 +138,12 @@ pub struct Settings {
     pub tftp_port: u16,
     /// Where TFTP files come from; `None`: Debian's iPXE directory.
     pub tftp_dir: Option<PathBuf>,
+    /// Given to DHCP clients in full mode (options 3 and 6).
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub lease_secs: u32,
+    pub efi: EfiFlavour,
+    pub unknown: UnknownPolicy,
 }
 
 pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
@@ -114,6 +176,25 @@ mod tests {
         );
         assert!(parse_pool("192.0.2.20-192.0.2.10").is_err());
         assert!(parse_pool("192.0.2.10").is_err());
+        let c: FileConfig = toml::from_str(
+            "router = \"192.0.2.254\"\ndns = [\"192.0.2.53\"]\nlease_secs = 600\nefi_binary = \"ipxe\"\nunknown = \"default=lab\"\n",
+        )?;
+        assert_eq!(c.dns, Some(vec![Ipv4Addr::new(192, 0, 2, 53)]));
+        assert_eq!(c.efi_binary, Some(EfiBinary::Ipxe));
+        assert_eq!(
+            c.unknown
+                .as_deref()
+                .map(str::parse::<UnknownPolicy>)
+                .transpose()?,
+            Some(UnknownPolicy::Default("lab".into()))
+        );
+        assert_eq!(
+            "discover".parse::<UnknownPolicy>()?,
+            UnknownPolicy::Discover
+        );
+        assert!("default=".parse::<UnknownPolicy>().is_err());
+        assert!("boot".parse::<UnknownPolicy>().is_err());
+        assert!(toml::from_str::<FileConfig>("router = \"fe80::1\"\n").is_err());
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ mod fleet;
 use crate::datadir::DataDir;
 use anyhow::{Context, Result};
 use clap::Args;
-use config::{DhcpMode, FileConfig, Settings};
+use config::{DhcpMode, EfiBinary, FileConfig, Settings, UnknownPolicy};
 use iscsi_target::{Server, ServerConfig};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,7 +32,8 @@ node's target (closing its sessions) and its overlay, the CLI waits until the \
 overlay is released, then replaces or deletes it.")]
 pub struct ServeArgs {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
-    /// http_port, tftp_port, tftp_dir. Flags override it.
+    /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
+    /// unknown. Unknown keys are an error. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Network interface DHCP answers on (SO_BINDTODEVICE); its IPv4
@@ -49,9 +50,28 @@ pub struct ServeArgs {
     /// Address pool for --dhcp full, FIRST-LAST.
     #[arg(long)]
     pool: Option<String>,
-    /// HTTP port for iPXE scripts (/boot.ipxe, /boot/MAC.ipxe); 0 picks a
-    /// free one [default: 8080]. When the default port is taken, serve warns
-    /// and runs without HTTP; a port given explicitly must be free.
+    /// Default gateway handed out with --dhcp full (option 3) [default: none].
+    #[arg(long)]
+    router: Option<Ipv4Addr>,
+    /// DNS server handed out with --dhcp full (option 6); repeat for more.
+    #[arg(long)]
+    dns: Vec<Ipv4Addr>,
+    /// Lease time in seconds for --dhcp full [default: 3600].
+    #[arg(long)]
+    lease_secs: Option<u32>,
+    /// iPXE build for x64 UEFI clients: snponly (snponly.efi, the firmware's
+    /// NIC driver) or ipxe (ipxe.efi, iPXE's own drivers) [default: snponly].
+    #[arg(long, value_enum)]
+    efi_binary: Option<EfiBinary>,
+    /// PXE clients whose MAC is not registered: ignore (no boot offer),
+    /// discover (recorded for `node list --discovered`, then `node adopt`)
+    /// or default=TEMPLATE (registered from TEMPLATE and booted)
+    /// [default: ignore].
+    #[arg(long, value_name = "POLICY")]
+    unknown: Option<String>,
+    /// HTTP port for iPXE scripts (/boot.ipxe, /boot/MAC.ipxe) and, for
+    /// UEFI HTTP boot, the iPXE binaries (/ipxe/NAME); 0 picks a free one
+    /// [default: 8080]. A port that cannot be bound is an error.
     #[arg(long)]
     http_port: Option<u16>,
     /// TFTP port for PXE firmware; 0 picks a free one [default: 69].
@@ -73,6 +93,14 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         None => FileConfig::default(),
     };
     let pool = args.pool.clone().or(file.pool);
+    let unknown = match args.unknown.as_deref().or(file.unknown.as_deref()) {
+        Some(p) => p.parse()?,
+        None => UnknownPolicy::Ignore,
+    };
+    let lease_secs = args.lease_secs.or(file.lease_secs).unwrap_or(3600);
+    if lease_secs < 60 {
+        return Err(config::ConfigError::LeaseTime(lease_secs).into());
+    }
     Ok(Settings {
         listen_ip: args
             .listen_ip
@@ -88,6 +116,19 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .unwrap_or(DEFAULT_HTTP_PORT),
         tftp_port: args.tftp_port.or(file.tftp_port).unwrap_or(69),
         tftp_dir: args.tftp_dir.clone().or(file.tftp_dir),
+        router: args.router.or(file.router),
+        dns: if args.dns.is_empty() {
+            file.dns.unwrap_or_default()
+        } else {
+            args.dns.clone()
+        },
+        lease_secs,
+        efi: args
+            .efi_binary
+            .or(file.efi_binary)
+            .unwrap_or(EfiBinary::Snponly)
+            .into(),
+        unknown,
     })
 }
 
@@ -108,11 +149,12 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
 
 async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) -> Result<()> {
     let server = Server::new(ServerConfig::default());
+    let bootlog = crate::bootlog::BootLog::start(dd.store()?).context("starting the boot log")?;
+    server.observe(session_reporter(bootlog.clone()));
     let http_store = dd.store()?;
-    let dhcp_store = dd.store()?;
     // Beside the registry in the data directory's root.
     let lease_file = dd.overlays().with_file_name("dhcp-leases");
-    let mut fleet = fleet::Fleet::new(server.clone(), dd, store);
+    let mut fleet = fleet::Fleet::new(server.clone(), dd.clone(), store);
     fleet.tick().await?;
     let addr = SocketAddr::new(s.listen_ip, s.iscsi_port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -120,13 +162,14 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let http_listener = bind_http(&s).await?;
+    let boot_files = crate::tftp::open_root(s.tftp_dir.as_deref())?;
     let (tftp_socket, tftp) = crate::tftp::bind(
         SocketAddr::new(s.listen_ip, s.tftp_port),
-        s.tftp_dir.as_deref(),
+        boot_files.clone(),
     )
     .await?;
     let tftp_local = tftp_socket.local_addr()?;
-    let tftp_task = tokio::spawn(tftp.serve(tftp_socket));
+    let tftp_task = tokio::spawn(tftp.with_bootlog(bootlog.clone()).serve(tftp_socket));
     // Handlers go in before the ready line: a SIGTERM right after it must
     // still shut down cleanly.
     let signal = crate::export::shutdown_signal()?;
@@ -134,9 +177,15 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
-    let dhcp = crate::dhcp::start(&s, dhcp_store, lease_file, http_local.port())?;
+    let dhcp = crate::dhcp::start(&s, &dd, lease_file, http_local.port(), bootlog.clone())?;
     let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
-    let http = crate::http::HttpServer::new(http_store, http_local.port(), local.port());
+    let http = crate::http::HttpServer::new(
+        http_store,
+        boot_files,
+        http_local.port(),
+        local.port(),
+        Some(bootlog),
+    );
     let http_task = tokio::spawn(http.serve(http_listener));
     let mut out = std::io::stdout().lock();
     out.write_all(lines.as_bytes())?;
@@ -180,6 +229,35 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     served?;
     tracing::info!("overlays flushed; bye");
     Ok(())
+}
+
+/// iSCSI logins and logouts as boot stages; the ISID comes first in the
+/// detail so that a logout is matched with its login.
+fn session_reporter(log: crate::bootlog::BootLog) -> iscsi_target::SessionObserver {
+    use crate::bootlog::{Stage, Who};
+    use iscsi_target::SessionEvent;
+    std::sync::Arc::new(move |ev: &SessionEvent| match ev {
+        SessionEvent::LoggedIn {
+            initiator,
+            target,
+            isid,
+            peer,
+        } => log.report(
+            Who::Target(target.clone()),
+            Stage::IscsiLogin,
+            format!("{} {initiator} from {peer}", hex::encode(isid)),
+        ),
+        SessionEvent::Ended {
+            target,
+            isid,
+            reason,
+            ..
+        } => log.report(
+            Who::Target(target.clone()),
+            Stage::IscsiLogout,
+            format!("{} {reason}", hex::encode(isid)),
+        ),
+    })
 }
 
 /// The HTTP listener for iPXE scripts. A port that is taken is an error,

@@ -5,9 +5,12 @@
 //! Every change bumps one `generation` counter in the same transaction, so a
 //! running `serve` notices CLI changes by reading one integer.
 
+pub mod records;
 pub mod rooted;
 pub mod schema;
 pub mod sqlite;
+
+pub use records::{BootStage, Discovered, Records};
 
 use std::path::PathBuf;
 
@@ -142,7 +145,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The registry's operations; each write is one transaction that also bumps
 /// the generation.
-pub trait Store: Send {
+pub trait Store: Records + Send {
     /// Changes so far; moves on every committed write.
     fn generation(&self) -> Result<u64>;
 

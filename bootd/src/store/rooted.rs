@@ -4,7 +4,10 @@
 //! puts it back on paths coming out; callers only ever see absolute paths.
 //! (Absolute paths already stored stay as they are: joining keeps them.)
 
-use super::{Image, NewImage, NewNode, Node, NodeState, Result, Store, Template};
+use super::{
+    BootStage, Discovered, Image, NewImage, NewNode, Node, NodeState, Records, Result, Store,
+    Template,
+};
 use std::path::{Path, PathBuf};
 
 pub struct Rooted {
@@ -121,6 +124,24 @@ impl Store for Rooted {
     fn remove_node(&mut self, name: &str) -> Result<Node> {
         let n = self.inner.remove_node(name)?;
         Ok(self.node(n))
+    }
+}
+
+impl Records for Rooted {
+    fn note_discovered(&mut self, d: &Discovered) -> Result<()> {
+        self.inner.note_discovered(d)
+    }
+
+    fn discovered(&self) -> Result<Vec<Discovered>> {
+        self.inner.discovered()
+    }
+
+    fn record_stage(&mut self, mac: &str, stage: &BootStage, new_boot: bool) -> Result<()> {
+        self.inner.record_stage(mac, stage, new_boot)
+    }
+
+    fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>> {
+        self.inner.boot_stages(mac)
     }
 }
 

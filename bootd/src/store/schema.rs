@@ -44,6 +44,27 @@ pub const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO generation (id, value) VALUES (1, 0);
     ",
+    // 2: MACs that asked to boot while unregistered (`--unknown discover`),
+    // and each MAC's stages of its last boot. Neither moves the generation:
+    // they do not change what serve serves.
+    "
+    CREATE TABLE discovered (
+        mac           TEXT PRIMARY KEY,
+        arch          INTEGER,
+        vendor_class  TEXT NOT NULL,
+        ipxe          INTEGER NOT NULL,
+        first_seen    INTEGER NOT NULL,
+        last_seen     INTEGER NOT NULL,
+        requests      INTEGER NOT NULL
+    );
+    CREATE TABLE boot_stages (
+        mac     TEXT NOT NULL,
+        stage   TEXT NOT NULL,
+        at_ms   INTEGER NOT NULL,
+        detail  TEXT NOT NULL,
+        PRIMARY KEY (mac, stage)
+    );
+    ",
 ];
 
 /// The version a fully migrated database has.

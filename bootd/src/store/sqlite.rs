@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub struct SqliteStore {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 const NODE_SELECT: &str = "
@@ -90,7 +90,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -430,6 +430,8 @@ impl Store for SqliteStore {
                 now()
             ],
         )?;
+        // Adopted: no longer waiting in the discovered list.
+        tx.execute("DELETE FROM discovered WHERE mac = ?1", [&node.mac])?;
         let n = node_by_name(&tx, &node.name)?;
         bump(&tx)?;
         tx.commit()?;
@@ -547,5 +549,6 @@ fn describe(kind: &str, names: &[String]) -> String {
     s
 }
 
+mod records;
 #[cfg(test)]
 mod tests;

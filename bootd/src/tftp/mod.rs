@@ -14,15 +14,12 @@ pub use transfer::Limits;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
-/// Binds the request socket on `addr` and prepares the server for `dir`
-/// (`None`: Debian's iPXE directory). A port that cannot be bound is an
-/// error, as for HTTP and iSCSI: firmware would find nothing to boot. A
-/// missing default directory only warns: requests then get "file not found".
-pub async fn bind(
-    addr: SocketAddr,
-    dir: Option<&Path>,
-) -> Result<(tokio::net::UdpSocket, TftpServer)> {
+/// The boot directory `dir` (`None`: Debian's iPXE directory), shared by
+/// TFTP and HTTP. A missing default directory only warns: requests then
+/// get "file not found"; a missing directory the operator named is an error.
+pub fn open_root(dir: Option<&Path>) -> Result<Arc<Root>> {
     let root = match dir {
         Some(d) => Root::new(d).with_context(|| format!("TFTP directory {}", d.display()))?,
         None => {
@@ -36,6 +33,16 @@ pub async fn bind(
             })
         }
     };
+    Ok(Arc::new(root))
+}
+
+/// Binds the request socket on `addr` and prepares the server for `root`.
+/// A port that cannot be bound is an error, as for HTTP and iSCSI: firmware
+/// would find nothing to boot.
+pub async fn bind(
+    addr: SocketAddr,
+    root: Arc<Root>,
+) -> Result<(tokio::net::UdpSocket, TftpServer)> {
     let socket = tokio::net::UdpSocket::bind(addr)
         .await
         .with_context(|| format!("cannot listen on udp {addr}"))?;

@@ -5,6 +5,7 @@
 use super::files::Root;
 use super::packet::{self, ErrorCode, Packet, Request};
 use super::transfer::{Limits, Outcome, Transfer};
+use crate::bootlog::{BootLog, Stage, Who};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::UdpSocket;
@@ -17,15 +18,23 @@ pub struct TftpServer {
     root: Arc<Root>,
     limits: Limits,
     slots: Arc<Semaphore>,
+    bootlog: Option<BootLog>,
 }
 
 impl TftpServer {
-    pub fn new(root: Root, limits: Limits, max_transfers: usize) -> Self {
+    pub fn new(root: Arc<Root>, limits: Limits, max_transfers: usize) -> Self {
         Self {
-            root: Arc::new(root),
+            root,
             limits,
             slots: Arc::new(Semaphore::new(max_transfers)),
+            bootlog: None,
         }
+    }
+
+    /// Completed transfers are reported as boot stages.
+    pub fn with_bootlog(mut self, log: BootLog) -> Self {
+        self.bootlog = Some(log);
+        self
     }
 
     /// Answers requests on `socket` (bound by the caller) until the task is
@@ -54,8 +63,9 @@ impl TftpServer {
                     Ok(permit) => {
                         let root = self.root.clone();
                         let limits = self.limits;
+                        let log = self.bootlog.clone();
                         tokio::spawn(async move {
-                            run_transfer(root, limits, req, peer, local_ip).await;
+                            run_transfer(root, limits, req, peer, local_ip, log).await;
                             drop(permit);
                         });
                         None
@@ -83,7 +93,9 @@ async fn run_transfer(
     req: Request,
     peer: SocketAddr,
     local_ip: IpAddr,
+    bootlog: Option<BootLog>,
 ) {
+    let began = std::time::Instant::now();
     let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
         Ok(s) => s,
         Err(e) => {
@@ -146,7 +158,16 @@ async fn run_transfer(
     match t.outcome() {
         Some(Outcome::Complete) => {
             tracing::debug!(%peer, file = %req.filename, bytes = size,
-                blksize = t.blksize(), window = t.window(), "tftp sent")
+                blksize = t.blksize(), window = t.window(), "tftp sent");
+            if let Some(log) = bootlog {
+                let detail = format!(
+                    "{} {size} bytes in {:.2} s (blksize {})",
+                    req.filename,
+                    began.elapsed().as_secs_f64(),
+                    t.blksize()
+                );
+                log.report(Who::Addr(peer.ip()), Stage::Tftp, detail);
+            }
         }
         Some(o) => tracing::info!(%peer, file = %req.filename, outcome = ?o, "tftp ended"),
         None => {}
@@ -198,7 +219,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let content: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(dir.path().join("f"), &content)?;
-        let server = TftpServer::new(Root::new(dir.path())?, Limits::default(), 4);
+        let server = TftpServer::new(Arc::new(Root::new(dir.path())?), Limits::default(), 4);
         let listen = UdpSocket::bind("127.0.0.1:0").await?;
         let port = listen.local_addr()?.port();
         let task = tokio::spawn(server.serve(listen));

@@ -2,6 +2,7 @@
 //! directory, and qemu-img / qemu-io / iscsi-ls as clients. One test binary.
 
 mod boot_http;
+mod boot_stages;
 mod common;
 mod images;
 mod nodes;

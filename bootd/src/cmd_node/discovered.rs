@@ -1,0 +1,91 @@
+//! `node list --discovered` and `node adopt`: machines that asked to boot
+//! while unregistered (`serve --unknown discover`) become nodes.
+
+use crate::datadir::DataDir;
+use crate::lifecycle::Source;
+use crate::output;
+use crate::store::{Discovered, Store};
+use anyhow::{bail, Result};
+use serde_json::json;
+
+pub fn list(store: &dyn Store, as_json: bool) -> Result<()> {
+    let found = store.discovered()?;
+    if as_json {
+        return output::json(&json!(found.iter().map(to_json).collect::<Vec<_>>()));
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|d| {
+            vec![
+                d.mac.clone(),
+                d.arch.map_or_else(|| "-".into(), |a| a.to_string()),
+                if d.ipxe { "iPXE" } else { "firmware" }.into(),
+                if d.vendor_class.is_empty() {
+                    "-".into()
+                } else {
+                    d.vendor_class.clone()
+                },
+                output::time(d.first_seen),
+                output::time(d.last_seen),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "MAC",
+            "ARCH",
+            "CLIENT",
+            "VENDOR CLASS",
+            "FIRST SEEN",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn to_json(d: &Discovered) -> serde_json::Value {
+    json!({
+        "mac": d.mac,
+        "arch": d.arch,
+        "vendor_class": d.vendor_class,
+        "ipxe": d.ipxe,
+        "first_seen": d.first_seen,
+        "last_seen": d.last_seen,
+        "requests": d.requests,
+    })
+}
+
+/// Registers the given discovered MACs (or all of them) from `source`;
+/// each becomes a node as `node add` would make it. Stops at the first
+/// failure, keeping the nodes already added.
+pub fn adopt(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    macs: &[String],
+    all: bool,
+    source: &Source,
+) -> Result<()> {
+    let found = store.discovered()?;
+    let chosen: Vec<String> = if all {
+        found.into_iter().map(|d| d.mac).collect()
+    } else {
+        let mut out = Vec::new();
+        for m in macs {
+            let mac = crate::names::normalize_mac(m)?;
+            if !found.iter().any(|d| d.mac == mac) {
+                bail!("{mac} has not been discovered (see `node list --discovered`)");
+            }
+            out.push(mac);
+        }
+        out
+    };
+    if chosen.is_empty() {
+        bail!("nothing to adopt: no machine has been discovered");
+    }
+    for mac in chosen {
+        let n = crate::lifecycle::add(dd, store, &mac, source, None, None)?;
+        println!("adopted {} as node {}: {}", n.mac, n.name, n.target_iqn);
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The DHCP side's view of the registry: registered nodes by MAC, reloaded
+//! only when the registry's generation moves, and what becomes of a MAC that
+//! is not registered (`serve --unknown`): nothing, a record for the
+//! operator to adopt, or a node made on the spot from a template.
+
+use super::server::NodeLookup;
+use super::Request;
+use crate::datadir::DataDir;
+use crate::lifecycle::{self, Source};
+use crate::store::{Discovered, NodeState, Store};
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// A MAC is recorded (or an enrolment retried) at most this often: a PXE
+/// ROM repeats its DISCOVER every few seconds.
+const NOTE_EVERY: Duration = Duration::from_secs(60);
+/// Throttle entries kept before old ones are swept.
+const RECENT_MAX: usize = 4096;
+
+pub enum Unknown {
+    Ignore,
+    Discover,
+    /// Register from this template, in this data directory.
+    Enrol {
+        dd: DataDir,
+        template: String,
+    },
+}
+
+pub struct Registry {
+    store: Box<dyn Store>,
+    generation: Option<u64>,
+    nodes: HashMap<String, NodeLookup>,
+    unknown: Unknown,
+    recent: HashMap<String, Instant>,
+}
+
+impl Registry {
+    pub fn new(store: Box<dyn Store>, unknown: Unknown) -> Self {
+        Self {
+            store,
+            generation: None,
+            nodes: HashMap::new(),
+            unknown,
+            recent: HashMap::new(),
+        }
+    }
+
+    /// Reloads the nodes if the registry changed; returns the static
+    /// addresses to keep out of the pool when it did.
+    pub fn refresh(&mut self) -> Option<HashSet<Ipv4Addr>> {
+        let generation = match self.store.generation() {
+            Ok(g) => g,
+            Err(e) => {
+                // A busy registry: keep answering from what we know.
+                tracing::warn!("registry: {e}");
+                return None;
+            }
+        };
+        if self.generation == Some(generation) {
+            return None;
+        }
+        let nodes = match self.store.nodes() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("registry: {e}");
+                return None;
+            }
+        };
+        let reserved = nodes
+            .iter()
+            .filter_map(|n| n.ip.as_deref()?.parse().ok())
+            .collect();
+        self.nodes = nodes
+            .into_iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| {
+                let static_ip = n.ip.as_deref().and_then(|ip| ip.parse().ok());
+                (n.mac, NodeLookup::Known { static_ip })
+            })
+            .collect();
+        self.generation = Some(generation);
+        Some(reserved)
+    }
+
+    /// The node `req` comes from; for an unregistered MAC that asks to
+    /// boot, applies the `--unknown` policy first.
+    pub fn lookup(&mut self, req: &Request, now_secs: u64) -> NodeLookup {
+        let mac = req.mac();
+        if let Some(n) = self.nodes.get(&mac) {
+            return n.clone();
+        }
+        if matches!(self.unknown, Unknown::Ignore) || !wants_to_boot(req) || !self.due(&mac) {
+            return NodeLookup::Unknown;
+        }
+        match &self.unknown {
+            Unknown::Ignore => NodeLookup::Unknown,
+            Unknown::Discover => {
+                let now = i64::try_from(now_secs).unwrap_or(i64::MAX);
+                let d = Discovered {
+                    mac: mac.clone(),
+                    arch: req.arch(),
+                    vendor_class: String::from_utf8_lossy(req.vendor_class()).into_owned(),
+                    ipxe: req.is_ipxe(),
+                    first_seen: now,
+                    last_seen: now,
+                    requests: 1,
+                };
+                match self.store.note_discovered(&d) {
+                    Ok(()) => {
+                        tracing::info!(%mac, arch = ?d.arch, class = %d.vendor_class, "discovered an unregistered machine")
+                    }
+                    Err(e) => tracing::warn!(%mac, "recording a discovered machine: {e}"),
+                }
+                NodeLookup::Unknown
+            }
+            Unknown::Enrol { dd, template } => {
+                let source = Source::Template(template.clone());
+                match lifecycle::add(dd, self.store.as_mut(), &mac, &source, None, None) {
+                    Ok(n) => {
+                        tracing::info!(%mac, node = %n.name, %template, "registered an unknown machine from the default template");
+                        let known = NodeLookup::Known { static_ip: None };
+                        self.nodes.insert(mac, known.clone());
+                        known
+                    }
+                    Err(e) => {
+                        tracing::warn!(%mac, %template, "registering an unknown machine: {e:#}");
+                        NodeLookup::Unknown
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `mac` is due for another record or enrolment attempt.
+    fn due(&mut self, mac: &str) -> bool {
+        let now = Instant::now();
+        if self
+            .recent
+            .get(mac)
+            .is_some_and(|t| now.duration_since(*t) < NOTE_EVERY)
+        {
+            return false;
+        }
+        if self.recent.len() >= RECENT_MAX {
+            self.recent
+                .retain(|_, t| now.duration_since(*t) < NOTE_EVERY);
+        }
+        self.recent.insert(mac.to_string(), now);
+        true
+    }
+}
+
+/// PXE and UEFI HTTP firmware, and iPXE: machines asking to boot, not
+/// every laptop on the segment.
+fn wants_to_boot(req: &Request) -> bool {
+    let class = req.vendor_class();
+    class.starts_with(b"PXEClient") || class.starts_with(b"HTTPClient") || req.is_ipxe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewImage;
+    use dhcproto::v4::{DhcpOption, Message, MessageType};
+    use dhcproto::{Encodable, Encoder};
+
+    type R = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn request(
+        mac: [u8; 6],
+        pxe: bool,
+    ) -> std::result::Result<Request, Box<dyn std::error::Error>> {
+        let u = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(7, u, u, u, u, &mac);
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        if pxe {
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+            ));
+            m.opts_mut()
+                .insert(DhcpOption::ClientSystemArchitecture(7u16.into()));
+        }
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf))?;
+        Request::decode(&buf).ok_or_else(|| "did not decode".into())
+    }
+
+    /// A data directory with image `golden` and template `lab` on it.
+    fn data_dir() -> std::result::Result<(tempfile::TempDir, DataDir), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let dd = DataDir::open(tmp.path())?;
+        let path = dd.image_file("golden", 1);
+        std::fs::write(&path, vec![0u8; 1 << 20])?;
+        let mut s = dd.store()?;
+        s.add_image(&NewImage {
+            name: "golden".into(),
+            version: 1,
+            path,
+            bytes: 1 << 20,
+            sha256: "00".repeat(32),
+        })?;
+        s.add_template("lab", "golden", None)?;
+        Ok((tmp, dd))
+    }
+
+    #[test]
+    fn discover_records_booting_machines_once_a_minute() -> R {
+        let (_tmp, dd) = data_dir()?;
+        let mut reg = Registry::new(dd.store()?, Unknown::Discover);
+        reg.refresh();
+        let pxe = request([2, 0, 0, 0, 0, 1], true)?;
+        assert_eq!(reg.lookup(&pxe, 100), NodeLookup::Unknown);
+        assert_eq!(reg.lookup(&pxe, 101), NodeLookup::Unknown);
+        // A laptop asking for an address is not a machine to adopt.
+        reg.lookup(&request([2, 0, 0, 0, 0, 2], false)?, 102);
+        let found = dd.store()?.discovered()?;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].mac, "02:00:00:00:00:01");
+        assert_eq!((found[0].arch, found[0].requests), (Some(7), 1));
+        Ok(())
+    }
+
+    #[test]
+    fn default_template_registers_and_boots_unknown_machines() -> R {
+        let (_tmp, dd) = data_dir()?;
+        let unknown = Unknown::Enrol {
+            dd: dd.clone(),
+            template: "lab".into(),
+        };
+        let mut reg = Registry::new(dd.store()?, unknown);
+        reg.refresh();
+        let pxe = request([2, 0, 0, 0, 0, 3], true)?;
+        assert_eq!(reg.lookup(&pxe, 100), NodeLookup::Known { static_ip: None });
+        let node = dd.store()?.node("02:00:00:00:00:03")?;
+        assert_eq!(node.state, NodeState::Ready);
+        assert_eq!(node.template.as_deref(), Some("lab"));
+        assert!(node.overlay_path.is_file());
+        // Still known after the registry reloads.
+        assert!(reg.refresh().is_some());
+        assert_eq!(reg.lookup(&pxe, 101), NodeLookup::Known { static_ip: None });
+        // Plain DHCP clients are left alone.
+        assert_eq!(
+            reg.lookup(&request([2, 0, 0, 0, 0, 4], false)?, 102),
+            NodeLookup::Unknown
+        );
+        assert_eq!(dd.store()?.nodes()?.len(), 1);
+        Ok(())
+    }
+}

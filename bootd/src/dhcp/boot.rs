@@ -44,6 +44,12 @@ pub fn choose(
             http_client: false,
         });
     }
+    // A plain DHCP client (the OS of a registered node) is not booting.
+    let class = req.vendor_class();
+    let firmware = class.starts_with(b"PXEClient") || class.starts_with(b"HTTPClient");
+    if !firmware && req.arch().is_none() {
+        return None;
+    }
     // PXE ROMs that omit option 93 are BIOS ones (RFC 4578 came later).
     let arch = ClientArch::from_option93(req.arch().unwrap_or(0))?;
     let name = binary_name(arch, efi);

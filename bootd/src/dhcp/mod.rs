@@ -14,6 +14,8 @@ pub mod socket;
 pub mod start;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;
 
 pub use decode::Request;

@@ -175,12 +175,16 @@ fn proxy(
     p: &Params,
     node: &NodeLookup,
 ) -> Option<Reply> {
-    if !req.vendor_class().starts_with(b"PXEClient") || *node == NodeLookup::Unknown {
+    let pxe = req.vendor_class().starts_with(b"PXEClient");
+    // UEFI HTTP boot takes a proxy offer too (the URL in option 67, vendor
+    // class HTTPClient echoed); it never asks the boot-server port.
+    let http = req.vendor_class().starts_with(b"HTTPClient");
+    if !(pxe || http) || *node == NodeLookup::Unknown {
         return None;
     }
     let (kind, dest) = match (local_port, req.msg_type) {
         (SERVER_PORT, MessageType::Discover) => (MessageType::Offer, None),
-        (PXE_PORT, MessageType::Request | MessageType::Inform) => {
+        (PXE_PORT, MessageType::Request | MessageType::Inform) if pxe => {
             (MessageType::Ack, Some(inform_destination(req, source)))
         }
         _ => return None,
@@ -190,8 +194,10 @@ fn proxy(
         return None;
     }
     let o = m.opts_mut();
-    o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
-    o.insert(DhcpOption::VendorExtensions(PXE_OPTION_43.to_vec()));
+    if pxe {
+        o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        o.insert(DhcpOption::VendorExtensions(PXE_OPTION_43.to_vec()));
+    }
     // PXE clients look for their machine UUID (option 97) in the answer.
     if let Some(uuid) = req.opt(97) {
         o.insert(DhcpOption::ClientMachineIdentifier(uuid.to_vec()));

@@ -11,8 +11,10 @@ use super::server::{handle, Mode, Params};
 use super::socket::DhcpSocket;
 use super::{Request, CLIENT_PORT};
 use crate::bootlog::{BootLog, Stage, Who};
+use crate::metrics::{DhcpKind, METRICS};
 use dhcproto::v4::{MessageType, OptionCode};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -76,6 +78,7 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
         }
         for p in out.drain(..) {
             send(&sock, &p);
+            count(&p.reply, shared.params.mode);
             if let Some(log) = &shared.bootlog {
                 report(log, &p, shared.params.mode);
             }
@@ -107,6 +110,7 @@ fn decide(
         let Some(req) = bufs.get(*i).and_then(|b| Request::decode(b.get(..a.len)?)) else {
             continue;
         };
+        METRICS.dhcp_requests.fetch_add(1, Relaxed);
         let node = registry.lookup(&req, now);
         let reply = handle(
             &req,
@@ -144,6 +148,16 @@ fn send(sock: &DhcpSocket, p: &Pending) {
     if let Err(e) = sock.send(&bytes, to, p.ifindex) {
         tracing::warn!(%to, mac = %p.mac, "dhcp send: {e}");
     }
+}
+
+fn count(r: &Reply, mode: Mode) {
+    let kind = match r.msg.opts().msg_type() {
+        Some(MessageType::Offer) => DhcpKind::Offer,
+        Some(MessageType::Ack) => DhcpKind::Ack,
+        Some(MessageType::Nak) => DhcpKind::Nak,
+        _ => return,
+    };
+    METRICS.dhcp_sent(mode == Mode::Full, kind);
 }
 
 /// A boot offer the client will act on (the ACK in full mode, the proxy's

@@ -10,12 +10,14 @@ mod routes;
 mod tests;
 
 use crate::bootlog::{BootLog, Stage, Who};
+use crate::metrics::METRICS;
 use crate::store::{NodeState, Store, StoreError};
 use crate::tftp::Root;
 use bootd_ipxe::{BootPlan, Renderer};
 use request::{Method, ParseError};
 use routes::{Refusal, Route};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,6 +59,7 @@ struct Response {
 enum Body {
     Text(String),
     Binary(Arc<[u8]>),
+    Metrics(String),
 }
 
 impl Response {
@@ -84,6 +87,7 @@ impl Response {
         let (kind, body): (&str, &[u8]) = match &self.body {
             Body::Text(t) => ("text/plain; charset=utf-8", t.as_bytes()),
             Body::Binary(b) => ("application/octet-stream", b),
+            Body::Metrics(t) => ("text/plain; version=0.0.4; charset=utf-8", t.as_bytes()),
         };
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\n\
@@ -193,18 +197,54 @@ impl HttpServer {
             Ok(Route::Chain) => Response::text(200, bootd_ipxe::chain_script(&http_base)),
             Ok(Route::Node(mac)) => self.node_script(mac, host, http_base).await,
             Ok(Route::Binary(name)) => self.binary(name).await,
+            Ok(Route::Metrics) => self.metrics().await,
             Err(Refusal::BadRequest) => Response::text(400, "bad path\n"),
             Err(Refusal::NotFound) => Response::text(404, "not found\n"),
+        }
+    }
+
+    async fn metrics(&self) -> Response {
+        let store = self.store.clone();
+        // Overlay sizes come from the disk at scrape time: a stat per node.
+        let overlays = tokio::task::spawn_blocking(move || {
+            let s = store.lock().unwrap_or_else(|e| e.into_inner());
+            s.nodes().map(|nodes| {
+                nodes
+                    .into_iter()
+                    .map(|n| {
+                        let bytes = crate::datadir::allocated_bytes(&n.overlay_path);
+                        (n.name, bytes)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        match overlays {
+            Ok(Ok(o)) => Response {
+                status: 200,
+                body: Body::Metrics(METRICS.render(&o)),
+            },
+            Ok(Err(e)) => {
+                tracing::error!("metrics: registry: {e}");
+                Response::text(500, "registry unavailable\n")
+            }
+            Err(e) => {
+                tracing::error!("metrics: {e}");
+                Response::text(500, "registry unavailable\n")
+            }
         }
     }
 
     async fn binary(&self, name: String) -> Response {
         let files = self.files.clone();
         match tokio::task::spawn_blocking(move || files.load(&name)).await {
-            Ok(Ok(bytes)) => Response {
-                status: 200,
-                body: Body::Binary(bytes),
-            },
+            Ok(Ok(bytes)) => {
+                METRICS.binaries.fetch_add(1, Relaxed);
+                Response {
+                    status: 200,
+                    body: Body::Binary(bytes),
+                }
+            }
             Ok(Err((_, why))) => Response::text(404, format!("{why}\n")),
             Err(e) => {
                 tracing::error!("http: file reader: {e}");
@@ -260,6 +300,7 @@ impl HttpServer {
         };
         match self.renderer.render(script.as_deref(), &plan) {
             Ok(text) => {
+                METRICS.scripts.fetch_add(1, Relaxed);
                 if let Some(log) = &self.bootlog {
                     let detail =
                         format!("template {}", node.template.as_deref().unwrap_or("sanboot"));

@@ -11,6 +11,8 @@ pub enum Route {
     Chain,
     /// `/boot/{mac}.ipxe`, with the MAC in lower-case colon form.
     Node(String),
+    /// `/metrics`: Prometheus text exposition.
+    Metrics,
     /// `/ipxe/{name}`: an iPXE binary for UEFI HTTP boot firmware, from
     /// the boot directory TFTP serves.
     Binary(String),
@@ -31,6 +33,9 @@ pub fn route(path: &str) -> Result<Route, Refusal> {
     }
     if path == "/boot.ipxe" {
         return Ok(Route::Chain);
+    }
+    if path == "/metrics" {
+        return Ok(Route::Metrics);
     }
     if let Some(name) = path.strip_prefix(crate::dhcp::boot::HTTP_BINARY_PREFIX) {
         // One plain file name: no directories, nothing hidden.
@@ -100,6 +105,7 @@ mod tests {
     #[test]
     fn boot_paths() {
         assert_eq!(route("/boot.ipxe"), Ok(Route::Chain));
+        assert_eq!(route("/metrics"), Ok(Route::Metrics));
         for p in [
             "/boot/52-54-00-12-34-AB.ipxe",
             "/boot/52:54:00:12:34:ab.ipxe",

@@ -79,6 +79,7 @@ pub struct FileConfig {
     pub lease_secs: Option<u32>,
     pub efi_binary: Option<EfiBinary>,
     pub unknown: Option<String>,
+    pub record_io: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,8 @@ pub struct Settings {
     pub lease_secs: u32,
     pub efi: EfiFlavour,
     pub unknown: UnknownPolicy,
+    /// Where each node's I/O trace goes (`--record-io`).
+    pub record_io: Option<PathBuf>,
 }
 
 pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {

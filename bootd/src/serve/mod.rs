@@ -16,7 +16,12 @@ use iscsi_target::{Server, ServerConfig};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::iotrace::IoRecorder;
+use crate::metrics::METRICS;
 
 /// Where iPXE scripts are served unless told otherwise.
 const DEFAULT_HTTP_PORT: u16 = 8080;
@@ -69,6 +74,10 @@ pub struct ServeArgs {
     /// [default: ignore].
     #[arg(long, value_name = "POLICY")]
     unknown: Option<String>,
+    /// Record every node's reads, writes and flushes to DIR/NODE.trace
+    /// (for bootd-storm to replay); off by default.
+    #[arg(long, value_name = "DIR")]
+    record_io: Option<PathBuf>,
     /// HTTP port for iPXE scripts (/boot.ipxe, /boot/MAC.ipxe) and, for
     /// UEFI HTTP boot, the iPXE binaries (/ipxe/NAME); 0 picks a free one
     /// [default: 8080]. A port that cannot be bound is an error.
@@ -129,6 +138,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .unwrap_or(EfiBinary::Snponly)
             .into(),
         unknown,
+        record_io: args.record_io.clone().or(file.record_io),
     })
 }
 
@@ -150,7 +160,15 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
 async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) -> Result<()> {
     let server = Server::new(ServerConfig::default());
     let bootlog = crate::bootlog::BootLog::start(dd.store()?).context("starting the boot log")?;
-    server.observe(session_reporter(bootlog.clone()));
+    let recorder = match &s.record_io {
+        Some(dir) => Some(Arc::new(
+            IoRecorder::new(dir, 512).with_context(|| format!("--record-io {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    server.observe(session_reporter(bootlog.clone(), recorder.clone()));
+    server.observe_commands(command_counter(recorder.clone()));
+    let tick_recorder = recorder.clone();
     let http_store = dd.store()?;
     // Beside the registry in the data directory's root.
     let lease_file = dd.overlays().with_file_name("dhcp-leases");
@@ -200,6 +218,9 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         loop {
             tokio::select! {
                 _ = timer.tick() => {
+                    if let Some(r) = &tick_recorder {
+                        r.flush();
+                    }
                     if let Err(e) = fleet.tick().await {
                         // The registry may be busy or briefly unreadable; the
                         // targets already served keep running.
@@ -226,6 +247,9 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     let _ = stop_tx.send(true);
     let mut fleet = watcher.await.context("registry watcher")?;
     fleet.close_all().await;
+    if let Some(r) = &recorder {
+        r.flush();
+    }
     served?;
     tracing::info!("overlays flushed; bye");
     Ok(())
@@ -233,30 +257,77 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
 
 /// iSCSI logins and logouts as boot stages; the ISID comes first in the
 /// detail so that a logout is matched with its login.
-fn session_reporter(log: crate::bootlog::BootLog) -> iscsi_target::SessionObserver {
+fn session_reporter(
+    log: crate::bootlog::BootLog,
+    recorder: Option<Arc<IoRecorder>>,
+) -> iscsi_target::SessionObserver {
     use crate::bootlog::{Stage, Who};
     use iscsi_target::SessionEvent;
-    std::sync::Arc::new(move |ev: &SessionEvent| match ev {
-        SessionEvent::LoggedIn {
-            initiator,
-            target,
-            isid,
-            peer,
-        } => log.report(
-            Who::Target(target.clone()),
-            Stage::IscsiLogin,
-            format!("{} {initiator} from {peer}", hex::encode(isid)),
-        ),
-        SessionEvent::Ended {
-            target,
-            isid,
-            reason,
-            ..
-        } => log.report(
-            Who::Target(target.clone()),
-            Stage::IscsiLogout,
-            format!("{} {reason}", hex::encode(isid)),
-        ),
+    Arc::new(move |ev: &SessionEvent| {
+        let (target, stage, detail) = match ev {
+            SessionEvent::LoggedIn {
+                initiator,
+                target,
+                isid,
+                peer,
+            } => {
+                METRICS.iscsi_logins.fetch_add(1, Relaxed);
+                let d = format!("{} {initiator} from {peer}", hex::encode(isid));
+                (target, Stage::IscsiLogin, d)
+            }
+            SessionEvent::Ended {
+                target,
+                isid,
+                reason,
+                ..
+            } => {
+                METRICS.iscsi_ends.fetch_add(1, Relaxed);
+                (
+                    target,
+                    Stage::IscsiLogout,
+                    format!("{} {reason}", hex::encode(isid)),
+                )
+            }
+        };
+        if let Some(r) = &recorder {
+            let what = if stage == Stage::IscsiLogin {
+                "login"
+            } else {
+                "logout"
+            };
+            r.note(target, &format!("{what} {detail}"));
+        }
+        log.report(Who::Target(target.clone()), stage, detail);
+    })
+}
+
+/// Per-node counters and latency for /metrics, and the I/O trace when asked.
+fn command_counter(recorder: Option<Arc<IoRecorder>>) -> iscsi_target::CommandObserver {
+    use iscsi_proto::scsi::cdb::{block_io, BlockIo};
+    Arc::new(move |c: &iscsi_target::CommandDone<'_>| {
+        let node = METRICS.node(c.target);
+        let io = block_io(c.cdb);
+        match io {
+            Some(BlockIo::Read { .. }) => {
+                node.reads.fetch_add(1, Relaxed);
+                METRICS.read_latency.observe(c.elapsed);
+            }
+            Some(BlockIo::Write { .. }) => {
+                node.writes.fetch_add(1, Relaxed);
+                METRICS.write_latency.observe(c.elapsed);
+            }
+            _ => {
+                node.other.fetch_add(1, Relaxed);
+            }
+        }
+        node.read_bytes.fetch_add(c.data_in, Relaxed);
+        node.write_bytes.fetch_add(c.data_out, Relaxed);
+        if !c.good {
+            node.errors.fetch_add(1, Relaxed);
+        }
+        if let (Some(r), Some(io)) = (&recorder, io) {
+            r.command(c.target, io);
+        }
     })
 }
 

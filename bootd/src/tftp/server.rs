@@ -6,7 +6,9 @@ use super::files::Root;
 use super::packet::{self, ErrorCode, Packet, Request};
 use super::transfer::{Limits, Outcome, Transfer};
 use crate::bootlog::{BootLog, Stage, Who};
+use crate::metrics::METRICS;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -157,6 +159,8 @@ async fn run_transfer(
     }
     match t.outcome() {
         Some(Outcome::Complete) => {
+            METRICS.tftp_transfers.fetch_add(1, Relaxed);
+            METRICS.tftp_bytes.fetch_add(size as u64, Relaxed);
             tracing::debug!(%peer, file = %req.filename, bytes = size,
                 blksize = t.blksize(), window = t.window(), "tftp sent");
             if let Some(log) = bootlog {
@@ -169,7 +173,10 @@ async fn run_transfer(
                 log.report(Who::Addr(peer.ip()), Stage::Tftp, detail);
             }
         }
-        Some(o) => tracing::info!(%peer, file = %req.filename, outcome = ?o, "tftp ended"),
+        Some(o) => {
+            METRICS.tftp_failed.fetch_add(1, Relaxed);
+            tracing::info!(%peer, file = %req.filename, outcome = ?o, "tftp ended")
+        }
         None => {}
     }
 }

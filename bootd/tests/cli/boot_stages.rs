@@ -1,5 +1,7 @@
-//! `node show` reports the stages of a node's last boot: the script served
-//! over HTTP, then each iSCSI login and logout, in order, with their times.
+//! What serve tells about boots: `node show` reports the stages of a node's
+//! last boot (the script served over HTTP, then each iSCSI login and logout,
+//! in order, with their times), `GET /metrics` counts them, and
+//! `--record-io` keeps the node's I/O trace.
 
 use crate::common::*;
 use std::time::{Duration, Instant};
@@ -34,7 +36,8 @@ fn node_show_reports_the_last_boot() -> Result {
     let text = env.ok(&["node", "show", "n1"])?;
     assert!(text.contains("never seen booting"), "{text}");
 
-    let serve = Serve::start(&env)?;
+    let traces = env.path("traces");
+    let serve = Serve::start_with(&env, &["--record-io", &traces.to_string_lossy()])?;
     let url = format!(
         "http://127.0.0.1:{}/boot/52-54-00-ab-cd-01.ipxe",
         serve.http
@@ -48,7 +51,11 @@ fn node_show_reports_the_last_boot() -> Result {
         initiator: &initiator,
         chap: Some((&user, &secret)),
     };
-    io_ok(serve.port, &login, &["read 0 4k"])?;
+    io_ok(
+        serve.port,
+        &login,
+        &["read 0 4k", "write -P 7 8k 4k", "flush"],
+    )?;
 
     // Recorded by a thread beside the servers: give it a moment.
     let want = ["script", "iscsi-login-1", "iscsi-logout-1"];

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
@@ -26,3 +27,21 @@ pub enum SessionEvent {
 }
 
 pub type SessionObserver = Arc<dyn Fn(&SessionEvent) + Send + Sync>;
+
+/// A SCSI command that completed on a target's LUN.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandDone<'a> {
+    pub target: &'a str,
+    pub cdb: &'a [u8],
+    /// Bytes the initiator sent (Data-Out) and was sent (Data-In).
+    pub data_out: u64,
+    pub data_in: u64,
+    /// GOOD status.
+    pub good: bool,
+    /// From the command's arrival to its completion.
+    pub elapsed: Duration,
+}
+
+/// Told of every completed command; runs on the I/O path, so it must be
+/// cheap (counters, a buffered write).
+pub type CommandObserver = Arc<dyn Fn(&CommandDone<'_>) + Send + Sync>;

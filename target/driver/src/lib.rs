@@ -13,5 +13,5 @@ pub mod raw;
 pub mod server;
 mod session;
 
-pub use events::{SessionEvent, SessionObserver};
+pub use events::{CommandDone, CommandObserver, SessionEvent, SessionObserver};
 pub use server::{Server, ServerConfig, ServerError, Target};

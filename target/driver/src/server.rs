@@ -104,6 +104,7 @@ pub struct Server {
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
     observer: std::sync::OnceLock<crate::events::SessionObserver>,
+    commands: std::sync::OnceLock<crate::events::CommandObserver>,
 }
 
 impl Server {
@@ -116,6 +117,7 @@ impl Server {
             next_conn: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             observer: std::sync::OnceLock::new(),
+            commands: std::sync::OnceLock::new(),
         })
     }
 
@@ -123,6 +125,16 @@ impl Server {
     /// if one was already set.
     pub fn observe(&self, f: crate::events::SessionObserver) -> bool {
         self.observer.set(f).is_ok()
+    }
+
+    /// Sets the one observer told of every completed SCSI command; `false`
+    /// if one was already set.
+    pub fn observe_commands(&self, f: crate::events::CommandObserver) -> bool {
+        self.commands.set(f).is_ok()
+    }
+
+    pub(crate) fn command_observer(&self) -> Option<crate::events::CommandObserver> {
+        self.commands.get().cloned()
     }
 
     pub(crate) fn notify(&self, ev: &crate::events::SessionEvent) {

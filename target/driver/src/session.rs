@@ -154,6 +154,28 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
     let _ = writer.await;
 }
 
+/// What the command observer needs of a command, kept from its arrival.
+struct Watch {
+    f: crate::events::CommandObserver,
+    target: Arc<Target>,
+    cdb: bytes::Bytes,
+    data_out: u64,
+    started: Instant,
+}
+
+impl Watch {
+    fn done(&self, res: &ScsiResult) {
+        (self.f)(&crate::events::CommandDone {
+            target: &self.target.iqn,
+            cdb: &self.cdb,
+            data_out: self.data_out,
+            data_in: res.data_in.len() as u64,
+            good: res.status == iscsi_proto::task::ScsiStatus::GOOD,
+            elapsed: self.started.elapsed(),
+        });
+    }
+}
+
 fn flush_out(conn: &mut Connection, tx: &mpsc::UnboundedSender<BytesMut>) {
     if let Some(b) = conn.poll_transmit() {
         let _ = tx.send(b);
@@ -251,6 +273,17 @@ impl State {
         };
         let nexus = bound.nexus.clone();
         let itt = cmd.itt;
+        let watch = self.server.command_observer().map(|f| Watch {
+            f,
+            target: bound.target.clone(),
+            cdb: cmd.cdb.clone(),
+            data_out: if cmd.write {
+                u64::from(cmd.expected_len)
+            } else {
+                0
+            },
+            started: Instant::now(),
+        });
         let mut fut = Box::pin(async move { lun.execute(&nexus, &cmd).await });
         // Most reads of a warm image finish without waiting (page-cache hits
         // through RWF_NOWAIT): poll once here and skip a task spawn and a
@@ -258,11 +291,19 @@ impl State {
         // which polls again with a real waker.
         let mut cx = Context::from_waker(Waker::noop());
         match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(res) => self.conn.complete_command(itt, res),
+            Poll::Ready(res) => {
+                if let Some(w) = &watch {
+                    w.done(&res);
+                }
+                self.conn.complete_command(itt, res)
+            }
             Poll::Pending => {
                 let done = self.done_tx.clone();
                 tokio::spawn(async move {
                     let res = fut.await;
+                    if let Some(w) = &watch {
+                        w.done(&res);
+                    }
                     let _ = done.send((itt, res));
                 });
             }

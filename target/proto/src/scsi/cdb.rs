@@ -171,6 +171,72 @@ pub fn access(cdb: &[u8]) -> Access {
     }
 }
 
+/// A command's effect on the medium, for I/O traces and accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockIo {
+    Read {
+        lba: u64,
+        blocks: u32,
+    },
+    Write {
+        lba: u64,
+        blocks: u32,
+    },
+    /// SYNCHRONIZE CACHE (the whole medium or a range: traced as a flush).
+    Flush,
+}
+
+/// READ/WRITE (6, 10, 12, 16), WRITE AND VERIFY and SYNCHRONIZE CACHE;
+/// `None` for anything else. Short CDBs read as zeros.
+pub fn block_io(cdb: &[u8]) -> Option<BlockIo> {
+    let c = Cdb(cdb);
+    let six = |c: &Cdb<'_>| {
+        let lba = u64::from(c.u24(1) & 0x1f_ffff);
+        // READ(6)/WRITE(6): a length of 0 means 256 blocks.
+        let n = match c.b(4) {
+            0 => 256,
+            n => u32::from(n),
+        };
+        (lba, n)
+    };
+    Some(match c.opcode() {
+        0x08 => {
+            let (lba, blocks) = six(&c);
+            BlockIo::Read { lba, blocks }
+        }
+        0x0A => {
+            let (lba, blocks) = six(&c);
+            BlockIo::Write { lba, blocks }
+        }
+        0x28 => BlockIo::Read {
+            lba: u64::from(c.u32(2)),
+            blocks: u32::from(c.u16(7)),
+        },
+        0x2A | 0x2E => BlockIo::Write {
+            lba: u64::from(c.u32(2)),
+            blocks: u32::from(c.u16(7)),
+        },
+        0xA8 => BlockIo::Read {
+            lba: u64::from(c.u32(2)),
+            blocks: c.u32(6),
+        },
+        0xAA | 0xAE => BlockIo::Write {
+            lba: u64::from(c.u32(2)),
+            blocks: c.u32(6),
+        },
+        0x88 => BlockIo::Read {
+            lba: c.u64(2),
+            blocks: c.u32(10),
+        },
+        0x8A | 0x8E => BlockIo::Write {
+            lba: c.u64(2),
+            blocks: c.u32(10),
+        },
+        0x35 | 0x91 => BlockIo::Flush,
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +247,34 @@ mod tests {
         assert_eq!(c.u32(2), 0);
         assert_eq!(c.u64(usize::MAX - 3), 0);
         assert_eq!(c.sa(), 1);
+    }
+
+    #[test]
+    fn block_io_of_reads_writes_and_flushes() {
+        assert_eq!(
+            block_io(&[0x28, 0, 0, 0, 1, 0, 0, 0, 8, 0]),
+            Some(BlockIo::Read {
+                lba: 256,
+                blocks: 8
+            })
+        );
+        assert_eq!(
+            block_io(&[0x0A, 0x01, 0, 2, 0, 0]),
+            Some(BlockIo::Write {
+                lba: 0x10002,
+                blocks: 256
+            })
+        );
+        let mut w16 = [0u8; 16];
+        w16[0] = 0x8A;
+        w16[9] = 7;
+        w16[13] = 1;
+        assert_eq!(block_io(&w16), Some(BlockIo::Write { lba: 7, blocks: 1 }));
+        assert_eq!(block_io(&[0x35]), Some(BlockIo::Flush));
+        assert_eq!(block_io(&[0x12, 0, 0, 0, 36, 0]), None);
+        assert_eq!(block_io(&[]), None);
+        // Short CDBs read as zeros instead of panicking.
+        assert_eq!(block_io(&[0x88]), Some(BlockIo::Read { lba: 0, blocks: 0 }));
     }
 
     #[test]

@@ -626,6 +626,7 @@ mod tests {
             let _ = super::super::spc::unknown_lun(&cdb);
             let _ = super::super::spc::report_luns(&[0, 1, 4000], &cdb);
             let _ = super::super::cdb::transfer_len(&cdb, 512);
+            let _ = super::super::cdb::block_io(&cdb);
             let _ = super::super::xcopy::decode(&cdb, &data, &lu.geo, &[1, 3, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]);
             let _ = super::super::sanitize::decode(&cdb, &data, 512, true, false);
             let _ = PrState::decode(&data);

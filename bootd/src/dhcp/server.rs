@@ -63,6 +63,11 @@ pub fn handle(
     node: &NodeLookup,
     now: u64,
 ) -> Option<Reply> {
+    // "Relayed" by our own address: forged, and the answer would go to
+    // ourselves.
+    if req.msg.giaddr() == p.server {
+        return None;
+    }
     match (p.mode, leases) {
         (Mode::Proxy, _) => proxy(req, local_port, source, p, node),
         // Full mode listens on the server port only, so any port will do.

@@ -383,6 +383,17 @@ fn decline_keeps_the_address_out_of_the_pool() -> R {
 }
 
 #[test]
+fn a_request_relayed_by_our_own_address_is_ignored() -> R {
+    let mut l = leases(Mem::default())?;
+    let mut d = msg(MessageType::Discover, MAC);
+    d.set_giaddr(SERVER);
+    assert!(run(&d, &params(Mode::Full), &mut l, &KNOWN)?.is_none());
+    d.set_giaddr(Ipv4Addr::new(192, 0, 2, 254));
+    assert!(run(&d, &params(Mode::Full), &mut l, &KNOWN)?.is_some());
+    Ok(())
+}
+
+#[test]
 fn inform_gets_options_but_no_address_or_lease() -> R {
     let mut l = leases(Mem::default())?;
     let mut i = msg(MessageType::Inform, MAC);

@@ -12,6 +12,7 @@
 
 pub mod bootd;
 pub mod cunit;
+pub mod dhcp_client;
 pub mod disk;
 pub mod env;
 pub mod export;

@@ -69,6 +69,53 @@ impl NetNs {
         ])
     }
 
+    /// Adds a bridge `dev`, up, that forwards at once (no STP, no forward delay:
+    /// a DHCP client must be heard the moment its port comes up).
+    pub fn add_bridge(&self, dev: &str) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            dev,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        self.ip(&["link", "set", dev, "up"])
+    }
+
+    /// Plugs `peer` into `bridge` here: a veth pair with `port` (up, a port of the
+    /// bridge) here and `peer_dev` in `peer`, left down for its MAC and address.
+    pub fn plug(&self, bridge: &str, port: &str, peer: &NetNs, peer_dev: &str) -> Result<()> {
+        self.add_veth(port, peer, peer_dev)?;
+        self.ip(&["link", "set", port, "master", bridge])?;
+        self.ip(&["link", "set", port, "up"])
+    }
+
+    /// Runs `f` on a thread of its own that has joined this namespace (setns(2) on
+    /// `/run/netns/NAME`), so every socket `f` opens lives here while the rest of the
+    /// process stays where it was. Sockets keep their namespace when `f` returns.
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.name);
+        let handle = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on a namespace fd we hold open; it changes only
+                // this thread's network namespace, and the thread ends after `f`.
+                if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("setns to {path}"));
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread inside {} panicked", self.name))?
+        })
+    }
+
     /// A command that runs `program` inside the namespace. `ip netns exec` execs the
     /// program, so the child's pid is the program's own and signals reach it.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

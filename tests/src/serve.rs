@@ -158,7 +158,8 @@ pub struct ServeOptions<'a> {
     /// `--listen-ip`; the ready lines must name it.
     pub listen_ip: String,
     /// Flags added after the ports, e.g. `--dhcp full --interface IF --pool A-B`.
-    /// Without a `--dhcp` among them, `--dhcp off` is passed.
+    /// Without a `--dhcp` among them, `--dhcp off` is passed; a port flag among
+    /// them (`--tftp-port 69`) replaces the default port 0.
     pub extra: Vec<String>,
 }
 
@@ -196,17 +197,13 @@ impl Serve {
     pub fn start_with(data: &DataDir, opts: &ServeOptions) -> Result<Self> {
         // Port 0: serve binds a free port itself and prints it, so no other process
         // can take the port between our choosing it and serve binding it.
-        let mut args = vec![
-            "serve",
-            "--listen-ip",
-            &opts.listen_ip,
-            "--iscsi-port",
-            "0",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-        ];
+        // A port flag among `extra` (TFTP on 69, where firmware looks) replaces it.
+        let mut args = vec!["serve", "--listen-ip", &opts.listen_ip];
+        for flag in ["--iscsi-port", "--http-port", "--tftp-port"] {
+            if !opts.extra.iter().any(|a| a == flag) {
+                args.extend([flag, "0"]);
+            }
+        }
         if !opts.extra.iter().any(|a| a == "--dhcp") {
             args.extend(["--dhcp", "off"]);
         }
@@ -291,6 +288,14 @@ impl Serve {
 
     pub fn tftp_port(&self) -> u16 {
         self.tftp_port
+    }
+
+    /// Whether the serve process is still running (it has not exited or crashed).
+    pub fn running(&mut self) -> Result<bool> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait().context("polling serve")?.is_none()),
+            None => Ok(false),
+        }
     }
 
     /// Everything serve printed so far, for failure messages.

@@ -7,3 +7,4 @@ mod hostile;
 mod lab;
 mod proxy;
 mod script;
+mod unknown;

@@ -1,0 +1,298 @@
+//! Diskless machines on a private LAN: a bridge inside a network namespace carrying the
+//! server's address, one tap device per machine, QEMU guests (TCG) that boot from the
+//! network and report on their serial consoles, and `bootd serve` answering them with
+//! TFTP on port 69, where firmware PXE clients look for it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::bootd::{bootd_bin, START_LIMIT, STOP_LIMIT};
+use crate::guest::Outcome;
+use crate::netns::NetNs;
+use crate::process::{describe, terminate, wait_until};
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const IPXE_BIOS_ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
+
+/// The firmware a machine boots with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS with iPXE's e1000 option ROM (the ROM is iPXE: no TFTP step).
+    Bios,
+    /// OVMF's own PXE client on a virtio NIC without option ROM: DHCP as UEFI x64
+    /// (arch 7), `snponly.efi` over TFTP, then iPXE and its script over HTTP.
+    Uefi,
+}
+
+impl Firmware {
+    /// Files the firmware needs on the host, with their Debian packages.
+    pub fn files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Firmware::Bios => &[(IPXE_BIOS_ROM, "ipxe-qemu")],
+            // snponly.efi is what serve hands UEFI x64 from its default TFTP directory.
+            Firmware::Uefi => &[
+                (OVMF_CODE, "ovmf"),
+                (OVMF_VARS, "ovmf"),
+                ("/usr/lib/ipxe/snponly.efi", "ipxe"),
+            ],
+        }
+    }
+
+    /// The first of [`Firmware::files`] that is missing, as `PATH (package)`.
+    pub fn missing(self) -> Option<String> {
+        self.files()
+            .iter()
+            .find(|(f, _)| !Path::new(f).is_file())
+            .map(|(f, p)| format!("{f} not found (Debian package {p})"))
+    }
+}
+
+/// A bridge in `ns` with the server's address on it; machines join it through taps.
+pub struct Lan<'a> {
+    ns: &'a NetNs,
+    bridge: String,
+}
+
+impl<'a> Lan<'a> {
+    /// Creates `bridge` in `ns` with `cidr` (the server's address), up. Without STP the
+    /// bridge forwards as soon as a port comes up, so the firmware's first DHCP
+    /// DISCOVER is not lost to a listening delay.
+    pub fn new(ns: &'a NetNs, bridge: &str, cidr: &str) -> Result<Self> {
+        ns.ip(&["link", "add", bridge, "type", "bridge", "stp_state", "0"])?;
+        ns.ip(&["addr", "add", cidr, "dev", bridge])?;
+        ns.ip(&["link", "set", bridge, "up"])?;
+        Ok(Self {
+            ns,
+            bridge: bridge.to_string(),
+        })
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// Adds a persistent tap on the bridge, up; a guest attaches to it later.
+    pub fn add_tap(&self, tap: &str) -> Result<()> {
+        self.ns.ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+        self.ns.ip(&["link", "set", tap, "master", &self.bridge])?;
+        self.ns.ip(&["link", "set", tap, "up"])
+    }
+}
+
+/// One network boot of one machine.
+#[derive(Clone, Debug)]
+pub struct PxeBoot {
+    pub firmware: Firmware,
+    /// The namespace's tap device the machine's NIC attaches to.
+    pub tap: String,
+    pub mac: String,
+    /// Where the serial console goes; QEMU's own output goes beside it (`.qemu` added).
+    pub console: PathBuf,
+    /// The machine must power off within this; past it, it is killed.
+    pub limit: Duration,
+}
+
+/// A running machine; killed if dropped before [`PxeGuest::wait`] returns.
+pub struct PxeGuest {
+    child: Option<Child>,
+    start: Instant,
+    boot: PxeBoot,
+    qemu_log: PathBuf,
+}
+
+impl PxeGuest {
+    /// Powers the machine on in `ns`: it boots from its NIC only.
+    pub fn start(ns: &NetNs, boot: &PxeBoot) -> Result<Self> {
+        let qemu_log = boot.console.with_extension("qemu");
+        let log = std::fs::File::create(&qemu_log)
+            .with_context(|| format!("creating {}", qemu_log.display()))?;
+        let mut cmd = ns.command("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-m", "512", "-smp", "1", "-nographic"])
+            // -no-reboot: a failed sanboot's `reboot` (and a guest panic) ends QEMU.
+            .args(["-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", boot.console.display()))
+            .arg("-netdev")
+            .arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                boot.tap
+            ));
+        match boot.firmware {
+            Firmware::Bios => {
+                cmd.args(["-boot", "n", "-device"]).arg(format!(
+                    "e1000,netdev=n0,mac={},romfile={IPXE_BIOS_ROM}",
+                    boot.mac
+                ));
+            }
+            Firmware::Uefi => {
+                // Each machine writes its own copy of the firmware's variable store.
+                let vars = boot.console.with_extension("vars.fd");
+                std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+                cmd.arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ))
+                    // No option ROM: OVMF's own virtio-net driver and PXE client. With
+                    // no disk, network boot is the firmware's only boot option.
+                    .arg("-device")
+                    .arg(format!(
+                        "virtio-net-pci,netdev=n0,mac={},romfile=",
+                        boot.mac
+                    ));
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let command = describe(&cmd);
+        let start = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning `{command}`"))?;
+        Ok(Self {
+            child: Some(child),
+            start,
+            boot: boot.clone(),
+            qemu_log,
+        })
+    }
+
+    /// Waits until the machine powers off (or its limit passes) and collects its console.
+    pub fn wait(mut self) -> Result<Outcome> {
+        let status = match self.child.as_mut() {
+            Some(child) => wait_until(child, self.start + self.boot.limit)?,
+            None => None,
+        };
+        self.child = None;
+        Ok(Outcome {
+            status,
+            console: read_lossy(&self.boot.console),
+            qemu_log: read_lossy(&self.qemu_log),
+            elapsed: self.start.elapsed(),
+        })
+    }
+}
+
+impl Drop for PxeGuest {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Errors only mean it is already gone.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Powers all machines on at once and waits for every one of them.
+pub fn boot_together(ns: &NetNs, boots: &[PxeBoot]) -> Result<Vec<Outcome>> {
+    let guests = boots
+        .iter()
+        .map(|b| PxeGuest::start(ns, b))
+        .collect::<Result<Vec<_>>>()?;
+    guests.into_iter().map(PxeGuest::wait).collect()
+}
+
+fn read_lossy(p: &Path) -> String {
+    std::fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// `bootd serve --dhcp full` on a LAN's bridge with TFTP on port 69 (firmware PXE clients
+/// know no other), the other ports picked by serve; stopped when dropped.
+pub struct LanServe {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl LanServe {
+    /// Starts serve on `data_dir` inside `ns` and waits for its ready lines; `log_path`
+    /// collects its stdout and stderr. `log_filter` goes to `BOOTD_LOG`.
+    pub fn start(
+        ns: &NetNs,
+        lan: &Lan<'_>,
+        data_dir: &Path,
+        server_ip: &str,
+        pool: &str,
+        log_filter: &str,
+        log_path: PathBuf,
+    ) -> Result<Self> {
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = ns.command(bootd_bin()?);
+        cmd.env("BOOTD_DATA_DIR", data_dir)
+            .env("BOOTD_LOG", log_filter)
+            .args(["serve", "--listen-ip", server_ip, "--iscsi-port", "0"])
+            .args(["--http-port", "0", "--tftp-port", "69", "--dhcp", "full"])
+            .args(["--interface", lan.bridge(), "--pool", pool])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let command = describe(&cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning `{command}`"))?;
+        let mut serve = Self {
+            child: Some(child),
+            log_path,
+        };
+        // serve prints `iscsi`, `http` and `tftp ADDR:PORT` in this order once it answers.
+        let want = format!("tftp {server_ip}:69");
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            let log = serve.log();
+            if log.lines().any(|l| l == want) {
+                return Ok(serve);
+            }
+            if let Some(status) = serve.child.as_mut().and_then(|c| c.try_wait().ok()?) {
+                bail!("`{command}` exited early: {status}\n{log}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "`{command}` printed no {want:?} within {}s\n{log}",
+                START_LIMIT.as_secs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything serve printed so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+
+    /// SIGTERM, then wait: serve must flush every overlay and exit 0 in time.
+    pub fn stop(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        terminate(&child);
+        let status = wait_until(&mut child, Instant::now() + STOP_LIMIT)?;
+        ensure!(
+            status.is_some_and(|s| s.success()),
+            "serve did not exit 0 within {}s of SIGTERM ({status:?})\n{}",
+            STOP_LIMIT.as_secs(),
+            self.log()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for LanServe {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            // Errors here only mean the child is already gone.
+            let _ = wait_until(&mut child, Instant::now() + STOP_LIMIT);
+        }
+    }
+}

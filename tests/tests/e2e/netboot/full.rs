@@ -10,8 +10,6 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use bootd_tests::disk::noise;
-use bootd_tests::env::Needs;
-use bootd_tests::export::Server;
 use bootd_tests::netns::NetNs;
 use bootd_tests::serve::{Serve, ServeOptions};
 
@@ -40,19 +38,7 @@ struct Files {
 #[test]
 fn full_dhcp_tftp_http_on_a_bridge() -> Result<()> {
     let test = "full_dhcp_tftp_http_on_a_bridge";
-    if Server::from_env() != Server::Bootd {
-        println!("{test}: skipped: DHCP and TFTP are bootd's own (BOOTD_TEST_TARGET)");
-        return Ok(());
-    }
-    if !Needs::new()
-        .root()
-        .server()
-        .tool("ip", "iproute2")
-        .tool("busybox", "busybox-static")
-        .tool("curl", "curl")
-        .tool("iscsi-inq", "libiscsi-bin")
-        .met(test)
-    {
+    if !lab::can_run(test, &[("curl", "curl"), ("iscsi-inq", "libiscsi-bin")]) {
         return Ok(());
     }
     let start = Instant::now();

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
 use bootd_tests::disk::noise;
+use bootd_tests::env::Needs;
+use bootd_tests::export::Server;
 use bootd_tests::netns::NetNs;
 use bootd_tests::process::{run, Finished};
 use bootd_tests::serve::DataDir;
@@ -33,6 +35,24 @@ pub const PXE_UEFI_X64_9: &[&str] = &["-V", "PXEClient:Arch:00009", "-x", "93:00
 pub const HTTP_UEFI_X64: &[&str] = &["-V", "HTTPClient:Arch:00016", "-x", "93:0010"];
 /// User class `iPXE` (option 77, hex), as iPXE sends it.
 pub const IPXE: &[&str] = &["-x", "77:69505845"];
+
+/// Whether `test` can run: bootd is the server under test (DHCP and TFTP are its
+/// own), and root, iproute2, busybox and the `extra` (tool, Debian package) are here.
+pub fn can_run(test: &str, extra: &[(&str, &str)]) -> bool {
+    if Server::from_env() != Server::Bootd {
+        println!("{test}: skipped: DHCP and TFTP are bootd's own (BOOTD_TEST_TARGET)");
+        return false;
+    }
+    let mut needs = Needs::new()
+        .root()
+        .server()
+        .tool("ip", "iproute2")
+        .tool("busybox", "busybox-static");
+    for (tool, package) in extra {
+        needs = needs.tool(tool, package);
+    }
+    needs.met(test)
+}
 
 /// A server namespace with a bridge, a data directory with a golden image, and a
 /// scratch directory; machines are plugged in with [`Lab::machine`].

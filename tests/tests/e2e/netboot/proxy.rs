@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bootd_tests::dhcp_client::{self, Client, Message, ACK, DISCOVER, OFFER, REQUEST};
 use bootd_tests::disk::noise;
-use bootd_tests::env::{which, Needs};
-use bootd_tests::export::Server;
+use bootd_tests::env::which;
 use bootd_tests::netns::NetNs;
 use bootd_tests::process::{terminate, wait_until};
 use bootd_tests::serve::ServeOptions;
@@ -43,19 +42,7 @@ const UUID: [u8; 17] = [
 #[test]
 fn proxy_dhcp_beside_dnsmasq() -> Result<()> {
     let test = "proxy_dhcp_beside_dnsmasq";
-    if Server::from_env() != Server::Bootd {
-        println!("{test}: skipped: DHCP and TFTP are bootd's own (BOOTD_TEST_TARGET)");
-        return Ok(());
-    }
-    if !Needs::new()
-        .root()
-        .server()
-        .tool("ip", "iproute2")
-        .tool("busybox", "busybox-static")
-        .tool("curl", "curl")
-        .tool("dnsmasq", "dnsmasq-base")
-        .met(test)
-    {
+    if !lab::can_run(test, &[("curl", "curl"), ("dnsmasq", "dnsmasq-base")]) {
         return Ok(());
     }
     let start = Instant::now();

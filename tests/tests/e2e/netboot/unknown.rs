@@ -7,8 +7,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use bootd_tests::env::Needs;
-use bootd_tests::export::Server;
 use bootd_tests::serve::ServeOptions;
 
 use super::lab::{self, Lab, SERVER_IP};
@@ -39,17 +37,7 @@ fn options<'a>(lab: &'a Lab, unknown: &str) -> ServeOptions<'a> {
 #[test]
 fn unknown_machines_are_discovered_adopted_or_enrolled() -> Result<()> {
     let test = "unknown_machines_are_discovered_adopted_or_enrolled";
-    if Server::from_env() != Server::Bootd {
-        println!("{test}: skipped: DHCP is bootd's own (BOOTD_TEST_TARGET)");
-        return Ok(());
-    }
-    if !Needs::new()
-        .root()
-        .server()
-        .tool("ip", "iproute2")
-        .tool("busybox", "busybox-static")
-        .met(test)
-    {
+    if !lab::can_run(test, &[]) {
         return Ok(());
     }
     let lab = Lab::new()?;

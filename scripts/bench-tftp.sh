@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # N concurrent TFTP fetches of one file from bootd and from tftpd-hpa, on 127.0.0.1 only;
-# every copy is compared with the original. Prints wall time per server and the ratio.
+# every copy is compared with the original. Prints the median wall time per server and the
+# ratio.
 # Usage: sudo scripts/bench-tftp.sh [N]
 # Env: BENCH_FILE (a file to serve; default: 1 MiB of random bytes), BENCH_BLKSIZE (1428),
+#      BENCH_ROUNDS (3: the servers alternate, the medians are compared),
 #      BOOTD_TFTP_PORT (6969), HPA_PORT (6970), BOOTD (a bootd binary; default: release build).
 set -euo pipefail
 
 N=${1:-200}
 BLKSIZE=${BENCH_BLKSIZE:-1428}
+ROUNDS=${BENCH_ROUNDS:-3}
 BOOTD_TFTP_PORT=${BOOTD_TFTP_PORT:-6969}
 HPA_PORT=${HPA_PORT:-6970}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,7 +65,7 @@ grep -q '^tftp ' "$WORK/bootd.out" || die "bootd did not start: $(cat "$WORK/boo
 # run NAME PORT: N concurrent fetches, all verified; prints the wall time in seconds.
 run() {
     local name=$1 port=$2 dir="$WORK/out-$1" start end i bad=0 cpids=()
-    mkdir -p "$dir"
+    rm -rf "$dir"; mkdir -p "$dir"
     # Warm-up: one fetch, so both servers have the file in the page cache.
     curl -s --max-time 30 --tftp-blksize "$BLKSIZE" "tftp://127.0.0.1:$port/file" -o "$dir/warm"
     start=$(date +%s.%N)
@@ -79,9 +82,16 @@ run() {
     awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
 }
 
-log "$N concurrent fetches of $SIZE bytes, blksize $BLKSIZE"
-T_BOOTD=$(run bootd "$BOOTD_TFTP_PORT")
-T_HPA=$(run tftpd-hpa "$HPA_PORT")
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+log "$N concurrent fetches of $SIZE bytes, blksize $BLKSIZE, $ROUNDS rounds"
+B=(); H=()
+for r in $(seq "$ROUNDS"); do
+    B+=("$(run bootd "$BOOTD_TFTP_PORT")")
+    H+=("$(run tftpd-hpa "$HPA_PORT")")
+    log "round $r: bootd ${B[-1]} s, tftpd-hpa ${H[-1]} s"
+done
+T_BOOTD=$(printf '%s\n' "${B[@]}" | median)
+T_HPA=$(printf '%s\n' "${H[@]}" | median)
 printf 'bootd      %6.3f s  (%d fetches of %d bytes, all intact)\n' "$T_BOOTD" "$N" "$SIZE"
 printf 'tftpd-hpa  %6.3f s  (%d fetches of %d bytes, all intact)\n' "$T_HPA" "$N" "$SIZE"
 printf 'ratio      %6.2fx  (tftpd-hpa time / bootd time)\n' "$(awk -v a="$T_HPA" -v b="$T_BOOTD" 'BEGIN { print a / b }')"

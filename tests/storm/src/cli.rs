@@ -1,0 +1,96 @@
+//! Command-line options.
+
+use crate::node::Verify;
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bootd-storm",
+    version,
+    about = "Boot storm: N simulated nodes boot from one bootd at once, end to end",
+    long_about = "Boot storm: N simulated nodes boot from one bootd at once, end to end.\n\n\
+Needs root. Builds a throw-away data directory (a golden image of random bytes, N \
+registered nodes with MACs 52:54:00:xx:xx:xx), two private network namespaces joined \
+by a veth (bootd at 192.0.2.1/24, the nodes at 192.0.2.2/24; nothing else on that \
+wire, nothing touches the host's interfaces), and runs `bootd serve --dhcp full` in \
+one of them. Each node then does what a diskless machine does: DHCP as a PXE BIOS ROM \
+(expects undionly.kpxe), TFTP of that file (blksize 1428, checked byte for byte), DHCP \
+again as iPXE (expects the /boot.ipxe URL), HTTP /boot.ipxe and its chain to the \
+node's script, iSCSI login with the script's initiator IQN and CHAP secret, the boot's \
+I/O (a trace, scaled to --read-set-mib of distinct reads; reads checked against the \
+golden image or the node's own writes), logout, and DHCP RELEASE.",
+    after_help = "ADDRESSES: a /24 leaves bootd the pool 192.0.2.10-192.0.2.250 (241 \
+addresses), fewer than the nodes of a big storm. Every node releases its address when \
+it is done (DHCP RELEASE), so the pool is reused; --concurrency is therefore capped at \
+241. All nodes' TCP and TFTP traffic comes from 192.0.2.2.\n\n\
+TRACE FORMAT (--trace, --emit-trace; `bootd serve --record-io DIR` writes it):\n  \
+# bootd-io-trace v1 block_size=512\n  <ms since login> R|W|F <lba> <blocks>\n\
+F is SYNCHRONIZE CACHE (lba and blocks 0). Without --trace, a synthetic boot is used: \
+sequential 4-128 KiB reads through the first 64 MiB with holes, 10% random 4 KiB \
+reads, 300 4 KiB writes in 20 bursts, each followed by a flush.\n\n\
+The run is bounded: --time-limit stops it (unfinished nodes are reported), and \
+every network wait has a timeout and a bounded number of retries. The exit status is \
+1 when any node failed or any error (even a recovered one) was counted."
+)]
+pub struct Args {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Nodes booting at the same time (at most 241, the DHCP pool).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds the storm may run before it stops by itself (setup not included).
+    #[arg(long, default_value_t = 300)]
+    pub time_limit: u64,
+    /// Distinct MiB each node reads: the trace's reads are repeated (shifted
+    /// past each other) or cut short to reach it; 0 replays the trace as is.
+    #[arg(long, default_value_t = 64)]
+    pub read_set_mib: u64,
+    /// Boot I/O trace to replay [default: the built-in synthetic boot].
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Write what each node would replay (the trace scaled to
+    /// --read-set-mib; 0 for the trace as it is) to FILE and exit (needs no root).
+    #[arg(long, value_name = "FILE")]
+    pub emit_trace: Option<PathBuf>,
+    /// Replay the trace's timing (sleep until each command's ms since
+    /// login) instead of as fast as the server answers.
+    #[arg(long)]
+    pub pace: bool,
+    /// How reads are checked: sample (first and last block of each read),
+    /// full (every byte) or off.
+    #[arg(long, value_enum, default_value_t = Verify::Sample)]
+    pub verify: Verify,
+    /// The bootd binary [default: <workspace>/build/release/bootd].
+    #[arg(long)]
+    pub bootd: Option<PathBuf>,
+    /// The iPXE binary served over TFTP (copied into a private TFTP directory).
+    #[arg(long, default_value = "/usr/lib/ipxe/undionly.kpxe")]
+    pub ipxe: PathBuf,
+    /// Golden image size in MiB [default: the plan's extent rounded up, at least 128].
+    #[arg(long)]
+    pub image_mib: Option<u64>,
+    /// Where bootd's stderr goes [default: bootd-storm-PID.log in the temp directory].
+    #[arg(long)]
+    pub bootd_log: Option<PathBuf>,
+    /// Pass `--record-io DIR` to bootd serve: every node's I/O as bootd saw
+    /// it, in the trace format (a recorded node replays what it was given).
+    #[arg(long, value_name = "DIR")]
+    pub record_io: Option<PathBuf>,
+    /// BOOTD_LOG for bootd serve.
+    #[arg(long, default_value = "info")]
+    pub bootd_log_level: String,
+    /// DHCP lease time handed out, seconds (bootd's minimum is 60).
+    #[arg(long, default_value_t = 600)]
+    pub lease_secs: u32,
+    /// Seed for the synthetic trace, the golden image and the written data.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object instead of the table (no progress bar).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the work directory (data dir, TFTP dir) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,299 @@
+//! One simulated node's boot, phase by phase, as its firmware, iPXE and
+//! OS would do it; every phase timed and every error counted.
+
+use crate::dhcp::{Dhcp, Lease};
+use crate::iscsi::{Identity, Session};
+use crate::setup::mac;
+use crate::stats::{Phase, Stats};
+use crate::trace::{Op, Plan, SECTOR};
+use crate::{http, tftp};
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// iPXE asks for the largest block that fits a 1500-byte MTU.
+const BLKSIZE: u16 = 1428;
+/// Login attempts (a new connection each) before the node gives up.
+const LOGIN_TRIES: u32 = 3;
+/// GET attempts per script.
+const HTTP_TRIES: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Verify {
+    /// The first and last block of every read.
+    Sample,
+    /// Every byte read.
+    Full,
+    /// No check (the client's CPU goes to the protocol only).
+    Off,
+}
+
+/// What every node shares.
+pub struct Ctx {
+    pub dhcp: Dhcp,
+    pub server: Ipv4Addr,
+    pub tftp: SocketAddr,
+    pub http_port: u16,
+    pub ipxe_name: String,
+    pub ipxe_bytes: Vec<u8>,
+    pub plan: Plan,
+    pub golden: Vec<u8>,
+    pub verify: Verify,
+    pub pace: bool,
+    pub seed: u64,
+    pub stats: Stats,
+}
+
+/// Runs `f` up to the phase's end, timing it; its error is the node's.
+async fn phase<T>(
+    ctx: &Ctx,
+    p: Phase,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T, ()> {
+    let t0 = Instant::now();
+    match f.await {
+        Ok(v) => {
+            ctx.stats.ok(p, t0.elapsed());
+            Ok(v)
+        }
+        Err(e) => {
+            ctx.stats.fail(p, format!("{e:#}"));
+            Err(())
+        }
+    }
+}
+
+/// The whole boot of node `i`. `Err` once a phase gave up (already counted).
+pub async fn boot(ctx: Arc<Ctx>, i: usize) -> Result<(), ()> {
+    let c = &*ctx;
+    let m = mac(i);
+    let retry = |p: Phase| move |msg: String| c.stats.error(p, msg);
+
+    // 1. The PXE ROM: DORA, expecting the iPXE binary over TFTP.
+    let lease = phase(c, Phase::DhcpPxe, async {
+        let l = c.dhcp.dora(m, false, &mut retry(Phase::DhcpPxe)).await?;
+        if l.boot_file != c.ipxe_name {
+            bail!("boot file {:?}, expected {:?}", l.boot_file, c.ipxe_name);
+        }
+        if l.next_server != c.server {
+            bail!("next-server {}, expected {}", l.next_server, c.server);
+        }
+        Ok(l)
+    })
+    .await?;
+
+    let r = after_lease(c, i, m, &lease).await;
+    if r.is_err() {
+        // Give the address back at once: the pool is smaller than the fleet.
+        let _ = c.dhcp.release(m, &lease).await;
+    }
+    r
+}
+
+/// Everything after the first lease.
+async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(), ()> {
+    let retry = |p: Phase| move |msg: String| c.stats.error(p, msg);
+    // 2. The ROM fetches iPXE.
+    let got = phase(c, Phase::Tftp, async {
+        let tftp = SocketAddr::new(lease.next_server.into(), c.tftp.port());
+        tftp::fetch(
+            tftp,
+            &lease.boot_file,
+            BLKSIZE,
+            &c.ipxe_bytes,
+            &mut retry(Phase::Tftp),
+        )
+        .await
+    })
+    .await?;
+    c.stats.totals(|t| t.tftp_bytes += got);
+
+    // 3. iPXE: DORA again, now expecting the script URL.
+    let ipxe_lease = phase(c, Phase::DhcpIpxe, async {
+        let l = c.dhcp.dora(m, true, &mut retry(Phase::DhcpIpxe)).await?;
+        let want = format!("http://{}:{}/boot.ipxe", c.server, c.http_port);
+        if l.boot_file != want {
+            bail!("boot file {:?}, expected {want:?}", l.boot_file);
+        }
+        if l.ip != lease.ip {
+            bail!("address {} for iPXE, {} for the ROM", l.ip, lease.ip);
+        }
+        Ok(l)
+    })
+    .await?;
+
+    // 4. iPXE's scripts: /boot.ipxe, then the node's own.
+    let script = phase(c, Phase::Http, async {
+        let (addr, path) = http::parse_url(&ipxe_lease.boot_file)?;
+        let chain = get_retrying(c, addr, &path).await?;
+        let (addr, path) = http::parse_url(&http::chain_url(&chain, m)?)?;
+        let body = get_retrying(c, addr, &path).await?;
+        http::parse_sanboot(&body).with_context(|| format!("in {path}"))
+    })
+    .await?;
+
+    // 5. iSCSI: login (CHAP) as the node's initiator, disk ready.
+    let mut session = phase(c, Phase::IscsiLogin, async {
+        let n = i as u32;
+        let id = Identity {
+            portal: script.portal,
+            initiator: &script.initiator_iqn,
+            target: &script.target_iqn,
+            user: &script.username,
+            secret: &script.password,
+            isid: [0x80, 0x00, 0x02, (n >> 16) as u8, (n >> 8) as u8, n as u8],
+        };
+        let mut tries = 0;
+        loop {
+            let attempt = async {
+                let mut s = Session::login(&id).await?;
+                s.ready().await?;
+                anyhow::Ok(s)
+            };
+            match attempt.await {
+                Ok(s) => break Ok(s),
+                Err(e) if tries + 1 < LOGIN_TRIES => {
+                    tries += 1;
+                    c.stats.error(Phase::IscsiLogin, format!("{e:#} (retried)"));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    })
+    .await?;
+
+    // 6. The boot's I/O, then logout (the OS shutting the disk down).
+    phase(c, Phase::Io, replay(c, i, &mut session)).await?;
+    phase(c, Phase::Logout, session.logout()).await?;
+
+    // 7. The address goes back to the pool for the nodes still to come.
+    phase(c, Phase::Release, c.dhcp.release(m, &ipxe_lease)).await?;
+    c.stats.totals(|t| t.nodes_done += 1);
+    Ok(())
+}
+
+/// GET with up to [`HTTP_TRIES`] attempts; each failed one is counted.
+async fn get_retrying(c: &Ctx, addr: SocketAddr, path: &str) -> Result<String> {
+    let mut tries = 0;
+    loop {
+        match http::get(addr, path).await {
+            Ok(body) => return Ok(body),
+            Err(e) if tries + 1 < HTTP_TRIES => {
+                tries += 1;
+                c.stats.error(Phase::Http, format!("{e:#} (retried)"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Replays the plan: reads checked against the golden image (or what this
+/// node wrote), writes of random data, flushes.
+async fn replay(c: &Ctx, i: usize, s: &mut Session) -> Result<()> {
+    if s.block_size as u64 != SECTOR {
+        bail!(
+            "LUN block size {}, the plan is in {SECTOR}-byte blocks",
+            s.block_size
+        );
+    }
+    if c.plan.extent_bytes > s.blocks * SECTOR {
+        bail!(
+            "the plan reaches byte {}, the disk has {}",
+            c.plan.extent_bytes,
+            s.blocks * SECTOR
+        );
+    }
+    let mut rng = StdRng::seed_from_u64(c.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    // Blocks this node wrote: later reads of them must return these bytes.
+    let mut written: HashMap<u64, Bytes> = HashMap::new();
+    let mut lat = [Vec::new(), Vec::new(), Vec::new()];
+    let (mut read_bytes, mut write_bytes) = (0u64, 0u64);
+    let t0 = Instant::now();
+    for cmd in &c.plan.cmds {
+        if c.pace {
+            let at = t0 + Duration::from_millis(cmd.ms);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let start = Instant::now();
+        let slot = match cmd.op {
+            Op::Read => {
+                let data = s.read(cmd.lba, cmd.blocks).await?;
+                check(c, &written, cmd.lba, cmd.blocks, &data)?;
+                read_bytes += u64::from(cmd.blocks) * SECTOR;
+                0
+            }
+            Op::Write => {
+                let mut buf = vec![0u8; cmd.blocks as usize * SECTOR as usize];
+                rng.fill_bytes(&mut buf);
+                s.write(cmd.lba, &buf).await?;
+                let buf = Bytes::from(buf);
+                for b in 0..u64::from(cmd.blocks) {
+                    let at = (b * SECTOR) as usize;
+                    written.insert(cmd.lba + b, buf.slice(at..at + SECTOR as usize));
+                }
+                write_bytes += buf.len() as u64;
+                1
+            }
+            Op::Flush => {
+                s.flush().await?;
+                2
+            }
+        };
+        lat[slot].push(u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    for (p, l) in Phase::COMMANDS.iter().zip(&lat) {
+        c.stats.ok_many(*p, l);
+    }
+    c.stats.totals(|t| {
+        t.bytes_read += read_bytes;
+        t.bytes_written += write_bytes;
+    });
+    Ok(())
+}
+
+/// Compares what a read returned with what the disk must hold.
+fn check(
+    c: &Ctx,
+    written: &HashMap<u64, Bytes>,
+    lba: u64,
+    blocks: u32,
+    data: &[(u32, Bytes)],
+) -> Result<()> {
+    if c.verify == Verify::Off {
+        return Ok(());
+    }
+    let sector = SECTOR as usize;
+    for (offset, seg) in data {
+        let first = u64::from(*offset) / SECTOR;
+        let n = seg.len() / sector;
+        let end_block = lba + u64::from(blocks);
+        for k in 0..n {
+            let block = lba + first + k as u64;
+            let edge = block == lba || block + 1 == end_block;
+            if c.verify == Verify::Sample && !edge {
+                continue;
+            }
+            let got = &seg[k * sector..(k + 1) * sector];
+            let want: &[u8] = match written.get(&block) {
+                Some(w) => w,
+                None => {
+                    let at = (block * SECTOR) as usize;
+                    c.golden
+                        .get(at..at + sector)
+                        .context("read beyond the golden image")?
+                }
+            };
+            if got != want {
+                bail!("block {block}: data differs from what the disk holds");
+            }
+        }
+    }
+    Ok(())
+}

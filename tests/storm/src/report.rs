@@ -1,0 +1,158 @@
+//! The storm's result: one JSON object, or a table for people.
+
+use crate::stats::PhaseReport;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceInfo {
+    /// `synthetic` or the trace file.
+    pub source: String,
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub distinct_read_bytes: u64,
+    pub passes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub pid: u32,
+    /// VmHWM of bootd at the end of the storm (setup included).
+    pub peak_rss_bytes: u64,
+    /// VmHWM when the storm began: every node registered and served, none booted.
+    pub peak_rss_before_bytes: u64,
+    /// bootd's utime + stime over the storm alone.
+    pub cpu_secs: f64,
+    /// bootd's utime + stime since it started.
+    pub cpu_secs_total: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub nodes: usize,
+    pub concurrency: usize,
+    pub completed: u64,
+    pub failed: u64,
+    /// Nodes the time limit cut off (or that never started).
+    pub unfinished: u64,
+    pub time_limit_hit: bool,
+    /// Every error counted, recovered or not.
+    pub errors: u64,
+    pub setup_secs: f64,
+    pub wall_secs: f64,
+    /// Per node.
+    pub trace: TraceInfo,
+    pub phases: Vec<PhaseReport>,
+    /// Per-command latencies during the io phase.
+    pub commands: Vec<PhaseReport>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub tftp_bytes: u64,
+    pub read_mib_per_sec: f64,
+    pub server: ServerInfo,
+    /// The storm process's own CPU time over the storm.
+    pub storm_cpu_secs: f64,
+    pub dhcp_pool_size: usize,
+    pub dhcp_pool_reused: bool,
+    pub bootd_log: String,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn row(out: &mut String, p: &PhaseReport) {
+    let _ = writeln!(
+        out,
+        "  {:<13} {:>7} {:>7} {:>7} {:>10.1} {:>10.1} {:>10.1}",
+        p.phase, p.count, p.errors, p.failed, p.p50_ms, p.p99_ms, p.max_ms
+    );
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.errors == 0 && self.failed == 0 && self.unfinished == 0
+    }
+
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let t = &self.trace;
+        let _ = writeln!(
+            o,
+            "bootd-storm: {} nodes, {} at a time; trace {} per node: {} reads ({:.1} MiB, {:.1} MiB distinct), {} writes ({:.1} MiB), {} flushes",
+            self.nodes,
+            self.concurrency,
+            t.source,
+            t.reads,
+            t.read_bytes as f64 / MIB,
+            t.distinct_read_bytes as f64 / MIB,
+            t.writes,
+            t.write_bytes as f64 / MIB,
+            t.flushes
+        );
+        let _ = writeln!(
+            o,
+            "  {:<13} {:>7} {:>7} {:>7} {:>10} {:>10} {:>10}",
+            "phase", "count", "errors", "failed", "p50 ms", "p99 ms", "max ms"
+        );
+        for p in &self.phases {
+            row(&mut o, p);
+        }
+        for p in &self.commands {
+            row(&mut o, p);
+        }
+        let _ = writeln!(
+            o,
+            "nodes: {} completed, {} failed, {} unfinished{}; {} errors in all",
+            self.completed,
+            self.failed,
+            self.unfinished,
+            if self.time_limit_hit {
+                " (time limit hit)"
+            } else {
+                ""
+            },
+            self.errors
+        );
+        let _ = writeln!(
+            o,
+            "wall time: {:.1} s (setup {:.1} s before it)",
+            self.wall_secs, self.setup_secs
+        );
+        let _ = writeln!(
+            o,
+            "data: {:.2} GiB read ({:.0} MiB/s), {:.1} MiB written, {:.1} MiB over TFTP",
+            self.bytes_read as f64 / MIB / 1024.0,
+            self.read_mib_per_sec,
+            self.bytes_written as f64 / MIB,
+            self.tftp_bytes as f64 / MIB
+        );
+        let _ = writeln!(
+            o,
+            "bootd: peak memory (VmHWM) {:.1} MiB ({:.1} MiB before the first boot), CPU {:.1} s during the storm ({:.1} s since start); storm client CPU {:.1} s",
+            self.server.peak_rss_bytes as f64 / MIB,
+            self.server.peak_rss_before_bytes as f64 / MIB,
+            self.server.cpu_secs,
+            self.server.cpu_secs_total,
+            self.storm_cpu_secs
+        );
+        let _ = writeln!(
+            o,
+            "DHCP pool: {} addresses{}",
+            self.dhcp_pool_size,
+            if self.dhcp_pool_reused {
+                ", reused through DHCP RELEASE (more nodes than addresses)"
+            } else {
+                ""
+            }
+        );
+        for p in self.phases.iter().chain(&self.commands) {
+            for (msg, n) in &p.error_samples {
+                let _ = writeln!(o, "error in {}: {msg} (x{n})", p.phase);
+            }
+        }
+        let _ = writeln!(o, "bootd log: {}", self.bootd_log);
+        o
+    }
+}

@@ -1,0 +1,131 @@
+//! A small boot storm end to end: 20 nodes through every phase against a
+//! real `bootd serve`, every read checked byte for byte. Runs as root with
+//! BOOTD_E2E=1 (as CI does); prints "skipped" otherwise. The figures are
+//! printed, not asserted against time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const NODES: u64 = 20;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().nth(2).unwrap_or(here).to_path_buf()
+}
+
+/// `BOOTD_BIN`, else a built bootd (release first), else one built now
+/// into a directory of its own (the workspace's build directory is locked
+/// by the cargo running this test).
+fn bootd_bin() -> Res<PathBuf> {
+    if let Some(bin) = std::env::var_os("BOOTD_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let root = workspace_root();
+    for profile in ["release", "debug"] {
+        let p = root.join("build").join(profile).join("bootd");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let dir = root.join("build").join("storm-smoke");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "bootd", "--target-dir"])
+        .arg(&dir)
+        .status()?;
+    assert!(status.success(), "cargo build --release -p bootd failed");
+    Ok(dir.join("release").join("bootd"))
+}
+
+#[test]
+fn twenty_nodes_boot_with_zero_errors() -> Res<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || std::env::var("BOOTD_E2E").as_deref() != Ok("1") {
+        println!("skipped: the boot storm needs root and BOOTD_E2E=1");
+        return Ok(());
+    }
+    let bootd = bootd_bin()?;
+    let work = tempfile::tempdir()?;
+    let recorded = work.path().join("io");
+    let out = Command::new(env!("CARGO_BIN_EXE_bootd-storm"))
+        .args(["--nodes", &NODES.to_string(), "--concurrency", "10"])
+        .args(["--time-limit", "120", "--verify", "full", "--json"])
+        .arg("--record-io")
+        .arg(&recorded)
+        .arg("--bootd-log")
+        .arg(work.path().join("bootd.log"))
+        .arg("--bootd")
+        .arg(&bootd)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // The log goes with the temporary directory: show its end now.
+        let log = std::fs::read_to_string(work.path().join("bootd.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        println!("bootd log (last lines):");
+        for l in tail.iter().rev() {
+            println!("  {l}");
+        }
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("no JSON report ({e}); stdout: {stdout}; stderr: {stderr}"))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().ok_or(format!("no {k} in {v}"));
+    for p in report["phases"].as_array().ok_or("no phases")? {
+        println!(
+            "{:<13} count {:>3} errors {} p50 {} ms p99 {} ms",
+            p["phase"], p["count"], p["errors"], p["p50_ms"], p["p99_ms"]
+        );
+        assert_eq!(num(p, "errors")?, 0, "errors in {p}");
+        assert_eq!(num(p, "count")?, NODES, "every node through {}", p["phase"]);
+    }
+    for p in report["commands"].as_array().ok_or("no commands")? {
+        assert_eq!(num(p, "errors")?, 0, "errors in {p}");
+    }
+    let trace = &report["trace"];
+    assert!(num(trace, "distinct_read_bytes")? >= 64 << 20);
+    assert_eq!(
+        num(&report, "bytes_read")?,
+        NODES * num(trace, "read_bytes")?
+    );
+    assert_eq!(
+        num(&report, "bytes_written")?,
+        NODES * num(trace, "write_bytes")?
+    );
+    assert_eq!(num(&report, "completed")?, NODES);
+    assert_eq!(num(&report, "errors")?, 0);
+    assert!(num(&report["server"], "peak_rss_bytes")? > 0);
+    assert!(out.status.success(), "bootd-storm failed: {stderr}");
+    // bootd recorded exactly what a node replayed, in the format it replays.
+    let plan = work.path().join("plan.trace");
+    let emitted = Command::new(env!("CARGO_BIN_EXE_bootd-storm"))
+        .arg("--emit-trace")
+        .arg(&plan)
+        .status()?;
+    assert!(emitted.success());
+    let commands = |p: &Path| -> Res<Vec<String>> {
+        let text = std::fs::read_to_string(p)?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .collect())
+    };
+    let want = commands(&plan)?;
+    for n in [1, NODES] {
+        let got = commands(&recorded.join(format!("storm-{n:05}.trace")))?;
+        assert_eq!(got.len(), want.len(), "node {n}: recorded command count");
+        assert!(got == want, "node {n}: recorded I/O differs from the plan");
+    }
+    println!(
+        "storm: {NODES} nodes in {:.2} s, bootd peak {} MiB, bootd CPU {:.2} s",
+        report["wall_secs"].as_f64().unwrap_or(0.0),
+        num(&report["server"], "peak_rss_bytes")? >> 20,
+        report["server"]["cpu_secs"].as_f64().unwrap_or(0.0)
+    );
+    Ok(())
+}

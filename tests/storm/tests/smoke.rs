@@ -1,4 +1,4 @@
-//! A small boot storm end to end: 20 nodes through every phase against a
+//! A small boot storm end to end: 100 nodes through every phase against a
 //! real `bootd serve`, every read checked byte for byte. Runs as root with
 //! BOOTD_E2E=1 (as CI does); prints "skipped" otherwise. The figures are
 //! printed, not asserted against time.
@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const NODES: u64 = 20;
+const NODES: u64 = 100;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -40,7 +40,7 @@ fn bootd_bin() -> Res<PathBuf> {
 }
 
 #[test]
-fn twenty_nodes_boot_with_zero_errors() -> Res<()> {
+fn a_hundred_nodes_boot_with_zero_errors() -> Res<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root || std::env::var("BOOTD_E2E").as_deref() != Ok("1") {
@@ -51,7 +51,7 @@ fn twenty_nodes_boot_with_zero_errors() -> Res<()> {
     let work = tempfile::tempdir()?;
     let recorded = work.path().join("io");
     let out = Command::new(env!("CARGO_BIN_EXE_bootd-storm"))
-        .args(["--nodes", &NODES.to_string(), "--concurrency", "10"])
+        .args(["--nodes", &NODES.to_string(), "--concurrency", "32"])
         .args(["--time-limit", "120", "--verify", "full", "--json"])
         .arg("--record-io")
         .arg(&recorded)

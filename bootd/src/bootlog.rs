@@ -104,6 +104,8 @@ struct Boot {
     last_ms: i64,
     logins: u32,
     sessions: HashMap<String, u32>,
+    /// The script (or a login) was served: the boot is past iPXE's DHCP.
+    scripted: bool,
 }
 
 struct Recorder {
@@ -174,7 +176,10 @@ impl Recorder {
             .boots
             .get(&mac)
             .is_none_or(|b| r.at_ms - b.last_ms > SAME_BOOT.as_millis() as i64);
-        let new_boot = r.stage == Stage::Dhcp || (fresh && r.stage == Stage::IpxeDhcp);
+        // iPXE's DHCP after this boot got its script is the next power-on of a
+        // machine whose ROM is iPXE (no firmware DHCP comes first).
+        let again = self.boots.get(&mac).is_some_and(|b| b.scripted);
+        let new_boot = r.stage == Stage::Dhcp || (r.stage == Stage::IpxeDhcp && (fresh || again));
         if new_boot || fresh {
             self.boots.insert(
                 mac.clone(),
@@ -183,6 +188,7 @@ impl Recorder {
                     last_ms: r.at_ms,
                     logins: 0,
                     sessions: HashMap::new(),
+                    scripted: false,
                 },
             );
         }
@@ -190,6 +196,7 @@ impl Recorder {
             return;
         };
         boot.last_ms = r.at_ms;
+        boot.scripted |= matches!(r.stage, Stage::Script | Stage::IscsiLogin);
         // Two logins per boot are normal (iPXE's, then the OS's): number them,
         // and give a logout the number of the login of its session (`detail`
         // starts with the ISID).
@@ -288,12 +295,33 @@ mod tests {
                 "iscsi-logout-2"
             ]
         );
-        // The next power-on starts over.
+        // A reboot a minute later of a machine whose ROM is iPXE: no firmware
+        // DHCP, but iPXE's DHCP after a served script starts the next boot.
+        rec.record(Report {
+            who: mac(),
+            stage: Stage::IpxeDhcp,
+            detail: "192.0.2.100".into(),
+            at_ms: 80_000,
+        });
+        rec.record(Report {
+            who: t(),
+            stage: Stage::IscsiLogin,
+            detail: "400001370002 iPXE".into(),
+            at_ms: 81_000,
+        });
+        let got: Vec<String> = rec
+            .store
+            .boot_stages("02:00:00:00:00:01")?
+            .into_iter()
+            .map(|s| s.stage)
+            .collect();
+        assert_eq!(got, ["ipxe-dhcp", "iscsi-login-1"]);
+        // The next power-on through PXE firmware starts over too.
         rec.record(Report {
             who: mac(),
             stage: Stage::Dhcp,
             detail: "undionly.kpxe".into(),
-            at_ms: 60_000,
+            at_ms: 90_000,
         });
         assert_eq!(rec.store.boot_stages("02:00:00:00:00:01")?.len(), 1);
         Ok(())

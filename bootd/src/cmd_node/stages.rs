@@ -13,7 +13,7 @@ pub fn print(stages: &[BootStage]) {
     println!("{:<14} {}", "last_boot", output::time(first.at_ms / 1000));
     for s in stages {
         let offset = (s.at_ms - first.at_ms) as f64 / 1000.0;
-        println!("  {:<12} +{offset:>7.2}s  {}", s.stage, s.detail);
+        println!("  {:<15} +{offset:>7.2}s  {}", s.stage, s.detail);
     }
 }
 

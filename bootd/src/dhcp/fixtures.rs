@@ -399,6 +399,8 @@ fn assert_boot(name: &str, m: &Message, o: &BTreeMap<u8, Vec<u8>>, boot: Boot) {
         assert_eq!(m.siaddr(), SERVER, "{name}: next-server");
     } else {
         assert_eq!(o.get(&66), None, "{name}: 66 for an HTTP boot");
+        // iPXE takes a (proxy) offer only with next-server and a file name.
+        assert_eq!(m.siaddr(), SERVER, "{name}: next-server with a URL");
     }
     if let Boot::HttpClient(_) = boot {
         assert_eq!(

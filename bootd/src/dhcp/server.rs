@@ -251,6 +251,7 @@ fn boot_options(m: &mut Message, req: &Request, p: &Params, node: &NodeLookup) -
             name
         }
         BootFile::Http { url, http_client } => {
+            m.set_siaddr(p.server);
             if http_client {
                 m.opts_mut()
                     .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));

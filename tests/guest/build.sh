@@ -10,6 +10,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:?usage: build.sh OUT_DIR}
+# Absolute: modprobe prints absolute module paths, which are matched against it below.
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 log() { echo "guest-build: $*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -35,7 +38,6 @@ SRCHASH=$(cat "$HERE/build.sh" "$HERE/init" | sha256sum | cut -c1-16)
 KEY=$(printf '%s' "${KPKG}_${KVER_PKG};${HOSTVERS};${SRCHASH}" | sha256sum | cut -c1-16)
 DEST=$OUT/${KPKG}_${KVER_PKG}-$KEY
 
-mkdir -p "$OUT"
 # Parallel test runs share the cache: one builds, the others wait and reuse it.
 exec 9>"$OUT/.lock"
 flock -w 600 9 || die "timed out waiting for $OUT/.lock"
@@ -64,13 +66,16 @@ ROOT=$WORK/root
 mkdir -p "$ROOT"/{bin,sbin,etc/iscsi,lib,lib64,proc,sys,dev,run,tmp,mnt,var/lib/iscsi,var/lock}
 # Modules for the NIC (virtio-net, e1000), the iSCSI initiator, SCSI disks and ext4, plus
 # the crypto providers that crc32c/crc-t10dif/crc64-rocksoft users request at load time.
+# iscsi_ibft (with iscsi_boot_sysfs) is for the golden image (build-golden.sh), whose init
+# reads the iBFT iPXE wrote; this guest's own init never loads it.
 MODS=(virtio_pci virtio_net e1000 iscsi_tcp sd_mod ext4 crc32c_generic crc32c-intel
-      crct10dif_generic crc64_rocksoft_generic)
+      crct10dif_generic crc64_rocksoft_generic iscsi_ibft iscsi_boot_sysfs)
 MODDIR=$ROOT/lib/modules/$KREL
 for m in "${MODS[@]}"; do
     modprobe -d "$WORK/pkg" -S "$KREL" --show-depends "$m" || die "module $m not in $KPKG"
 done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r ko; do
     rel=${ko#"$WORK/pkg/lib/modules/$KREL/"}
+    [[ $rel != /* ]] || die "module $ko is not under $WORK/pkg/lib/modules/$KREL"
     mkdir -p "$MODDIR/$(dirname "$rel")"
     # busybox insmod/modprobe cannot read compressed modules: store them plain.
     case $ko in

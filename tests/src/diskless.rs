@@ -5,14 +5,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
 
 use crate::bootd::{bootd_bin, START_LIMIT, STOP_LIMIT};
+use crate::env::which;
 use crate::guest::Outcome;
 use crate::netns::NetNs;
 use crate::process::{describe, terminate, wait_until};
+use crate::serve::{DataDir, Fields};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -294,5 +297,262 @@ impl Drop for LanServe {
             // Errors here only mean the child is already gone.
             let _ = wait_until(&mut child, Instant::now() + STOP_LIMIT);
         }
+    }
+}
+
+/// One stage of a node's last boot, as `bootd node show NODE --json` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootStage {
+    pub stage: String,
+    pub at_ms: i64,
+    pub detail: String,
+}
+
+/// The stages of `node`'s last boot (`last_boot` of `node show --json`).
+pub fn last_boot(data: &DataDir, node: &str) -> Result<Vec<BootStage>> {
+    let v = data.json(&["node", "show", node, "--json"])?;
+    let list = v
+        .get("last_boot")
+        .and_then(Value::as_array)
+        .with_context(|| format!("no last_boot list in `node show {node} --json`: {v}"))?;
+    list.iter()
+        .map(|s| {
+            Ok(BootStage {
+                stage: s.str_field("stage")?.to_string(),
+                at_ms: s
+                    .get("at_ms")
+                    .and_then(Value::as_i64)
+                    .with_context(|| format!("no at_ms in {s}"))?,
+                detail: s.str_field("detail")?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// One line per stage: its name, its offset from the first stage, its detail.
+pub fn show_stages(stages: &[BootStage]) -> String {
+    let first = stages.first().map_or(0, |s| s.at_ms);
+    stages
+        .iter()
+        .map(|s| {
+            let offset = (s.at_ms - first) as f64 / 1000.0;
+            format!("  {:<16} +{offset:>6.2}s  {}\n", s.stage, s.detail)
+        })
+        .collect()
+}
+
+/// Milliseconds since the Unix epoch, the clock `last_boot` is stamped with.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Checks that `stages` are one whole boot of `node` that began at or after `since_ms`
+/// (wall clock): in time order; without the logouts, exactly `want`; every logout
+/// (`iscsi-logout-N`) after its login (`iscsi-login-N`); an unnumbered `iscsi-logout`
+/// only for a session this boot did not log in. `serve_log` must carry serve's
+/// `boot NODE STAGE +T.TTs DETAIL` line for each of them.
+pub fn check_boot_stages(
+    node: &str,
+    stages: &[BootStage],
+    want: &[&str],
+    since_ms: i64,
+    serve_log: &str,
+) -> Result<()> {
+    let shown = || format!("{node}'s last_boot:\n{}", show_stages(stages));
+    ensure!(
+        stages.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
+        "stages out of time order; {}",
+        shown()
+    );
+    // A second of slack: the guest's power-on time is taken on this side.
+    ensure!(
+        stages.iter().all(|s| s.at_ms >= since_ms - 1000),
+        "stages from before this boot's power-on ({since_ms} ms); {}",
+        shown()
+    );
+    let main: Vec<&str> = stages
+        .iter()
+        .map(|s| s.stage.as_str())
+        .filter(|s| !s.starts_with("iscsi-logout"))
+        .collect();
+    ensure!(main == want, "expected {want:?} (and logouts); {}", shown());
+    for (i, s) in stages.iter().enumerate() {
+        if let Some(n) = s.stage.strip_prefix("iscsi-logout-") {
+            let login = format!("iscsi-login-{n}");
+            ensure!(
+                stages[..i].iter().any(|l| l.stage == login),
+                "{} before its {login}; {}",
+                s.stage,
+                shown()
+            );
+        } else if s.stage == "iscsi-logout" {
+            // The end of a session serve cannot number: one of an earlier boot (iPXE
+            // leaves its connection behind at a reset), never one of this boot's.
+            let isid = s.detail.split_whitespace().next();
+            ensure!(
+                !stages.iter().any(|l| l.stage.starts_with("iscsi-login-")
+                    && l.detail.split_whitespace().next() == isid),
+                "{} of a session of this boot is not numbered; {}",
+                s.stage,
+                shown()
+            );
+        }
+        let line = format!("boot {node} {} +", s.stage);
+        ensure!(
+            serve_log
+                .lines()
+                .any(|l| l.contains(&line) && l.contains(&s.detail)),
+            "serve logged no `{line}... {}` line; {}",
+            s.detail,
+            shown()
+        );
+    }
+    Ok(())
+}
+
+/// dnsmasq as a site's DHCP server beside bootd's proxy: addresses only (no DNS, no
+/// boot options), in its own namespace plugged into the LAN. Stopped when dropped.
+pub struct SiteDhcp {
+    child: Child,
+    log: PathBuf,
+    _ns: NetNs,
+}
+
+impl SiteDhcp {
+    /// The program, found with [`which`] (Debian package dnsmasq-base).
+    pub const BIN: &'static str = "dnsmasq";
+
+    /// Starts dnsmasq at `cidr` on a port of the LAN's bridge, leasing `first..=last`.
+    /// `dir` holds its log and lease file.
+    pub fn start(lan: &Lan<'_>, cidr: &str, first: &str, last: &str, dir: &Path) -> Result<Self> {
+        const NIC: &str = "site0";
+        let ns = NetNs::new()?;
+        lan.ns.plug(&lan.bridge, "site-port", &ns, NIC)?;
+        ns.ip(&["addr", "add", cidr, "dev", NIC])?;
+        ns.ip(&["link", "set", NIC, "up"])?;
+        let log = dir.join("dnsmasq.log");
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let bin = which(Self::BIN).context("dnsmasq not found (Debian package dnsmasq-base)")?;
+        let mut cmd = ns.command(bin);
+        cmd.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--no-ping",
+            "--log-dhcp",
+            "--bind-interfaces",
+            &format!("--interface={NIC}"),
+            &format!("--dhcp-range={first},{last},255.255.255.0,10m"),
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.join("dnsmasq.leases").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+        let command = describe(&cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning `{command}`"))?;
+        Ok(Self {
+            child,
+            log,
+            _ns: ns,
+        })
+    }
+
+    /// Whether dnsmasq still runs.
+    pub fn running(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
+    /// Everything dnsmasq logged so far.
+    pub fn log(&self) -> String {
+        format!(
+            "--- dnsmasq output ---\n{}--- end ---",
+            read_lossy(&self.log)
+        )
+    }
+}
+
+impl Drop for SiteDhcp {
+    fn drop(&mut self) {
+        terminate(&self.child);
+        // Errors here only mean it is already gone.
+        let _ = wait_until(&mut self.child, Instant::now() + STOP_LIMIT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(stage: &str, at_ms: i64, detail: &str) -> BootStage {
+        BootStage {
+            stage: stage.to_string(),
+            at_ms,
+            detail: detail.to_string(),
+        }
+    }
+
+    const WANT: &[&str] = &["ipxe-dhcp", "script", "iscsi-login-1", "iscsi-login-2"];
+
+    fn boot() -> Vec<BootStage> {
+        vec![
+            stage("ipxe-dhcp", 1_000, "url to 192.0.2.100"),
+            stage("script", 2_000, "template sanboot"),
+            stage("iscsi-login-1", 3_000, "4000 ipxe"),
+            stage("iscsi-login-2", 9_000, "0002 linux"),
+            stage("iscsi-logout-2", 9_500, "0002 logout"),
+        ]
+    }
+
+    fn log(stages: &[BootStage]) -> String {
+        stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "INFO bootd::bootlog: boot n1 {} +0.00s {} (mac)\n",
+                    s.stage, s.detail
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accepts_one_whole_boot() {
+        let b = boot();
+        assert!(check_boot_stages("n1", &b, WANT, 1_000, &log(&b)).is_ok());
+        // A late end of an earlier boot's session is allowed.
+        let mut late = b.clone();
+        late.push(stage("iscsi-logout", 9_600, "3999 reset"));
+        assert!(check_boot_stages("n1", &late, WANT, 1_000, &log(&late)).is_ok());
+    }
+
+    #[test]
+    fn rejects_what_is_not_one_whole_boot() {
+        let b = boot();
+        let l = log(&b);
+        // A missing stage, an extra one, the wrong order.
+        assert!(check_boot_stages("n1", &b[1..], WANT, 1_000, &l).is_err());
+        assert!(check_boot_stages("n1", &b, &WANT[..3], 1_000, &l).is_err());
+        let mut swapped = b.clone();
+        swapped.swap(0, 1);
+        assert!(check_boot_stages("n1", &swapped, WANT, 0, &l).is_err());
+        // Stages of an earlier boot, a logout before its login, an unnumbered logout of
+        // this boot's session, a stage serve did not log.
+        assert!(check_boot_stages("n1", &b, WANT, 5_000, &l).is_err());
+        let mut early = b.clone();
+        early.insert(2, stage("iscsi-logout-1", 2_500, "4000 x"));
+        assert!(check_boot_stages("n1", &early, WANT, 1_000, &log(&early)).is_err());
+        let mut unnumbered = b.clone();
+        unnumbered.push(stage("iscsi-logout", 9_600, "4000 reset"));
+        assert!(check_boot_stages("n1", &unnumbered, WANT, 1_000, &log(&unnumbered)).is_err());
+        assert!(check_boot_stages("n1", &b, WANT, 1_000, &log(&b[..4])).is_err());
+        assert!(check_boot_stages("n2", &b, WANT, 1_000, &l).is_err());
     }
 }

@@ -18,8 +18,8 @@ use crate::bootd::workspace_root;
 use crate::guest::Outcome;
 use crate::process::run;
 
-/// A cold build downloads the kernel package twice (once for build.sh, once for the iBFT
-/// driver) and packs two initramfs; allow for a slow mirror.
+/// A cold build downloads the kernel package (in build.sh) and packs two initramfs; allow
+/// for a slow mirror.
 const BUILD_LIMIT: Duration = Duration::from_secs(300);
 
 /// Programs the golden build needs on the host beyond [`crate::guest::TOOLS`], with their

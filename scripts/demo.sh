@@ -13,7 +13,9 @@
 #
 # Usage: sudo scripts/demo.sh
 # Env: BOOTD (a bootd binary; default: build/release/bootd, built if missing),
-#      DEMO_LIMIT (seconds the guests get to finish; default 180).
+#      DEMO_LIMIT (seconds the guests get to finish; default 180),
+#      DEMO_RECORD_IO (a directory: serve --record-io keeps each node's I/O trace there;
+#      tests/storm/fixtures/golden-boot.trace was recorded this way).
 # Needs: qemu-system-x86, ipxe-qemu, and what tests/guest/build-golden.sh needs
 #        (scripts/install-test-deps.sh installs all of it).
 set -euo pipefail
@@ -91,7 +93,8 @@ done
 # TFTP on 69 (where PXE firmware looks; these guests' ROM is iPXE and needs none), the
 # other ports picked by serve and printed.
 ip netns exec "$NS" "$BOOTD" serve --listen-ip "$SERVER_IP" --iscsi-port 0 --http-port 0 \
-    --tftp-port 69 --dhcp full --interface lan0 --pool "$POOL" >"$WORK/serve.log" 2>&1 &
+    --tftp-port 69 --dhcp full --interface lan0 --pool "$POOL" \
+    ${DEMO_RECORD_IO:+--record-io "$DEMO_RECORD_IO"} >"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 for _ in $(seq 100); do
     grep -qx "tftp $SERVER_IP:69" "$WORK/serve.log" && break

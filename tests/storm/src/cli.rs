@@ -26,9 +26,12 @@ it is done (DHCP RELEASE), so the pool is reused; --concurrency is therefore cap
 241. All nodes' TCP and TFTP traffic comes from 192.0.2.2.\n\n\
 TRACE FORMAT (--trace, --emit-trace; `bootd serve --record-io DIR` writes it):\n  \
 # bootd-io-trace v1 block_size=512\n  <ms since login> R|W|F <lba> <blocks>\n\
-F is SYNCHRONIZE CACHE (lba and blocks 0). Without --trace, a synthetic boot is used: \
-sequential 4-128 KiB reads through the first 64 MiB with holes, 10% random 4 KiB \
-reads, 300 4 KiB writes in 20 bursts, each followed by a flush.\n\n\
+F is SYNCHRONIZE CACHE (lba and blocks 0). Without --trace, the recorded boot of the \
+end-to-end test image is replayed (iPXE's sanboot reading syslinux, the kernel and the \
+initramfs, then Linux attaching the disk through the iBFT and writing its marker; \
+recorded with `scripts/demo.sh` and DEMO_RECORD_IO). --trace synthetic uses a synthetic \
+boot instead: sequential 4-128 KiB reads through the first 64 MiB with holes, 10% random \
+4 KiB reads, 300 4 KiB writes in 20 bursts, each followed by a flush.\n\n\
 The run is bounded: --time-limit stops it (unfinished nodes are reported), and \
 every network wait has a timeout and a bounded number of retries. The exit status is \
 1 when any node failed or any error (even a recovered one) was counted."
@@ -47,7 +50,9 @@ pub struct Args {
     /// past each other) or cut short to reach it; 0 replays the trace as is.
     #[arg(long, default_value_t = 64)]
     pub read_set_mib: u64,
-    /// Boot I/O trace to replay [default: the built-in synthetic boot].
+    /// Boot I/O trace to replay: a file, or `synthetic` for the built-in
+    /// synthetic pattern [default: the recorded boot of the end-to-end test
+    /// image, tests/storm/fixtures/golden-boot.trace].
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Write what each node would replay (the trace scaled to

@@ -59,16 +59,26 @@ fn bar(n: u64, hidden: bool, what: &str) -> ProgressBar {
     b
 }
 
+/// A real boot of the end-to-end test image (iPXE's sanboot, then Linux
+/// through the iBFT), as `serve --record-io` wrote it.
+const RECORDED_BOOT: &str = include_str!("../fixtures/golden-boot.trace");
+
 /// Returns whether the storm ran clean (no error, no failed or unfinished node).
 fn run(args: cli::Args) -> Result<bool> {
     let (trace, source) = match &args.trace {
+        Some(p) if p.as_os_str() == "synthetic" => {
+            (Trace::synthetic(args.seed), "synthetic".to_string())
+        }
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             let t = Trace::parse(&text).with_context(|| format!("in {}", p.display()))?;
             (t, p.display().to_string())
         }
-        None => (Trace::synthetic(args.seed), "synthetic".to_string()),
+        None => (
+            Trace::parse(RECORDED_BOOT).context("in the built-in recorded boot")?,
+            "recorded boot of the test image".to_string(),
+        ),
     };
     let plan = Plan::new(&trace, args.read_set_mib << 20)?;
     if let Some(out) = &args.emit_trace {

@@ -374,6 +374,28 @@ mod tests {
         Ok(())
     }
 
+    /// The recorded boot of the test image: iPXE's reads of the loader,
+    /// kernel and initramfs, then Linux's reads and its marker write and flush.
+    #[test]
+    fn the_recorded_boot_parses_and_scales() -> Result<()> {
+        let t = Trace::parse(include_str!("../fixtures/golden-boot.trace"))?;
+        let read: u64 = t
+            .cmds
+            .iter()
+            .filter(|c| c.op == Op::Read)
+            .map(|c| u64::from(c.blocks) * SECTOR)
+            .sum();
+        assert!(
+            read > 8 << 20,
+            "a boot reads its kernel and initramfs: {read}"
+        );
+        assert!(t.cmds.iter().any(|c| c.op == Op::Write));
+        assert!(t.cmds.iter().any(|c| c.op == Op::Flush));
+        let plan = Plan::new(&t, 64 << 20)?;
+        assert!(plan.cmds.len() > t.cmds.len());
+        Ok(())
+    }
+
     #[test]
     fn scaling_reaches_the_read_set_and_keeps_writes() -> Result<()> {
         let t = Trace::synthetic(7);

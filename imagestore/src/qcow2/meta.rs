@@ -199,11 +199,11 @@ impl Meta {
 
         let mut raw = vec![0u8; rt_bytes as usize];
         file.read_exact_at(&mut raw, h.refcount_table_offset)?;
-        let table = l2::decode_table(&raw);
-        let mut blocks = Vec::with_capacity(table.len());
-        for (b, &off) in table.iter().enumerate() {
+        let entries = l2::decode_table(&raw);
+        let mut table = std::collections::BTreeMap::new();
+        let mut blocks = std::collections::BTreeMap::new();
+        for (b, &off) in entries.iter().enumerate() {
             if off == 0 {
-                blocks.push(None);
                 continue;
             }
             if !l2::aligned(off) || !within(off, CLUSTER_SIZE) {
@@ -213,10 +213,12 @@ impl Meta {
             }
             refs.push(off / CLUSTER_SIZE);
             file.read_exact_at(&mut buf, off)?;
-            blocks.push(Some(decode_block(&buf)));
+            blocks.insert(b, decode_block(&buf));
+            table.insert(b, off);
         }
         let rc = Refcounts {
             table,
+            table_len: entries.len(),
             blocks,
             table_offset: h.refcount_table_offset,
         };
@@ -238,8 +240,7 @@ impl Meta {
         }
         // `refs` is sorted and unique now.
         let mut leaked = Vec::new();
-        for (b, blk) in rc.blocks.iter().enumerate() {
-            let Some(blk) = blk else { continue };
+        for (&b, blk) in &rc.blocks {
             for (i, &r) in blk.iter().enumerate() {
                 let c = (b * RB_ENTRIES + i) as u64;
                 if r != 0 && refs.binary_search(&c).is_err() {

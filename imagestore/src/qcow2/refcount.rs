@@ -11,13 +11,18 @@ pub struct Write {
     pub data: Vec<u8>,
 }
 
-/// The in-memory copy of every refcount block.
+/// The in-memory copy of every refcount block. Sparse: a small overlay has
+/// one block in a table with room for thousands, and a server holds
+/// hundreds of overlays open.
 #[derive(Debug)]
 pub struct Refcounts {
-    /// Refcount table entries: host offsets of refcount blocks (0: none).
-    pub table: Vec<u64>,
+    /// Refcount table entries that point to a block: host offsets by block
+    /// index (every other entry is 0).
+    pub table: BTreeMap<usize, u64>,
+    /// Entries the table on disk has room for.
+    pub table_len: usize,
     /// Contents of the block each table entry points to.
-    pub blocks: Vec<Option<Box<[u16]>>>,
+    pub blocks: BTreeMap<usize, Box<[u16]>>,
     /// Byte offset of the refcount table in the file.
     pub table_offset: u64,
 }
@@ -40,19 +45,13 @@ pub struct Reservation {
 impl Refcounts {
     pub fn get(&self, cluster: u64) -> u16 {
         let (b, i) = split(cluster);
-        self.blocks
-            .get(b)
-            .and_then(|blk| blk.as_ref())
-            .map_or(0, |blk| blk[i])
+        self.blocks.get(&b).map_or(0, |blk| blk[i])
     }
 
     /// One past the highest cluster in use (refcount above 0).
     pub fn end_of_used(&self) -> u64 {
-        for (b, blk) in self.blocks.iter().enumerate().rev() {
-            if let Some(i) = blk
-                .as_ref()
-                .and_then(|blk| blk.iter().rposition(|&r| r != 0))
-            {
+        for (&b, blk) in self.blocks.iter().rev() {
+            if let Some(i) = blk.iter().rposition(|&r| r != 0) {
                 return (b * RB_ENTRIES + i) as u64 + 1;
             }
         }
@@ -61,7 +60,7 @@ impl Refcounts {
 
     /// Host clusters the table can describe.
     pub fn capacity(&self) -> u64 {
-        self.table.len() as u64 * RB_ENTRIES as u64
+        self.table_len as u64 * RB_ENTRIES as u64
     }
 
     /// Marks up to `want` free clusters (refcount 0), searching from `*hint`,
@@ -75,21 +74,25 @@ impl Refcounts {
         let mut c = *hint;
         while r.clusters.len() < want && c < self.capacity() {
             let (b, i) = split(c);
-            if self.blocks[b].is_none() {
-                let mut blk = vec![0u16; RB_ENTRIES].into_boxed_slice();
-                blk[i] = 1;
-                self.blocks[b] = Some(blk);
-                self.table[b] = c * CLUSTER_SIZE;
-                new_blocks.push(b);
-                r.end_cluster = r.end_cluster.max(c + 1);
-            } else if let Some(blk) = self.blocks[b].as_mut() {
-                if blk[i] == 0 {
+            match self.blocks.entry(b) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let mut blk = vec![0u16; RB_ENTRIES].into_boxed_slice();
                     blk[i] = 1;
-                    r.clusters.push(c);
+                    v.insert(blk);
+                    self.table.insert(b, c * CLUSTER_SIZE);
+                    new_blocks.push(b);
                     r.end_cluster = r.end_cluster.max(c + 1);
-                    let e = changed.entry(b).or_insert((i, i));
-                    e.0 = e.0.min(i);
-                    e.1 = e.1.max(i);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let blk = o.get_mut();
+                    if blk[i] == 0 {
+                        blk[i] = 1;
+                        r.clusters.push(c);
+                        r.end_cluster = r.end_cluster.max(c + 1);
+                        let e = changed.entry(b).or_insert((i, i));
+                        e.0 = e.0.min(i);
+                        e.1 = e.1.max(i);
+                    }
                 }
             }
             c += 1;
@@ -100,7 +103,7 @@ impl Refcounts {
             r.block_writes.push(self.block_range(b, 0, RB_ENTRIES - 1));
             r.table_writes.push(Write {
                 offset: self.table_offset + b as u64 * 8,
-                data: self.table[b].to_be_bytes().to_vec(),
+                data: self.entry(b).to_be_bytes().to_vec(),
             });
         }
         for (b, (lo, hi)) in changed {
@@ -115,7 +118,7 @@ impl Refcounts {
         let mut changed: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
         for &c in clusters {
             let (b, i) = split(c);
-            if let Some(Some(blk)) = self.blocks.get_mut(b) {
+            if let Some(blk) = self.blocks.get_mut(&b) {
                 blk[i] = 0;
                 let e = changed.entry(b).or_insert((i, i));
                 e.0 = e.0.min(i);
@@ -130,14 +133,20 @@ impl Refcounts {
 
     /// The bytes of entries `lo..=hi` of block `b`, at their file offset.
     fn block_range(&self, b: usize, lo: usize, hi: usize) -> Write {
-        let data = self.blocks[b]
-            .as_ref()
+        let data = self
+            .blocks
+            .get(&b)
             .map(|blk| blk[lo..=hi].iter().flat_map(|v| v.to_be_bytes()).collect())
             .unwrap_or_default();
         Write {
-            offset: self.table[b] + lo as u64 * 2,
+            offset: self.entry(b) + lo as u64 * 2,
             data,
         }
+    }
+
+    /// Refcount table entry `b`: the block's host offset, or 0.
+    pub fn entry(&self, b: usize) -> u64 {
+        self.table.get(&b).copied().unwrap_or(0)
     }
 }
 
@@ -162,13 +171,10 @@ mod tests {
         // Like a created image: clusters 0..4 used, block 0 at cluster 3.
         let mut blk = vec![0u16; RB_ENTRIES].into_boxed_slice();
         blk[..4].fill(1);
-        let mut table = vec![0u64; 8192];
-        table[0] = 3 * CLUSTER_SIZE;
-        let mut blocks = vec![None; 8192];
-        blocks[0] = Some(blk);
         Refcounts {
-            table,
-            blocks,
+            table: BTreeMap::from([(0, 3 * CLUSTER_SIZE)]),
+            table_len: 8192,
+            blocks: BTreeMap::from([(0, blk)]),
             table_offset: 2 * CLUSTER_SIZE,
         }
     }
@@ -212,7 +218,7 @@ mod tests {
         let first = RB_ENTRIES as u64;
         // The last cluster of range 0, then (after the new block at `first`) first + 1.
         assert_eq!(r.clusters, vec![first - 1, first + 1]);
-        assert_eq!(rc.table[1], first * CLUSTER_SIZE);
+        assert_eq!(rc.entry(1), first * CLUSTER_SIZE);
         assert_eq!(rc.get(first), 1, "the block counts itself");
         assert_eq!(
             r.table_writes,
@@ -233,8 +239,7 @@ mod tests {
     #[test]
     fn reserve_stops_at_table_capacity() {
         let mut rc = fresh();
-        rc.table.truncate(1);
-        rc.blocks.truncate(1);
+        rc.table_len = 1;
         let mut hint = RB_ENTRIES as u64 - 2;
         let r = rc.reserve(10, &mut hint);
         assert_eq!(r.clusters.len(), 2);

@@ -96,7 +96,7 @@ cp "$BOOTD" "$WORK/bootd-bin"
 BOOTD=$WORK/bootd-bin
 # The lease time dnsmasq is given (its default is also 1 hour); older builds had it fixed.
 LEASE_ARGS=()
-if "$BOOTD" serve --help | grep -q -- --lease-secs; then LEASE_ARGS=(--lease-secs 3600); fi
+if grep -q -- --lease-secs <<<"$("$BOOTD" serve --help)"; then LEASE_ARGS=(--lease-secs 3600); fi
 
 # Server side: bridge br0 = 192.0.2.1/24 with veth-s on it; the client's veth-c = 192.0.2.2.
 ip netns add "$NS"

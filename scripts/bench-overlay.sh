@@ -24,7 +24,7 @@ die() { log "$*"; exit 1; }
 for tool in iscsi-perf:libiscsi-bin qemu-img:qemu-utils cargo:cargo timeout:coreutils; do
     command -v "${tool%%:*}" >/dev/null || die "missing ${tool%%:*}: apt-get install ${tool#*:}"
 done
-qemu-img --help | grep -qw iscsi || die "qemu-img lacks iscsi support: apt-get install qemu-block-extra"
+grep -qw iscsi <<<"$(qemu-img --help)" || die "qemu-img lacks iscsi support: apt-get install qemu-block-extra"
 
 WORK=$(mktemp -d /tmp/bench-overlay.XXXXXX)
 PID=""

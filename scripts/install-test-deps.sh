@@ -76,7 +76,7 @@ fi
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 cur=$(installed_version qemu-utils)
 qemu_args=()
-if [[ $cur == *bpo* ]] && apt-cache madison qemu-block-extra | awk -F'|' '{gsub(/ /,"",$2); print $2}' | grep -qxF "$cur"; then
+if [[ $cur == *bpo* ]] && grep -qxF "$cur" <<<"$(apt-cache madison qemu-block-extra | awk -F'|' '{gsub(/ /,"",$2); print $2}')"; then
     log "qemu-utils $cur from ${codename}-backports: taking qemu-block-extra from there too"
     qemu_args=(-t "${codename}-backports" qemu-utils qemu-block-extra)
 else

@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::bootd::{bootd_bin, START_LIMIT, STOP_LIMIT};
-use crate::env::which;
+use crate::dnsmasq::Dnsmasq;
 use crate::guest::Outcome;
 use crate::netns::NetNs;
 use crate::process::{describe, terminate, wait_until};
@@ -412,17 +412,15 @@ pub fn check_boot_stages(
     Ok(())
 }
 
-/// dnsmasq as a site's DHCP server beside bootd's proxy: addresses only (no DNS, no
-/// boot options), in its own namespace plugged into the LAN. Stopped when dropped.
+/// dnsmasq as a site's DHCP server beside bootd's proxy, in its own namespace
+/// plugged into the LAN. Stopped when dropped.
 pub struct SiteDhcp {
-    child: Child,
-    log: PathBuf,
+    dnsmasq: Dnsmasq,
     _ns: NetNs,
 }
 
 impl SiteDhcp {
-    /// The program, found with [`which`] (Debian package dnsmasq-base).
-    pub const BIN: &'static str = "dnsmasq";
+    pub const BIN: &'static str = Dnsmasq::BIN;
 
     /// Starts dnsmasq at `cidr` on a port of the LAN's bridge, leasing `first..=last`.
     /// `dir` holds its log and lease file.
@@ -432,58 +430,18 @@ impl SiteDhcp {
         lan.ns.plug(&lan.bridge, "site-port", &ns, NIC)?;
         ns.ip(&["addr", "add", cidr, "dev", NIC])?;
         ns.ip(&["link", "set", NIC, "up"])?;
-        let log = dir.join("dnsmasq.log");
-        let out =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let bin = which(Self::BIN).context("dnsmasq not found (Debian package dnsmasq-base)")?;
-        let mut cmd = ns.command(bin);
-        cmd.args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--no-ping",
-            "--log-dhcp",
-            "--bind-interfaces",
-            &format!("--interface={NIC}"),
-            &format!("--dhcp-range={first},{last},255.255.255.0,10m"),
-        ])
-        .arg(format!(
-            "--dhcp-leasefile={}",
-            dir.join("dnsmasq.leases").display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-        let command = describe(&cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning `{command}`"))?;
-        Ok(Self {
-            child,
-            log,
-            _ns: ns,
-        })
+        let dnsmasq = Dnsmasq::start(&ns, NIC, (first, last), dir, "dnsmasq")?;
+        Ok(Self { dnsmasq, _ns: ns })
     }
 
     /// Whether dnsmasq still runs.
     pub fn running(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
+        self.dnsmasq.running()
     }
 
     /// Everything dnsmasq logged so far.
     pub fn log(&self) -> String {
-        format!(
-            "--- dnsmasq output ---\n{}--- end ---",
-            read_lossy(&self.log)
-        )
-    }
-}
-
-impl Drop for SiteDhcp {
-    fn drop(&mut self) {
-        terminate(&self.child);
-        // Errors here only mean it is already gone.
-        let _ = wait_until(&mut self.child, Instant::now() + STOP_LIMIT);
+        self.dnsmasq.log()
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cunit;
 pub mod dhcp_client;
 pub mod disk;
 pub mod diskless;
+pub mod dnsmasq;
 pub mod env;
 pub mod export;
 pub mod golden;

@@ -6,15 +6,13 @@
 //! udhcpc still gets its address from dnsmasq.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bootd_tests::dhcp_client::{self, Client, Message, ACK, DISCOVER, OFFER, REQUEST};
 use bootd_tests::disk::noise;
-use bootd_tests::env::which;
+use bootd_tests::dnsmasq::Dnsmasq;
 use bootd_tests::netns::NetNs;
-use bootd_tests::process::{terminate, wait_until};
 use bootd_tests::serve::ServeOptions;
 
 use super::lab::{self, Lab, NIC, SERVER, SERVER_IP};
@@ -56,7 +54,14 @@ fn proxy_dhcp_beside_dnsmasq() -> Result<()> {
 
     let site_ns = lab.machine(SITE_MAC)?;
     site_ns.ip(&["addr", "add", &format!("{SITE}/24"), "dev", NIC])?;
-    let site = Dnsmasq::start(&lab, &site_ns)?;
+    let range = (SITE_RANGE.0.to_string(), SITE_RANGE.1.to_string());
+    let site = Dnsmasq::start(
+        &site_ns,
+        NIC,
+        (&range.0, &range.1),
+        lab.dir.path(),
+        "dnsmasq",
+    )?;
     let tftp_dir = tftp_dir.to_str().context("temp dir is not UTF-8")?;
     let opts = ServeOptions {
         netns: Some(&lab.server_ns),
@@ -275,56 +280,4 @@ fn check_boot_reply(m: &Message, kind: u8, file: &str) -> Result<()> {
         "the machine UUID (97) was not echoed: {m:?}"
     );
     Ok(())
-}
-
-/// dnsmasq as the site's DHCP server: addresses only, no DNS, no PXE.
-struct Dnsmasq {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Dnsmasq {
-    fn start(lab: &Lab, ns: &NetNs) -> Result<Self> {
-        let bin = which("dnsmasq").context("dnsmasq not found")?;
-        let log = lab.scratch("dnsmasq.log");
-        let leases = lab.scratch("dnsmasq.leases");
-        let out = std::fs::File::create(&log)?;
-        let mut cmd = ns.command(bin);
-        cmd.args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--no-ping",
-            "--log-dhcp",
-            "--bind-interfaces",
-            &format!("--interface={NIC}"),
-            &format!(
-                "--dhcp-range={},{},255.255.255.0,10m",
-                SITE_RANGE.0, SITE_RANGE.1
-            ),
-        ])
-        .arg(format!("--dhcp-leasefile={}", leases.display()))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-        let child = cmd.spawn().context("spawning dnsmasq")?;
-        Ok(Self { child, log })
-    }
-
-    fn running(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
-    }
-
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        format!("--- dnsmasq output ---\n{text}--- end ---")
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        terminate(&self.child);
-        // Errors here only mean it is already gone.
-        let _ = wait_until(&mut self.child, Instant::now() + Duration::from_secs(5));
-    }
 }

@@ -128,33 +128,18 @@ fn two_bios_guests_sanboot_their_own_overlays() -> Result<()> {
 
     // First boot: a clean disk each, a marker each that names the node that wrote it.
     let first = round("boot1")?;
-    for (node, m) in nodes.iter().zip(&first) {
-        ensure!(
-            m.previous.is_none(),
-            "{} found a marker on its first boot: {m:?}",
-            node.name
-        );
-        println!("{test}: boot1: {} wrote {}", node.name, m.wrote);
-    }
+    first_boot_clean(test, &nodes, &first)?;
 
     // Second boot: each finds its own marker, never the other's.
     let second = round("boot2")?;
-    for (i, (node, m)) in nodes.iter().zip(&second).enumerate() {
-        let other = &first[1 - i].wrote;
-        ensure!(
-            m.previous.as_deref() == Some(first[i].wrote.as_str()),
-            "{} found {:?} on its second boot, expected its own {:?} (the other wrote {other:?})",
-            node.name,
-            m.previous,
-            first[i].wrote
-        );
+    second_boot_own(test, &nodes, &first, &second)?;
+    for (node, m) in nodes.iter().zip(&second) {
         ensure!(
             marker_field(&m.wrote, "boot") == Some("2"),
             "{}: second marker {:?} does not count boot 2",
             node.name,
             m.wrote
         );
-        println!("{test}: boot2: {} found its own marker", node.name);
     }
     ensure!(
         sha256(&golden_path)? == golden_sum,
@@ -240,14 +225,7 @@ fn two_bios_guests_boot_through_the_proxy_beside_dnsmasq() -> Result<()> {
     };
 
     let first = round("boot1")?;
-    for (node, m) in nodes.iter().zip(&first) {
-        ensure!(
-            m.previous.is_none(),
-            "{} found a marker on its first boot: {m:?}",
-            node.name
-        );
-        println!("{test}: boot1: {} wrote {}", node.name, m.wrote);
-    }
+    first_boot_clean(test, &nodes, &first)?;
     // The addresses came from the site's server: the iBFT iPXE wrote carries them.
     let range = (SITE_RANGE.0.parse::<Ipv4Addr>()?)..=(SITE_RANGE.1.parse::<Ipv4Addr>()?);
     for node in &nodes {
@@ -265,7 +243,39 @@ fn two_bios_guests_boot_through_the_proxy_beside_dnsmasq() -> Result<()> {
     }
 
     let second = round("boot2")?;
-    for (i, (node, m)) in nodes.iter().zip(&second).enumerate() {
+    second_boot_own(test, &nodes, &first, &second)?;
+    ensure!(site.running()?, "dnsmasq exited\n{}", site.log());
+    serve.stop().context("stopping serve")?;
+    ensure!(
+        sha256(&golden_path)? == golden_sum,
+        "the golden image {} changed",
+        golden_path.display()
+    );
+    println!("{test}: passed in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// First boot: a clean disk each, a marker each.
+fn first_boot_clean(test: &str, nodes: &[Node], first: &[Markers]) -> Result<()> {
+    for (node, m) in nodes.iter().zip(first) {
+        ensure!(
+            m.previous.is_none(),
+            "{} found a marker on its first boot: {m:?}",
+            node.name
+        );
+        println!("{test}: boot1: {} wrote {}", node.name, m.wrote);
+    }
+    Ok(())
+}
+
+/// Second boot: each node finds the marker it wrote, never the other's.
+fn second_boot_own(
+    test: &str,
+    nodes: &[Node],
+    first: &[Markers],
+    second: &[Markers],
+) -> Result<()> {
+    for (i, (node, m)) in nodes.iter().zip(second).enumerate() {
         ensure!(
             m.previous.as_deref() == Some(first[i].wrote.as_str()),
             "{} found {:?} on its second boot, expected its own {:?} (the other wrote {:?})",
@@ -276,14 +286,6 @@ fn two_bios_guests_boot_through_the_proxy_beside_dnsmasq() -> Result<()> {
         );
         println!("{test}: boot2: {} found its own marker", node.name);
     }
-    ensure!(site.running()?, "dnsmasq exited\n{}", site.log());
-    serve.stop().context("stopping serve")?;
-    ensure!(
-        sha256(&golden_path)? == golden_sum,
-        "the golden image {} changed",
-        golden_path.display()
-    );
-    println!("{test}: passed in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -69,11 +69,14 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
         if let Some(leases) = &shared.leases {
             let mut l = leases.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = l.commit() {
-                // No ACK for a lease that might not survive a crash; the
-                // clients retry.
+                // No ACK for a lease that might not survive a crash (the
+                // clients retry); offers, NAKs and INFORM answers promise
+                // nothing and still go out.
                 tracing::warn!("saving DHCP leases: {e}");
-                out.clear();
-                continue;
+                out.retain(|p| {
+                    let m = &p.reply.msg;
+                    m.opts().msg_type() != Some(MessageType::Ack) || m.yiaddr().is_unspecified()
+                });
             }
         }
         for p in out.drain(..) {

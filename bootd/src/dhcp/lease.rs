@@ -64,8 +64,11 @@ impl LeaseStore for FileLeaseStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
+        // Only whole lines count: a last line cut short by a crash could
+        // still parse (an expiry cut to its first digits) and win.
+        let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
         let mut out = HashMap::new();
-        for line in text.lines() {
+        for line in whole.lines() {
             let mut f = line.split_whitespace();
             match (f.next(), f.next(), f.next().map(str::parse)) {
                 (Some(mac), Some("-"), None) => {
@@ -101,8 +104,14 @@ impl LeaseStore for FileLeaseStore {
         for (mac, lease) in changes {
             text.push_str(&Self::line(mac, lease.as_ref()));
         }
-        f.write_all(text.as_bytes())?;
-        f.sync_data()
+        let done = f.write_all(text.as_bytes()).and_then(|()| f.sync_data());
+        if done.is_err() {
+            // Part of the text may be in the file, and a retried fsync can
+            // claim success for data that never reached the disk: the
+            // caller rewrites the whole table instead of appending again.
+            self.log = None;
+        }
+        done
     }
 
     fn rewrite(&mut self, all: &HashMap<String, Lease>) -> std::io::Result<()> {
@@ -117,11 +126,12 @@ impl LeaseStore for FileLeaseStore {
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
+        // Appends go to the new file from now on, whatever happens next.
+        self.log = None;
         if let Some(dir) = self.path.parent() {
             // The rename itself must survive a power cut.
             std::fs::File::open(dir)?.sync_all()?;
         }
-        self.log = None;
         Ok(())
     }
 }
@@ -140,6 +150,9 @@ pub struct Leases {
     pending: Vec<Change>,
     /// Changes committed since the last compaction.
     since_compaction: usize,
+    /// An append failed: the log may end in a fragment, so the next commit
+    /// rewrites the whole table (which holds every pending change).
+    broken: bool,
     /// Where the search for a never-used address starts: addresses below it
     /// were all taken when it moved, so a fleet's allocation stays linear.
     cursor: u32,
@@ -167,6 +180,7 @@ impl Leases {
             store,
             pending: Vec::new(),
             since_compaction: 0,
+            broken: false,
             cursor: pool.0.into(),
         })
     }
@@ -178,11 +192,25 @@ impl Leases {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.store.append(&self.pending)?;
+        if self.broken {
+            self.store.rewrite(&self.by_mac)?;
+            self.broken = false;
+            self.since_compaction = 0;
+            self.pending.clear();
+            return Ok(());
+        }
+        if let Err(e) = self.store.append(&self.pending) {
+            self.broken = true;
+            return Err(e);
+        }
         self.since_compaction += self.pending.len();
         self.pending.clear();
         if self.since_compaction > 2 * self.by_mac.len() + COMPACT_SLACK {
-            self.store.rewrite(&self.by_mac)?;
+            // The changes are durable already: a failed compaction is retried
+            // later and never holds back an answer.
+            if let Err(e) = self.store.rewrite(&self.by_mac) {
+                tracing::warn!("compacting the DHCP lease log: {e}");
+            }
             self.since_compaction = 0;
         }
         Ok(())

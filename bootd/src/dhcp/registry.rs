@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 const NOTE_EVERY: Duration = Duration::from_secs(60);
 /// Throttle entries kept before old ones are swept.
 const RECENT_MAX: usize = 4096;
+/// Unregistered machines recorded or enrolled per minute at most, whatever
+/// their MACs: forged DISCOVERs with fresh MACs must not turn into
+/// unbounded registry writes on the DHCP thread.
+const NEW_PER_MINUTE: u32 = 600;
 
 pub enum Unknown {
     Ignore,
@@ -34,6 +38,8 @@ pub struct Registry {
     nodes: HashMap<String, NodeLookup>,
     unknown: Unknown,
     recent: HashMap<String, Instant>,
+    /// The current minute's start and how many MACs were handled in it.
+    window: (Instant, u32),
 }
 
 impl Registry {
@@ -44,6 +50,7 @@ impl Registry {
             nodes: HashMap::new(),
             unknown,
             recent: HashMap::new(),
+            window: (Instant::now(), 0),
         }
     }
 
@@ -101,7 +108,7 @@ impl Registry {
                 let d = Discovered {
                     mac: mac.clone(),
                     arch: req.arch(),
-                    vendor_class: String::from_utf8_lossy(req.vendor_class()).into_owned(),
+                    vendor_class: printable(req.vendor_class()),
                     ipxe: req.is_ipxe(),
                     first_seen: now,
                     last_seen: now,
@@ -133,7 +140,8 @@ impl Registry {
         }
     }
 
-    /// Whether `mac` is due for another record or enrolment attempt.
+    /// Whether `mac` is due for another record or enrolment attempt: once a
+    /// minute per MAC, [`NEW_PER_MINUTE`] in all.
     fn due(&mut self, mac: &str) -> bool {
         let now = Instant::now();
         if self
@@ -143,13 +151,32 @@ impl Registry {
         {
             return false;
         }
+        if now.duration_since(self.window.0) >= NOTE_EVERY {
+            self.window = (now, 0);
+        }
+        if self.window.1 >= NEW_PER_MINUTE {
+            return false;
+        }
         if self.recent.len() >= RECENT_MAX {
             self.recent
                 .retain(|_, t| now.duration_since(*t) < NOTE_EVERY);
+            if self.recent.len() >= RECENT_MAX {
+                return false;
+            }
         }
+        self.window.1 += 1;
         self.recent.insert(mac.to_string(), now);
         true
     }
+}
+
+/// Option 60 as text for the operator's terminal: control characters from
+/// the network become `?`.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// PXE and UEFI HTTP firmware, and iPXE: machines asking to boot, not
@@ -218,6 +245,11 @@ mod tests {
         reg.lookup(&request([2, 0, 0, 0, 0, 2], false)?, 102);
         let found = dd.store()?.discovered()?;
         assert_eq!(found.len(), 1);
+        assert_eq!(printable(b"PXE\x1b[2J\nx"), "PXE?[2J?x");
+        // A flood of fresh MACs is cut off at the per-minute budget.
+        reg.window.1 = NEW_PER_MINUTE;
+        reg.lookup(&request([2, 0, 0, 0, 0, 9], true)?, 103);
+        assert_eq!(dd.store()?.discovered()?.len(), 1);
         assert_eq!(found[0].mac, "02:00:00:00:00:01");
         assert_eq!((found[0].arch, found[0].requests), (Some(7), 1));
         Ok(())

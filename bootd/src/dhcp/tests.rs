@@ -523,16 +523,69 @@ fn lease_log_replays_torn_tail_and_compacts() -> R {
         ("a".into(), Some(lease([192, 0, 2, 100], 9))),
         ("b".into(), None),
     ])?;
-    // A crash mid-append leaves half a line.
+    // A crash mid-append leaves half a line; cut inside the expiry, it
+    // would still parse.
     std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
-        .and_then(|mut h| std::io::Write::write_all(&mut h, b"c 192.0.2"))?;
+        .and_then(|mut h| std::io::Write::write_all(&mut h, b"a 192.0.2.100 1"))?;
     let mut again = FileLeaseStore::new(path.clone());
     let got = again.load()?;
     assert_eq!(got.len(), 1);
     assert_eq!(got.get("a"), Some(&lease([192, 0, 2, 100], 9)));
     assert_eq!(std::fs::read_to_string(&path)?, "a 192.0.2.100 9\n");
+    Ok(())
+}
+
+/// After a failed append (a fragment may be in the file), the next commit
+/// rewrites the whole table instead of appending after the fragment.
+#[test]
+fn a_failed_append_is_repaired_by_a_rewrite() -> R {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    #[derive(Clone, Default)]
+    struct Flaky {
+        mem: Mem,
+        fail: Arc<AtomicBool>,
+        rewrites: Arc<AtomicUsize>,
+    }
+    impl LeaseStore for Flaky {
+        fn load(&mut self) -> std::io::Result<HashMap<String, Lease>> {
+            Mem::load(&self.mem)
+        }
+        fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
+            if self.fail.swap(false, Relaxed) {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.mem.append(changes)
+        }
+        fn rewrite(&mut self, all: &HashMap<String, Lease>) -> std::io::Result<()> {
+            self.rewrites.fetch_add(1, Relaxed);
+            self.mem.rewrite(all)
+        }
+    }
+    let store = Flaky::default();
+    let mut l = Leases::open(
+        (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 102)),
+        Box::new(store.clone()),
+    )?;
+    let opened = store.rewrites.load(Relaxed);
+    store.fail.store(true, Relaxed);
+    l.bind("a", Ipv4Addr::new(192, 0, 2, 100), NOW + 60, true);
+    assert!(l.commit().is_err(), "the failed append is reported");
+    l.bind("b", Ipv4Addr::new(192, 0, 2, 101), NOW + 60, true);
+    l.commit()?;
+    assert_eq!(
+        store.rewrites.load(Relaxed),
+        opened + 1,
+        "repaired by a rewrite"
+    );
+    let saved = Mem::load(&store.mem)?;
+    assert_eq!(saved.len(), 2, "both leases durable: {saved:?}");
+    // Then appends again.
+    l.bind("c", Ipv4Addr::new(192, 0, 2, 102), NOW + 60, true);
+    l.commit()?;
+    assert_eq!(store.rewrites.load(Relaxed), opened + 1);
+    assert_eq!(Mem::load(&store.mem)?.len(), 3);
     Ok(())
 }
 

@@ -5,11 +5,17 @@ use super::SqliteStore;
 use crate::store::{BootStage, Discovered, Records, Result};
 use rusqlite::params;
 
+/// Discovered machines kept at most.
+const MAX_DISCOVERED: i64 = 10_000;
+
 impl Records for SqliteStore {
     fn note_discovered(&mut self, d: &Discovered) -> Result<()> {
+        // A full table takes updates of the MACs it has, no new ones.
         self.conn.execute(
             "INSERT INTO discovered (mac, arch, vendor_class, ipxe, first_seen, last_seen, requests)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, 1
+             WHERE (SELECT COUNT(*) FROM discovered) < ?7
+                OR EXISTS (SELECT 1 FROM discovered WHERE mac = ?1)
              ON CONFLICT (mac) DO UPDATE SET
                 arch = excluded.arch, vendor_class = excluded.vendor_class,
                 ipxe = excluded.ipxe, last_seen = excluded.last_seen,
@@ -20,7 +26,8 @@ impl Records for SqliteStore {
                 d.vendor_class,
                 d.ipxe,
                 d.first_seen,
-                d.last_seen
+                d.last_seen,
+                MAX_DISCOVERED
             ],
         )?;
         Ok(())

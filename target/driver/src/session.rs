@@ -36,6 +36,8 @@ struct State {
     done_tx: mpsc::UnboundedSender<(u32, ScsiResult)>,
     peer: SocketAddr,
     logged_out: bool,
+    /// The server's command observer, fetched once for the connection.
+    observer: Option<crate::events::CommandObserver>,
 }
 
 pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr) {
@@ -70,7 +72,9 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
         server,
         peer,
         logged_out: false,
+        observer: None,
     };
+    st.observer = st.server.command_observer();
     let mut stop = st.server.shutdown_signal();
     let mut stopping = false;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -273,15 +277,11 @@ impl State {
         };
         let nexus = bound.nexus.clone();
         let itt = cmd.itt;
-        let watch = self.server.command_observer().map(|f| Watch {
+        let watch = self.observer.clone().map(|f| Watch {
             f,
             target: bound.target.clone(),
             cdb: cmd.cdb.clone(),
-            data_out: if cmd.write {
-                u64::from(cmd.expected_len)
-            } else {
-                0
-            },
+            data_out: cmd.data_out.len() as u64,
             started: Instant::now(),
         });
         let mut fut = Box::pin(async move { lun.execute(&nexus, &cmd).await });

@@ -70,7 +70,16 @@ impl Response {
         }
     }
 
-    fn bytes(&self, head_only: bool) -> Vec<u8> {
+    fn body(&self) -> &[u8] {
+        match &self.body {
+            Body::Text(t) | Body::Metrics(t) => t.as_bytes(),
+            Body::Binary(b) => b,
+        }
+    }
+
+    /// The status line and headers; the body goes out after them as it is
+    /// (an iPXE binary is not copied per request).
+    fn head(&self) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
@@ -84,22 +93,18 @@ impl Response {
             505 => "HTTP Version Not Supported",
             _ => "",
         };
-        let (kind, body): (&str, &[u8]) = match &self.body {
-            Body::Text(t) => ("text/plain; charset=utf-8", t.as_bytes()),
-            Body::Binary(b) => ("application/octet-stream", b),
-            Body::Metrics(t) => ("text/plain; version=0.0.4; charset=utf-8", t.as_bytes()),
+        let kind = match &self.body {
+            Body::Text(_) => "text/plain; charset=utf-8",
+            Body::Binary(_) => "application/octet-stream",
+            Body::Metrics(_) => "text/plain; version=0.0.4; charset=utf-8",
         };
-        let mut out = format!(
+        format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\n\
              Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
             self.status,
-            body.len()
+            self.body().len()
         )
-        .into_bytes();
-        if !head_only {
-            out.extend_from_slice(body);
-        }
-        out
+        .into_bytes()
     }
 }
 
@@ -164,7 +169,10 @@ impl HttpServer {
             Err(None) => (Response::text(408, "request head took too long\n"), false),
         };
         tokio::time::timeout(WRITE_LIMIT, async {
-            stream.write_all(&response.bytes(head_only)).await?;
+            stream.write_all(&response.head()).await?;
+            if !head_only {
+                stream.write_all(response.body()).await?;
+            }
             stream.shutdown().await
         })
         .await

@@ -38,7 +38,7 @@ overlay is released, then replaces or deletes it.")]
 pub struct ServeArgs {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
-    /// unknown. Unknown keys are an error. Flags override it.
+    /// unknown, record_io. Unknown keys are an error. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Network interface DHCP answers on (SO_BINDTODEVICE); its IPv4
@@ -61,7 +61,7 @@ pub struct ServeArgs {
     /// DNS server handed out with --dhcp full (option 6); repeat for more.
     #[arg(long)]
     dns: Vec<Ipv4Addr>,
-    /// Lease time in seconds for --dhcp full [default: 3600].
+    /// Lease time in seconds for --dhcp full, at least 60 [default: 3600].
     #[arg(long)]
     lease_secs: Option<u32>,
     /// iPXE build for x64 UEFI clients: snponly (snponly.efi, the firmware's

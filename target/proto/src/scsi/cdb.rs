@@ -186,54 +186,47 @@ pub enum BlockIo {
     Flush,
 }
 
+/// READ and WRITE (6, 10, 12, 16): (write, lba, blocks, byte-1 flags);
+/// `None` for other opcodes. Short CDBs read as zeros.
+pub fn read_write(cdb: &[u8]) -> Option<(bool, u64, u32, u8)> {
+    let c = Cdb(cdb);
+    let op = c.opcode();
+    match op {
+        0x08 | 0x0A => {
+            let lba = u64::from(c.u24(1) & 0x1F_FFFF);
+            // READ(6)/WRITE(6): a length of 0 means 256 blocks.
+            let n = if c.b(4) == 0 { 256 } else { u32::from(c.b(4)) };
+            Some((op == 0x0A, lba, n, 0u8))
+        }
+        0x28 | 0x2A => Some((op == 0x2A, u64::from(c.u32(2)), u32::from(c.u16(7)), c.b(1))),
+        0xA8 | 0xAA => Some((op == 0xAA, u64::from(c.u32(2)), c.u32(6), c.b(1))),
+        0x88 | 0x8A => Some((op == 0x8A, c.u64(2), c.u32(10), c.b(1))),
+        _ => None,
+    }
+}
+
 /// READ/WRITE (6, 10, 12, 16), WRITE AND VERIFY and SYNCHRONIZE CACHE;
 /// `None` for anything else. Short CDBs read as zeros.
 pub fn block_io(cdb: &[u8]) -> Option<BlockIo> {
-    let c = Cdb(cdb);
-    let six = |c: &Cdb<'_>| {
-        let lba = u64::from(c.u24(1) & 0x1f_ffff);
-        // READ(6)/WRITE(6): a length of 0 means 256 blocks.
-        let n = match c.b(4) {
-            0 => 256,
-            n => u32::from(n),
-        };
-        (lba, n)
+    // WRITE AND VERIFY (10, 12, 16) lays out LBA and length as WRITE does.
+    let as_write = |op: u8| -> Option<Vec<u8>> {
+        let mut w = cdb.to_vec();
+        *w.first_mut()? = op;
+        Some(w)
     };
-    Some(match c.opcode() {
-        0x08 => {
-            let (lba, blocks) = six(&c);
+    let rw = match cdb.first() {
+        Some(0x2E) => read_write(&as_write(0x2A)?),
+        Some(0xAE) => read_write(&as_write(0xAA)?),
+        Some(0x8E) => read_write(&as_write(0x8A)?),
+        Some(0x35 | 0x91) => return Some(BlockIo::Flush),
+        _ => read_write(cdb),
+    };
+    rw.map(|(write, lba, blocks, _)| {
+        if write {
+            BlockIo::Write { lba, blocks }
+        } else {
             BlockIo::Read { lba, blocks }
         }
-        0x0A => {
-            let (lba, blocks) = six(&c);
-            BlockIo::Write { lba, blocks }
-        }
-        0x28 => BlockIo::Read {
-            lba: u64::from(c.u32(2)),
-            blocks: u32::from(c.u16(7)),
-        },
-        0x2A | 0x2E => BlockIo::Write {
-            lba: u64::from(c.u32(2)),
-            blocks: u32::from(c.u16(7)),
-        },
-        0xA8 => BlockIo::Read {
-            lba: u64::from(c.u32(2)),
-            blocks: c.u32(6),
-        },
-        0xAA | 0xAE => BlockIo::Write {
-            lba: u64::from(c.u32(2)),
-            blocks: c.u32(6),
-        },
-        0x88 => BlockIo::Read {
-            lba: c.u64(2),
-            blocks: c.u32(10),
-        },
-        0x8A | 0x8E => BlockIo::Write {
-            lba: c.u64(2),
-            blocks: c.u32(10),
-        },
-        0x35 | 0x91 => BlockIo::Flush,
-        _ => return None,
     })
 }
 

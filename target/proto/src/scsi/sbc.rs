@@ -82,19 +82,7 @@ pub fn decode(
     let c = Cdb(cdb);
     let op = c.opcode();
     let bs = u64::from(geo.block_size);
-    // (write, lba, blocks, byte-1 flags, protect-bits-allowed)
-    let rw = match op {
-        0x08 | 0x0A => {
-            let lba = u64::from(c.u24(1) & 0x1F_FFFF);
-            let n = if c.b(4) == 0 { 256 } else { u32::from(c.b(4)) };
-            Some((op == 0x0A, lba, n, 0u8))
-        }
-        0x28 | 0x2A => Some((op == 0x2A, u64::from(c.u32(2)), u32::from(c.u16(7)), c.b(1))),
-        0xA8 | 0xAA => Some((op == 0xAA, u64::from(c.u32(2)), c.u32(6), c.b(1))),
-        0x88 | 0x8A => Some((op == 0x8A, c.u64(2), c.u32(10), c.b(1))),
-        _ => None,
-    };
-    if let Some((write, lba, blocks, flags)) = rw {
+    if let Some((write, lba, blocks, flags)) = super::cdb::read_write(cdb) {
         if flags & 0xE0 != 0 {
             // RDPROTECT/WRPROTECT: no protection information here.
             return Err(Sense::INVALID_FIELD_IN_CDB

@@ -2,18 +2,22 @@
 //! to `DIR/NODE.trace`, as the boot-storm tool replays them. A line is
 //! `<ms since the node's first command> R|W|F <lba> <blocks>` after a
 //! `# bootd-io-trace v1 block_size=512 node=NAME` header; logins are noted
-//! as comments. Lines are buffered and flushed every second and at exit.
+//! as comments. The I/O path only queues an entry; one thread writes the
+//! files, flushed every second and at exit.
 
 use iscsi_proto::scsi::cdb::BlockIo;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 /// Lines kept per node: a boot is thousands; this bounds a runaway run.
 const MAX_LINES: u64 = 1_000_000;
+/// Entries queued for the writer; only when this many wait does a command
+/// wait for the writer (a trace must not have gaps).
+const QUEUE: usize = 65_536;
 
 struct Trace {
     out: BufWriter<File>,
@@ -21,10 +25,16 @@ struct Trace {
     lines: u64,
 }
 
+enum Entry {
+    Command(String, BlockIo, Instant),
+    Note(String, String, Instant),
+    /// Flush every file, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// Records from the I/O path through a queue; one thread owns the files.
 pub struct IoRecorder {
-    dir: PathBuf,
-    block_size: u32,
-    traces: Mutex<HashMap<String, Trace>>,
+    tx: SyncSender<Entry>,
 }
 
 /// `...:node.NAME` targets trace to `NAME.trace`.
@@ -35,16 +45,78 @@ fn node_name(target: &str) -> &str {
 impl IoRecorder {
     pub fn new(dir: &Path, block_size: u32) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(Self {
+        let (tx, rx) = sync_channel(QUEUE);
+        let writer = Writer {
             dir: dir.to_path_buf(),
             block_size,
-            traces: Mutex::new(HashMap::new()),
-        })
+            traces: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("iotrace".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Self { tx })
     }
 
-    fn with<F: FnOnce(&mut Trace) -> std::io::Result<()>>(&self, target: &str, f: F) {
-        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
-        if !traces.contains_key(target) {
+    pub fn command(&self, target: &str, io: BlockIo) {
+        let _ = self
+            .tx
+            .send(Entry::Command(target.to_string(), io, Instant::now()));
+    }
+
+    pub fn note(&self, target: &str, text: &str) {
+        let _ = self.tx.send(Entry::Note(
+            target.to_string(),
+            text.to_string(),
+            Instant::now(),
+        ));
+    }
+
+    /// Asks the writer to write out everything recorded so far; with
+    /// `wait`, returns once it has.
+    pub fn flush(&self, wait: bool) {
+        let (done_tx, done_rx) = sync_channel(1);
+        if self.tx.send(Entry::Flush(done_tx)).is_ok() && wait {
+            let _ = done_rx.recv();
+        }
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    block_size: u32,
+    traces: HashMap<String, Trace>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Entry>) {
+        while let Ok(e) = rx.recv() {
+            match e {
+                Entry::Command(target, io, at) => self.with(&target, at, |t, ms| match io {
+                    BlockIo::Read { lba, blocks } => writeln!(t.out, "{ms} R {lba} {blocks}"),
+                    BlockIo::Write { lba, blocks } => writeln!(t.out, "{ms} W {lba} {blocks}"),
+                    BlockIo::Flush => writeln!(t.out, "{ms} F 0 0"),
+                }),
+                Entry::Note(target, text, at) => {
+                    self.with(&target, at, |t, ms| writeln!(t.out, "# {ms} ms: {text}"))
+                }
+                Entry::Flush(done) => {
+                    for t in self.traces.values_mut() {
+                        let _ = t.out.flush();
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+        for t in self.traces.values_mut() {
+            let _ = t.out.flush();
+        }
+    }
+
+    fn with<F>(&mut self, target: &str, at: Instant, f: F)
+    where
+        F: FnOnce(&mut Trace, u128) -> std::io::Result<()>,
+    {
+        if !self.traces.contains_key(target) {
             let name = node_name(target);
             // Names are checked at `node add` (no `/`); an odd target is skipped.
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
@@ -62,11 +134,11 @@ impl IoRecorder {
             });
             match opened {
                 Ok(out) => {
-                    traces.insert(
+                    self.traces.insert(
                         target.to_string(),
                         Trace {
                             out,
-                            t0: Instant::now(),
+                            t0: at,
                             lines: 0,
                         },
                     );
@@ -77,38 +149,15 @@ impl IoRecorder {
                 }
             }
         }
-        if let Some(t) = traces.get_mut(target) {
+        if let Some(t) = self.traces.get_mut(target) {
             if t.lines < MAX_LINES {
                 t.lines += 1;
-                if let Err(e) = f(t) {
+                let ms = at.saturating_duration_since(t.t0).as_millis();
+                if let Err(e) = f(t, ms) {
                     tracing::warn!(target, "io trace: {e}");
                     t.lines = MAX_LINES;
                 }
             }
-        }
-    }
-
-    pub fn command(&self, target: &str, io: BlockIo) {
-        self.with(target, |t| {
-            let ms = t.t0.elapsed().as_millis();
-            match io {
-                BlockIo::Read { lba, blocks } => writeln!(t.out, "{ms} R {lba} {blocks}"),
-                BlockIo::Write { lba, blocks } => writeln!(t.out, "{ms} W {lba} {blocks}"),
-                BlockIo::Flush => writeln!(t.out, "{ms} F 0 0"),
-            }
-        });
-    }
-
-    pub fn note(&self, target: &str, text: &str) {
-        self.with(target, |t| {
-            writeln!(t.out, "# {} ms: {text}", t.t0.elapsed().as_millis())
-        });
-    }
-
-    pub fn flush(&self) {
-        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
-        for t in traces.values_mut() {
-            let _ = t.out.flush();
         }
     }
 }
@@ -133,7 +182,7 @@ mod tests {
         );
         r.command(t, BlockIo::Flush);
         r.command("iqn.x:node../etc", BlockIo::Flush);
-        r.flush();
+        r.flush(true);
         let text = std::fs::read_to_string(dir.path().join("web1.trace"))?;
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "# bootd-io-trace v1 block_size=512 node=web1");

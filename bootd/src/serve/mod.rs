@@ -219,7 +219,7 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
             tokio::select! {
                 _ = timer.tick() => {
                     if let Some(r) = &tick_recorder {
-                        r.flush();
+                        r.flush(false);
                     }
                     if let Err(e) = fleet.tick().await {
                         // The registry may be busy or briefly unreadable; the
@@ -248,7 +248,7 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     let mut fleet = watcher.await.context("registry watcher")?;
     fleet.close_all().await;
     if let Some(r) = &recorder {
-        r.flush();
+        r.flush(true);
     }
     served?;
     tracing::info!("overlays flushed; bye");

@@ -51,6 +51,22 @@ impl SqliteStore {
         Ok(Self { conn })
     }
 
+    /// Runs one UPDATE of node `name` (`NotFound` if it changed nothing),
+    /// bumps the generation and returns the node as it is now.
+    fn update_node(&mut self, name: &str, sql: &str, p: impl rusqlite::Params) -> Result<Node> {
+        let tx = self.write()?;
+        if tx.execute(sql, p)? == 0 {
+            return Err(StoreError::NotFound {
+                kind: "node",
+                name: name.to_string(),
+            });
+        }
+        let n = node_by_name(&tx, name)?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     fn write(&mut self) -> Result<Transaction<'_>> {
         Ok(self
             .conn
@@ -462,39 +478,19 @@ impl Store for SqliteStore {
     }
 
     fn set_node_state(&mut self, name: &str, state: NodeState) -> Result<Node> {
-        let tx = self.write()?;
-        let changed = tx.execute(
+        self.update_node(
+            name,
             "UPDATE nodes SET state = ?2, revision = revision + 1 WHERE name = ?1",
             params![name, state.as_str()],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::NotFound {
-                kind: "node",
-                name: name.to_string(),
-            });
-        }
-        let n = node_by_name(&tx, name)?;
-        bump(&tx)?;
-        tx.commit()?;
-        Ok(n)
+        )
     }
 
     fn node_overlay_ready(&mut self, name: &str, image_id: i64) -> Result<Node> {
-        let tx = self.write()?;
-        let changed = tx.execute(
+        self.update_node(
+            name,
             "UPDATE nodes SET state = ?2, image_id = ?3, revision = revision + 1 WHERE name = ?1",
             params![name, NodeState::Ready.as_str(), image_id],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::NotFound {
-                kind: "node",
-                name: name.to_string(),
-            });
-        }
-        let n = node_by_name(&tx, name)?;
-        bump(&tx)?;
-        tx.commit()?;
-        Ok(n)
+        )
     }
 
     fn remove_node(&mut self, name: &str) -> Result<Node> {

@@ -44,19 +44,7 @@ fn field(v: &serde_json::Value, k: &str) -> Result<String> {
 #[test]
 fn nodes_get_their_own_ipxe_scripts() -> Result {
     let env = Env::new()?;
-    let raw = env.path("g.raw");
-    golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
-    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
-    env.ok(&[
-        "node",
-        "add",
-        "52:54:00:ab:cd:ef",
-        "--image",
-        "deb",
-        "--name",
-        "n1",
-    ])?;
-    let n1 = env.json(&["node", "show", "n1", "--json"])?;
+    let n1 = one_node(&env, "52:54:00:ab:cd:ef")?;
 
     let serve = Serve::start(&env)?;
 

@@ -19,19 +19,7 @@ fn stages(env: &Env) -> Result<Vec<String>> {
 #[test]
 fn node_show_reports_the_last_boot() -> Result {
     let env = Env::new()?;
-    let raw = env.path("g.raw");
-    golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
-    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
-    env.ok(&[
-        "node",
-        "add",
-        "52:54:00:ab:cd:01",
-        "--image",
-        "deb",
-        "--name",
-        "n1",
-    ])?;
-    let n1 = env.json(&["node", "show", "n1", "--json"])?;
+    let n1 = one_node(&env, "52:54:00:ab:cd:01")?;
     assert_eq!(n1["last_boot"].as_array().map(Vec::len), Some(0));
     let text = env.ok(&["node", "show", "n1"])?;
     assert!(text.contains("never seen booting"), "{text}");

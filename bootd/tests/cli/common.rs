@@ -314,3 +314,13 @@ pub fn login_refused(port: u16, login: &Login<'_>) -> Result {
     );
     Ok(())
 }
+
+/// Image `deb` (8 MiB, its first MiB filled) and node `n1` with `mac` on it;
+/// `node show n1 --json`.
+pub fn one_node(env: &Env, mac: &str) -> Result<serde_json::Value> {
+    let raw = env.path("g.raw");
+    golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
+    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    env.ok(&["node", "add", mac, "--image", "deb", "--name", "n1"])?;
+    env.json(&["node", "show", "n1", "--json"])
+}

@@ -80,6 +80,9 @@ pub struct FileConfig {
     pub efi_binary: Option<EfiBinary>,
     pub unknown: Option<String>,
     pub record_io: Option<PathBuf>,
+    pub node_quota: Option<String>,
+    pub reserve_free: Option<String>,
+    pub warn_free: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,12 @@ pub struct Settings {
     pub unknown: UnknownPolicy,
     /// Where each node's I/O trace goes (`--record-io`).
     pub record_io: Option<PathBuf>,
+    /// Bytes one overlay may take.
+    pub node_quota: Option<u64>,
+    /// Free bytes kept on the overlays' filesystem (default: derived from its size).
+    pub reserve_free: Option<u64>,
+    /// Free bytes below which serve warns (default: derived from its size).
+    pub warn_free: Option<u64>,
 }
 
 pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {

@@ -52,7 +52,7 @@ const RECORD_MAGIC: u32 = 0x4257_414c;
 const VERSION: u32 = 1;
 /// The log files grow by this much at a time, reserved with `fallocate`
 /// so that appending a record needs no new blocks on a nearly full disk.
-const GROW: u64 = 1 << 20;
+const GROW: u64 = 256 << 10;
 
 /// One table change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -178,3 +178,93 @@ proptest! {
         rt.block_on(run(ops, crash_at, extended)).map_err(TestCaseError::fail)?;
     }
 }
+
+/// A sync that fails (EIO, not a death: the process lives on) fails the
+/// overlay: every later request is refused, and the reopened overlay holds
+/// what the last good commit made durable, not the writes the failed flush
+/// could not vouch for.
+#[tokio::test]
+async fn a_failed_sync_fails_the_overlay_until_reopened() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ov = dir.path().join("node.qcow2");
+    Overlay::create(&ov, SIZE, "none").map_err(|e| e.to_string())?;
+    let e = |e: iscsi_target::block::BlockError| e.to_string();
+    {
+        let dev = Overlay::open(&ov, None, false).map_err(|e| e.to_string())?;
+        dev.write(0, Bytes::from(vec![1u8; 4096]), false)
+            .await
+            .map_err(e)?;
+        dev.flush().await.map_err(e)?;
+        dev.write(1 << 20, Bytes::from(vec![2u8; 4096]), false)
+            .await
+            .map_err(e)?;
+        // Only the overlay file fails from here; its log still works.
+        crash::arm(&[ino(&ov)], 0);
+        assert!(dev.flush().await.is_err(), "the flush reports the failure");
+        crash::disarm(&[ino(&ov)]);
+        assert!(dev.failed());
+        assert!(dev.read(0, 4096).await.is_err(), "reads are refused");
+        assert!(dev
+            .write(0, Bytes::from(vec![3u8; 512]), false)
+            .await
+            .is_err());
+        assert!(dev.flush().await.is_err(), "a retry proves nothing");
+    }
+    let dev = Overlay::open(&ov, None, false).map_err(|e| e.to_string())?;
+    assert!(!dev.failed());
+    let a = dev.read(0, 4096).await.map_err(e)?;
+    assert!(a.iter().all(|&b| b == 1), "the flushed write is there");
+    let b = dev.read(1 << 20, 4096).await.map_err(e)?;
+    assert!(
+        b.iter().all(|&b| b == 0),
+        "the unflushed write is not pretended durable"
+    );
+    dev.close().await.map_err(e)?;
+    Ok(())
+}
+
+/// A quota turns writes that need new space into "no space", loses none
+/// that were acknowledged, and leaves a consistent overlay.
+#[tokio::test]
+async fn quota_refuses_new_space_and_loses_nothing() -> Result<(), String> {
+    use super::Limits;
+    use iscsi_target::block::BlockError;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ov = dir.path().join("node.qcow2");
+    Overlay::create(&ov, SIZE, "none").map_err(|e| e.to_string())?;
+    let dev = Overlay::open(&ov, None, false).map_err(|e| e.to_string())?;
+    // Header, L1, refcount table and block, and a handful of clusters.
+    dev.set_limits(Limits {
+        quota_bytes: Some(12 * crate::qcow2::CLUSTER_SIZE),
+        reserve_free_bytes: 0,
+    });
+    let mut written = 0u64;
+    let mut refused = None;
+    for i in 0..48u64 {
+        let data = Bytes::from(vec![i as u8 + 1; 4096]);
+        match dev.write(i * crate::qcow2::CLUSTER_SIZE, data, false).await {
+            Ok(()) => written += 1,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(matches!(refused, Some(BlockError::NoSpace)), "{refused:?}");
+    assert!(written > 0, "some writes fit");
+    // Writes into clusters already allocated still work.
+    dev.write(0, Bytes::from(vec![9u8; 512]), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(dev);
+    let dev = Overlay::open(&ov, None, false).map_err(|e| e.to_string())?;
+    for i in 0..written {
+        let got = dev
+            .read(i * crate::qcow2::CLUSTER_SIZE + 512, 512)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(got.iter().all(|&b| b == i as u8 + 1), "cluster {i} lost");
+    }
+    dev.close().await.map_err(|e| e.to_string())?;
+    Ok(())
+}

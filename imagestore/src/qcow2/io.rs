@@ -50,6 +50,14 @@ pub fn write_at(file: &File, data: &[u8], offset: u64, dsync: bool) -> io::Resul
     }
 }
 
+/// Writes all of `data` at `offset` only if that needs no waiting
+/// (`RWF_NOWAIT`); fails with `WouldBlock` (or "unsupported") otherwise, in
+/// which case the caller writes it again, blocking.
+pub fn write_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    crash::point(file)?;
+    write_all(file, data, offset, libc::RWF_NOWAIT)
+}
+
 /// Deallocates a range, keeping the file size. Best effort: where the
 /// filesystem cannot punch holes the space simply stays allocated (the
 /// engine never relies on freed clusters reading as zeros).

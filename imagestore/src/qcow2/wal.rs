@@ -41,7 +41,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -291,6 +291,8 @@ pub struct Wal {
     idle: Notify,
     /// Bytes of each file known to be reserved on disk.
     reserved: [AtomicU64; 2],
+    /// Cleared once the filesystem refuses non-blocking buffered writes.
+    nowait: AtomicBool,
 }
 
 impl Wal {
@@ -318,6 +320,7 @@ impl Wal {
             inflight: Default::default(),
             idle: Notify::new(),
             reserved: Default::default(),
+            nowait: AtomicBool::new(true),
         };
         for f in &wal.files {
             super::io::truncate(f, 0)?;
@@ -379,6 +382,28 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Writes the records only if that cannot block (the page is cached and
+    /// no space must be reserved first): `Ok(false)` means "do it on a
+    /// blocking thread".
+    pub fn write_nowait(&self) -> io::Result<bool> {
+        let w = &self.wal;
+        let at = REC as u64 + self.first * REC as u64;
+        if !w.nowait.load(Ordering::Relaxed)
+            || at + self.bytes.len() as u64 > w.reserved[self.file].load(Ordering::Relaxed)
+        {
+            return Ok(false);
+        }
+        match super::io::write_nowait(&w.files[self.file], &self.bytes, at) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if unsupported(&e) => {
+                w.nowait.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes the records (blocking).
     pub fn write(&self) -> io::Result<()> {
         let w = &self.wal;
@@ -391,6 +416,14 @@ impl Pending {
         }
         super::io::write_at(&w.files[self.file], &self.bytes, at, false)
     }
+}
+
+/// The filesystem (or kernel) has no non-blocking buffered writes.
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+    )
 }
 
 impl Drop for Pending {

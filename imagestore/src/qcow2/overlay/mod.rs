@@ -356,6 +356,11 @@ impl Overlay {
 
     async fn log_write(&self, p: Option<Pending>) -> Result<(), BlockError> {
         let Some(p) = p else { return Ok(()) };
+        // A 64-byte append to a cached page: usually no reason to leave
+        // the worker thread.
+        if p.write_nowait().map_err(io::block_error)? {
+            return Ok(());
+        }
         match tokio::task::spawn_blocking(move || p.write()).await {
             Ok(r) => r.map_err(io::block_error),
             Err(e) => Err(BlockError::Io(std::io::Error::other(e))),

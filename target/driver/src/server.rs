@@ -78,6 +78,34 @@ impl Target {
     }
 }
 
+/// What identifies a session for reinstatement: the I_T nexus (RFC 7143
+/// 4.4.3: initiator name and ISID *to one target*). A login can end only the
+/// session it would replace, at the target it passed authentication for.
+/// Discovery sessions are kept apart, one key per connection: an
+/// unauthenticated discovery login must never end a session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum SessionKey {
+    Normal {
+        initiator: String,
+        isid: [u8; 6],
+        target: String,
+    },
+    Discovery(u64),
+}
+
+impl SessionKey {
+    pub(crate) fn of(info: &iscsi_proto::conn::SessionInfo, conn_id: u64) -> Self {
+        match (&info.session_type, &info.target_name) {
+            (iscsi_proto::conn::SessionType::Normal, Some(t)) => Self::Normal {
+                initiator: info.initiator_name.clone(),
+                isid: info.isid,
+                target: t.clone(),
+            },
+            _ => Self::Discovery(conn_id),
+        }
+    }
+}
+
 /// A live session as the registry knows it.
 pub(crate) struct SessionEntry {
     pub tsih: u16,
@@ -98,8 +126,8 @@ pub enum ServerError {
 pub struct Server {
     pub(crate) config: ServerConfig,
     targets: RwLock<HashMap<String, Arc<Target>>>,
-    /// Live sessions by (initiator name, ISID).
-    pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionEntry>>,
+    /// Live sessions by I_T nexus (discovery sessions by connection).
+    pub(crate) sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_tsih: AtomicU16,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -336,12 +364,26 @@ impl TargetDirectory for Directory<'_> {
         out
     }
 
-    fn session_exists(&self, initiator: &str, isid: &[u8; 6], tsih: u16) -> bool {
+    fn session_exists(
+        &self,
+        initiator: &str,
+        isid: &[u8; 6],
+        target: Option<&str>,
+        tsih: u16,
+    ) -> bool {
+        let Some(target) = target else {
+            return false;
+        };
+        let key = SessionKey::Normal {
+            initiator: initiator.to_string(),
+            isid: *isid,
+            target: target.to_string(),
+        };
         self.server
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(initiator.to_string(), *isid))
+            .get(&key)
             .is_some_and(|s| s.tsih == tsih)
     }
 }

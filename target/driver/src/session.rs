@@ -3,7 +3,7 @@
 //! keeps the session registry current.
 
 use crate::events::SessionEvent;
-use crate::server::{Directory, Server, SessionEntry, Target};
+use crate::server::{Directory, Server, SessionEntry, SessionKey, Target};
 use bytes::BytesMut;
 use iscsi_proto::conn::{Connection, Event, SessionInfo, SessionType, TmfRequest};
 use iscsi_proto::scsi::spc;
@@ -208,14 +208,17 @@ impl State {
     }
 
     fn logged_in(&mut self, info: SessionInfo) {
-        let key = (info.initiator_name.clone(), info.isid);
+        let key = SessionKey::of(&info, self.conn_id);
         let entry = SessionEntry {
             tsih: info.tsih,
             conn_id: self.conn_id,
             kill: self.kill.clone(),
             target: info.target_name.clone(),
         };
-        // Same initiator and ISID: session reinstatement ends the old one.
+        // Same initiator, ISID and target: session reinstatement ends the
+        // old one. The login got here only after passing the target's
+        // authorization and CHAP; a discovery key is unique to this
+        // connection and replaces nothing.
         if let Some(old) = self
             .server
             .sessions
@@ -357,7 +360,7 @@ impl State {
         let Some(info) = &self.info else {
             return;
         };
-        let key = (info.initiator_name.clone(), info.isid);
+        let key = SessionKey::of(info, self.conn_id);
         let mut sessions = self
             .server
             .sessions

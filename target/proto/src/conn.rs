@@ -93,8 +93,15 @@ pub trait TargetDirectory {
     /// Targets `initiator` may see through SendTargets (only those it may log into).
     fn discover(&self, initiator: &str) -> Vec<DiscoveredTarget>;
     /// Whether a session with this TSIH exists for the initiator and ISID
-    /// (a login with a non-zero TSIH continues that session).
-    fn session_exists(&self, initiator: &str, isid: &[u8; 6], tsih: u16) -> bool;
+    /// with `target` (a login with a non-zero TSIH continues that session;
+    /// `None`: discovery, which never continues anything).
+    fn session_exists(
+        &self,
+        initiator: &str,
+        isid: &[u8; 6],
+        target: Option<&str>,
+        tsih: u16,
+    ) -> bool;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +139,9 @@ pub struct TmfRequest {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Login finished; the driver registers the session and ends any older
-    /// session of the same initiator name and ISID (session reinstatement).
+    /// session of the same initiator name and ISID *with the same target*
+    /// (session reinstatement). A discovery session never ends another: it
+    /// needs no credentials, so it must not be able to cut anyone off.
     LoggedIn(SessionInfo),
     /// A command to execute; answer with [`Connection::complete_command`].
     Command(ScsiCommand),

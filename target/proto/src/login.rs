@@ -260,7 +260,7 @@ impl Login {
                 None => return Err(Self::fail(status::MISSING_PARAMETER, "no TargetName")),
             },
         };
-        if req.tsih != 0 && !dir.session_exists(initiator, &req.isid, req.tsih) {
+        if req.tsih != 0 && !dir.session_exists(initiator, &req.isid, target.as_deref(), req.tsih) {
             return Err(Self::fail(
                 status::SESSION_DOES_NOT_EXIST,
                 format!("no session with TSIH {}", req.tsih),

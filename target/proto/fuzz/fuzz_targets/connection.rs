@@ -18,7 +18,7 @@ impl TargetDirectory for Open {
             addresses: vec!["192.0.2.1:3260,1".into()],
         }]
     }
-    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _tsih: u16) -> bool {
+    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _t: Option<&str>, _tsih: u16) -> bool {
         false
     }
 }

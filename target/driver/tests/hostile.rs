@@ -1,0 +1,54 @@
+//! Hostile peers on the boot network against the server over real TCP on
+//! loopback: they must not end, starve or crowd out another node's session.
+
+mod common;
+
+use common::*;
+use iscsi_target::ServerConfig;
+use tokio::net::TcpStream;
+
+const VICTIM_ISID: [u8; 6] = [0x00, 0x02, 0x3d, 0x00, 0x00, 0x01];
+
+#[tokio::test]
+async fn discovery_or_foreign_target_login_does_not_end_a_session() -> Res<()> {
+    const OTHER: &str = "iqn.2026-11.test:other";
+    let (server, addr, _task) = start_with(
+        ServerConfig::default(),
+        vec![target(IQN, 2048)?, target(OTHER, 2048)?],
+    )
+    .await?;
+    let mut victim = login(addr, VICTIM_ISID).await?;
+    assert_eq!(tur(&mut victim, 1, 1).await?, 0x02, "power-on UA");
+    assert_eq!(tur(&mut victim, 2, 2).await?, 0x00);
+
+    // A discovery login (no credentials needed) with the victim's
+    // initiator name and the well-known open-iscsi ISID.
+    let mut attacker = TcpStream::connect(addr).await?;
+    assert_eq!(
+        login_as(&mut attacker, INITIATOR, None, VICTIM_ISID).await?,
+        (0, 0)
+    );
+    // A normal login to another target with the same name and ISID: a
+    // different I_T nexus, so no reinstatement either.
+    let mut other = TcpStream::connect(addr).await?;
+    assert_eq!(
+        login_as(&mut other, INITIATOR, Some(OTHER), VICTIM_ISID).await?,
+        (0, 0)
+    );
+    assert_eq!(tur(&mut other, 1, 1).await?, 0x02);
+
+    // The victim's I/O goes on.
+    for i in 0..4 {
+        assert_eq!(
+            tur(&mut victim, 3 + i, 3 + i).await?,
+            0x00,
+            "victim TUR {i}"
+        );
+    }
+    assert_eq!(read10(&mut victim, 10, 7, 8).await?, 4096);
+    assert_eq!(server.session_count(), 3);
+    drop(attacker);
+    drop(other);
+    assert_eq!(tur(&mut victim, 11, 8).await?, 0x00);
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod events;
 pub mod fileio;
 pub mod lun;
 pub mod mem;
+mod outbox;
 pub mod raw;
 pub mod server;
 mod session;

@@ -31,6 +31,13 @@ pub struct ServerConfig {
     pub max_transfer: u32,
     /// Write data solicited and not yet received, per connection.
     pub r2t_budget: u64,
+    /// Reply bytes one connection may owe (queued, unsent, or of reads
+    /// still running) before it stops reading from its socket and holds its
+    /// CmdSN window shut.
+    pub max_backlog: usize,
+    /// The same for all connections together: over it, every connection
+    /// with replies unsent stops reading until they are sent.
+    pub max_backlog_total: usize,
     pub portal_group_tag: u16,
     /// How long shutdown waits for initiators to log out.
     pub shutdown_grace: Duration,
@@ -52,6 +59,8 @@ impl Default for ServerConfig {
             cmd_window: 128,
             max_transfer: 8 << 20,
             r2t_budget: 32 << 20,
+            max_backlog: 16 << 20,
+            max_backlog_total: 256 << 20,
             portal_group_tag: 1,
             shutdown_grace: Duration::from_secs(2),
         }
@@ -129,6 +138,8 @@ pub struct Server {
     /// Live sessions by I_T nexus (discovery sessions by connection).
     pub(crate) sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_tsih: AtomicU16,
+    /// Reply bytes handed to connection writers and not yet written.
+    pub(crate) unsent_total: std::sync::atomic::AtomicUsize,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
     observer: std::sync::OnceLock<crate::events::SessionObserver>,
@@ -142,6 +153,7 @@ impl Server {
             targets: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
+            unsent_total: std::sync::atomic::AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             observer: std::sync::OnceLock::new(),
@@ -225,6 +237,7 @@ impl Server {
             cmd_window: c.cmd_window,
             max_transfer: c.max_transfer,
             r2t_budget: c.r2t_budget,
+            max_backlog: c.max_backlog,
             login_timeout: c.login_timeout,
             nop_interval: c.nop_interval,
             idle_timeout: c.idle_timeout,

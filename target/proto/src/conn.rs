@@ -45,6 +45,11 @@ pub struct ConnConfig {
     /// one initiator can make us buffer (unsolicited data is bounded by
     /// FirstBurstLength times the CmdSN window).
     pub r2t_budget: u64,
+    /// Reply bytes a connection may have queued, unsent or owed (reads
+    /// still running) before it stops taking PDUs from the initiator and
+    /// stops opening the CmdSN window: what an initiator that never reads
+    /// can make us hold is this plus one command's reply.
+    pub max_backlog: usize,
     /// The login must complete within this time.
     pub login_timeout: Duration,
     /// Send a NOP-In ping after this long without any PDU from the initiator.
@@ -246,6 +251,16 @@ pub struct Connection {
     r2t_outstanding: u64,
     /// Some task holds back R2Ts until budget frees up.
     r2t_waiting: bool,
+    /// Reply bytes handed to the driver and not yet on the wire.
+    unsent: usize,
+    /// The driver asks for less backlog than `max_backlog` (every
+    /// connection together is over the server's total).
+    backlog_cap: usize,
+    /// Data-In owed by commands handed out and not yet completed.
+    read_owed: u64,
+    /// A reply went out with MaxCmdSN held back by the backlog; the window
+    /// must be reopened by a NOP-In once it drains.
+    window_held: bool,
 }
 
 impl Connection {
@@ -278,6 +293,10 @@ impl Connection {
             ended_itts: VecDeque::new(),
             r2t_outstanding: 0,
             r2t_waiting: false,
+            unsent: 0,
+            backlog_cap: usize::MAX,
+            read_owed: 0,
+            window_held: false,
         }
     }
 
@@ -310,6 +329,12 @@ impl Connection {
         loop {
             if self.closing {
                 buf.clear();
+                return Ok(());
+            }
+            // Backpressure: an initiator that does not read its replies
+            // gets no more of its PDUs taken in (they stay in `buf` and in
+            // the socket) until the backlog drains.
+            if !self.wants_input() {
                 return Ok(());
             }
             // During login the initiator may send at most 8192 bytes per PDU
@@ -350,12 +375,19 @@ impl Connection {
             self.stat_sn = self.stat_sn.wrapping_add(1);
         }
         // The window shrinks by the commands still running, so an initiator
-        // cannot queue more than `cmd_window` tasks.
-        let free = self
-            .config
-            .cmd_window
-            .max(1)
-            .saturating_sub(self.window_used);
+        // cannot queue more than `cmd_window` tasks, and stays shut while
+        // replies are queued but unsent: it reopens (by the next reply or a
+        // NOP-In) only once the initiator has read them.
+        let free = if self.over_backlog() {
+            self.window_held = true;
+            0
+        } else {
+            self.window_held = false;
+            self.config
+                .cmd_window
+                .max(1)
+                .saturating_sub(self.window_used)
+        };
         let max = self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1);
         if sn_lt(self.max_cmd_sn, max) {
             self.max_cmd_sn = max;
@@ -404,7 +436,10 @@ impl Connection {
         if immediate {
             return self.dispatch(raw, req, dir);
         }
-        if cmd_sn == self.exp_cmd_sn {
+        // Past MaxCmdSN: outside the window we granted (an initiator that
+        // does not read never learns of a new one).
+        let in_window = !sn_lt(self.max_cmd_sn, cmd_sn);
+        if cmd_sn == self.exp_cmd_sn && in_window {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             self.dispatch(raw, req, dir)?;
             // Commands that were waiting for this one.
@@ -415,11 +450,10 @@ impl Connection {
             return Ok(());
         }
         // Outside the window: silently ignored (RFC 7143 4.2.2.1). Inside
-        // but ahead: held until the gap fills.
-        if sn_lt(self.exp_cmd_sn, cmd_sn)
-            && !sn_lt(self.max_cmd_sn, cmd_sn)
-            && self.ahead.len() < self.config.cmd_window as usize
-        {
+        // but ahead: held until the gap fills, within a byte budget, and
+        // never in a discovery session (nothing there needs ordering, and
+        // it needs no credentials).
+        if sn_lt(self.exp_cmd_sn, cmd_sn) && in_window && self.may_hold_ahead(&raw) {
             self.ahead.insert(cmd_sn, (raw, req));
         }
         Ok(())
@@ -481,7 +515,13 @@ impl Connection {
             }
             return;
         }
-        let n = p.data.len().min(self.params.initiator_mrdsl as usize);
+        // The echo is bounded by both sides' segment lengths; what it queues
+        // counts against the backlog like any reply.
+        let n = p
+            .data
+            .len()
+            .min(self.params.initiator_mrdsl as usize)
+            .min(self.params.target_mrdsl as usize);
         let seq = self.seq(true);
         self.send(&Response::NopIn {
             lun: p.lun,
@@ -597,6 +637,7 @@ fn next_tag(counter: &mut u32) -> u32 {
 }
 
 mod data;
+mod flow;
 mod login_phase;
 mod text_reply;
 mod tmf;

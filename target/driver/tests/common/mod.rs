@@ -67,20 +67,22 @@ pub async fn start_with(
     Ok((server, addr, task))
 }
 
-/// Reads one target PDU.
+/// Reads exactly one target PDU (never past it, so PDUs that arrive
+/// together are all seen).
 pub async fn read_pdu(s: &mut TcpStream) -> Res<RawPdu> {
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(len) = pdu::frame_len(&buf, Digests::default(), 1 << 24)? {
-            return Ok(RawPdu::parse(
-                buf.split_to(len).freeze(),
-                Digests::default(),
-            )?);
-        }
-        if timeout(LIMIT, s.read_buf(&mut buf)).await?? == 0 {
-            return Err("connection closed".into());
-        }
-    }
+    let mut bhs = [0u8; 48];
+    timeout(LIMIT, s.read_exact(&mut bhs)).await??;
+    let ahs = usize::from(bhs[4]) * 4;
+    let data = usize::from(bhs[5]) << 16 | usize::from(bhs[6]) << 8 | usize::from(bhs[7]);
+    let mut rest = vec![0u8; ahs + data.div_ceil(4) * 4];
+    timeout(LIMIT, s.read_exact(&mut rest)).await??;
+    let mut buf = BytesMut::from(&bhs[..]);
+    buf.extend_from_slice(&rest);
+    let len = pdu::frame_len(&buf, Digests::default(), 1 << 24)?.ok_or("short PDU")?;
+    Ok(RawPdu::parse(
+        buf.split_to(len).freeze(),
+        Digests::default(),
+    )?)
 }
 
 pub async fn send(s: &mut TcpStream, req: &Request) -> Res<()> {
@@ -98,7 +100,21 @@ pub async fn login_as(
     target: Option<&str>,
     isid: [u8; 6],
 ) -> Res<(u8, u8)> {
+    login_keys(s, initiator, target, isid, &[]).await
+}
+
+/// [`login_as`] with more keys (e.g. MaxRecvDataSegmentLength).
+pub async fn login_keys(
+    s: &mut TcpStream,
+    initiator: &str,
+    target: Option<&str>,
+    isid: [u8; 6],
+    extra: &[(&str, &str)],
+) -> Res<(u8, u8)> {
     let mut keys = Pairs::default();
+    for (k, v) in extra {
+        keys.push(*k, *v);
+    }
     keys.push("InitiatorName", initiator);
     match target {
         Some(t) => {

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
             cmd_window: 32,
             max_transfer: 1 << 20,
             r2t_budget: 32 << 20,
+            max_backlog: 1 << 20,
             login_timeout: Duration::from_secs(5),
             nop_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),

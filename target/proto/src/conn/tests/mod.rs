@@ -40,6 +40,7 @@ fn config() -> ConnConfig {
         cmd_window: 16,
         max_transfer: 1 << 20,
         r2t_budget: 32 << 20,
+        max_backlog: 16 << 20,
         login_timeout: Duration::from_secs(10),
         nop_interval: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
@@ -740,3 +741,5 @@ fn r2t_budget_bounds_solicited_data() -> Result<(), ConnError> {
     assert!(matches!(h.conn.poll_event(), Some(Event::Command(c)) if c.itt == 1));
     Ok(())
 }
+
+mod flow;

@@ -4,6 +4,7 @@
 //! and executes their SCSI commands against [`block::BlockDevice`]s through
 //! [`lun::Lun`]. The caller binds the listener and passes it in.
 
+mod admission;
 pub mod block;
 pub mod events;
 pub mod fileio;

@@ -12,14 +12,19 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 /// Limits and timers for every connection of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Connections served at once; more are closed right after accept.
+    /// Connections served at once. At the cap, the oldest connection not yet
+    /// logged in (from the source holding most) is evicted; if every slot
+    /// holds a session, the newcomer is closed right after accept.
     pub max_connections: usize,
+    /// The same for one source address (evicting that source's oldest
+    /// connection not logged in), so one machine cannot take every slot.
+    pub max_connections_per_source: usize,
     pub login_timeout: Duration,
     pub nop_interval: Duration,
     pub idle_timeout: Duration,
@@ -47,6 +52,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_source: 64,
             login_timeout: Duration::from_secs(15),
             nop_interval: Duration::from_secs(10),
             // iPXE never answers pings and its session is abandoned at the
@@ -271,7 +277,10 @@ impl Server {
     /// Accepts connections until [`Server::shutdown`], then waits for every
     /// connection to end and flushes every LUN.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let admission = crate::admission::Admission::new(
+            self.config.max_connections,
+            self.config.max_connections_per_source,
+        );
         let mut stop = self.shutdown_signal();
         let mut conns = JoinSet::new();
         loop {
@@ -287,15 +296,12 @@ impl Server {
                             continue;
                         }
                     };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    let Some(ticket) = admission.admit(peer.ip(), self.alloc_conn_id()) else {
                         tracing::warn!(%peer, "connection limit reached; closing");
                         continue;
                     };
                     let server = self.clone();
-                    conns.spawn(async move {
-                        session::run(server, stream, peer).await;
-                        drop(permit);
-                    });
+                    conns.spawn(session::run(server, stream, peer, ticket));
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 // wait_for also sees a shutdown requested before serve started.

@@ -2,6 +2,7 @@
 //! [`Connection`], runs its SCSI commands concurrently on the LUNs, and
 //! keeps the session registry current.
 
+use crate::admission::Ticket;
 use crate::events::SessionEvent;
 use crate::outbox::Outbox;
 use crate::server::{Directory, Server, SessionEntry, SessionKey, Target};
@@ -37,11 +38,13 @@ struct State {
     done_tx: mpsc::UnboundedSender<(u32, ScsiResult)>,
     peer: SocketAddr,
     logged_out: bool,
+    /// This connection's slot (held until the connection ends).
+    ticket: Option<Ticket>,
     /// The server's command observer, fetched once for the connection.
     observer: Option<crate::events::CommandObserver>,
 }
 
-pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, ticket: Ticket) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -55,14 +58,15 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut st = State {
         conn: Connection::new(server.conn_config(), Instant::now()),
-        conn_id: server.alloc_conn_id(),
-        kill: Arc::new(Notify::new()),
+        conn_id: ticket.id,
+        kill: ticket.kill.clone(),
         info: None,
         bound: None,
         done_tx,
         server,
         peer,
         logged_out: false,
+        ticket: Some(ticket),
         observer: None,
     };
     st.observer = st.server.command_observer();
@@ -102,7 +106,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
             }
             _ = st.kill.notified() => {
                 st.conn.close();
-                break Err("session reinstated or target removed".into());
+                break Err("ended by the server (reinstated, target removed, or evicted before login)".into());
             }
             _ = async { stop.wait_for(|s| *s).await.map(|_| ()) }, if !stopping => {
                 stopping = true;
@@ -209,6 +213,9 @@ impl State {
     }
 
     fn logged_in(&mut self, info: SessionInfo) {
+        if let Some(t) = &self.ticket {
+            t.logged_in();
+        }
         let key = SessionKey::of(&info, self.conn_id);
         let entry = SessionEntry {
             tsih: info.tsih,

@@ -52,3 +52,36 @@ async fn discovery_or_foreign_target_login_does_not_end_a_session() -> Res<()> {
     assert_eq!(tur(&mut victim, 11, 8).await?, 0x00);
     Ok(())
 }
+
+#[tokio::test]
+async fn idle_sockets_from_one_source_do_not_stop_another_sources_login() -> Res<()> {
+    let (_server, addr, _task) = start(ServerConfig::default()).await?;
+    // 1024 sockets that never log in, from one machine (127.0.0.1).
+    let mut idle = Vec::new();
+    for _ in 0..1024 {
+        idle.push(connect_from("127.0.0.1", addr).await?);
+    }
+    // Another machine (127.0.0.2) logs in and uses its disk.
+    let mut victim = connect_from("127.0.0.2", addr).await?;
+    let status = login_as(&mut victim, INITIATOR, Some(IQN), VICTIM_ISID).await?;
+    assert_eq!(status, (0, 0), "login from another source");
+    assert_eq!(tur(&mut victim, 1, 1).await?, 0x02);
+    assert_eq!(read10(&mut victim, 2, 2, 8).await?, 4096);
+    // The flooding source keeps at most its share: all but 64 of its
+    // sockets were closed, and it can still log in itself (its oldest idle
+    // socket makes room).
+    let mut open = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(std::time::Duration::from_millis(2), s.peek(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            _ => open += 1,
+        }
+    }
+    println!("idle sockets still open: {open} of 1024");
+    assert!(open <= 64, "{open} idle sockets from one source kept");
+    let mut same = connect_from("127.0.0.1", addr).await?;
+    let status = login_as(&mut same, INITIATOR, Some(IQN), [0x80, 0, 0, 0, 0, 9]).await?;
+    assert_eq!(status, (0, 0), "login from the flooding source");
+    Ok(())
+}

@@ -69,7 +69,8 @@ impl Connection {
             self.window_used = self.window_used.saturating_sub(1);
         }
         if t.dispatched && t.cmd.read {
-            self.read_owed = self.read_owed.saturating_sub(u64::from(t.cmd.expected_len));
+            let owed = u64::from(t.cmd.expected_len.min(self.config.max_transfer));
+            self.read_owed = self.read_owed.saturating_sub(owed);
         }
         let owed: u64 = t.r2ts.iter().map(|r| u64::from(r.len - r.received)).sum();
         self.r2t_outstanding = self.r2t_outstanding.saturating_sub(owed);
@@ -129,7 +130,8 @@ impl Connection {
         if received >= task.write_len && !task.unsolicited_open {
             task.dispatched = true;
             if task.cmd.read {
-                self.read_owed += u64::from(task.cmd.expected_len);
+                // No more than a logical unit returns for one command.
+                self.read_owed += u64::from(task.cmd.expected_len.min(self.config.max_transfer));
             }
             let cmd = &task.cmd;
             let ev = Event::Command(ScsiCommand {

@@ -240,13 +240,15 @@ fn login_failures_have_the_right_status() -> Result<(), ConnError> {
     type Keys<'a> = &'a [(&'a str, &'a str)];
     let cases: [(Keys, (u8, u8)); 4] = [
         (&[("TargetName", "iqn.t")], (2, 7)),
+        // Unknown target and refused initiator: the same authentication
+        // failure a CHAP target gives without credentials (no probing).
         (
             &[("InitiatorName", "iqn.i"), ("TargetName", "iqn.nope")],
-            (2, 3),
+            (2, 1),
         ),
         (
             &[("InitiatorName", "iqn.bad"), ("TargetName", "iqn.t")],
-            (2, 2),
+            (2, 1),
         ),
         (&[("InitiatorName", "iqn.i")], (2, 7)),
     ];
@@ -290,13 +292,23 @@ fn creds(mutual: bool) -> ChapCredentials {
 }
 
 fn chap_login(h: &mut Harness, secret: &[u8], mutual: Option<&[u8]>) -> Result<Pdu, ConnError> {
+    chap_login_as(h, "iqn.i", "iqn.t", secret, mutual)
+}
+
+fn chap_login_as(
+    h: &mut Harness,
+    initiator: &str,
+    target: &str,
+    secret: &[u8],
+    mutual: Option<&[u8]>,
+) -> Result<Pdu, ConnError> {
     let r = h.login(
         0,
         1,
         true,
         &[
-            ("InitiatorName", "iqn.i"),
-            ("TargetName", "iqn.t"),
+            ("InitiatorName", initiator),
+            ("TargetName", target),
             ("AuthMethod", "CHAP,None"),
         ],
     )?;
@@ -359,6 +371,45 @@ fn chap_wrong_secret_or_skipped_is_refused() {
     assert!(r.is_err());
     let pdus = h.drain();
     assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), (2, 1));
+}
+
+#[test]
+fn unknown_targets_look_like_wrong_credentials() -> Result<(), ConnError> {
+    // The same steps (CHAP agreed, a 16-byte challenge) and the same final
+    // status for: wrong secret, unknown target, initiator not allowed.
+    for (initiator, target, secret) in [
+        ("iqn.i", "iqn.t", &b"wrongwrongwr"[..]),
+        ("iqn.i", "iqn.nope", &b"secretsecret"[..]),
+        ("iqn.bad", "iqn.t", &b"secretsecret"[..]),
+    ] {
+        let mut h = Harness::new(Some(creds(false)));
+        assert!(chap_login_as(&mut h, initiator, target, secret, None).is_err());
+        let pdus = h.drain();
+        assert_eq!(
+            (pdus[0].bhs[36], pdus[0].bhs[37]),
+            (2, 1),
+            "{initiator} {target}"
+        );
+        assert!(pdus[0].data.is_empty());
+    }
+    // Without CHAP offered: the answer a CHAP target gives.
+    for target in ["iqn.t", "iqn.nope"] {
+        let mut h = Harness::new(Some(creds(false)));
+        let r = h.login(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", "iqn.i"),
+                ("TargetName", target),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert!(r.is_err());
+        let pdus = h.drain();
+        assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), (2, 1), "{target}");
+    }
+    Ok(())
 }
 
 #[test]

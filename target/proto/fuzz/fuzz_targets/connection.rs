@@ -44,9 +44,12 @@ fuzz_target!(|data: &[u8]| {
         },
         now,
     );
-    // Feed in small chunks so partial PDUs are exercised too.
+    // Feed in small chunks so partial PDUs are exercised too; what one
+    // chunk leaves unconsumed stays in the buffer for the next (a fresh
+    // buffer per chunk never got past a PDU longer than a chunk).
+    let mut buf = BytesMut::new();
     for chunk in data.chunks(61) {
-        let mut buf = BytesMut::from(chunk);
+        buf.extend_from_slice(chunk);
         if conn.handle_input(&mut buf, &Open, now).is_err() {
             break;
         }

@@ -9,6 +9,7 @@ use super::socket::DhcpSocket;
 use crate::bootlog::BootLog;
 use crate::datadir::DataDir;
 use crate::serve::config::{DhcpMode, Settings, UnknownPolicy};
+use crate::serve::grants::Grants;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub fn start(
     lease_file: PathBuf,
     http_port: u16,
     bootlog: BootLog,
+    grants: Arc<Grants>,
 ) -> Result<Option<Running>> {
     let mode = match s.dhcp {
         DhcpMode::Off => return Ok(None),
@@ -98,11 +100,13 @@ pub fn start(
             tftp_server: server,
             efi: s.efi,
             boot_dir: Some(boot_dir),
+            relays: s.relays.clone(),
         },
         leases,
-        registry: Mutex::new(Registry::new(dd.store()?, unknown)),
+        registry: Mutex::new(Registry::new(dd.store()?, unknown, s.unknown_cap)),
         stop: Default::default(),
         bootlog: Some(bootlog),
+        grants,
     });
     // Without --interface, the interface holding --listen-ip is the one served.
     let ifname = s.interface.clone().unwrap_or(found.name);

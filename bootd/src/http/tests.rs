@@ -23,7 +23,8 @@ fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
         mac: "02:00:00:00:00:0a".into(),
         image_id,
         template: template.map(Into::into),
-        ip: None,
+        // The address the tests fetch from: the node's own.
+        ip: Some("127.0.0.1".into()),
         target_iqn: "iqn.t:a".into(),
         initiator_iqn: "iqn.i:a".into(),
         chap_user: "a".into(),
@@ -50,7 +51,14 @@ async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Arc<HttpServer>, u
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let server = HttpServer::new(Box::new(store), files, port, 3260, None);
+    let server = HttpServer::new(
+        Box::new(store),
+        files,
+        port,
+        3260,
+        None,
+        super::Access::default(),
+    );
     tokio::spawn(server.clone().serve(listener));
     Ok((server, port, img.id))
 }

@@ -7,11 +7,12 @@
 
 pub mod config;
 mod fleet;
+pub mod grants;
 
 use crate::datadir::DataDir;
 use anyhow::{Context, Result};
 use clap::Args;
-use config::{DhcpMode, EfiBinary, FileConfig, Settings, UnknownPolicy};
+use config::{DhcpMode, EfiBinary, FileConfig, ScriptAccess, Settings, UnknownPolicy};
 use iscsi_target::{Server, ServerConfig};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,6 +27,9 @@ use crate::metrics::METRICS;
 /// Where iPXE scripts are served unless told otherwise.
 const DEFAULT_HTTP_PORT: u16 = 8080;
 
+/// Discovered MACs kept, and the registry size auto-registration stops at.
+const DEFAULT_UNKNOWN_CAP: u32 = 256;
+
 /// How often the registry's generation is checked.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -38,14 +42,17 @@ overlay is released, then replaces or deletes it.")]
 pub struct ServeArgs {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
-    /// unknown, record_io. Unknown keys are an error. Flags override it.
+    /// unknown, unknown_cap, record_io, relays, script_access, metrics_from.
+    /// Unknown keys are an error. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Network interface DHCP answers on (SO_BINDTODEVICE); its IPv4
     /// address is the server address unless --listen-ip names one.
     #[arg(long)]
     interface: Option<String>,
-    /// Address to serve on [default: 0.0.0.0].
+    /// Address iSCSI, HTTP and TFTP listen on [default: the address of
+    /// --interface]. One of the two is needed; 0.0.0.0 serves on every
+    /// address of the machine.
     #[arg(long)]
     listen_ip: Option<IpAddr>,
     /// off, proxy (boot offers beside the site's DHCP server, ports 67 and
@@ -74,6 +81,25 @@ pub struct ServeArgs {
     /// [default: ignore].
     #[arg(long, value_name = "POLICY")]
     unknown: Option<String>,
+    /// At most this many discovered MACs are recorded, and --unknown
+    /// default=TEMPLATE registers no more nodes once the registry holds
+    /// this many [default: 256].
+    #[arg(long, value_name = "N")]
+    unknown_cap: Option<u32>,
+    /// A DHCP relay agent (giaddr) to answer; repeat for more. Relayed
+    /// requests from any other giaddr are dropped [default: none].
+    #[arg(long = "relay", value_name = "IP")]
+    relays: Vec<Ipv4Addr>,
+    /// Who gets a node's boot script, which carries its CHAP secret:
+    /// bound (only the node: its leased or static address, or the one-time
+    /// token in the boot URL bootd's DHCP gave it) or open (anyone)
+    /// [default: bound].
+    #[arg(long, value_enum)]
+    script_access: Option<ScriptAccess>,
+    /// An address that may read /metrics besides the server itself;
+    /// repeat for more [default: none].
+    #[arg(long, value_name = "IP")]
+    metrics_from: Vec<IpAddr>,
     /// Record every node's reads, writes and flushes to DIR/NODE.trace
     /// (for bootd-storm to replay); off by default.
     #[arg(long, value_name = "DIR")]
@@ -110,14 +136,22 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
     if lease_secs < 60 {
         return Err(config::ConfigError::LeaseTime(lease_secs).into());
     }
+    let interface = args.interface.clone().or(file.interface);
+    let listen_ip = match (args.listen_ip.or(file.listen_ip), &interface) {
+        (Some(ip), _) => ip,
+        // The boot network's address, not every address of the machine:
+        // the site's other networks never see bootd's ports.
+        (None, Some(name)) => crate::dhcp::iface::find(Some(name), None)
+            .with_context(|| format!("reading the address of {name}"))?
+            .map(|f| IpAddr::V4(f.ip))
+            .ok_or_else(|| config::ConfigError::NoAddress(name.clone()))?,
+        (None, None) => return Err(config::ConfigError::NoNetwork.into()),
+    };
     Ok(Settings {
-        listen_ip: args
-            .listen_ip
-            .or(file.listen_ip)
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        listen_ip,
         iscsi_port: args.iscsi_port.or(file.iscsi_port).unwrap_or(3260),
         dhcp: args.dhcp.or(file.dhcp).unwrap_or(DhcpMode::Off),
-        interface: args.interface.clone().or(file.interface),
+        interface,
         pool: pool.as_deref().map(config::parse_pool).transpose()?,
         http_port: args
             .http_port
@@ -139,6 +173,24 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .into(),
         unknown,
         record_io: args.record_io.clone().or(file.record_io),
+        relays: if args.relays.is_empty() {
+            file.relays.unwrap_or_default()
+        } else {
+            args.relays.clone()
+        },
+        script_access: args
+            .script_access
+            .or(file.script_access)
+            .unwrap_or(ScriptAccess::Bound),
+        metrics_from: if args.metrics_from.is_empty() {
+            file.metrics_from.unwrap_or_default()
+        } else {
+            args.metrics_from.clone()
+        },
+        unknown_cap: args
+            .unknown_cap
+            .or(file.unknown_cap)
+            .unwrap_or(DEFAULT_UNKNOWN_CAP),
     })
 }
 
@@ -195,7 +247,15 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
-    let dhcp = crate::dhcp::start(&s, &dd, lease_file, http_local.port(), bootlog.clone())?;
+    let grants = Arc::new(grants::Grants::new());
+    let dhcp = crate::dhcp::start(
+        &s,
+        &dd,
+        lease_file,
+        http_local.port(),
+        bootlog.clone(),
+        grants.clone(),
+    )?;
     let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
     let http = crate::http::HttpServer::new(
         http_store,
@@ -203,6 +263,11 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         http_local.port(),
         local.port(),
         Some(bootlog),
+        crate::http::Access {
+            scripts: s.script_access,
+            grants,
+            metrics_from: s.metrics_from.clone(),
+        },
     );
     let http_task = tokio::spawn(http.serve(http_listener));
     let mut out = std::io::stdout().lock();

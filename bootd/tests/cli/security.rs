@@ -30,3 +30,242 @@ fn data_directory_is_private() -> Result {
     }
     Ok(())
 }
+
+/// Without --listen-ip, iSCSI, HTTP and TFTP listen on the address of
+/// --interface, not on every address; with neither, serve refuses to guess.
+#[test]
+fn serve_binds_the_boot_interface_address() -> Result {
+    let env = Env::new()?;
+    one_node(&env, "52:54:00:ab:cd:02")?;
+    let serve = Serve::start_args(
+        &env,
+        &[
+            "serve",
+            "--interface",
+            "lo",
+            "--iscsi-port",
+            "0",
+            "--http-port",
+            "0",
+            "--tftp-port",
+            "0",
+        ],
+    )?;
+    for addr in &serve.listen {
+        assert!(addr.starts_with("127.0.0.1:"), "{:?}", serve.listen);
+    }
+    serve.stop()?;
+    let e = env.fails(&["serve", "--iscsi-port", "0", "--http-port", "0"])?;
+    assert!(e.contains("needs --interface or --listen-ip"), "{e}");
+    // Every address, when asked for.
+    let all = Serve::start_args(
+        &env,
+        &[
+            "serve",
+            "--listen-ip",
+            "0.0.0.0",
+            "--iscsi-port",
+            "0",
+            "--http-port",
+            "0",
+            "--tftp-port",
+            "0",
+        ],
+    )?;
+    assert!(
+        all.listen.iter().all(|a| a.starts_with("0.0.0.0:")),
+        "{:?}",
+        all.listen
+    );
+    all.stop()
+}
+
+/// GET `path` from serve's HTTP port with the connection coming from
+/// `source` (127.0.0.2 plays a foreign machine): (status, body).
+fn get_from(serve: &Serve, source: &str, path: &str) -> Result<(u16, String)> {
+    let url = format!("http://127.0.0.1:{}{path}", serve.http);
+    let out = tool(
+        "curl",
+        &[
+            "-s",
+            "--interface",
+            source,
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    )?;
+    let (body, code) = out.rsplit_once('\n').ok_or("no status line")?;
+    Ok((code.trim().parse()?, body.to_string()))
+}
+
+fn secret(node: &serde_json::Value) -> Result<String> {
+    Ok(node["chap_secret"]
+        .as_str()
+        .ok_or("no chap_secret")?
+        .to_string())
+}
+
+/// A script (with the CHAP secret) goes to the node's address only; another
+/// address gets 403 and no secret. /metrics is the server's own.
+#[test]
+fn scripts_go_to_their_node_only() -> Result {
+    let env = Env::new()?;
+    let n1 = one_node_at(&env, "52:54:00:ab:cd:03", Some("127.0.0.1"))?;
+    let secret = secret(&n1)?;
+    let serve = Serve::start(&env)?;
+    let path = "/boot/52-54-00-ab-cd-03.ipxe";
+    let (code, body) = get_from(&serve, "127.0.0.1", path)?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&secret));
+    let (code, body) = get_from(&serve, "127.0.0.2", path)?;
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains(&secret), "{body}");
+    // A made-up token is no better.
+    let forged = format!("{path}?t={}", "0".repeat(32));
+    let (code, body) = get_from(&serve, "127.0.0.2", &forged)?;
+    assert_eq!(code, 403, "{body}");
+
+    let (code, body) = get_from(&serve, "127.0.0.2", "/metrics")?;
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("n1"), "{body}");
+    let (code, body) = get_from(&serve, "127.0.0.1", "/metrics")?;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("bootd_http_scripts_refused_total 2"),
+        "{body}"
+    );
+    assert!(!body.contains(&secret), "{body}");
+    serve.stop()?;
+
+    // The operator may open scripts to everyone, and name a scraper.
+    let open = Serve::start_with(
+        &env,
+        &["--script-access", "open", "--metrics-from", "127.0.0.2"],
+    )?;
+    let (code, body) = get_from(&open, "127.0.0.2", path)?;
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = get_from(&open, "127.0.0.2", "/metrics")?;
+    assert_eq!(code, 200);
+    open.stop()?;
+
+    // No static address, no DHCP of ours: nobody gets it.
+    env.ok(&[
+        "node",
+        "add",
+        "52:54:00:ab:cd:04",
+        "--image",
+        "deb",
+        "--name",
+        "n2",
+    ])?;
+    let serve = Serve::start(&env)?;
+    let (code, _) = get_from(&serve, "127.0.0.1", "/boot/52-54-00-ab-cd-04.ipxe")?;
+    assert_eq!(code, 403);
+    serve.stop()
+}
+
+/// The boot URL of a proxy ACK to an iPXE REQUEST on port 4011 for `mac`,
+/// asked from 127.0.0.1 as a machine with that address would.
+fn proxy_boot_url(mac: [u8; 6]) -> Result<String> {
+    use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    use std::net::Ipv4Addr;
+    let lo = Ipv4Addr::LOCALHOST;
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(0x5ec, lo, u, u, u, &mac);
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(MessageType::Request));
+    o.insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+    ));
+    o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf))?;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))?;
+    let mut answer = [0u8; 1500];
+    // The DHCP threads may start a moment after the ready lines.
+    for _ in 0..20 {
+        sock.send_to(&buf, "127.0.0.1:4011")?;
+        if let Ok(n) = sock.recv(&mut answer) {
+            let ack = Message::decode(&mut Decoder::new(&answer[..n]))?;
+            return match ack.opts().get(OptionCode::BootfileName) {
+                Some(DhcpOption::BootfileName(f)) => Ok(String::from_utf8(f.clone())?),
+                other => Err(format!("no boot file in the ACK: {other:?}").into()),
+            };
+        }
+    }
+    Err("no proxy ACK from 127.0.0.1:4011".into())
+}
+
+/// Proxy mode: bootd never learns the node's address, so the boot URL it
+/// gives the MAC carries a one-time token. The token admits one fetch,
+/// from anywhere; without it, or a second time, the answer is 403.
+#[test]
+fn proxy_boot_urls_carry_one_time_tokens() -> Result {
+    if !nix_is_root() {
+        eprintln!("skipped: binding DHCP ports 67 and 4011 needs root");
+        return Ok(());
+    }
+    let env = Env::new()?;
+    let n1 = one_node(&env, "52:54:00:ab:cd:05")?;
+    let secret = secret(&n1)?;
+    let tftp = env.path("tftp");
+    std::fs::create_dir_all(&tftp)?;
+    std::fs::write(tftp.join("undionly.kpxe"), b"x")?;
+    let serve = Serve::start_args(
+        &env,
+        &[
+            "serve",
+            "--dhcp",
+            "proxy",
+            "--interface",
+            "lo",
+            "--iscsi-port",
+            "0",
+            "--http-port",
+            "0",
+            "--tftp-port",
+            "0",
+            "--tftp-dir",
+            &tftp.to_string_lossy(),
+        ],
+    )?;
+    let url = proxy_boot_url([0x52, 0x54, 0, 0xab, 0xcd, 0x05])?;
+    let base = format!("http://127.0.0.1:{}", serve.http);
+    let path = url
+        .strip_prefix(&base)
+        .ok_or_else(|| format!("boot URL {url} is not under {base}"))?;
+    let (script, token) = path.split_once("?t=").ok_or("no token")?;
+    assert_eq!(script, "/boot/52-54-00-ab-cd-05.ipxe");
+    assert_eq!(token.len(), 32, "{token}");
+    let (code, _) = get_from(&serve, "127.0.0.2", script)?;
+    assert_eq!(code, 403, "no token");
+    let (code, body) = get_from(&serve, "127.0.0.2", path)?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&secret));
+    let (code, body) = get_from(&serve, "127.0.0.2", path)?;
+    assert_eq!(code, 403, "a second use: {body}");
+    // A fresh token, but for another MAC's script.
+    let url2 = proxy_boot_url([0x52, 0x54, 0, 0xab, 0xcd, 0x05])?;
+    let (_, token2) = url2.split_once("?t=").ok_or("no token")?;
+    assert_ne!(token, token2);
+    let (code, _) = get_from(
+        &serve,
+        "127.0.0.2",
+        &format!("/boot/52-54-00-ab-cd-06.ipxe?t={token2}"),
+    )?;
+    assert!(matches!(code, 403 | 404), "{code}");
+    // Neither token nor secret in the boot log.
+    let shown = env.ok(&["node", "show", "n1", "--json"])?;
+    assert!(!shown.contains(token2), "{shown}");
+    serve.stop()
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

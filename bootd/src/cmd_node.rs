@@ -44,9 +44,13 @@ pub enum NodeCmd {
     #[command(group(ArgGroup::new("which").required(true).args(["macs", "all"])))]
     Adopt {
         macs: Vec<String>,
-        /// Every discovered machine.
+        /// Every discovered machine (anyone on the boot network can forge
+        /// one): they are listed and confirmed on the terminal first.
         #[arg(long)]
         all: bool,
+        /// With --all: adopt without asking.
+        #[arg(long)]
+        yes: bool,
         #[arg(long)]
         image: Option<String>,
         #[arg(long)]
@@ -100,9 +104,17 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
         NodeCmd::Adopt {
             macs,
             all,
+            yes,
             image,
             template,
-        } => discovered::adopt(dd, store.as_mut(), &macs, all, &source(image, template)?)?,
+        } => {
+            let which = match (all, yes) {
+                (false, _) => discovered::Which::Macs(&macs),
+                (true, true) => discovered::Which::All,
+                (true, false) => discovered::Which::AllIfConfirmed,
+            };
+            discovered::adopt(dd, store.as_mut(), which, &source(image, template)?)?
+        }
         NodeCmd::Show { node, json } => {
             let n = lookup(store.as_ref(), &node)?;
             let last_boot = store.boot_stages(&n.mac)?;

@@ -201,6 +201,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
     }
     let dd = DataDir::open(data_dir)?;
     let _lock = dd.lock_serve()?;
+    raise_open_file_limit();
     let store = dd.store()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -318,6 +319,39 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     served?;
     tracing::info!("overlays flushed; bye");
     Ok(())
+}
+
+/// Every node holds an overlay, a golden image and sessions open, and
+/// every client a socket: the soft limit on descriptors (often 1024) goes
+/// up to the hard one, so a busy fleet is not refused for want of them.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`, which lives through the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(
+            "reading the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let was = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads `lim`; raising the soft limit up to the hard
+    // one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        tracing::warn!(
+            "raising the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    tracing::debug!(from = was, to = lim.rlim_max, "open-file limit raised");
 }
 
 /// iSCSI logins and logouts as boot stages; the ISID comes first in the

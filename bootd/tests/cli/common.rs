@@ -222,6 +222,11 @@ impl Serve {
         Ok(serve)
     }
 
+    /// The serve process's id.
+    pub fn pid(&self) -> Result<u32> {
+        Ok(self.child.as_ref().ok_or("stopped")?.id())
+    }
+
     /// Descriptors the serve process has open on `path`.
     pub fn open_count(&self, path: &Path) -> Result<usize> {
         let pid = self.child.as_ref().ok_or("stopped")?.id();

@@ -269,3 +269,79 @@ fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// serve raises its soft open-file limit to the hard one.
+#[test]
+fn serve_raises_its_open_file_limit() -> Result {
+    let env = Env::new()?;
+    one_node(&env, "52:54:00:ab:cd:07")?;
+    // A soft limit below the hard one, as a login shell hands down; serve
+    // inherits it. (4096 leaves the tests running beside this one plenty.)
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err("getrlimit".into());
+        }
+        if lim.rlim_max <= 4096 {
+            eprintln!(
+                "skipped: hard open-file limit {} too low to test",
+                lim.rlim_max
+            );
+            return Ok(());
+        }
+        let low = libc::rlimit {
+            rlim_cur: 4096,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &low) != 0 {
+            return Err("setrlimit".into());
+        }
+    }
+    let serve = Serve::start_with(&env, &[])?;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.pid()?))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or("no open-file limit")?;
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums.len(), 2, "{line}");
+    assert_eq!(nums[0], nums[1], "soft limit not raised: {line}");
+    assert_eq!(nums[1], lim.rlim_max.to_string(), "{line}");
+    serve.stop()
+}
+
+/// Adds discovered machines to the registry as `serve --unknown discover`
+/// would have.
+fn discover(env: &Env, macs: &[&str]) -> Result {
+    let db = rusqlite::Connection::open(env.data().join("bootd.db"))?;
+    for mac in macs {
+        db.execute(
+            "INSERT INTO discovered (mac, arch, vendor_class, ipxe, first_seen, last_seen, requests)
+             VALUES (?1, 0, 'PXEClient', 0, 1, 1, 1)",
+            [mac],
+        )?;
+    }
+    Ok(())
+}
+
+/// `node adopt --all` asks first; without a terminal it refuses unless
+/// `--yes`, and then adopts them all.
+#[test]
+fn adopt_all_needs_a_yes() -> Result {
+    let env = Env::new()?;
+    one_node(&env, "52:54:00:ab:cd:08")?;
+    discover(&env, &["02:00:00:00:00:a1", "02:00:00:00:00:a2"])?;
+    let e = env.fails(&["node", "adopt", "--all", "--image", "deb"])?;
+    assert!(e.contains("--yes") && e.contains("2 discovered"), "{e}");
+    let nodes = env.json(&["node", "list", "--json"])?;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "nothing adopted");
+    let out = env.ok(&["node", "adopt", "--all", "--yes", "--image", "deb"])?;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let nodes = env.json(&["node", "list", "--json"])?;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3));
+    Ok(())
+}

@@ -14,8 +14,7 @@ pub enum BootFile {
     Http { url: String, http_client: bool },
 }
 
-/// The query parameter of a script URL that carries the one-time token.
-pub const TOKEN_PARAM: &str = "t";
+pub use crate::http::request::TOKEN_PARAM;
 
 /// `url` without its token, for logs and boot stages.
 pub fn redact(url: &str) -> String {

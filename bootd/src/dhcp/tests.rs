@@ -776,3 +776,12 @@ fn proxy_ipxe_url_carries_the_token_and_full_mode_none() -> R {
     );
     Ok(())
 }
+
+/// Found by `scripts/fuzz-bootd.sh`: option 94 of length 3, later 94 of
+/// length 0. dhcproto decodes each piece and asserted on the second (in
+/// debug builds), which took the DHCP thread down with one datagram.
+#[test]
+fn a_repeated_option_of_a_bad_length_is_refused() {
+    let d = include_bytes!("../../fuzz/corpus/dhcp/regress-option-94-twice");
+    assert!(Request::decode(d).is_none());
+}

@@ -23,6 +23,9 @@ pub struct Request {
     pub token: Option<String>,
 }
 
+/// The query parameter of a script URL that carries the one-time token.
+pub const TOKEN_PARAM: &str = "t";
+
 /// Longest token accepted (bootd issues 32 hex digits).
 pub const MAX_TOKEN: usize = 64;
 
@@ -118,7 +121,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
 
 /// `t=HEX` among `&`-separated query parameters: hex digits only, bounded.
 fn token(query: &[u8]) -> Option<String> {
-    let prefix = format!("{}=", crate::dhcp::boot::TOKEN_PARAM);
+    let prefix = format!("{TOKEN_PARAM}=");
     query
         .split(|&b| b == b'&')
         .filter_map(|p| p.strip_prefix(prefix.as_bytes()))

@@ -195,7 +195,19 @@ pub fn node_json(n: &Node) -> serde_json::Value {
 fn list(store: &dyn Store, as_json: bool) -> Result<()> {
     let nodes = store.nodes()?;
     if as_json {
-        return output::json(&json!(nodes.iter().map(node_json).collect::<Vec<_>>()));
+        // A listing goes into scripts, logs and tickets: no secrets in it
+        // (`node show NODE` has the node's).
+        let listed: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let mut v = node_json(n);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("chap_secret");
+                }
+                v
+            })
+            .collect();
+        return output::json(&json!(listed));
     }
     let rows: Vec<Vec<String>> = nodes
         .iter()

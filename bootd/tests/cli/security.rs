@@ -345,3 +345,20 @@ fn adopt_all_needs_a_yes() -> Result {
     assert_eq!(nodes.as_array().map(Vec::len), Some(3));
     Ok(())
 }
+
+/// `node list` (table or JSON) never shows a CHAP secret; `node show` does.
+#[test]
+fn list_output_has_no_secrets() -> Result {
+    let env = Env::new()?;
+    let n1 = one_node(&env, "52:54:00:ab:cd:09")?;
+    let secret = secret(&n1)?;
+    for args in [&["node", "list"][..], &["node", "list", "--json"][..]] {
+        let out = env.ok(args)?;
+        assert!(
+            out.contains("n1") && !out.contains(&secret),
+            "{args:?}: {out}"
+        );
+    }
+    assert!(env.ok(&["node", "show", "n1"])?.contains(&secret));
+    Ok(())
+}

@@ -59,6 +59,8 @@ pub struct Access {
     pub grants: Arc<Grants>,
     /// Who may read /metrics besides the server's own addresses.
     pub metrics_from: Vec<IpAddr>,
+    /// Connections one client address may hold.
+    pub per_source: usize,
 }
 
 impl Default for Access {
@@ -68,6 +70,7 @@ impl Default for Access {
             scripts: ScriptAccess::Bound,
             grants: Arc::new(Grants::new()),
             metrics_from: Vec::new(),
+            per_source: slots::PER_SOURCE,
         }
     }
 }
@@ -146,7 +149,7 @@ impl HttpServer {
             renderer: Renderer::new(),
             http_port,
             iscsi_port,
-            slots: slots::Slots::new(slots::MAX_CONNECTIONS, slots::PER_SOURCE),
+            slots: slots::Slots::new(slots::MAX_CONNECTIONS, access.per_source.max(1)),
             bootlog,
             access,
         })

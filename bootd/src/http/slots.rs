@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 
 /// Connections handled at once.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Connections one client address may hold; iPXE needs one at a time.
+/// Connections one client address may hold unless told otherwise (`serve
+/// --per-source`); iPXE needs one at a time.
 pub const PER_SOURCE: usize = 16;
 
 /// A connection's place; dropping it frees the slot.

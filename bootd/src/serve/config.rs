@@ -97,6 +97,7 @@ pub struct FileConfig {
     pub script_access: Option<ScriptAccess>,
     pub metrics_from: Option<Vec<IpAddr>>,
     pub unknown_cap: Option<u32>,
+    pub per_source: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,8 @@ pub enum ConfigError {
     LeaseTime(u32),
     #[error("serve needs --interface or --listen-ip to know which network to serve on (--listen-ip 0.0.0.0 serves on every address)")]
     NoNetwork,
+    #[error("--per-source {0}: at least 1")]
+    PerSource(u32),
     #[error("interface {0} has no IPv4 address to serve on")]
     NoAddress(String),
 }
@@ -177,6 +180,8 @@ pub struct Settings {
     /// Discovered MACs recorded, and nodes in the registry up to which
     /// `--unknown default=` registers more, at most.
     pub unknown_cap: u32,
+    /// HTTP connections and TFTP transfers one client address may hold.
+    pub per_source: usize,
 }
 
 pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {

@@ -30,6 +30,9 @@ const DEFAULT_HTTP_PORT: u16 = 8080;
 /// Discovered MACs kept, and the registry size auto-registration stops at.
 const DEFAULT_UNKNOWN_CAP: u32 = 256;
 
+/// HTTP connections and TFTP transfers per client address.
+const DEFAULT_PER_SOURCE: u32 = 16;
+
 /// How often the registry's generation is checked.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -42,7 +45,8 @@ overlay is released, then replaces or deletes it.")]
 pub struct ServeArgs {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
-    /// unknown, unknown_cap, record_io, relays, script_access, metrics_from.
+    /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
+    /// per_source.
     /// Unknown keys are an error. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -96,6 +100,11 @@ pub struct ServeArgs {
     /// [default: bound].
     #[arg(long, value_enum)]
     script_access: Option<ScriptAccess>,
+    /// HTTP connections and TFTP transfers one client address may hold at
+    /// once [default: 16]. A machine needs one; raise it for load tests
+    /// that play many machines from one address.
+    #[arg(long, value_name = "N")]
+    per_source: Option<u32>,
     /// An address that may read /metrics besides the server itself;
     /// repeat for more [default: none].
     #[arg(long, value_name = "IP")]
@@ -133,6 +142,13 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         None => UnknownPolicy::Ignore,
     };
     let lease_secs = args.lease_secs.or(file.lease_secs).unwrap_or(3600);
+    let per_source = args
+        .per_source
+        .or(file.per_source)
+        .unwrap_or(DEFAULT_PER_SOURCE);
+    if per_source == 0 {
+        return Err(config::ConfigError::PerSource(per_source).into());
+    }
     if lease_secs < 60 {
         return Err(config::ConfigError::LeaseTime(lease_secs).into());
     }
@@ -191,6 +207,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .unknown_cap
             .or(file.unknown_cap)
             .unwrap_or(DEFAULT_UNKNOWN_CAP),
+        per_source: usize::try_from(per_source).unwrap_or(usize::MAX),
     })
 }
 
@@ -237,6 +254,7 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     let (tftp_socket, tftp) = crate::tftp::bind(
         SocketAddr::new(s.listen_ip, s.tftp_port),
         boot_files.clone(),
+        s.per_source,
     )
     .await?;
     let tftp_local = tftp_socket.local_addr()?;
@@ -268,6 +286,7 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
             scripts: s.script_access,
             grants,
             metrics_from: s.metrics_from.clone(),
+            per_source: s.per_source,
         },
     );
     let http_task = tokio::spawn(http.serve(http_listener));

@@ -16,9 +16,10 @@ use tokio::sync::Semaphore;
 
 /// Transfers running at once; more requests get "server busy".
 pub const DEFAULT_MAX_TRANSFERS: usize = 512;
-/// Transfers one client address may run at once; a PXE ROM needs one.
-/// Requests beyond it are dropped without an answer (the source may be
-/// forged), so one address cannot take every slot.
+/// Transfers one client address may run at once unless told otherwise
+/// (`serve --per-source`); a PXE ROM needs one. Requests beyond it are
+/// dropped without an answer (the source may be forged), so one address
+/// cannot take every slot.
 pub const PER_SOURCE_TRANSFERS: usize = 16;
 
 pub struct TftpServer {
@@ -85,6 +86,15 @@ impl TftpServer {
             }),
             bootlog: None,
         }
+    }
+
+    /// Transfers one client address may run at once (at least 1).
+    pub fn per_source(mut self, n: usize) -> Self {
+        self.sources = Arc::new(Sources {
+            running: Mutex::new(HashMap::new()),
+            per_source: n.max(1),
+        });
+        self
     }
 
     /// Completed transfers are reported as boot stages.

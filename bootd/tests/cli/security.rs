@@ -57,6 +57,8 @@ fn serve_binds_the_boot_interface_address() -> Result {
     serve.stop()?;
     let e = env.fails(&["serve", "--iscsi-port", "0", "--http-port", "0"])?;
     assert!(e.contains("needs --interface or --listen-ip"), "{e}");
+    let e = env.fails(&["serve", "--listen-ip", "127.0.0.1", "--per-source", "0"])?;
+    assert!(e.contains("--per-source 0"), "{e}");
     // Every address, when asked for.
     let all = Serve::start_args(
         &env,

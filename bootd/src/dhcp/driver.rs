@@ -120,6 +120,14 @@ fn decide(
         };
         METRICS.dhcp_requests.fetch_add(1, Relaxed);
         let node = registry.lookup(&req, now);
+        if shared.params.mode == Mode::Full
+            && matches!(req.msg_type, MessageType::Release | MessageType::Decline)
+            && req.server_id().is_none_or(|id| id == shared.params.server)
+        {
+            // The address is no longer the node's: neither is the script
+            // fetched from it.
+            shared.grants.end_lease(&req.mac());
+        }
         // In proxy mode bootd never learns the address a node will fetch
         // its script from: the boot URL carries a one-time token instead.
         let token = match (&node, shared.params.mode) {

@@ -71,6 +71,9 @@ pub fn start(
         (Mode::Full, None) => bail!("--dhcp full needs --pool FIRST-LAST"),
         (Mode::Proxy, _) => None,
     };
+    if let Some(l) = &leases {
+        seed_grants(l, &grants);
+    }
     let server = found.ip;
     let unknown = match &s.unknown {
         UnknownPolicy::Ignore => Unknown::Ignore,
@@ -124,4 +127,17 @@ pub fn start(
     }
     tracing::info!(?mode, %server, interface = %ifname, unknown = ?s.unknown, "DHCP serving");
     Ok(Some(Running { shared, threads }))
+}
+
+/// Leases from before a restart still admit their nodes' script fetches.
+fn seed_grants(leases: &Mutex<Leases>, grants: &Grants) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let instant = std::time::Instant::now();
+    let l = leases.lock().unwrap_or_else(|e| e.into_inner());
+    for (mac, ip, expires) in l.active(now) {
+        let left = std::time::Duration::from_secs(expires.saturating_sub(now));
+        grants.lease(mac, IpAddr::V4(ip), instant + left, instant);
+    }
 }

@@ -512,6 +512,11 @@ fn leases_survive_a_restart_in_the_file() -> R {
         }
     }
     let mut l = Leases::open(pool, Box::new(FileLeaseStore::new(path)))?;
+    // What serve seeds the script grants with after a restart.
+    let mut active: Vec<Ipv4Addr> = l.active(NOW).map(|(_, ip, _)| ip).collect();
+    active.sort();
+    assert_eq!(active, ips);
+    assert_eq!(l.active(NOW + u64::from(p.lease_secs)).count(), 0);
     // Asked in reverse order, each MAC still gets its own address.
     for n in (0..3u8).rev() {
         let mac = [2, 0, 0, 0, 0, n];

@@ -86,6 +86,14 @@ impl Grants {
         }
     }
 
+    /// `mac` no longer holds an address (RELEASE, DECLINE).
+    pub fn end_lease(&self, mac: &str) {
+        let mut macs = self.macs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = macs.get_mut(mac) {
+            e.lease = None;
+        }
+    }
+
     /// Whether a fetch of `mac`'s script from `peer`, with `token` if the
     /// URL had one, is the node's. A token admits once: all of the MAC's
     /// tokens are spent with it (the node has its script; a second fetch
@@ -194,6 +202,9 @@ mod tests {
             Some(Admitted::Lease)
         );
         assert_eq!(g.admit(MAC, ip("192.0.2.11"), None, now), None);
+        g.end_lease(MAC);
+        assert_eq!(g.admit(MAC, ip("192.0.2.10"), None, now), None);
+        g.lease(MAC, ip("192.0.2.10"), until, now);
         // The address goes to another MAC: the first loses it.
         g.lease("52:54:00:12:34:57", ip("192.0.2.10"), until, now);
         assert_eq!(g.admit(MAC, ip("192.0.2.10"), None, now), None);

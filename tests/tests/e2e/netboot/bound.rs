@@ -77,6 +77,22 @@ fn scripts_go_to_the_leased_address_only() -> Result<()> {
         lease.ip()?
     );
 
+    // After a restart, the lease (from the lease file) still admits the node,
+    // before any new DHCP exchange.
+    serve.stop()?;
+    let serve = lab.data.serve_with(&opts)?;
+    let url = format!(
+        "http://{SERVER_IP}:{}/boot/{}.ipxe",
+        serve.http_port(),
+        NODE_MAC.replace(':', "-")
+    );
+    let (status, _) = lab.http_get(&machine, &url)?;
+    ensure!(
+        status == 200,
+        "after a restart, {url} from the node's lease: {status}\n{}",
+        serve.log()
+    );
+
     // A relayed DISCOVER naming a relay nobody configured (here the sender
     // itself, listening where a relay would): no answer at all. Any host could
     // otherwise aim bootd's replies at any address.

@@ -8,7 +8,8 @@
 #    per 64 KiB cluster) into a fresh overlay vs into a fresh raw copy, with QEMU's
 #    own qcow2 driver on a local overlay printed beside them.
 # Usage: scripts/bench-overlay.sh [--json]
-# Env: BENCH_SECONDS (10), BENCH_ROUNDS (3), BENCH_SIZE_MIB (1024), BENCH_PORT (3280).
+# Env: BENCH_SECONDS (10), BENCH_ROUNDS (3), BENCH_SIZE_MIB (1024), BENCH_PORT (3280),
+#      BENCH_BOOTD (a bootd binary to measure instead of building this tree's).
 set -euo pipefail
 
 JSON=0
@@ -38,9 +39,14 @@ stop_export() {
 cleanup() { stop_export; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 
-log "building bootd (release)"
-(cd "$ROOT" && cargo build --release -p bootd) >&2 || die "cargo build failed"
-BOOTD=$ROOT/build/release/bootd
+if [[ -n ${BENCH_BOOTD:-} ]]; then
+    # Another build (e.g. an older commit's) to compare, against the same peers.
+    BOOTD=$BENCH_BOOTD
+else
+    log "building bootd (release)"
+    (cd "$ROOT" && cargo build --release -p bootd) >&2 || die "cargo build failed"
+    BOOTD=$ROOT/build/release/bootd
+fi
 
 GOLDEN=$WORK/golden.raw
 log "creating ${SIZE_MIB} MiB golden image"

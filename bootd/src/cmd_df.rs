@@ -11,10 +11,22 @@ pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
     let images = store.images()?;
     let nodes = store.nodes()?;
     let images_bytes: u64 = images.iter().map(|i| allocated_bytes(&i.path)).sum();
-    let overlays_bytes: u64 = nodes.iter().map(|n| allocated_bytes(&n.overlay_path)).sum();
+    // Each overlay with its write-ahead log.
+    let overlays_bytes: u64 = nodes
+        .iter()
+        .map(|n| {
+            let [w0, w1] = imagestore::qcow2::wal::paths(&n.overlay_path);
+            allocated_bytes(&n.overlay_path) + allocated_bytes(&w0) + allocated_bytes(&w1)
+        })
+        .sum();
     let physical = images_bytes + overlays_bytes;
     let logical: u64 = nodes.iter().map(|n| n.image.bytes).sum();
     let saved = logical.saturating_sub(physical);
+    // What new writes still have: free space above serve's default reserve
+    // (serve --reserve-free may set another).
+    let (free, total) = crate::space::filesystem(&dd.overlays()).unwrap_or((0, 0));
+    let reserve = crate::space::default_reserve(total);
+    let headroom = free.saturating_sub(reserve);
     let percent = if logical == 0 {
         0.0
     } else {
@@ -30,6 +42,9 @@ pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
             "overlays_bytes": overlays_bytes,
             "images": images.len(),
             "nodes": nodes.len(),
+            "free_bytes": free,
+            "reserve_bytes": reserve,
+            "headroom_bytes": headroom,
         }));
     }
     output::table(
@@ -40,12 +55,18 @@ pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
             row("physical", physical),
             row("logical", logical),
             row("saved", saved),
+            row("free", free),
+            row("headroom", headroom),
         ],
     );
     println!(
         "{} nodes on {} image versions; saving {percent:.1}%",
         nodes.len(),
         images.len()
+    );
+    println!(
+        "headroom: free space above the {} kept in reserve for the overlays' filesystem",
+        output::bytes(reserve)
     );
     Ok(())
 }

@@ -58,7 +58,7 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                 .into_iter()
                 .filter(|n| n.image.name == name && n.image.id != latest.id)
                 .collect();
-            let moved = crate::lifecycle::recreate_all(store.as_mut(), &nodes, &latest)?;
+            let moved = crate::lifecycle::recreate_all(dd, store.as_mut(), &nodes, &latest)?;
             for (old, new) in nodes.iter().zip(&moved) {
                 println!(
                     "node {}: moved from version {} to {}",

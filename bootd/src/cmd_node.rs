@@ -84,6 +84,9 @@ pub enum NodeCmd {
 
 pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
     let mut store = dd.store()?;
+    for name in crate::lifecycle::recover_releasing(dd, store.as_mut())? {
+        eprintln!("bootd: node {name}: an interrupted command had left it releasing; ready again");
+    }
     match cmd {
         NodeCmd::Add {
             mac,
@@ -131,8 +134,8 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             crate::lifecycle::remove(dd, store.as_mut(), &n)?;
             println!("removed node {}", n.name);
         }
-        NodeCmd::Reset { node, latest } => move_node(store.as_mut(), &node, latest)?,
-        NodeCmd::Move { node, latest } => move_node(store.as_mut(), &node, latest)?,
+        NodeCmd::Reset { node, latest } => move_node(dd, store.as_mut(), &node, latest)?,
+        NodeCmd::Move { node, latest } => move_node(dd, store.as_mut(), &node, latest)?,
     }
     Ok(())
 }
@@ -145,14 +148,14 @@ fn source(image: Option<String>, template: Option<String>) -> Result<Source> {
     })
 }
 
-fn move_node(store: &mut dyn Store, key: &str, latest: bool) -> Result<()> {
+fn move_node(dd: &DataDir, store: &mut dyn Store, key: &str, latest: bool) -> Result<()> {
     let n = lookup(store, key)?;
     let image = if latest {
         store.latest_image(&n.image.name)?
     } else {
         n.image.clone()
     };
-    let done = crate::lifecycle::recreate(store, &n, &image)?;
+    let done = crate::lifecycle::recreate(dd, store, &n, &image)?;
     println!(
         "node {}: overlay reset on {} version {}",
         done.name, done.image.name, done.image.version

@@ -84,6 +84,11 @@ impl DataDir {
         self.overlays().join(format!("{node}.qcow2"))
     }
 
+    /// The lock held by whoever is releasing the node (see `lifecycle`).
+    pub fn claim_file(&self, node: &str) -> PathBuf {
+        self.root.join("claims").join(format!("{node}.lock"))
+    }
+
     pub fn pr_file(&self, node: &str) -> PathBuf {
         self.root.join("pr").join(format!("node-{node}-lun0"))
     }

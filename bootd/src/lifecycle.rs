@@ -9,12 +9,17 @@
 //! that lock itself: then no one writes to the old overlay any more. Only
 //! then is the overlay replaced (or deleted) and the node marked `ready`.
 //! Without a running `serve` the lock is free at once.
+//!
+//! Whoever releases a node holds the node's claim lock (an `flock` the
+//! kernel drops if the process dies) until the node is `ready` again, so a
+//! node left `releasing` by an interrupted command is recognised and put
+//! back by the next command or serve start ([`recover_releasing`]).
 
 use crate::datadir::{backing_name, DataDir};
 use crate::names;
 use crate::store::{Image, NewNode, Node, NodeState, Store};
 use anyhow::{bail, Context, Result};
-use imagestore::qcow2::Overlay;
+use imagestore::qcow2::{wal, Overlay};
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -26,17 +31,98 @@ use std::time::{Duration, Instant};
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Writes a fresh overlay for `node` over `image` at the node's overlay path,
-/// replacing whatever is there in one rename.
+/// replacing whatever is there in one rename, durably. The old overlay's
+/// write-ahead log goes with it (its records never apply to a new file).
 pub fn write_overlay(path: &Path, image: &Image) -> Result<()> {
     let tmp = temp_beside(path);
     let _ = std::fs::remove_file(&tmp);
     Overlay::create(&tmp, image.bytes, &backing_name(&image.path))
         .with_context(|| format!("creating overlay {}", path.display()))?;
+    wal::remove(path).with_context(|| format!("write-ahead log of {}", path.display()))?;
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("{}", path.display()));
     }
-    Ok(())
+    sync_dir(path)
+}
+
+/// Makes renames and deletions in `path`'s directory durable: without it a
+/// power cut can bring back the old overlay after the registry moved on.
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Deletes a file that may be missing.
+fn remove_file(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The claim lock of node `name`: held by whoever releases the node.
+fn claim(dd: &DataDir, name: &str, wait: bool) -> Result<Option<File>> {
+    let path = dd.claim_file(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}", path.display()))?;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: plain syscall on a descriptor `f` keeps open.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(Some(f));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+}
+
+/// Puts back nodes that an interrupted `node reset`, `node rm` or `image
+/// upgrade` left `releasing`: no one holds their claim, so no one will
+/// finish. The overlay is whatever the command got to: the old one
+/// (nothing happened), or a fresh one (the reset happened). A fresh
+/// overlay made for another image version than the registry names is made
+/// again for the registered one, so a node never boots the wrong image.
+/// Returns the names put back.
+pub fn recover_releasing(dd: &DataDir, store: &mut dyn Store) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for n in store.nodes()? {
+        if n.state != NodeState::Releasing {
+            continue;
+        }
+        let Some(_claim) = claim(dd, &n.name, false)? else {
+            continue;
+        };
+        let backing = std::fs::read(&n.overlay_path)
+            .ok()
+            .and_then(|b| imagestore::qcow2::header::Header::decode(&b).ok())
+            .and_then(|h| h.backing_file);
+        if backing.as_deref() != Some(backing_name(&n.image.path).as_str()) {
+            write_overlay(&n.overlay_path, &n.image)?;
+            remove_file(&dd.pr_file(&n.name))
+                .with_context(|| format!("{}", dd.pr_file(&n.name).display()))?;
+        }
+        store.set_node_state(&n.name, NodeState::Ready)?;
+        done.push(n.name);
+    }
+    Ok(done)
 }
 
 fn temp_beside(path: &Path) -> PathBuf {
@@ -79,11 +165,13 @@ fn wait_released(path: &Path, timeout: Duration) -> Result<Option<File>> {
 }
 
 /// Marks the node releasing and waits for `serve` to let go; on failure the
-/// node goes back to its previous state.
-fn release(store: &mut dyn Store, node: &Node) -> Result<Option<File>> {
+/// node goes back to its previous state. Returns the overlay lock and the
+/// node's claim.
+fn release(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Result<(Option<File>, File)> {
+    let claim = claim(dd, &node.name, true)?.context("claim lock")?;
     store.set_node_state(&node.name, NodeState::Releasing)?;
     match wait_released(&node.overlay_path, RELEASE_TIMEOUT) {
-        Ok(lock) => Ok(lock),
+        Ok(lock) => Ok((lock, claim)),
         Err(e) => {
             if node.state != NodeState::Releasing {
                 store.set_node_state(&node.name, node.state)?;
@@ -95,14 +183,24 @@ fn release(store: &mut dyn Store, node: &Node) -> Result<Option<File>> {
 
 /// Discards the node's writes: a new empty overlay over `image` (the node's
 /// own version, or a newer one when moving).
-pub fn recreate(store: &mut dyn Store, node: &Node, image: &Image) -> Result<Node> {
-    let mut done = recreate_all(store, std::slice::from_ref(node), image)?;
+pub fn recreate(dd: &DataDir, store: &mut dyn Store, node: &Node, image: &Image) -> Result<Node> {
+    let mut done = recreate_all(dd, store, std::slice::from_ref(node), image)?;
     done.pop().context("node vanished")
 }
 
 /// [`recreate`] for many nodes at once: all are released together, so a
-/// running serve lets go of them in one poll rather than one per node.
-pub fn recreate_all(store: &mut dyn Store, nodes: &[Node], image: &Image) -> Result<Vec<Node>> {
+/// running serve lets go of them in one poll rather than one per node. The
+/// nodes' persistent reservations go with their old disks.
+pub fn recreate_all(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    nodes: &[Node],
+    image: &Image,
+) -> Result<Vec<Node>> {
+    let mut claims = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        claims.push(claim(dd, &n.name, true)?.context("claim lock")?);
+    }
     for n in nodes {
         store.set_node_state(&n.name, NodeState::Releasing)?;
     }
@@ -120,27 +218,32 @@ pub fn recreate_all(store: &mut dyn Store, nodes: &[Node], image: &Image) -> Res
     }
     let mut done = Vec::with_capacity(nodes.len());
     for n in nodes {
+        let pr = dd.pr_file(&n.name);
+        remove_file(&pr).with_context(|| format!("{}", pr.display()))?;
         write_overlay(&n.overlay_path, image)?;
         done.push(store.node_overlay_ready(&n.name, image.id)?);
     }
     drop(locks);
+    drop(claims);
     Ok(done)
 }
 
 /// Deletes the node, its overlay and its reservation state.
 pub fn remove(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Result<()> {
-    let lock = release(store, node)?;
+    let (lock, claim) = release(dd, store, node)?;
     store.remove_node(&node.name)?;
-    for p in [node.overlay_path.clone(), dd.pr_file(&node.name)] {
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                eprintln!("bootd: warning: {}: {e}", p.display());
-            }
+    let [w0, w1] = wal::paths(&node.overlay_path);
+    for p in [node.overlay_path.clone(), w0, w1, dd.pr_file(&node.name)] {
+        if let Err(e) = remove_file(&p) {
+            eprintln!("bootd: warning: {}: {e}", p.display());
         }
     }
+    if let Err(e) = sync_dir(&node.overlay_path) {
+        eprintln!("bootd: warning: {e:#}");
+    }
     drop(lock);
+    drop(claim);
+    let _ = std::fs::remove_file(dd.claim_file(&node.name));
     Ok(())
 }
 
@@ -201,6 +304,107 @@ pub fn add(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewImage;
+
+    /// A data directory with image `base` v1 and v2 and node `n1` on v1.
+    fn fleet(dir: &Path) -> Result<(DataDir, Box<dyn Store>, Node, Image)> {
+        let dd = DataDir::open(dir)?;
+        let mut store = dd.store()?;
+        let mut imgs = Vec::new();
+        for v in 1..=2 {
+            let path = dd.image_file("base", v);
+            std::fs::create_dir_all(path.parent().context("images dir")?)?;
+            std::fs::write(&path, vec![0u8; 1 << 20])?;
+            imgs.push(store.add_image(&NewImage {
+                name: "base".into(),
+                version: v,
+                path,
+                bytes: 1 << 20,
+                sha256: "0".repeat(64),
+            })?);
+        }
+        std::fs::create_dir_all(dd.overlays())?;
+        let n = add(
+            &dd,
+            store.as_mut(),
+            "52:54:00:00:00:01",
+            &Source::Image("base".into()),
+            Some("n1".into()),
+            None,
+        )?;
+        // `add` took the newest version; put the node on v1 as if older.
+        let n = store.node_overlay_ready(&n.name, imgs[0].id)?;
+        write_overlay(&n.overlay_path, &imgs[0])?;
+        Ok((dd, store, n, imgs[1].clone()))
+    }
+
+    fn backing(path: &Path) -> Option<String> {
+        let b = std::fs::read(path).ok()?;
+        imagestore::qcow2::header::Header::decode(&b)
+            .ok()?
+            .backing_file
+    }
+
+    #[test]
+    fn an_interrupted_release_is_recovered() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (dd, mut store, n, v2) = fleet(dir.path())?;
+        // A `node rm` or `reset` that died while waiting for serve.
+        store.set_node_state(&n.name, NodeState::Releasing)?;
+        {
+            // While someone holds the claim, the node is theirs.
+            let _held = claim(&dd, &n.name, false)?.context("claim")?;
+            let other = std::thread::spawn({
+                let dd = dd.clone();
+                move || -> Result<Vec<String>> {
+                    let mut store = dd.store()?;
+                    recover_releasing(&dd, store.as_mut())
+                }
+            });
+            let got = other.join().map_err(|_| anyhow::anyhow!("thread"))??;
+            assert!(got.is_empty(), "a held claim is left alone");
+        }
+        assert_eq!(
+            recover_releasing(&dd, store.as_mut())?,
+            vec!["n1".to_string()]
+        );
+        assert_eq!(store.node("n1")?.state, NodeState::Ready);
+
+        // A move to v2 that died after writing the new overlay but before
+        // the registry said so: the overlay is made again on v1.
+        write_overlay(&n.overlay_path, &v2)?;
+        store.set_node_state(&n.name, NodeState::Releasing)?;
+        assert_eq!(recover_releasing(&dd, store.as_mut())?.len(), 1);
+        let now = store.node("n1")?;
+        assert_eq!(now.state, NodeState::Ready);
+        assert_eq!(
+            backing(&now.overlay_path),
+            Some(backing_name(&now.image.path))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn reset_clears_reservations_and_the_old_log() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (dd, mut store, n, v2) = fleet(dir.path())?;
+        let pr = dd.pr_file(&n.name);
+        std::fs::create_dir_all(pr.parent().context("pr dir")?)?;
+        std::fs::write(&pr, b"key")?;
+        let [w0, w1] = wal::paths(&n.overlay_path);
+        std::fs::write(&w0, b"old log")?;
+        std::fs::write(&w1, b"old log")?;
+        let moved = recreate(&dd, store.as_mut(), &n, &v2)?;
+        assert_eq!(moved.image.id, v2.id);
+        assert!(!pr.exists(), "the old disk's reservations went with it");
+        assert!(
+            !w0.exists() && !w1.exists(),
+            "the old overlay's log went with it"
+        );
+        remove(&dd, store.as_mut(), &moved)?;
+        assert!(!moved.overlay_path.exists());
+        Ok(())
+    }
 
     #[test]
     fn release_waits_for_the_writer_lock() -> Result<()> {

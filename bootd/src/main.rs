@@ -18,6 +18,7 @@ mod names;
 mod output;
 mod progress;
 mod serve;
+mod space;
 mod store;
 mod tftp;
 

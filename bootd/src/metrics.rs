@@ -80,6 +80,12 @@ pub struct Metrics {
     pub iscsi_ends: AtomicU64,
     pub read_latency: Histogram,
     pub write_latency: Histogram,
+    /// Free bytes on the overlays' filesystem.
+    pub data_free_bytes: AtomicU64,
+    /// 1 while free space is below serve's warning watermark.
+    pub data_low_space: AtomicU64,
+    /// Overlays failed by a write-back error.
+    pub overlays_failed: AtomicU64,
     nodes: RwLock<HashMap<String, Arc<NodeIo>>>,
 }
 
@@ -203,6 +209,26 @@ impl Metrics {
             o,
             "# HELP bootd_iscsi_sessions iSCSI normal sessions open.\n# TYPE bootd_iscsi_sessions gauge\nbootd_iscsi_sessions {live}"
         );
+        for (name, help, v) in [
+            (
+                "bootd_data_free_bytes",
+                "Free bytes on the overlays' filesystem.",
+                &self.data_free_bytes,
+            ),
+            (
+                "bootd_data_low_space",
+                "1 while free space is below serve's --warn-free watermark.",
+                &self.data_low_space,
+            ),
+            (
+                "bootd_overlays_failed",
+                "Overlays refusing I/O after a write-back error (until serve restarts).",
+                &self.overlays_failed,
+            ),
+        ] {
+            let v = v.load(Relaxed);
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
         let _ = writeln!(o, "# HELP bootd_iscsi_command_seconds SCSI read and write latency on the target.\n# TYPE bootd_iscsi_command_seconds histogram");
         self.read_latency
             .render(&mut o, "bootd_iscsi_command_seconds", "op=\"read\"");

@@ -98,6 +98,9 @@ pub struct FileConfig {
     pub metrics_from: Option<Vec<IpAddr>>,
     pub unknown_cap: Option<u32>,
     pub per_source: Option<u32>,
+    pub node_quota: Option<String>,
+    pub reserve_free: Option<String>,
+    pub warn_free: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +185,12 @@ pub struct Settings {
     pub unknown_cap: u32,
     /// HTTP connections and TFTP transfers one client address may hold.
     pub per_source: usize,
+    /// Bytes one overlay may take.
+    pub node_quota: Option<u64>,
+    /// Free bytes kept on the overlays' filesystem (default: derived from its size).
+    pub reserve_free: Option<u64>,
+    /// Free bytes below which serve warns (default: derived from its size).
+    pub warn_free: Option<u64>,
 }
 
 pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {

@@ -4,8 +4,10 @@
 //! shared by every overlay on them.
 
 use crate::datadir::DataDir;
+use crate::metrics::METRICS;
 use crate::store::{Node, NodeState, Store};
 use anyhow::{Context, Result};
+use imagestore::qcow2::overlay::Limits;
 use imagestore::qcow2::Overlay;
 use iscsi_proto::conn::ChapCredentials;
 use iscsi_target::block::BlockDevice;
@@ -13,6 +15,7 @@ use iscsi_target::lun::{Lun, LunConfig};
 use iscsi_target::raw::RawFile;
 use iscsi_target::{Server, Target};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 /// A node the server is serving now.
@@ -22,6 +25,7 @@ struct Served {
     iqn: String,
     image_id: i64,
     overlay: Arc<Overlay>,
+    failure_logged: bool,
 }
 
 pub struct Fleet {
@@ -34,6 +38,11 @@ pub struct Fleet {
     /// again every tick, logged once per revision.
     failed: HashMap<String, i64>,
     seen: Option<u64>,
+    /// Space limits every overlay gets.
+    limits: Limits,
+    /// Free bytes below which serve warns.
+    warn_free: u64,
+    watermark: crate::space::Watermark,
 }
 
 impl Fleet {
@@ -46,7 +55,66 @@ impl Fleet {
             goldens: HashMap::new(),
             failed: HashMap::new(),
             seen: None,
+            limits: Limits::default(),
+            warn_free: 0,
+            watermark: Default::default(),
         }
+    }
+
+    /// Sets the per-overlay quota and the free-space reserve and warning
+    /// watermark (defaults derived from the overlays' filesystem).
+    pub fn with_space(
+        mut self,
+        quota: Option<u64>,
+        reserve: Option<u64>,
+        warn: Option<u64>,
+    ) -> Result<Self> {
+        let overlays = self.dd.overlays();
+        let (_, total) = crate::space::filesystem(&overlays)
+            .with_context(|| format!("free space of {}", overlays.display()))?;
+        self.limits = Limits {
+            quota_bytes: quota,
+            reserve_free_bytes: reserve.unwrap_or_else(|| crate::space::default_reserve(total)),
+        };
+        self.warn_free = warn.unwrap_or_else(|| crate::space::default_warn(total));
+        Ok(self)
+    }
+
+    /// Free space and failed overlays: logged when they change, and in
+    /// /metrics.
+    fn watch(&mut self) {
+        let overlays = self.dd.overlays();
+        if let Ok((free, _)) = crate::space::filesystem(&overlays) {
+            METRICS.data_free_bytes.store(free, Relaxed);
+            match self.watermark.update(free, self.warn_free) {
+                Some(true) => tracing::warn!(
+                    free = free,
+                    warn_free = self.warn_free,
+                    reserve_free = self.limits.reserve_free_bytes,
+                    "low disk space for overlays: first writes fail with SPACE ALLOCATION FAILED below the reserve"
+                ),
+                Some(false) => tracing::info!(free = free, "disk space for overlays recovered"),
+                None => {}
+            }
+            METRICS
+                .data_low_space
+                .store(u64::from(self.watermark.low()), Relaxed);
+        }
+        let mut failed = 0;
+        for (name, s) in &mut self.served {
+            if s.overlay.failed() {
+                failed += 1;
+                if !s.failure_logged {
+                    s.failure_logged = true;
+                    tracing::error!(
+                        node = %name,
+                        "overlay failed after a write-back error: the node's I/O gets medium errors \
+                         until serve restarts (writes since its last flush may be lost)"
+                    );
+                }
+            }
+        }
+        METRICS.overlays_failed.store(failed, Relaxed);
     }
 
     /// Targets being served.
@@ -73,6 +141,7 @@ impl Fleet {
     /// One reconciliation: cheap when the generation has not moved and
     /// nothing is waiting for a retry.
     pub async fn tick(&mut self) -> Result<()> {
+        self.watch();
         let generation = self.with_store(|s| s.generation()).await?;
         if self.seen == Some(generation) && self.failed.is_empty() {
             return Ok(());
@@ -153,6 +222,14 @@ impl Fleet {
             tokio::task::spawn_blocking(move || Overlay::open(&path, Some(backing), false))
                 .await?
                 .with_context(|| format!("overlay {}", node.overlay_path.display()))?;
+        let r = overlay.recovered();
+        if r.replayed > 0 {
+            tracing::warn!(node = %node.name, records = r.replayed, "recovered writes acknowledged before a crash from the write-ahead log");
+        }
+        if let Some(why) = &r.dropped {
+            tracing::warn!(node = %node.name, "write-ahead log not replayed: {why}");
+        }
+        overlay.set_limits(self.limits);
         let overlay = Arc::new(overlay);
         let id = crate::export::stable_id(&node.target_iqn);
         let lun = Lun::new(
@@ -183,6 +260,7 @@ impl Fleet {
             iqn: node.target_iqn.clone(),
             image_id: node.image.id,
             overlay,
+            failure_logged: false,
         })
     }
 

@@ -46,8 +46,8 @@ pub struct ServeArgs {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
     /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
-    /// per_source.
-    /// Unknown keys are an error. Flags override it.
+    /// per_source, node_quota, reserve_free, warn_free (sizes as strings,
+    /// e.g. "20G"). Unknown keys are an error. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Network interface DHCP answers on (SO_BINDTODEVICE); its IPv4
@@ -129,6 +129,19 @@ pub struct ServeArgs {
     /// iSCSI port; 0 picks a free one [default: 3260].
     #[arg(long)]
     iscsi_port: Option<u16>,
+    /// Most space one node's overlay may take (e.g. 20G); writes that
+    /// need more fail with SPACE ALLOCATION FAILED [default: no limit].
+    #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size)]
+    node_quota: Option<u64>,
+    /// Free space kept on the overlays' filesystem: writes that need new
+    /// space fail below it, before the disk itself is full
+    /// [default: 1% of the filesystem, at most 256M].
+    #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size)]
+    reserve_free: Option<u64>,
+    /// Free space below which serve logs a warning and
+    /// bootd_data_low_space is 1 [default: 10% of the filesystem, at most 10G].
+    #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size)]
+    warn_free: Option<u64>,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -208,7 +221,19 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .or(file.unknown_cap)
             .unwrap_or(DEFAULT_UNKNOWN_CAP),
         per_source: usize::try_from(per_source).unwrap_or(usize::MAX),
+        node_quota: size(args.node_quota, file.node_quota.as_deref())?,
+        reserve_free: size(args.reserve_free, file.reserve_free.as_deref())?,
+        warn_free: size(args.warn_free, file.warn_free.as_deref())?,
     })
+}
+
+/// A size from the command line, else from the config file.
+fn size(flag: Option<u64>, file: Option<&str>) -> Result<Option<u64>> {
+    match (flag, file) {
+        (Some(n), _) => Ok(Some(n)),
+        (None, Some(s)) => Ok(Some(crate::space::parse_size(s)?)),
+        (None, None) => Ok(None),
+    }
 }
 
 pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
@@ -219,7 +244,10 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
     let dd = DataDir::open(data_dir)?;
     let _lock = dd.lock_serve()?;
     raise_open_file_limit();
-    let store = dd.store()?;
+    let mut store = dd.store()?;
+    for name in crate::lifecycle::recover_releasing(&dd, store.as_mut())? {
+        tracing::warn!(node = %name, "an interrupted command had left the node releasing; ready again");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -242,7 +270,11 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     let http_store = dd.store()?;
     // Beside the registry in the data directory's root.
     let lease_file = dd.overlays().with_file_name("dhcp-leases");
-    let mut fleet = fleet::Fleet::new(server.clone(), dd.clone(), store);
+    let mut fleet = fleet::Fleet::new(server.clone(), dd.clone(), store).with_space(
+        s.node_quota,
+        s.reserve_free,
+        s.warn_free,
+    )?;
     fleet.tick().await?;
     let addr = SocketAddr::new(s.listen_ip, s.iscsi_port);
     let listener = tokio::net::TcpListener::bind(addr)

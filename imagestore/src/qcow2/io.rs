@@ -42,6 +42,7 @@ pub fn read_nowait(file: &File, buf: &mut BytesMut, offset: u64, len: usize) -> 
 
 /// Writes all of `data` at `offset`; `dsync` makes it durable (RWF_DSYNC).
 pub fn write_at(file: &File, data: &[u8], offset: u64, dsync: bool) -> io::Result<()> {
+    crash::point(file)?;
     if dsync {
         write_durable(file, data, offset)
     } else {
@@ -49,10 +50,19 @@ pub fn write_at(file: &File, data: &[u8], offset: u64, dsync: bool) -> io::Resul
     }
 }
 
+/// Writes all of `data` at `offset` only if that needs no waiting
+/// (`RWF_NOWAIT`); fails with `WouldBlock` (or "unsupported") otherwise, in
+/// which case the caller writes it again, blocking.
+pub fn write_nowait(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    crash::point(file)?;
+    write_all(file, data, offset, libc::RWF_NOWAIT)
+}
+
 /// Deallocates a range, keeping the file size. Best effort: where the
 /// filesystem cannot punch holes the space simply stays allocated (the
 /// engine never relies on freed clusters reading as zeros).
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    crash::point(file)?;
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     let (at, n) = (off_t(offset)?, off_t(len)?);
     loop {
@@ -69,12 +79,56 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Grows the file to at least `len` bytes (never shrinks it).
-pub fn grow_to(file: &File, len: u64) -> io::Result<()> {
-    if file.metadata()?.len() < len {
-        file.set_len(len)?;
+/// Makes the data written so far durable. A failure is final: the kernel
+/// may have dropped the pages it could not write ("fsyncgate"), so a retry
+/// that succeeds proves nothing.
+pub fn sync(file: &File) -> io::Result<()> {
+    crash::point(file)?;
+    file.sync_data()
+}
+
+/// Reserves real disk blocks for `offset..offset + len` (growing the file
+/// to cover it), so writes there cannot fail for want of space later.
+/// Where the filesystem cannot reserve, the file is only grown.
+pub fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    crash::point(file)?;
+    let (at, n) = (off_t(offset)?, off_t(len)?);
+    loop {
+        // SAFETY: plain syscall on a descriptor kept open by the `file` borrow.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, at, n) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+                let end = offset.saturating_add(len);
+                if file.metadata()?.len() < end {
+                    file.set_len(end)?;
+                }
+                return Ok(());
+            }
+            _ => return Err(e),
+        }
     }
-    Ok(())
+}
+
+/// Sets the file's length.
+pub fn truncate(file: &File, len: u64) -> io::Result<()> {
+    crash::point(file)?;
+    file.set_len(len)
+}
+
+/// Free bytes for an unprivileged writer on the file's filesystem.
+pub fn free_bytes(file: &File) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: fstatvfs fills the struct; the descriptor is open while `file` is borrowed.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: initialised by the successful call above.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Takes an advisory `flock` for the life of the descriptor: exclusive for a
@@ -95,6 +149,71 @@ pub fn lock(file: &File, exclusive: bool) -> io::Result<()> {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
+        }
+    }
+}
+
+/// Crash points for tests: every write, sync and allocation of the files
+/// registered together counts down, and once the count is spent they all
+/// fail without touching the file, as if the process had died there.
+#[cfg(not(test))]
+mod crash {
+    #[inline(always)]
+    pub fn point(_: &std::fs::File) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub mod crash {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::{Arc, Mutex};
+
+    type Countdown = Arc<Mutex<Option<u64>>>;
+    static ARMED: Mutex<Option<HashMap<u64, Countdown>>> = Mutex::new(None);
+
+    /// Lets `n` operations on the files `inos` happen, then fails the rest.
+    pub fn arm(inos: &[u64], n: u64) {
+        let c: Countdown = Arc::new(Mutex::new(Some(n)));
+        let mut g = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        let map = g.get_or_insert_with(HashMap::new);
+        for &i in inos {
+            map.insert(i, Arc::clone(&c));
+        }
+    }
+
+    /// Forgets the files `inos`.
+    pub fn disarm(inos: &[u64]) {
+        let mut g = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = g.as_mut() {
+            for i in inos {
+                map.remove(i);
+            }
+        }
+    }
+
+    pub fn point(file: &std::fs::File) -> std::io::Result<()> {
+        let Ok(ino) = file.metadata().map(|m| m.ino()) else {
+            return Ok(());
+        };
+        let c = {
+            let g = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+            match g.as_ref().and_then(|m| m.get(&ino)) {
+                Some(c) => Arc::clone(c),
+                None => return Ok(()),
+            }
+        };
+        let mut left = c.lock().unwrap_or_else(|e| e.into_inner());
+        match *left {
+            Some(0) | None => {
+                *left = None;
+                Err(std::io::Error::other("crash point: process is dead"))
+            }
+            Some(n) => {
+                *left = Some(n - 1);
+                Ok(())
+            }
         }
     }
 }

@@ -58,6 +58,22 @@ pub struct Meta {
     /// Clusters found at load with a refcount but no reference: what a
     /// crash leaves of a reservation batch.
     pub leaked: Vec<u64>,
+    /// Where the next write-ahead record goes (see `wal`).
+    pub log: LogCursor,
+}
+
+/// The write-ahead log's current epoch and its next free slot.
+#[derive(Debug, Clone, Copy)]
+pub struct LogCursor {
+    pub epoch: u64,
+    pub slot: u64,
+}
+
+impl Default for LogCursor {
+    fn default() -> Self {
+        // Epoch 0 counts as committed in a fresh log.
+        Self { epoch: 1, slot: 0 }
+    }
 }
 
 impl Meta {
@@ -216,11 +232,16 @@ impl Meta {
             blocks.insert(b, decode_block(&buf));
             table.insert(b, off);
         }
+        let used = blocks
+            .values()
+            .map(|blk| blk.iter().filter(|&&r| r != 0).count() as u64)
+            .sum();
         let rc = Refcounts {
             table,
             table_len: entries.len(),
             blocks,
             table_offset: h.refcount_table_offset,
+            used,
         };
         check_unique(&mut refs)?;
         for &c in &refs {
@@ -259,6 +280,7 @@ impl Meta {
             hint: 0,
             dirty: Dirty::default(),
             allocating: HashSet::new(),
+            log: LogCursor::default(),
         })
     }
 }

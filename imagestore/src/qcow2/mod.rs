@@ -18,7 +18,9 @@
 //! engine: open, reads and the device; `overlay/write.rs` the write path,
 //! `overlay/commit.rs` the commit that orders metadata after data), `gate`
 //! (the barrier before freed clusters are reused), `io` (positional
-//! syscalls).
+//! syscalls), [`wal`] (the write-ahead log that carries acknowledged table
+//! changes over a crash of the process), `overlay/replay.rs` (applying it
+//! at open).
 
 pub mod create;
 mod gate;
@@ -28,6 +30,7 @@ pub mod l2;
 pub mod meta;
 pub mod overlay;
 pub mod refcount;
+pub mod wal;
 
 pub use crate::error::ImageError;
 pub use overlay::Overlay;

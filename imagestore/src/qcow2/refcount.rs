@@ -25,6 +25,8 @@ pub struct Refcounts {
     pub blocks: BTreeMap<usize, Box<[u16]>>,
     /// Byte offset of the refcount table in the file.
     pub table_offset: u64,
+    /// Clusters with a refcount above 0 (the file's used space).
+    pub used: u64,
 }
 
 /// What [`Refcounts::reserve`] decided: clusters to hand out, and the refcount
@@ -40,6 +42,8 @@ pub struct Reservation {
     pub table_writes: Vec<Write>,
     /// Highest host cluster number touched, plus one (the file must cover it).
     pub end_cluster: u64,
+    /// Refcount blocks this reservation created (each in its own cluster).
+    pub new_blocks: Vec<usize>,
 }
 
 impl Refcounts {
@@ -80,6 +84,7 @@ impl Refcounts {
                     blk[i] = 1;
                     v.insert(blk);
                     self.table.insert(b, c * CLUSTER_SIZE);
+                    self.used += 1;
                     new_blocks.push(b);
                     r.end_cluster = r.end_cluster.max(c + 1);
                 }
@@ -87,6 +92,7 @@ impl Refcounts {
                     let blk = o.get_mut();
                     if blk[i] == 0 {
                         blk[i] = 1;
+                        self.used += 1;
                         r.clusters.push(c);
                         r.end_cluster = r.end_cluster.max(c + 1);
                         let e = changed.entry(b).or_insert((i, i));
@@ -109,7 +115,29 @@ impl Refcounts {
         for (b, (lo, hi)) in changed {
             r.block_writes.push(self.block_range(b, lo, hi));
         }
+        r.new_blocks = new_blocks;
         r
+    }
+
+    /// Takes back a reservation whose writes failed, in memory only: its
+    /// clusters are free again and its new blocks forgotten (whatever of
+    /// it reached the file only leaks clusters until the next open).
+    pub fn unreserve(&mut self, r: &Reservation) {
+        for &c in &r.clusters {
+            let (b, i) = split(c);
+            if let Some(blk) = self.blocks.get_mut(&b) {
+                if blk[i] != 0 {
+                    blk[i] = 0;
+                    self.used -= 1;
+                }
+            }
+        }
+        for b in &r.new_blocks {
+            if let Some(blk) = self.blocks.remove(b) {
+                self.used -= blk.iter().filter(|&&v| v != 0).count() as u64;
+            }
+            self.table.remove(b);
+        }
     }
 
     /// Sets the refcounts of `clusters` (all in existing blocks) to zero and
@@ -119,6 +147,9 @@ impl Refcounts {
         for &c in clusters {
             let (b, i) = split(c);
             if let Some(blk) = self.blocks.get_mut(&b) {
+                if blk[i] != 0 {
+                    self.used -= 1;
+                }
                 blk[i] = 0;
                 let e = changed.entry(b).or_insert((i, i));
                 e.0 = e.0.min(i);
@@ -176,6 +207,7 @@ mod tests {
             table_len: 8192,
             blocks: BTreeMap::from([(0, blk)]),
             table_offset: 2 * CLUSTER_SIZE,
+            used: 4,
         }
     }
 
@@ -234,6 +266,21 @@ mod tests {
             .expect("new block written whole");
         assert_eq!(full.data.len(), CLUSTER_SIZE as usize);
         assert_eq!(&full.data[..6], &[0, 1, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn unreserve_restores_the_state_before() {
+        let mut rc = fresh();
+        let mut hint = RB_ENTRIES as u64 - 2;
+        let r = rc.reserve(4, &mut hint);
+        assert_eq!(r.new_blocks, vec![1]);
+        assert_eq!(rc.used, 4 + 5);
+        rc.unreserve(&r);
+        assert_eq!(rc.used, 4);
+        assert_eq!(rc.entry(1), 0);
+        assert_eq!(rc.end_of_used(), 4);
+        let mut hint = RB_ENTRIES as u64 - 2;
+        assert_eq!(rc.reserve(4, &mut hint).clusters, r.clusters);
     }
 
     #[test]

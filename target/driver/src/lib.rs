@@ -4,11 +4,13 @@
 //! and executes their SCSI commands against [`block::BlockDevice`]s through
 //! [`lun::Lun`]. The caller binds the listener and passes it in.
 
+mod admission;
 pub mod block;
 pub mod events;
 pub mod fileio;
 pub mod lun;
 pub mod mem;
+mod outbox;
 pub mod raw;
 pub mod server;
 mod session;

@@ -15,8 +15,7 @@ use iscsi_proto::scsi::removable;
 use iscsi_proto::scsi::sbc::{self, BlockOp, Geometry};
 use iscsi_proto::scsi::sense::Sense;
 use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, TmfFunction, TmfResponse};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod sanitize;
@@ -58,6 +57,10 @@ const LBA_STATUS_SPAN: u64 = 1 << 20;
 /// from where the answer ends.
 const LBA_STATUS_SPANS: usize = 64;
 
+mod pr_file;
+
+const PR_OUT: u8 = 0x5F;
+
 pub struct Lun {
     device: Arc<dyn BlockDevice>,
     geo: Geometry,
@@ -90,7 +93,7 @@ impl Lun {
             max_transfer_blocks: 0,
         };
         let pr = match &config.pr_state {
-            Some(path) => load_pr(path)?,
+            Some(path) => pr_file::load_pr(path)?,
             None => PrState::default(),
         };
         let id = Identity {
@@ -144,19 +147,36 @@ impl Lun {
                 return block_error(&e, true);
             }
         }
-        let (spc, write_through, geo) = {
+        // PERSISTENT RESERVE OUT with a state file runs alone from its change
+        // to the file's save, so a failed save rolls back exactly its change.
+        let saving = self.pr_file.is_some() && cdb::Cdb(&cmd.cdb).opcode() == PR_OUT;
+        let _saving = match saving {
+            true => Some(self.pr_persist.lock().await),
+            false => None,
+        };
+        let (spc, write_through, geo, pr_before) = {
             let mut lu = self.lock();
+            let before = saving.then(|| lu.pr.clone());
             let spc = lu.spc(nexus, cmd.lun, &cmd.cdb, &cmd.data_out);
             (
                 spc,
                 lu.write_through() && self.volatile_cache,
                 lu.current_geo(),
+                before,
             )
         };
         match spc {
             Spc::Done { result, pr_changed } => {
                 if pr_changed {
-                    self.persist_pr().await;
+                    if let Err(e) = self.save_pr().await {
+                        // Memory and file must agree: what could not be
+                        // saved did not happen, and the initiator is told.
+                        tracing::error!("persistent reservation state not saved: {e}");
+                        if let Some(before) = pr_before {
+                            self.lock().pr = before;
+                        }
+                        return Sense::INTERNAL_TARGET_FAILURE.into_result();
+                    }
                 }
                 return result;
             }
@@ -379,20 +399,16 @@ impl Lun {
         Ok(())
     }
 
-    /// Writes the PR state file (tmp + fsync + rename). A failure is logged:
-    /// the command already took effect in memory.
-    async fn persist_pr(&self) {
+    /// Writes the PR state file (tmp + fsync + rename); the caller holds
+    /// `pr_persist`.
+    async fn save_pr(&self) -> std::io::Result<()> {
         let Some(path) = self.pr_file.clone() else {
-            return;
+            return Ok(());
         };
-        let _g = self.pr_persist.lock().await;
         let bytes = self.lock().pr.encode();
-        let res = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("persistent reservation state not saved: {e}"),
-            Err(e) => tracing::warn!("persistent reservation state not saved: {e}"),
-        }
+        tokio::task::spawn_blocking(move || pr_file::write_atomic(&path, &bytes))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Carries out a task management function's effect on this LU.
@@ -429,44 +445,6 @@ fn miscompare(at: usize) -> ScsiResult {
     Sense::MISCOMPARE_DURING_VERIFY
         .with_info(u32::try_from(at).unwrap_or(u32::MAX))
         .into_result()
-}
-
-/// Loads PR state; a missing file is an empty state. State saved without
-/// APTPL does not survive a restart (SPC-4 5.9.4).
-fn load_pr(path: &Path) -> Result<PrState, LunError> {
-    let err = |source| LunError::PrState {
-        path: path.to_path_buf(),
-        source,
-    };
-    match std::fs::read(path) {
-        Ok(b) => {
-            let st = PrState::decode(&b).ok_or_else(|| {
-                err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "malformed persistent reservation state",
-                ))
-            })?;
-            Ok(if st.aptpl { st } else { PrState::default() })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
-        Err(e) => Err(err(e)),
-    }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Maps a device error to its sense data.
@@ -885,6 +863,34 @@ mod tests {
         // A corrupt file is reported, not ignored.
         std::fs::write(&path, b"garbage")?;
         assert!(Lun::new(dev, config(Some(path))).is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_reservation_that_cannot_be_saved_fails_and_is_undone() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        // The state file's directory does not exist (yet): saving fails.
+        let sub = dir.path().join("gone");
+        let path = sub.join("lun0.pr");
+        let lun = Lun::new(
+            Arc::new(MemDevice::new(512, 64, false)),
+            config(Some(path.clone())),
+        )?;
+        let a = nexus(1);
+        attach(&lun, &a).await;
+        let r = pr_out(&lun, &a, 0, 0, 0, 0x1234).await;
+        assert_eq!(r.status, ScsiStatus::CHECK_CONDITION);
+        assert_eq!(sense(&r), Some((0x04, 0x44, 0x00)));
+        // Memory agrees with the (absent) file: no registration, generation unchanged.
+        assert_eq!(read_keys(&lun, &a).await, (0, vec![]));
+        // Once the file can be written, the same command succeeds and is kept.
+        std::fs::create_dir(&sub)?;
+        assert_eq!(
+            pr_out(&lun, &a, 0, 0, 0, 0x1234).await.status,
+            ScsiStatus::GOOD
+        );
+        assert_eq!(read_keys(&lun, &a).await, (1, vec![0x1234]));
+        assert!(path.exists());
         Ok(())
     }
 

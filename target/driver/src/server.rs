@@ -12,14 +12,19 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 /// Limits and timers for every connection of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Connections served at once; more are closed right after accept.
+    /// Connections served at once. At the cap, the oldest connection not yet
+    /// logged in (from the source holding most) is evicted; if every slot
+    /// holds a session, the newcomer is closed right after accept.
     pub max_connections: usize,
+    /// The same for one source address (evicting that source's oldest
+    /// connection not logged in), so one machine cannot take every slot.
+    pub max_connections_per_source: usize,
     pub login_timeout: Duration,
     pub nop_interval: Duration,
     pub idle_timeout: Duration,
@@ -31,6 +36,13 @@ pub struct ServerConfig {
     pub max_transfer: u32,
     /// Write data solicited and not yet received, per connection.
     pub r2t_budget: u64,
+    /// Reply bytes one connection may owe (queued, unsent, or of reads
+    /// still running) before it stops reading from its socket and holds its
+    /// CmdSN window shut.
+    pub max_backlog: usize,
+    /// The same for all connections together: over it, every connection
+    /// with replies unsent stops reading until they are sent.
+    pub max_backlog_total: usize,
     pub portal_group_tag: u16,
     /// How long shutdown waits for initiators to log out.
     pub shutdown_grace: Duration,
@@ -40,6 +52,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_source: 64,
             login_timeout: Duration::from_secs(15),
             nop_interval: Duration::from_secs(10),
             // iPXE never answers pings and its session is abandoned at the
@@ -52,6 +65,8 @@ impl Default for ServerConfig {
             cmd_window: 128,
             max_transfer: 8 << 20,
             r2t_budget: 32 << 20,
+            max_backlog: 16 << 20,
+            max_backlog_total: 256 << 20,
             portal_group_tag: 1,
             shutdown_grace: Duration::from_secs(2),
         }
@@ -78,6 +93,34 @@ impl Target {
     }
 }
 
+/// What identifies a session for reinstatement: the I_T nexus (RFC 7143
+/// 4.4.3: initiator name and ISID *to one target*). A login can end only the
+/// session it would replace, at the target it passed authentication for.
+/// Discovery sessions are kept apart, one key per connection: an
+/// unauthenticated discovery login must never end a session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum SessionKey {
+    Normal {
+        initiator: String,
+        isid: [u8; 6],
+        target: String,
+    },
+    Discovery(u64),
+}
+
+impl SessionKey {
+    pub(crate) fn of(info: &iscsi_proto::conn::SessionInfo, conn_id: u64) -> Self {
+        match (&info.session_type, &info.target_name) {
+            (iscsi_proto::conn::SessionType::Normal, Some(t)) => Self::Normal {
+                initiator: info.initiator_name.clone(),
+                isid: info.isid,
+                target: t.clone(),
+            },
+            _ => Self::Discovery(conn_id),
+        }
+    }
+}
+
 /// A live session as the registry knows it.
 pub(crate) struct SessionEntry {
     pub tsih: u16,
@@ -98,9 +141,11 @@ pub enum ServerError {
 pub struct Server {
     pub(crate) config: ServerConfig,
     targets: RwLock<HashMap<String, Arc<Target>>>,
-    /// Live sessions by (initiator name, ISID).
-    pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionEntry>>,
+    /// Live sessions by I_T nexus (discovery sessions by connection).
+    pub(crate) sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_tsih: AtomicU16,
+    /// Reply bytes handed to connection writers and not yet written.
+    pub(crate) unsent_total: std::sync::atomic::AtomicUsize,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
     observer: std::sync::OnceLock<crate::events::SessionObserver>,
@@ -114,6 +159,7 @@ impl Server {
             targets: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
+            unsent_total: std::sync::atomic::AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             observer: std::sync::OnceLock::new(),
@@ -197,6 +243,7 @@ impl Server {
             cmd_window: c.cmd_window,
             max_transfer: c.max_transfer,
             r2t_budget: c.r2t_budget,
+            max_backlog: c.max_backlog,
             login_timeout: c.login_timeout,
             nop_interval: c.nop_interval,
             idle_timeout: c.idle_timeout,
@@ -230,7 +277,10 @@ impl Server {
     /// Accepts connections until [`Server::shutdown`], then waits for every
     /// connection to end and flushes every LUN.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let admission = crate::admission::Admission::new(
+            self.config.max_connections,
+            self.config.max_connections_per_source,
+        );
         let mut stop = self.shutdown_signal();
         let mut conns = JoinSet::new();
         loop {
@@ -246,15 +296,12 @@ impl Server {
                             continue;
                         }
                     };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    let Some(ticket) = admission.admit(peer.ip(), self.alloc_conn_id()) else {
                         tracing::warn!(%peer, "connection limit reached; closing");
                         continue;
                     };
                     let server = self.clone();
-                    conns.spawn(async move {
-                        session::run(server, stream, peer).await;
-                        drop(permit);
-                    });
+                    conns.spawn(session::run(server, stream, peer, ticket));
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 // wait_for also sees a shutdown requested before serve started.
@@ -336,12 +383,26 @@ impl TargetDirectory for Directory<'_> {
         out
     }
 
-    fn session_exists(&self, initiator: &str, isid: &[u8; 6], tsih: u16) -> bool {
+    fn session_exists(
+        &self,
+        initiator: &str,
+        isid: &[u8; 6],
+        target: Option<&str>,
+        tsih: u16,
+    ) -> bool {
+        let Some(target) = target else {
+            return false;
+        };
+        let key = SessionKey::Normal {
+            initiator: initiator.to_string(),
+            isid: *isid,
+            target: target.to_string(),
+        };
         self.server
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(initiator.to_string(), *isid))
+            .get(&key)
             .is_some_and(|s| s.tsih == tsih)
     }
 }

@@ -2,8 +2,10 @@
 //! [`Connection`], runs its SCSI commands concurrently on the LUNs, and
 //! keeps the session registry current.
 
+use crate::admission::Ticket;
 use crate::events::SessionEvent;
-use crate::server::{Directory, Server, SessionEntry, Target};
+use crate::outbox::Outbox;
+use crate::server::{Directory, Server, SessionEntry, SessionKey, Target};
 use bytes::BytesMut;
 use iscsi_proto::conn::{Connection, Event, SessionInfo, SessionType, TmfRequest};
 use iscsi_proto::scsi::spc;
@@ -13,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
@@ -36,11 +38,13 @@ struct State {
     done_tx: mpsc::UnboundedSender<(u32, ScsiResult)>,
     peer: SocketAddr,
     logged_out: bool,
+    /// This connection's slot (held until the connection ends).
+    ticket: Option<Ticket>,
     /// The server's command observer, fetched once for the connection.
     observer: Option<crate::events::CommandObserver>,
 }
 
-pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, ticket: Ticket) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -49,29 +53,20 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
         }
     };
     tune_socket(&stream);
-    let (mut rd, mut wr) = stream.into_split();
-    // The writer runs on its own so that a slow reader on the other side
-    // never stops us from taking in its commands.
-    let (tx_out, mut rx_out) = mpsc::unbounded_channel::<BytesMut>();
-    let writer = tokio::spawn(async move {
-        while let Some(buf) = rx_out.recv().await {
-            if wr.write_all(&buf).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let (mut rd, wr) = stream.into_split();
+    let out = Outbox::spawn(wr, server.clone());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut st = State {
         conn: Connection::new(server.conn_config(), Instant::now()),
-        conn_id: server.alloc_conn_id(),
-        kill: Arc::new(Notify::new()),
+        conn_id: ticket.id,
+        kill: ticket.kill.clone(),
         info: None,
         bound: None,
         done_tx,
         server,
         peer,
         logged_out: false,
+        ticket: Some(ticket),
         observer: None,
     };
     st.observer = st.server.command_observer();
@@ -86,21 +81,17 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
                 None => std::future::pending().await,
             }
         };
+        // While the initiator owes us reading (our backlog is over the
+        // cap), its socket is not read: its PDUs wait in the kernel.
+        let reading = st.conn.wants_input();
+        let draining = st.conn.waits_for_drain();
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = rd.read_buf(&mut buf), if reading => match r {
                 Ok(0) => break Ok(()),
-                Ok(_) => {
-                    let dir = Directory { server: &st.server, local };
-                    if let Err(e) = st.conn.handle_input(&mut buf, &dir, Instant::now()) {
-                        flush_out(&mut st.conn, &tx_out);
-                        break Err(e.to_string());
-                    }
-                    if buf.capacity() - buf.len() < 4096 {
-                        buf.reserve(READ_CHUNK);
-                    }
-                }
+                Ok(_) => {}
                 Err(e) => break Err(format!("read: {e}")),
             },
+            _ = out.drained(), if draining => {}
             Some((itt, res)) = done_rx.recv() => {
                 st.conn.complete_command(itt, res);
                 // Take every completion that is ready: one write for all.
@@ -115,7 +106,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
             }
             _ = st.kill.notified() => {
                 st.conn.close();
-                break Err("session reinstated or target removed".into());
+                break Err("ended by the server (reinstated, target removed, or evicted before login)".into());
             }
             _ = async { stop.wait_for(|s| *s).await.map(|_| ()) }, if !stopping => {
                 stopping = true;
@@ -128,10 +119,25 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
                 });
             }
         }
+        st.conn.set_unsent(out.unsent(), out.cap());
+        // Input just read, or held back until the backlog drained.
+        if !buf.is_empty() && st.conn.wants_input() {
+            let dir = Directory {
+                server: &st.server,
+                local,
+            };
+            if let Err(e) = st.conn.handle_input(&mut buf, &dir, Instant::now()) {
+                flush_out(&mut st.conn, &out);
+                break Err(e.to_string());
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(READ_CHUNK);
+            }
+        }
         while let Some(ev) = st.conn.poll_event() {
             st.on_event(ev);
         }
-        flush_out(&mut st.conn, &tx_out);
+        flush_out(&mut st.conn, &out);
         if st.conn.is_closed() {
             break Ok(());
         }
@@ -154,8 +160,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
         });
     }
     st.unregister();
-    drop(tx_out);
-    let _ = writer.await;
+    out.finish().await;
 }
 
 /// What the command observer needs of a command, kept from its arrival.
@@ -180,9 +185,9 @@ impl Watch {
     }
 }
 
-fn flush_out(conn: &mut Connection, tx: &mpsc::UnboundedSender<BytesMut>) {
+fn flush_out(conn: &mut Connection, out: &Outbox) {
     if let Some(b) = conn.poll_transmit() {
-        let _ = tx.send(b);
+        out.send(b);
     }
 }
 
@@ -208,14 +213,20 @@ impl State {
     }
 
     fn logged_in(&mut self, info: SessionInfo) {
-        let key = (info.initiator_name.clone(), info.isid);
+        if let Some(t) = &self.ticket {
+            t.logged_in();
+        }
+        let key = SessionKey::of(&info, self.conn_id);
         let entry = SessionEntry {
             tsih: info.tsih,
             conn_id: self.conn_id,
             kill: self.kill.clone(),
             target: info.target_name.clone(),
         };
-        // Same initiator and ISID: session reinstatement ends the old one.
+        // Same initiator, ISID and target: session reinstatement ends the
+        // old one. The login got here only after passing the target's
+        // authorization and CHAP; a discovery key is unique to this
+        // connection and replaces nothing.
         if let Some(old) = self
             .server
             .sessions
@@ -357,7 +368,7 @@ impl State {
         let Some(info) = &self.info else {
             return;
         };
-        let key = (info.initiator_name.clone(), info.isid);
+        let key = SessionKey::of(info, self.conn_id);
         let mut sessions = self
             .server
             .sessions

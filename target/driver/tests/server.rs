@@ -2,148 +2,15 @@
 //! from the protocol crate's own encoder: session reinstatement, isolation
 //! of a hostile connection, the connection cap and orderly shutdown.
 
-use bytes::{Bytes, BytesMut};
-use iscsi_proto::pdu::{self, Digests, LoginRequest, RawPdu, Request, ScsiCommandPdu};
-use iscsi_proto::text::Pairs;
-use iscsi_target::lun::{Lun, LunConfig};
-use iscsi_target::mem::MemDevice;
-use iscsi_target::{Server, ServerConfig, Target};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod common;
+
+use common::*;
+use iscsi_proto::pdu::{self, Request};
+use iscsi_target::ServerConfig;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::time::timeout;
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-const IQN: &str = "iqn.2026-11.test:server";
-const LIMIT: Duration = Duration::from_secs(10);
-
-async fn start(
-    config: ServerConfig,
-) -> Res<(Arc<Server>, SocketAddr, tokio::task::JoinHandle<()>)> {
-    let lun = Lun::new(
-        Arc::new(MemDevice::new(512, 2048, false)),
-        LunConfig {
-            serial: "s1".into(),
-            naa_id: 1,
-            vendor: "BOOTD".into(),
-            product: "test".into(),
-            pr_state: None,
-            removable: false,
-        },
-    )?;
-    let server = Server::new(config);
-    server.add_target(Target {
-        iqn: IQN.into(),
-        alias: None,
-        luns: BTreeMap::from([(0, Arc::new(lun))]),
-        allowed_initiators: None,
-        chap: None,
-    })?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let srv = server.clone();
-    let task = tokio::spawn(async move {
-        let _ = srv.serve(listener).await;
-    });
-    Ok((server, addr, task))
-}
-
-/// Reads one target PDU.
-async fn read_pdu(s: &mut TcpStream) -> Res<RawPdu> {
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(len) = pdu::frame_len(&buf, Digests::default(), 1 << 24)? {
-            return Ok(RawPdu::parse(
-                buf.split_to(len).freeze(),
-                Digests::default(),
-            )?);
-        }
-        if timeout(LIMIT, s.read_buf(&mut buf)).await?? == 0 {
-            return Err("connection closed".into());
-        }
-    }
-}
-
-async fn send(s: &mut TcpStream, req: &Request) -> Res<()> {
-    let mut out = BytesMut::new();
-    req.encode(&mut out, Digests::default());
-    s.write_all(&out).await?;
-    Ok(())
-}
-
-/// Logs in to a normal session straight from the operational stage.
-async fn login(addr: SocketAddr, isid: [u8; 6]) -> Res<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
-    let mut keys = Pairs::default();
-    keys.push("InitiatorName", "iqn.2026-11.test:init");
-    keys.push("TargetName", IQN);
-    keys.push("SessionType", "Normal");
-    send(
-        &mut s,
-        &Request::Login(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: 1,
-            nsg: 3,
-            version_max: 0,
-            version_min: 0,
-            isid,
-            tsih: 0,
-            itt: 1,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: keys.encode(),
-        }),
-    )
-    .await?;
-    let r = read_pdu(&mut s).await?;
-    assert_eq!(r.opcode(), pdu::op::LOGIN_RESPONSE);
-    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0), "login status");
-    Ok(s)
-}
-
-/// TEST UNIT READY; returns the SCSI status.
-async fn tur(s: &mut TcpStream, itt: u32, cmd_sn: u32) -> Res<u8> {
-    let mut cdb = vec![0u8; 16];
-    cdb[0] = 0x00;
-    send(
-        s,
-        &Request::ScsiCommand(ScsiCommandPdu {
-            immediate: false,
-            final_: true,
-            read: false,
-            write: false,
-            attr: 1,
-            lun: 0,
-            itt,
-            expected_len: 0,
-            cmd_sn,
-            exp_stat_sn: 0,
-            cdb: Bytes::from(cdb),
-            data: Bytes::new(),
-        }),
-    )
-    .await?;
-    let r = read_pdu(s).await?;
-    assert_eq!(r.opcode(), pdu::op::SCSI_RESPONSE);
-    Ok(r.bhs[3])
-}
-
-async fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 512];
-    loop {
-        match timeout(LIMIT, s.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
 
 #[tokio::test]
 async fn same_isid_reinstates_new_isid_coexists() -> Res<()> {

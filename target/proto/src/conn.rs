@@ -45,6 +45,11 @@ pub struct ConnConfig {
     /// one initiator can make us buffer (unsolicited data is bounded by
     /// FirstBurstLength times the CmdSN window).
     pub r2t_budget: u64,
+    /// Reply bytes a connection may have queued, unsent or owed (reads
+    /// still running) before it stops taking PDUs from the initiator and
+    /// stops opening the CmdSN window: what an initiator that never reads
+    /// can make us hold is this plus one command's reply.
+    pub max_backlog: usize,
     /// The login must complete within this time.
     pub login_timeout: Duration,
     /// Send a NOP-In ping after this long without any PDU from the initiator.
@@ -93,8 +98,15 @@ pub trait TargetDirectory {
     /// Targets `initiator` may see through SendTargets (only those it may log into).
     fn discover(&self, initiator: &str) -> Vec<DiscoveredTarget>;
     /// Whether a session with this TSIH exists for the initiator and ISID
-    /// (a login with a non-zero TSIH continues that session).
-    fn session_exists(&self, initiator: &str, isid: &[u8; 6], tsih: u16) -> bool;
+    /// with `target` (a login with a non-zero TSIH continues that session;
+    /// `None`: discovery, which never continues anything).
+    fn session_exists(
+        &self,
+        initiator: &str,
+        isid: &[u8; 6],
+        target: Option<&str>,
+        tsih: u16,
+    ) -> bool;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +144,9 @@ pub struct TmfRequest {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Login finished; the driver registers the session and ends any older
-    /// session of the same initiator name and ISID (session reinstatement).
+    /// session of the same initiator name and ISID *with the same target*
+    /// (session reinstatement). A discovery session never ends another: it
+    /// needs no credentials, so it must not be able to cut anyone off.
     LoggedIn(SessionInfo),
     /// A command to execute; answer with [`Connection::complete_command`].
     Command(ScsiCommand),
@@ -237,6 +251,16 @@ pub struct Connection {
     r2t_outstanding: u64,
     /// Some task holds back R2Ts until budget frees up.
     r2t_waiting: bool,
+    /// Reply bytes handed to the driver and not yet on the wire.
+    unsent: usize,
+    /// The driver asks for less backlog than `max_backlog` (every
+    /// connection together is over the server's total).
+    backlog_cap: usize,
+    /// Data-In owed by commands handed out and not yet completed.
+    read_owed: u64,
+    /// A reply went out with MaxCmdSN held back by the backlog; the window
+    /// must be reopened by a NOP-In once it drains.
+    window_held: bool,
 }
 
 impl Connection {
@@ -269,6 +293,10 @@ impl Connection {
             ended_itts: VecDeque::new(),
             r2t_outstanding: 0,
             r2t_waiting: false,
+            unsent: 0,
+            backlog_cap: usize::MAX,
+            read_owed: 0,
+            window_held: false,
         }
     }
 
@@ -301,6 +329,12 @@ impl Connection {
         loop {
             if self.closing {
                 buf.clear();
+                return Ok(());
+            }
+            // Backpressure: an initiator that does not read its replies
+            // gets no more of its PDUs taken in (they stay in `buf` and in
+            // the socket) until the backlog drains.
+            if !self.wants_input() {
                 return Ok(());
             }
             // During login the initiator may send at most 8192 bytes per PDU
@@ -341,12 +375,19 @@ impl Connection {
             self.stat_sn = self.stat_sn.wrapping_add(1);
         }
         // The window shrinks by the commands still running, so an initiator
-        // cannot queue more than `cmd_window` tasks.
-        let free = self
-            .config
-            .cmd_window
-            .max(1)
-            .saturating_sub(self.window_used);
+        // cannot queue more than `cmd_window` tasks, and stays shut while
+        // replies are queued but unsent: it reopens (by the next reply or a
+        // NOP-In) only once the initiator has read them.
+        let free = if self.over_backlog() {
+            self.window_held = true;
+            0
+        } else {
+            self.window_held = false;
+            self.config
+                .cmd_window
+                .max(1)
+                .saturating_sub(self.window_used)
+        };
         let max = self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1);
         if sn_lt(self.max_cmd_sn, max) {
             self.max_cmd_sn = max;
@@ -395,7 +436,10 @@ impl Connection {
         if immediate {
             return self.dispatch(raw, req, dir);
         }
-        if cmd_sn == self.exp_cmd_sn {
+        // Past MaxCmdSN: outside the window we granted (an initiator that
+        // does not read never learns of a new one).
+        let in_window = !sn_lt(self.max_cmd_sn, cmd_sn);
+        if cmd_sn == self.exp_cmd_sn && in_window {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             self.dispatch(raw, req, dir)?;
             // Commands that were waiting for this one.
@@ -406,11 +450,10 @@ impl Connection {
             return Ok(());
         }
         // Outside the window: silently ignored (RFC 7143 4.2.2.1). Inside
-        // but ahead: held until the gap fills.
-        if sn_lt(self.exp_cmd_sn, cmd_sn)
-            && !sn_lt(self.max_cmd_sn, cmd_sn)
-            && self.ahead.len() < self.config.cmd_window as usize
-        {
+        // but ahead: held until the gap fills, within a byte budget, and
+        // never in a discovery session (nothing there needs ordering, and
+        // it needs no credentials).
+        if sn_lt(self.exp_cmd_sn, cmd_sn) && in_window && self.may_hold_ahead(&raw) {
             self.ahead.insert(cmd_sn, (raw, req));
         }
         Ok(())
@@ -472,7 +515,13 @@ impl Connection {
             }
             return;
         }
-        let n = p.data.len().min(self.params.initiator_mrdsl as usize);
+        // The echo is bounded by both sides' segment lengths; what it queues
+        // counts against the backlog like any reply.
+        let n = p
+            .data
+            .len()
+            .min(self.params.initiator_mrdsl as usize)
+            .min(self.params.target_mrdsl as usize);
         let seq = self.seq(true);
         self.send(&Response::NopIn {
             lun: p.lun,
@@ -481,99 +530,6 @@ impl Connection {
             seq,
             data: p.data.slice(..n),
         });
-    }
-}
-
-impl Connection {
-    /// A new Target Transfer Tag.
-    pub(super) fn alloc_ttt(&mut self) -> u32 {
-        next_tag(&mut self.next_ttt)
-    }
-
-    /// Ends the connection after what is queued has been sent (target cold
-    /// reset, shutdown).
-    pub fn close_after_flush(&mut self) {
-        self.closing = true;
-    }
-
-    /// When [`Connection::handle_timeout`] wants to run next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.closing {
-            return None;
-        }
-        match self.phase {
-            Phase::Login => Some(self.login_deadline),
-            Phase::FullFeature => {
-                let idle = self.last_rx + self.config.idle_timeout;
-                let ping = (!self.config.nop_interval.is_zero() && self.ping.is_none())
-                    .then(|| self.last_rx + self.config.nop_interval);
-                Some(ping.map_or(idle, |p| p.min(idle)))
-            }
-        }
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ConnError> {
-        if self.closing {
-            return Ok(());
-        }
-        match self.phase {
-            Phase::Login if now >= self.login_deadline => Err(ConnError::Timeout("login")),
-            Phase::Login => Ok(()),
-            Phase::FullFeature => {
-                if now >= self.last_rx + self.config.idle_timeout {
-                    return Err(ConnError::Timeout("idle"));
-                }
-                if !self.config.nop_interval.is_zero()
-                    && self.ping.is_none()
-                    && now >= self.last_rx + self.config.nop_interval
-                {
-                    let ttt = self.alloc_ttt();
-                    let seq = self.seq(false);
-                    self.send(&Response::NopIn {
-                        lun: 0,
-                        itt: RESERVED_TAG,
-                        ttt,
-                        seq,
-                        data: Bytes::new(),
-                    });
-                    self.ping = Some((ttt, now));
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Asks the initiator to log out (Async Message event 1) within `wait`
-    /// seconds; used on orderly shutdown.
-    pub fn request_logout(&mut self, wait: u16) {
-        if self.phase != Phase::FullFeature || self.closing {
-            return;
-        }
-        let seq = self.seq(true);
-        self.send(&Response::Async {
-            event: 1,
-            param1: 0,
-            param2: 0,
-            param3: wait,
-            seq,
-        });
-    }
-
-    /// Ends the connection at once (its session was reinstated elsewhere, or
-    /// the target shuts down): nothing more is sent.
-    pub fn close(&mut self) {
-        self.closing = true;
-        self.tx.clear();
-    }
-
-    /// True once nothing more will be sent and the socket can be closed.
-    pub fn is_closed(&self) -> bool {
-        self.closing && self.tx.is_empty()
-    }
-
-    /// Commands handed out and not yet completed.
-    pub fn tasks_in_flight(&self) -> usize {
-        self.tasks.values().filter(|t| t.dispatched).count()
     }
 }
 
@@ -588,6 +544,8 @@ fn next_tag(counter: &mut u32) -> u32 {
 }
 
 mod data;
+mod flow;
+mod lifecycle;
 mod login_phase;
 mod text_reply;
 mod tmf;

@@ -83,6 +83,9 @@ pub struct Login {
     pub isid: [u8; 6],
     pub tsih: u16,
     pub cid: u16,
+    /// The target does not exist or refuses this initiator: CHAP is
+    /// pretended and always fails.
+    decoy: bool,
 }
 
 impl Login {
@@ -103,6 +106,7 @@ impl Login {
             isid: [0; 6],
             tsih: 0,
             cid: 0,
+            decoy: false,
         }
     }
 
@@ -260,21 +264,25 @@ impl Login {
                 None => return Err(Self::fail(status::MISSING_PARAMETER, "no TargetName")),
             },
         };
-        if req.tsih != 0 && !dir.session_exists(initiator, &req.isid, req.tsih) {
+        if req.tsih != 0 && !dir.session_exists(initiator, &req.isid, target.as_deref(), req.tsih) {
             return Err(Self::fail(
                 status::SESSION_DOES_NOT_EXIST,
                 format!("no session with TSIH {}", req.tsih),
             ));
         }
         match dir.authorize(initiator, target.as_deref()) {
-            Authorization::NotFound => {
-                return Err(Self::fail(status::NOT_FOUND, "no such target"));
-            }
-            Authorization::Denied => {
-                return Err(Self::fail(
-                    status::AUTHORIZATION_FAILURE,
-                    format!("{initiator} may not log in"),
-                ));
+            // An unknown target, or one this initiator may not use, looks
+            // like a target that wants CHAP with a secret nobody knows: the
+            // login goes through the same steps and ends in the same
+            // authentication failure as wrong credentials, so an
+            // unauthenticated initiator cannot probe which names exist.
+            Authorization::NotFound | Authorization::Denied => {
+                self.decoy = true;
+                self.auth = Auth::ChapRequired(ChapCredentials {
+                    user: String::new(),
+                    secret: (0..16).map(|_| rand::random::<u8>()).collect(),
+                    mutual: None,
+                });
             }
             Authorization::Allowed(None) => self.auth = Auth::Open,
             Authorization::Allowed(Some(creds)) => self.auth = Auth::ChapRequired(creds),
@@ -335,7 +343,12 @@ impl Login {
             return Err(Self::fail(status::INITIATOR_ERROR, "CHAP_R out of order"));
         };
         let expect = chap_response(*id, &creds.secret, challenge);
-        if name != creds.user || decode_binary(resp).as_deref() != Some(&expect[..]) {
+        let answer = decode_binary(resp).unwrap_or_default();
+        // Both compared in full, in constant time: how long the check takes
+        // says nothing about how much of the response was right.
+        let name_ok = ct_eq(name.as_bytes(), creds.user.as_bytes());
+        let response_ok = ct_eq(&answer, &expect);
+        if self.decoy || !(name_ok & response_ok) {
             return Err(Self::fail(
                 status::AUTH_FAILURE,
                 format!("CHAP failed for {name:?}"),
@@ -367,6 +380,16 @@ impl Login {
         self.auth = Auth::Done;
         Ok(())
     }
+}
+
+/// Equality in time that depends only on the lengths.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the compiler from turning the fold into an early-exit compare.
+    std::hint::black_box(diff) == 0
 }
 
 /// MD5(id || secret || challenge) (RFC 1994 4.1).
@@ -436,6 +459,14 @@ mod tests {
         assert_eq!(decode_binary("0xzz"), None);
         assert_eq!(decode_binary("1234"), None);
         assert_eq!(decode_binary("0b!!"), None);
+    }
+
+    #[test]
+    fn constant_time_equality() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert!(ct_eq(b"", b""));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod conformance;
 mod diskless;
+mod hostile_iscsi;
 mod kernel;
 mod netboot;
 mod qemu;

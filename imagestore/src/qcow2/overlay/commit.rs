@@ -5,59 +5,105 @@
 use super::{runs, write_all, Overlay};
 use crate::qcow2::io;
 use crate::qcow2::l2;
-use crate::qcow2::meta::Dirty;
+use crate::qcow2::meta::{Dirty, LogCursor, Meta};
 use crate::qcow2::refcount::Write;
+use crate::qcow2::wal::Wal;
 use crate::qcow2::CLUSTER_SIZE;
 use iscsi_target::block::BlockError;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// The writes of one commit, and the dirty set they came from.
+pub struct Plan {
+    pub dirty: Dirty,
+    /// New L2 tables, written whole before anything points to them.
+    pub first: Vec<Write>,
+    /// Changed L2 entries and L1 entries.
+    pub second: Vec<Write>,
+}
+
+/// Takes the dirty set and what writing it takes.
+pub fn plan(m: &mut Meta) -> Plan {
+    let d = std::mem::take(&mut m.dirty);
+    let mut first = Vec::new();
+    for &t in &d.new_tables {
+        if let (Some(host), Some(table)) = (m.l1[t], &m.l2[t]) {
+            first.push(Write {
+                offset: host,
+                data: l2::encode_table(table),
+            });
+        }
+    }
+    let mut second = Vec::new();
+    for (&t, &(lo, hi)) in &d.entries {
+        if let (Some(host), Some(table)) = (m.l1[t], &m.l2[t]) {
+            second.push(Write {
+                offset: host + lo as u64 * 8,
+                data: l2::encode_table(&table[lo..=hi]),
+            });
+        }
+    }
+    if let (Some(&lo), Some(&hi)) = (d.l1.first(), d.l1.last()) {
+        let entries: Vec<u64> = m.l1[lo..=hi].iter().map(|&t| l2::encode_l1(t)).collect();
+        second.push(Write {
+            offset: m.l1_offset + lo as u64 * 8,
+            data: l2::encode_table(&entries),
+        });
+    }
+    Plan {
+        dirty: d,
+        first,
+        second,
+    }
+}
+
 impl Overlay {
-    /// Writes the table changes made so far; see the module docs.
+    /// Writes the table changes made so far; see the module docs. A failed
+    /// write or sync fails the overlay for good (see [`Overlay::failed`]).
     pub(super) async fn commit(&self) -> Result<(), BlockError> {
+        self.check_failed()?;
         let commit = Arc::clone(&self.commit).lock_owned().await;
-        let (snapshot, first, second, frees) = {
+        if let Some(wal) = &self.wal {
+            // The next epoch writes the file of the epoch before this one:
+            // no late record of that one may land on a newer record there.
+            let next = self.lock().log.epoch + 1;
+            wal.wait_idle((next % 2) as usize).await;
+        }
+        let (snapshot, first, second, frees, epoch) = {
             let mut m = self.lock();
-            let d = std::mem::take(&mut m.dirty);
-            let mut first = Vec::new();
-            for &t in &d.new_tables {
-                if let (Some(host), Some(table)) = (m.l1[t], &m.l2[t]) {
-                    first.push(Write {
-                        offset: host,
-                        data: l2::encode_table(table),
-                    });
-                }
-            }
-            let mut second = Vec::new();
-            for (&t, &(lo, hi)) in &d.entries {
-                if let (Some(host), Some(table)) = (m.l1[t], &m.l2[t]) {
-                    second.push(Write {
-                        offset: host + lo as u64 * 8,
-                        data: l2::encode_table(&table[lo..=hi]),
-                    });
-                }
-            }
-            if let (Some(&lo), Some(&hi)) = (d.l1.first(), d.l1.last()) {
-                let entries: Vec<u64> = m.l1[lo..=hi].iter().map(|&t| l2::encode_l1(t)).collect();
-                second.push(Write {
-                    offset: m.l1_offset + lo as u64 * 8,
-                    data: l2::encode_table(&entries),
-                });
-            }
-            let frees = d.frees.clone();
-            (d, first, second, frees)
+            let epoch = m.log.epoch;
+            m.log = LogCursor {
+                epoch: epoch + 1,
+                slot: 0,
+            };
+            let p = plan(&mut m);
+            let frees = p.dirty.frees.clone();
+            (p.dirty, p.first, p.second, frees, epoch)
         };
-        // Until the tables are on disk, a failure or a cancelled request
-        // leaves everything dirty for the next commit.
+        // Until the tables are on disk, a cancelled request leaves
+        // everything dirty for the next commit.
         let mut restore = Restore {
             overlay: self,
             dirty: Some(snapshot),
         };
+        let (wal, failed) = (self.wal.clone(), Arc::clone(&self.failed));
         let commit = io::blocking(&self.file, move |f| {
-            write_all(f, &first)?;
-            f.sync_data()?;
-            if !second.is_empty() {
-                write_all(f, &second)?;
-                f.sync_data()?;
+            let r = (|| {
+                write_all(f, &first)?;
+                io::sync(f)?;
+                if !second.is_empty() {
+                    write_all(f, &second)?;
+                    io::sync(f)?;
+                }
+                match &wal {
+                    Some(w) => w.set_committed(epoch),
+                    None => Ok(()),
+                }
+            })();
+            if let Err(e) = r {
+                // Set here, not by the caller: the caller may be gone.
+                fail(&failed, wal.as_deref());
+                return Err(e);
             }
             Ok(commit)
         })
@@ -91,6 +137,16 @@ impl Overlay {
             Ok(())
         })
         .await
+    }
+}
+
+/// Marks an overlay failed after a failed sync: from then on it refuses
+/// I/O, and its log is dropped so that no reopen replays writes whose
+/// durability is unknown.
+pub fn fail(failed: &AtomicBool, wal: Option<&Wal>) {
+    failed.store(true, Ordering::SeqCst);
+    if let Some(w) = wal {
+        w.drop_all();
     }
 }
 

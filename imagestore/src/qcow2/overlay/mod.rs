@@ -19,6 +19,16 @@
 //!   sets their "allocated" bits in the in-memory L2 entry, so a concurrent
 //!   read either sees the old mapping or fully written data. Later first
 //!   writes to other subclusters of the cluster reuse its host cluster.
+//! * Every table change is also appended to the write-ahead log (see
+//!   [`crate::qcow2::wal`]) after its data is written and before the
+//!   request completes: an acknowledged write survives a crash of the
+//!   process even without a flush, and the next open replays the log.
+//! * Reservations take real disk blocks (`fallocate`), so the data and the
+//!   L2 tables they will need can be written when the disk is nearly full;
+//!   a failed reservation is undone in memory and reported as no space.
+//! * A failed sync fails the overlay: every later request gets an error
+//!   until it is reopened, and the log is dropped, so nothing pretends that
+//!   writes since the last good commit are durable.
 //! * L2/L1 changes reach the file in [`Overlay::flush`] (and FUA): new L2
 //!   tables are written, `fdatasync` (data and tables durable), then the
 //!   changed L2 entries and L1 entries are written from a snapshot taken
@@ -45,6 +55,9 @@
 //! claim set; reads of allocated clusters never wait for writes.
 
 mod commit;
+#[cfg(test)]
+mod crashpoints;
+mod replay;
 mod write;
 
 use super::gate::Gate;
@@ -52,12 +65,13 @@ use super::io;
 use super::l2::{Entry, Layout, Sub};
 use super::meta::Meta;
 use super::refcount::Write;
+use super::wal::{self, Pending, Wal};
 use super::{header::Header, ImageError, CLUSTER_SIZE};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use iscsi_target::block::{Allocation, BlockDevice, BlockError, Capabilities, Extent};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -106,6 +120,32 @@ pub struct Overlay {
     writers: tokio::sync::Semaphore,
     /// Cleared when the filesystem refuses `RWF_NOWAIT`.
     nowait_reads: AtomicBool,
+    /// The write-ahead log (read-write overlays only).
+    wal: Option<Arc<Wal>>,
+    /// Set by the first failed sync; see the module docs.
+    failed: Arc<AtomicBool>,
+    limits: Mutex<Limits>,
+    recovered: Recovered,
+}
+
+/// Space limits checked before clusters are reserved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// The overlay file may use at most this many bytes (a per-node quota).
+    pub quota_bytes: Option<u64>,
+    /// Writes that need new space fail while the filesystem has less than
+    /// this free, so that a full disk is met with a clear error while
+    /// every other overlay can still commit its tables.
+    pub reserve_free_bytes: u64,
+}
+
+/// What the open found of a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Write-ahead records replayed into the tables.
+    pub replayed: usize,
+    /// Why records were found but not replayed (an earlier boot), if so.
+    pub dropped: Option<String>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -213,35 +253,27 @@ impl Overlay {
                 )));
             }
         }
+        let ino = meta_fs.ino();
+        let found = wal::read(path, ino)?;
         let mut meta = Meta::load(&file, &header, file_len)?;
-        if !read_only && !meta.leaked.is_empty() {
-            // What `qemu-img check -r leaks` would do: nothing references
-            // these, so dropping their refcounts is safe at any moment.
-            let leaked = std::mem::take(&mut meta.leaked);
-            let writes = meta.rc.release(&leaked);
-            let end = meta.rc.end_of_used() * CLUSTER_SIZE;
-            write_all(&file, &writes)
-                .and_then(|()| {
-                    runs(leaked).into_iter().try_for_each(|(c, n)| {
-                        io::punch_hole(&file, c * CLUSTER_SIZE, n * CLUSTER_SIZE)
-                    })
-                })
-                // Durable zero refcounts before the file loses those clusters.
-                .and_then(|()| file.sync_data())
-                .and_then(|()| {
-                    if file_len > end {
-                        file.set_len(end)
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map_err(at)?;
-        }
-        if !read_only && header.autoclear_features != 0 {
-            // Autoclear features we do not maintain must be cleared before writing.
-            file.write_all_at(&[0u8; 8], super::header::AUTOCLEAR_OFFSET)
-                .and_then(|()| file.sync_data())
-                .map_err(at)?;
+        replay::apply(&mut meta, &found.records, backing.is_some())?;
+        let recovered = Recovered {
+            replayed: found.records.len(),
+            dropped: found.dropped,
+        };
+        let mut log = None;
+        if !read_only {
+            if header.autoclear_features != 0 {
+                // Autoclear features we do not maintain must be cleared before writing.
+                file.write_all_at(&[0u8; 8], super::header::AUTOCLEAR_OFFSET)
+                    .and_then(|()| io::sync(&file))
+                    .map_err(at)?;
+            }
+            replay::commit_and_release(&file, &mut meta, || {
+                log = Some(Arc::new(Wal::start(path, ino)?));
+                Ok(())
+            })
+            .map_err(at)?;
         }
         Ok(Self {
             layout: meta.layout,
@@ -265,7 +297,74 @@ impl Overlay {
             allocated: Notify::new(),
             writers: tokio::sync::Semaphore::new(WRITERS),
             nowait_reads: AtomicBool::new(true),
+            wal: log,
+            failed: Arc::new(AtomicBool::new(false)),
+            limits: Mutex::new(Limits::default()),
+            recovered,
         })
+    }
+
+    /// What this open found of a crash (for the opener's log).
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    /// Whether a failed sync has failed the overlay (until reopened).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Sets the space limits for later reservations.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_failed(&self) -> Result<(), BlockError> {
+        if self.failed() {
+            return Err(BlockError::Io(std::io::Error::other(
+                "overlay failed after a write-back error; it must be reopened",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Assigns log slots to `ops` (under the metadata lock, so the log
+    /// keeps the order of the changes); write them with [`Self::log_write`]
+    /// before the request completes.
+    fn log_take(&self, m: &mut Meta, ops: &[wal::Op]) -> Option<Pending> {
+        let w = self.wal.as_ref()?;
+        if ops.is_empty() {
+            return None;
+        }
+        let (epoch, first) = (m.log.epoch, m.log.slot);
+        m.log.slot += ops.len() as u64;
+        let mut bytes = Vec::with_capacity(ops.len() * wal::REC);
+        for (i, &op) in ops.iter().enumerate() {
+            let r = wal::Record {
+                epoch,
+                slot: first + i as u64,
+                op,
+            };
+            bytes.extend_from_slice(&r.encode());
+        }
+        Some(w.pending((epoch % 2) as usize, first, bytes))
+    }
+
+    async fn log_write(&self, p: Option<Pending>) -> Result<(), BlockError> {
+        let Some(p) = p else { return Ok(()) };
+        // A 64-byte append to a cached page: usually no reason to leave
+        // the worker thread.
+        if p.write_nowait().map_err(io::block_error)? {
+            return Ok(());
+        }
+        match tokio::task::spawn_blocking(move || p.write()).await {
+            Ok(r) => r.map_err(io::block_error),
+            Err(e) => Err(BlockError::Io(std::io::Error::other(e))),
+        }
     }
 
     /// Commits everything and returns reserved but unused clusters to the
@@ -290,7 +389,7 @@ impl Overlay {
         io::blocking(&self.file, move |f| {
             let _alloc = alloc;
             write_all(f, &writes.0)?;
-            f.sync_data()?;
+            io::sync(f)?;
             // Drop the unused (sparse) tail the last reservation grew.
             if f.metadata()?.len() > writes.1 {
                 f.set_len(writes.1)?;
@@ -323,6 +422,7 @@ impl Overlay {
     }
 
     fn writable(&self) -> Result<(), BlockError> {
+        self.check_failed()?;
         if self.caps.read_only {
             Err(BlockError::ReadOnly)
         } else {
@@ -457,6 +557,7 @@ impl BlockDevice for Overlay {
     }
 
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes, BlockError> {
+        self.check_failed()?;
         self.range(offset, len as u64)?;
         if len == 0 {
             return Ok(Bytes::new());

@@ -2,11 +2,15 @@
 //! copy-on-write of partly covered ones (serialised per guest cluster),
 //! writes in place, and zeroing.
 
-use super::{write_all, Batch, Overlay, BATCH_BUSY, BATCH_MAX, BATCH_MIN, DISCARD_CHUNK};
+use super::{
+    commit, runs, write_all, Batch, Overlay, BATCH_BUSY, BATCH_MAX, BATCH_MIN, DISCARD_CHUNK,
+};
 use crate::qcow2::io;
 use crate::qcow2::l2::{Entry, Sub};
 use crate::qcow2::meta::Meta;
+use crate::qcow2::wal::Op;
 use crate::qcow2::CLUSTER_SIZE;
+use crate::qcow2::RB_ENTRIES;
 use bytes::{Bytes, BytesMut};
 use iscsi_target::block::BlockError;
 use std::sync::Arc;
@@ -34,16 +38,39 @@ impl Overlay {
             };
             batch.last = Some(Instant::now());
             let want = n.max(batch.size);
-            self.reserve(want, batch).await?;
+            self.reserve(n, want, batch).await?;
         }
+    }
+
+    /// How many clusters (at least `need`, at most `want`) the limits let
+    /// a reservation take.
+    async fn allowed(&self, need: usize, want: usize) -> Result<usize, BlockError> {
+        let limits = self.limits();
+        let mut want = want;
+        if let Some(q) = limits.quota_bytes {
+            let used = self.lock().rc.used;
+            let left = (q / CLUSTER_SIZE).saturating_sub(used);
+            want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        if limits.reserve_free_bytes > 0 {
+            let free = io::blocking(&self.file, io::free_bytes).await?;
+            let left = free.saturating_sub(limits.reserve_free_bytes) / CLUSTER_SIZE;
+            want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        if want < need {
+            return Err(BlockError::NoSpace);
+        }
+        Ok(want)
     }
 
     /// Reserves clusters (see the module docs) under the `alloc` guard.
     async fn reserve(
         &self,
+        need: usize,
         want: usize,
         alloc: tokio::sync::OwnedMutexGuard<Batch>,
     ) -> Result<(), BlockError> {
+        let want = self.allowed(need, want).await?;
         let r = {
             let mut m = self.lock();
             let mut hint = m.hint;
@@ -52,22 +79,43 @@ impl Overlay {
             r
         };
         if r.clusters.is_empty() {
+            self.lock().rc.unreserve(&r);
             return Err(BlockError::NoSpace);
         }
-        let (blocks, tables, end) = (r.block_writes, r.table_writes, r.end_cluster);
-        io::blocking(&self.file, move |f| {
+        let blocks = r.block_writes.clone();
+        let tables = r.table_writes.clone();
+        let mut space = runs(r.clusters.clone());
+        space.extend(
+            r.new_blocks
+                .iter()
+                .map(|&b| (b as u64 * RB_ENTRIES as u64, 1)),
+        );
+        let (wal, failed) = (self.wal.clone(), Arc::clone(&self.failed));
+        let done = io::blocking(&self.file, move |f| {
             let _alloc = alloc;
+            // Real blocks first: with them the data, the L2 tables taken
+            // from this pool and the refcounts can always be written.
+            for &(c, n) in &space {
+                io::allocate(f, c * CLUSTER_SIZE, n * CLUSTER_SIZE)?;
+            }
             write_all(f, &blocks)?;
-            io::grow_to(f, end * CLUSTER_SIZE)?;
             if !tables.is_empty() {
                 // The table may point to new refcount blocks only once they
                 // are durable (rare: one block per 2 GiB of file).
-                f.sync_data()?;
+                if let Err(e) = io::sync(f) {
+                    commit::fail(&failed, wal.as_deref());
+                    return Err(e);
+                }
                 write_all(f, &tables)?;
             }
             Ok(())
         })
-        .await?;
+        .await;
+        if let Err(e) = done {
+            // None of these clusters was handed out: forget them again.
+            self.lock().rc.unreserve(&r);
+            return Err(e);
+        }
         self.lock().pool.extend(r.clusters);
         Ok(())
     }
@@ -184,7 +232,8 @@ impl Overlay {
         }
         let mut spare = spare_tables.into_iter();
         let mut unused = Vec::new();
-        {
+        let mut ops = Vec::with_capacity(claimed.len());
+        let log = {
             let mut m = self.lock();
             for (&(g, _), &host) in claimed.iter().zip(&targets) {
                 if !m.has_table(g) {
@@ -206,11 +255,19 @@ impl Overlay {
                         zero: cur.zero & !need,
                     },
                 );
+                ops.push(Op::Alloc {
+                    g,
+                    host,
+                    mask: need,
+                });
             }
             unused.extend(spare);
-        }
+            self.log_take(&mut m, &ops)
+        };
         self.untake(unused);
-        Ok(())
+        // Acknowledged only once the change is in the log (claims held
+        // until then, so the log keeps each cluster's order).
+        self.log_write(log).await
     }
 
     /// What a first write to guest cluster `g` writes: (offset within the
@@ -345,7 +402,8 @@ impl Overlay {
         let mut edges = vec![(lo, head_end), (tail_start, hi)];
         if covered != 0 {
             if self.lock().has_table(g) {
-                self.zero_bits(g, covered).await;
+                let log = self.zero_bits(g, covered).await;
+                self.log_write(log).await?;
             } else if self.backing.is_some() {
                 // No table to hold the bits: write the zeros instead.
                 edges = vec![(lo, hi)];
@@ -373,7 +431,8 @@ impl Overlay {
     /// Sets the zero bits of subclusters `mask` of guest cluster `g` (whose
     /// table exists) once no first write is in flight there; the host
     /// cluster goes when no subcluster is left that does not read zeros.
-    async fn zero_bits(&self, g: u64, mask: u32) {
+    /// Returns the log record to write before completing.
+    async fn zero_bits(&self, g: u64, mask: u32) -> Option<crate::qcow2::wal::Pending> {
         let full = self.layout.full();
         loop {
             let notified = self.allocated.notified();
@@ -391,7 +450,7 @@ impl Overlay {
                             zero,
                         },
                     );
-                    return;
+                    return self.log_take(&mut m, &[Op::ZeroBits { g, mask }]);
                 }
             }
             notified.await;
@@ -418,9 +477,10 @@ impl Overlay {
         let mut g = from;
         while g < to {
             let notified = self.allocated.notified();
-            let waiting = {
+            let start = g;
+            let (waiting, log) = {
                 let mut m = self.lock();
-                loop {
+                let waiting = loop {
                     if g >= to {
                         break false;
                     }
@@ -447,8 +507,12 @@ impl Overlay {
                         m.set(g, zero);
                     }
                     g += 1;
-                }
+                };
+                let log = (g > start)
+                    .then(|| self.log_take(&mut m, &[Op::ZeroRange { from: start, to: g }]));
+                (waiting, log.flatten())
             };
+            self.log_write(log).await?;
             if !waiting {
                 break;
             }

@@ -18,7 +18,7 @@ impl TargetDirectory for Open {
             addresses: vec!["192.0.2.1:3260,1".into()],
         }]
     }
-    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _tsih: u16) -> bool {
+    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _t: Option<&str>, _tsih: u16) -> bool {
         false
     }
 }
@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
             cmd_window: 32,
             max_transfer: 1 << 20,
             r2t_budget: 32 << 20,
+            max_backlog: 1 << 20,
             login_timeout: Duration::from_secs(5),
             nop_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
@@ -43,9 +44,12 @@ fuzz_target!(|data: &[u8]| {
         },
         now,
     );
-    // Feed in small chunks so partial PDUs are exercised too.
+    // Feed in small chunks so partial PDUs are exercised too; what one
+    // chunk leaves unconsumed stays in the buffer for the next (a fresh
+    // buffer per chunk never got past a PDU longer than a chunk).
+    let mut buf = BytesMut::new();
     for chunk in data.chunks(61) {
-        let mut buf = BytesMut::from(chunk);
+        buf.extend_from_slice(chunk);
         if conn.handle_input(&mut buf, &Open, now).is_err() {
             break;
         }

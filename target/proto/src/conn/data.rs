@@ -9,6 +9,13 @@ impl Connection {
             self.send_reject(reject::TASK_IN_PROGRESS, raw);
             return;
         }
+        // Immediate commands bypass the CmdSN window; they still may not
+        // run more tasks than the window allows (RFC 7143 11.3 lets us
+        // reject them), or a flood of immediate reads would be unbounded.
+        if p.immediate && self.tasks.len() >= self.config.cmd_window.max(1) as usize {
+            self.send_reject(reject::IMMEDIATE_COMMAND_REJECT, raw);
+            return;
+        }
         let write_len = if p.write { p.expected_len } else { 0 };
         let immediate_len = p.data.len() as u32;
         // Immediate data needs ImmediateData=Yes and may not exceed the
@@ -60,6 +67,10 @@ impl Connection {
         let t = self.tasks.remove(&itt)?;
         if t.windowed {
             self.window_used = self.window_used.saturating_sub(1);
+        }
+        if t.dispatched && t.cmd.read {
+            let owed = u64::from(t.cmd.expected_len.min(self.config.max_transfer));
+            self.read_owed = self.read_owed.saturating_sub(owed);
         }
         let owed: u64 = t.r2ts.iter().map(|r| u64::from(r.len - r.received)).sum();
         self.r2t_outstanding = self.r2t_outstanding.saturating_sub(owed);
@@ -118,6 +129,10 @@ impl Connection {
         let received = task.data.len() as u32;
         if received >= task.write_len && !task.unsolicited_open {
             task.dispatched = true;
+            if task.cmd.read {
+                // No more than a logical unit returns for one command.
+                self.read_owed += u64::from(task.cmd.expected_len.min(self.config.max_transfer));
+            }
             let cmd = &task.cmd;
             let ev = Event::Command(ScsiCommand {
                 itt,

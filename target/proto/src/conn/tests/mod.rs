@@ -24,7 +24,7 @@ impl TargetDirectory for Dir {
             addresses: vec!["192.0.2.1:3260,1".into()],
         }]
     }
-    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _tsih: u16) -> bool {
+    fn session_exists(&self, _i: &str, _isid: &[u8; 6], _t: Option<&str>, _tsih: u16) -> bool {
         false
     }
 }
@@ -40,6 +40,7 @@ fn config() -> ConnConfig {
         cmd_window: 16,
         max_transfer: 1 << 20,
         r2t_budget: 32 << 20,
+        max_backlog: 16 << 20,
         login_timeout: Duration::from_secs(10),
         nop_interval: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
@@ -211,153 +212,6 @@ fn good(data: &[u8], transfer_len: u32) -> ScsiResult {
         data_in: Bytes::copy_from_slice(data),
         transfer_len,
     }
-}
-
-#[test]
-fn login_without_auth_answers_only_offered_keys() -> Result<(), ConnError> {
-    let mut h = Harness::new(None);
-    let r = h.full_login(&[
-        ("MaxRecvDataSegmentLength", "8192"),
-        ("ImmediateData", "No"),
-        ("X-com.example", "1"),
-    ])?;
-    assert_eq!(r.opcode(), op::LOGIN_RESPONSE);
-    assert_eq!(r.bhs[1] & 0x83, 0x83, "T bit and NSG=3");
-    assert_eq!(u16::from_be_bytes([r.bhs[14], r.bhs[15]]), 5, "TSIH");
-    let keys = r.keys();
-    assert_eq!(keys.get("TargetPortalGroupTag"), Some("1"));
-    assert_eq!(keys.get("ImmediateData"), Some("No"));
-    assert_eq!(keys.get("MaxRecvDataSegmentLength"), Some("65536"));
-    assert_eq!(keys.get("X-com.example"), Some("NotUnderstood"));
-    assert_eq!(keys.get("FirstBurstLength"), None, "never propose keys");
-    assert!(matches!(h.conn.poll_event(), Some(Event::LoggedIn(i)) if i.tsih == 5));
-    Ok(())
-}
-
-#[test]
-fn login_failures_have_the_right_status() -> Result<(), ConnError> {
-    type Keys<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(Keys, (u8, u8)); 4] = [
-        (&[("TargetName", "iqn.t")], (2, 7)),
-        (
-            &[("InitiatorName", "iqn.i"), ("TargetName", "iqn.nope")],
-            (2, 3),
-        ),
-        (
-            &[("InitiatorName", "iqn.bad"), ("TargetName", "iqn.t")],
-            (2, 2),
-        ),
-        (&[("InitiatorName", "iqn.i")], (2, 7)),
-    ];
-    for (keys, status) in cases {
-        let mut h = Harness::new(None);
-        let mut p = Pairs::default();
-        for (k, v) in keys {
-            p.push(*k, *v);
-        }
-        let mut buf = BytesMut::new();
-        Request::Login(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: 1,
-            nsg: 3,
-            version_max: 0,
-            version_min: 0,
-            isid: [0; 6],
-            tsih: 0,
-            itt: 1,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: p.encode(),
-        })
-        .encode(&mut buf, Digests::default());
-        assert!(h.conn.handle_input(&mut buf, &h.dir, h.now).is_err());
-        let pdus = h.drain();
-        assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), status, "{keys:?}");
-        assert!(h.conn.is_closed());
-    }
-    Ok(())
-}
-
-fn creds(mutual: bool) -> ChapCredentials {
-    ChapCredentials {
-        user: "alice".into(),
-        secret: b"secretsecret".to_vec(),
-        mutual: mutual.then(|| ("target".into(), b"targetsecret".to_vec())),
-    }
-}
-
-fn chap_login(h: &mut Harness, secret: &[u8], mutual: Option<&[u8]>) -> Result<Pdu, ConnError> {
-    let r = h.login(
-        0,
-        1,
-        true,
-        &[
-            ("InitiatorName", "iqn.i"),
-            ("TargetName", "iqn.t"),
-            ("AuthMethod", "CHAP,None"),
-        ],
-    )?;
-    assert_eq!(r.keys().get("AuthMethod"), Some("CHAP"));
-    assert_eq!(r.bhs[1] & 0x80, 0, "no transit before CHAP");
-    let r = h.login(0, 1, false, &[("CHAP_A", "7,5")])?;
-    let k = r.keys();
-    assert_eq!(k.get("CHAP_A"), Some("5"));
-    let id: u8 = k
-        .get("CHAP_I")
-        .and_then(|i| i.parse().ok())
-        .unwrap_or_default();
-    let challenge = login::decode_binary(k.get("CHAP_C").unwrap_or("")).unwrap_or_default();
-    assert_eq!(challenge.len(), 16);
-    let resp = format!("0x{}", hex::encode(chap_response(id, secret, &challenge)));
-    let mut keys = vec![("CHAP_N", "alice"), ("CHAP_R", resp.as_str())];
-    if mutual.is_some() {
-        keys.push(("CHAP_I", "77"));
-        keys.push(("CHAP_C", "0x0102030405060708"));
-    }
-    h.login(0, 1, true, &keys)
-}
-
-#[test]
-fn chap_one_way_and_mutual() -> Result<(), ConnError> {
-    let mut h = Harness::new(Some(creds(false)));
-    let r = chap_login(&mut h, b"secretsecret", None)?;
-    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
-    assert_eq!(r.bhs[1] & 0x83, 0x81, "transit to operational");
-
-    let mut h = Harness::new(Some(creds(true)));
-    let r = chap_login(&mut h, b"secretsecret", Some(b"targetsecret"))?;
-    let k = r.keys();
-    assert_eq!(k.get("CHAP_N"), Some("target"));
-    let want = chap_response(77, b"targetsecret", &[1, 2, 3, 4, 5, 6, 7, 8]);
-    assert_eq!(
-        k.get("CHAP_R").and_then(login::decode_binary),
-        Some(want.to_vec())
-    );
-    let r = h.login(1, 3, true, &[])?;
-    assert_eq!(r.bhs[1] & 0x83, 0x83);
-    Ok(())
-}
-
-#[test]
-fn chap_wrong_secret_or_skipped_is_refused() {
-    let mut h = Harness::new(Some(creds(false)));
-    assert!(chap_login(&mut h, b"wrongwrongwr", None).is_err());
-    let pdus = h.drain();
-    assert!(pdus.is_empty() || (pdus[0].bhs[36], pdus[0].bhs[37]) == (2, 1));
-
-    // Going straight to the operational stage without CHAP.
-    let mut h = Harness::new(Some(creds(false)));
-    let r = h.login(
-        1,
-        3,
-        true,
-        &[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t")],
-    );
-    assert!(r.is_err());
-    let pdus = h.drain();
-    assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), (2, 1));
 }
 
 #[test]
@@ -740,3 +594,6 @@ fn r2t_budget_bounds_solicited_data() -> Result<(), ConnError> {
     assert!(matches!(h.conn.poll_event(), Some(Event::Command(c)) if c.itt == 1));
     Ok(())
 }
+
+mod flow;
+mod login;

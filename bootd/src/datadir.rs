@@ -116,7 +116,9 @@ fn restrict(path: &Path, mode: u32) -> Result<()> {
     if current & 0o077 == 0 {
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & mode))
+    // A directory keeps its search bit whatever the files' cap.
+    let cap = if meta.is_dir() { PRIVATE_DIR } else { mode };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & cap))
         .with_context(|| format!("cannot make {} private", path.display()))
 }
 
@@ -164,8 +166,12 @@ mod tests {
         let db = root.join("bootd.db");
         std::fs::write(&db, b"")?;
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o664))?;
+        let sub = root.join("overlays").join("n1.d");
+        std::fs::create_dir(&sub)?;
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755))?;
         DataDir::open(&root)?;
         assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&sub), 0o700, "a directory stays searchable");
         for sub in ["images", "overlays", "pr"] {
             assert_eq!(mode(&root.join(sub)) & 0o077, 0, "{sub}");
         }

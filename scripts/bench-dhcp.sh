@@ -97,6 +97,12 @@ BOOTD=$WORK/bootd-bin
 # The lease time dnsmasq is given (its default is also 1 hour); older builds had it fixed.
 LEASE_ARGS=()
 if grep -q -- --lease-secs <<<"$("$BOOTD" serve --help)"; then LEASE_ARGS=(--lease-secs 3600); fi
+# Newer builds answer only the relay agents they are told about: every load
+# address (192.0.2.2 and up) is one.
+RELAY_ARGS=()
+if grep -q -- --relay <<<"$("$BOOTD" serve --help)"; then
+    for k in $(seq 0 $((LOADERS - 1))); do RELAY_ARGS+=(--relay "192.0.2.$((2 + k))"); done
+fi
 
 # Server side: bridge br0 = 192.0.2.1/24 with veth-s on it; the client's veth-c = 192.0.2.2.
 ip netns add "$NS"
@@ -261,7 +267,8 @@ start_server() {
         cp -a "$WORK/bootd.clean" "$WORK/bootd"
         BOOTD_LOG=warn ip netns exec "$NS" "$BOOTD" --data-dir "$WORK/bootd" serve --dhcp full \
             --interface br0 --listen-ip "$SERVER_IP" --pool "$POOL_FIRST-$POOL_LAST" \
-            --http-port 0 --tftp-port 0 --iscsi-port 0 "${LEASE_ARGS[@]}" >"$out" 2>&1 &
+            --http-port 0 --tftp-port 0 --iscsi-port 0 "${LEASE_ARGS[@]}" "${RELAY_ARGS[@]}" \
+            >"$out" 2>&1 &
         ready='^tftp '
         ;;
     dnsmasq)

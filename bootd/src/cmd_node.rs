@@ -44,9 +44,13 @@ pub enum NodeCmd {
     #[command(group(ArgGroup::new("which").required(true).args(["macs", "all"])))]
     Adopt {
         macs: Vec<String>,
-        /// Every discovered machine.
+        /// Every discovered machine (anyone on the boot network can forge
+        /// one): they are listed and confirmed on the terminal first.
         #[arg(long)]
         all: bool,
+        /// With --all: adopt without asking.
+        #[arg(long)]
+        yes: bool,
         #[arg(long)]
         image: Option<String>,
         #[arg(long)]
@@ -103,9 +107,17 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
         NodeCmd::Adopt {
             macs,
             all,
+            yes,
             image,
             template,
-        } => discovered::adopt(dd, store.as_mut(), &macs, all, &source(image, template)?)?,
+        } => {
+            let which = match (all, yes) {
+                (false, _) => discovered::Which::Macs(&macs),
+                (true, true) => discovered::Which::All,
+                (true, false) => discovered::Which::AllIfConfirmed,
+            };
+            discovered::adopt(dd, store.as_mut(), which, &source(image, template)?)?
+        }
         NodeCmd::Show { node, json } => {
             let n = lookup(store.as_ref(), &node)?;
             let last_boot = store.boot_stages(&n.mac)?;
@@ -186,7 +198,19 @@ pub fn node_json(n: &Node) -> serde_json::Value {
 fn list(store: &dyn Store, as_json: bool) -> Result<()> {
     let nodes = store.nodes()?;
     if as_json {
-        return output::json(&json!(nodes.iter().map(node_json).collect::<Vec<_>>()));
+        // A listing goes into scripts, logs and tickets: no secrets in it
+        // (`node show NODE` has the node's).
+        let listed: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let mut v = node_json(n);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("chap_secret");
+                }
+                v
+            })
+            .collect();
+        return output::json(&json!(listed));
     }
     let rows: Vec<Vec<String>> = nodes
         .iter()

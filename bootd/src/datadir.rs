@@ -15,14 +15,28 @@ pub struct DataDir {
 impl DataDir {
     /// Creates the directory tree if needed. The root is made absolute so
     /// paths stored in the registry stay valid from any working directory.
+    ///
+    /// The registry holds every node's CHAP secret in plain text and the
+    /// overlays are the nodes' disks: the tree is the owner's alone (0700
+    /// directories, 0600 registry and overlays), also when an older bootd
+    /// or a wider umask left it readable to others.
     pub fn open(root: &Path) -> Result<Self> {
         for sub in ["", "images", "overlays", "pr"] {
             let d = root.join(sub);
             std::fs::create_dir_all(&d)
                 .with_context(|| format!("cannot create data directory {}", d.display()))?;
+            restrict(&d, PRIVATE_DIR)?;
         }
         let root = std::fs::canonicalize(root)
             .with_context(|| format!("data directory {}", root.display()))?;
+        for name in ["bootd.db", "bootd.db-wal", "bootd.db-shm", "dhcp-leases"] {
+            restrict(&root.join(name), PRIVATE_FILE)?;
+        }
+        let overlays = std::fs::read_dir(root.join("overlays"))
+            .with_context(|| format!("listing {}/overlays", root.display()))?;
+        for entry in overlays.flatten() {
+            restrict(&entry.path(), PRIVATE_FILE)?;
+        }
         Ok(Self { root })
     }
 
@@ -80,6 +94,34 @@ impl DataDir {
     }
 }
 
+/// Modes of the data directory's directories and of the files holding
+/// secrets or disks.
+pub const PRIVATE_DIR: u32 = 0o700;
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Takes the group and other bits off `path` (when it exists and has any),
+/// capping it at `mode`. Symlinks are not followed: a link planted in the
+/// tree must not make bootd chmod its target.
+fn restrict(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let current = meta.permissions().mode() & 0o7777;
+    if current & 0o077 == 0 {
+        return Ok(());
+    }
+    // A directory keeps its search bit whatever the files' cap.
+    let cap = if meta.is_dir() { PRIVATE_DIR } else { mode };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & cap))
+        .with_context(|| format!("cannot make {} private", path.display()))
+}
+
 pub fn image_file_name(name: &str, version: u32) -> String {
     format!("{name}-v{version}.raw")
 }
@@ -101,4 +143,40 @@ pub fn allocated_bytes(path: &Path) -> u64 {
     std::fs::metadata(path)
         .map(|m| m.blocks() * 512)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).map_or(0, |m| m.permissions().mode() & 0o777)
+    }
+
+    #[test]
+    fn an_open_tree_is_made_private() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("data");
+        std::fs::create_dir_all(root.join("overlays"))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        let overlay = root.join("overlays").join("n1.qcow2");
+        std::fs::write(&overlay, b"disk")?;
+        std::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o644))?;
+        let db = root.join("bootd.db");
+        std::fs::write(&db, b"")?;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o664))?;
+        let sub = root.join("overlays").join("n1.d");
+        std::fs::create_dir(&sub)?;
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755))?;
+        DataDir::open(&root)?;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&sub), 0o700, "a directory stays searchable");
+        for sub in ["images", "overlays", "pr"] {
+            assert_eq!(mode(&root.join(sub)) & 0o077, 0, "{sub}");
+        }
+        assert_eq!(mode(&overlay), 0o600);
+        assert_eq!(mode(&db), 0o600);
+        Ok(())
+    }
 }

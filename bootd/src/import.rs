@@ -83,8 +83,9 @@ pub fn import(dd: &DataDir, store: &mut dyn Store, name: &str, input: &Path) -> 
             hash_file(tmp.path())?
         }
     };
+    // Read-only, and the owner's alone like the rest of the data directory.
     let mut perms = std::fs::metadata(tmp.path())?.permissions();
-    perms.set_mode(0o444);
+    perms.set_mode(0o400);
     std::fs::set_permissions(tmp.path(), perms)?;
 
     // The hard link claims the version: it fails if another import (or a

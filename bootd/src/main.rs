@@ -68,6 +68,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything bootd creates (the registry with its CHAP secrets, the
+    // overlays, lease and trace files) is the owner's alone, whichever
+    // command creates it and whatever umask the caller had.
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(e),

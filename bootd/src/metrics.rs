@@ -68,6 +68,13 @@ pub struct Metrics {
     pub tftp_failed: AtomicU64,
     pub tftp_bytes: AtomicU64,
     pub scripts: AtomicU64,
+    /// Script fetches refused: not the node's address, no valid token.
+    pub scripts_refused: AtomicU64,
+    /// HTTP connections closed at once: over their source's share, or
+    /// every slot busy answering.
+    pub http_refused: AtomicU64,
+    /// TFTP requests refused: over their source's share, or no slot.
+    pub tftp_refused: AtomicU64,
     pub binaries: AtomicU64,
     pub iscsi_logins: AtomicU64,
     pub iscsi_ends: AtomicU64,
@@ -163,6 +170,24 @@ impl Metrics {
             "bootd_http_scripts_total",
             "Node iPXE scripts served.",
             self.scripts.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "bootd_http_scripts_refused_total",
+            "Node script fetches refused (not the node's address, no valid token).",
+            self.scripts_refused.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "bootd_http_connections_refused_total",
+            "HTTP connections closed unanswered (source over its share, or all slots busy).",
+            self.http_refused.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "bootd_tftp_refused_total",
+            "TFTP requests refused (source over its share, or all slots busy).",
+            self.tftp_refused.load(Relaxed),
         );
         c(
             &mut o,

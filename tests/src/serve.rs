@@ -40,7 +40,8 @@ impl Node {
             target_iqn: v.str_field("target_iqn")?.to_string(),
             initiator_iqn: v.str_field("initiator_iqn")?.to_string(),
             chap_user: v.str_field("chap_user")?.to_string(),
-            chap_secret: v.str_field("chap_secret")?.to_string(),
+            // `node show` has it; `node list` leaves secrets out.
+            chap_secret: v["chap_secret"].as_str().unwrap_or_default().to_string(),
             overlay_path: PathBuf::from(v.str_field("overlay_path")?),
             overlay_bytes: v.u64_field("overlay_bytes")?,
         })

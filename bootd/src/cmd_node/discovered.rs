@@ -56,36 +56,82 @@ fn to_json(d: &Discovered) -> serde_json::Value {
     })
 }
 
+/// Which discovered machines `node adopt` takes.
+pub enum Which<'a> {
+    Macs(&'a [String]),
+    /// `--all --yes`.
+    All,
+    /// `--all`: only after the operator said yes on the terminal, since
+    /// anyone on the boot network can make a MAC be discovered.
+    AllIfConfirmed,
+}
+
 /// Registers the given discovered MACs (or all of them) from `source`;
 /// each becomes a node as `node add` would make it. Stops at the first
 /// failure, keeping the nodes already added.
-pub fn adopt(
-    dd: &DataDir,
-    store: &mut dyn Store,
-    macs: &[String],
-    all: bool,
-    source: &Source,
-) -> Result<()> {
+pub fn adopt(dd: &DataDir, store: &mut dyn Store, which: Which<'_>, source: &Source) -> Result<()> {
     let found = store.discovered()?;
-    let chosen: Vec<String> = if all {
-        found.into_iter().map(|d| d.mac).collect()
-    } else {
-        let mut out = Vec::new();
-        for m in macs {
-            let mac = crate::names::normalize_mac(m)?;
-            if !found.iter().any(|d| d.mac == mac) {
-                bail!("{mac} has not been discovered (see `node list --discovered`)");
-            }
-            out.push(mac);
-        }
-        out
-    };
-    if chosen.is_empty() {
+    if found.is_empty() {
         bail!("nothing to adopt: no machine has been discovered");
     }
+    let chosen: Vec<String> = match which {
+        Which::All => found.into_iter().map(|d| d.mac).collect(),
+        Which::AllIfConfirmed => {
+            confirm(&found)?;
+            found.into_iter().map(|d| d.mac).collect()
+        }
+        Which::Macs(macs) => {
+            let mut out = Vec::new();
+            for m in macs {
+                let mac = crate::names::normalize_mac(m)?;
+                if !found.iter().any(|d| d.mac == mac) {
+                    bail!("{mac} has not been discovered (see `node list --discovered`)");
+                }
+                out.push(mac);
+            }
+            out
+        }
+    };
     for mac in chosen {
         let n = crate::lifecycle::add(dd, store, &mac, source, None, None)?;
         println!("adopted {} as node {}: {}", n.mac, n.name, n.target_iqn);
+    }
+    Ok(())
+}
+
+/// Lists what `--all` would adopt and asks on the terminal; without one,
+/// refuses (a script must say `--yes`).
+fn confirm(found: &[Discovered]) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!(
+            "node adopt --all would adopt {} discovered machines, any of which may be forged: check `node list --discovered`, then add --yes (no terminal to ask on)",
+            found.len()
+        );
+    }
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "node adopt --all adopts {} machines:", found.len())?;
+    for d in found {
+        let class = if d.vendor_class.is_empty() {
+            "-"
+        } else {
+            &d.vendor_class
+        };
+        writeln!(
+            err,
+            "  {}  {}  last seen {}",
+            d.mac,
+            class,
+            output::time(d.last_seen)
+        )?;
+    }
+    write!(err, "Adopt all {}? [y/N] ", found.len())?;
+    err.flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        bail!("nothing adopted");
     }
     Ok(())
 }

@@ -14,6 +14,16 @@ pub enum BootFile {
     Http { url: String, http_client: bool },
 }
 
+pub use crate::http::request::TOKEN_PARAM;
+
+/// `url` without its token, for logs and boot stages.
+pub fn redact(url: &str) -> String {
+    match url.split_once(&format!("?{TOKEN_PARAM}=")) {
+        Some((base, _)) => format!("{base}?{TOKEN_PARAM}=…"),
+        None => url.to_string(),
+    }
+}
+
 /// Where iPXE binaries are served over HTTP for UEFI HTTP boot.
 pub const HTTP_BINARY_PREFIX: &str = "/ipxe/";
 
@@ -30,17 +40,28 @@ impl BootFile {
     }
 }
 
-/// `None` when the client's architecture has no iPXE build.
+/// `None` when the client's architecture has no iPXE build. `token`, when
+/// given, goes into an iPXE client's script URL: the one-time proof that
+/// the fetch comes from the machine this answer went to.
 pub fn choose(
     req: &Request,
     server: Ipv4Addr,
     http_port: u16,
     efi: EfiFlavour,
+    token: Option<&str>,
 ) -> Option<BootFile> {
     if req.is_ipxe() {
         // Already iPXE: hand it the script, not iPXE again (the chainload loop).
+        let url = match token {
+            // Straight to the MAC's own script: the token is for it alone.
+            Some(t) => format!(
+                "http://{server}:{http_port}/boot/{}.ipxe?{TOKEN_PARAM}={t}",
+                req.mac().replace(':', "-")
+            ),
+            None => format!("http://{server}:{http_port}/boot.ipxe"),
+        };
         return Some(BootFile::Http {
-            url: format!("http://{server}:{http_port}/boot.ipxe"),
+            url,
             http_client: false,
         });
     }

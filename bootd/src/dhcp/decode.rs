@@ -45,6 +45,12 @@ fn raw_options(mut b: &[u8]) -> Option<BTreeMap<u8, Vec<u8>>> {
             255 => break,
             _ => {
                 let (&len, rest) = rest.split_first()?;
+                // Each occurrence on its own too: dhcproto decodes a
+                // repeated option piece by piece (found by fuzzing: 94 of
+                // length 3, then 94 of length 0, tripped its assertion).
+                if !length_ok(code, usize::from(len)) {
+                    return None;
+                }
                 let data = rest.get(..usize::from(len))?;
                 out.entry(code).or_default().extend_from_slice(data);
                 b = &rest[usize::from(len)..];

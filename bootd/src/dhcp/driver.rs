@@ -7,17 +7,18 @@
 use super::lease::Leases;
 use super::registry::Registry;
 use super::reply::{Destination, Reply};
-use super::server::{handle, Mode, Params};
+use super::server::{handle_with_token, Mode, NodeLookup, Params};
 use super::socket::DhcpSocket;
 use super::{Request, CLIENT_PORT};
 use crate::bootlog::{BootLog, Stage, Who};
 use crate::metrics::{DhcpKind, METRICS};
+use crate::serve::grants::Grants;
 use dhcproto::v4::{MessageType, OptionCode};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Datagrams decided before the lease changes are flushed and replies sent.
 const BATCH: usize = 64;
@@ -29,6 +30,9 @@ pub struct Shared {
     pub registry: Mutex<Registry>,
     pub stop: AtomicBool,
     pub bootlog: Option<BootLog>,
+    /// Who may fetch which node's script: tokens issued here, leases
+    /// recorded here, checked by the HTTP server.
+    pub grants: Arc<Grants>,
 }
 
 struct Pending {
@@ -80,6 +84,7 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
             }
         }
         for p in out.drain(..) {
+            grant_lease(&shared, &p);
             send(&sock, &p);
             count(&p.reply, shared.params.mode);
             if let Some(log) = &shared.bootlog {
@@ -115,7 +120,23 @@ fn decide(
         };
         METRICS.dhcp_requests.fetch_add(1, Relaxed);
         let node = registry.lookup(&req, now);
-        let reply = handle(
+        if shared.params.mode == Mode::Full
+            && matches!(req.msg_type, MessageType::Release | MessageType::Decline)
+            && req.server_id().is_none_or(|id| id == shared.params.server)
+        {
+            // The address is no longer the node's: neither is the script
+            // fetched from it.
+            shared.grants.end_lease(&req.mac());
+        }
+        // In proxy mode bootd never learns the address a node will fetch
+        // its script from: the boot URL carries a one-time token instead.
+        let token = match (&node, shared.params.mode) {
+            (NodeLookup::Known { .. }, Mode::Proxy) if req.is_ipxe() => {
+                shared.grants.issue(&req.mac(), Instant::now())
+            }
+            _ => None,
+        };
+        let reply = handle_with_token(
             &req,
             port,
             a.from,
@@ -123,6 +144,7 @@ fn decide(
             leases.as_deref_mut(),
             &node,
             now,
+            token.as_deref(),
         );
         tracing::debug!(mac = %req.mac(), kind = ?req.msg_type, ?node, mode = ?shared.params.mode, answered = reply.is_some(), "dhcp");
         if let Some(reply) = reply {
@@ -134,6 +156,20 @@ fn decide(
             });
         }
     }
+}
+
+/// An ACK with an address (full mode, committed): the node may fetch its
+/// script from that address for the lease's time.
+fn grant_lease(shared: &Shared, p: &Pending) {
+    let m = &p.reply.msg;
+    if m.opts().msg_type() != Some(MessageType::Ack) || m.yiaddr().is_unspecified() {
+        return;
+    }
+    let now = Instant::now();
+    let until = now + Duration::from_secs(u64::from(shared.params.lease_secs));
+    shared
+        .grants
+        .lease(&p.mac, std::net::IpAddr::V4(m.yiaddr()), until, now);
 }
 
 fn send(sock: &DhcpSocket, p: &Pending) {
@@ -179,7 +215,8 @@ fn report(log: &BootLog, p: &Pending, mode: Mode) {
         return;
     }
     let stage = if p.ipxe { Stage::IpxeDhcp } else { Stage::Dhcp };
-    let file = String::from_utf8_lossy(file);
+    // The token is a credential for one fetch: never in the boot log.
+    let file = super::boot::redact(&String::from_utf8_lossy(file));
     let detail = if m.yiaddr().is_unspecified() {
         format!("{file} (proxy)")
     } else {

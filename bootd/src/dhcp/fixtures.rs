@@ -352,6 +352,7 @@ fn params(mode: Mode) -> Params {
         tftp_server: SERVER,
         efi: EfiFlavour::SnpOnly,
         boot_dir: None,
+        relays: Vec::new(),
     }
 }
 
@@ -506,7 +507,7 @@ fn ipxe_option_175_is_well_formed_encapsulation() -> R {
 #[test]
 fn boot_choice_per_fixture() -> R {
     for fx in fixtures() {
-        let got = boot::choose(&decode(&fx)?, SERVER, HTTP_PORT, EfiFlavour::SnpOnly);
+        let got = boot::choose(&decode(&fx)?, SERVER, HTTP_PORT, EfiFlavour::SnpOnly, None);
         let want = match fx.boot {
             Boot::Tftp(f) => Some(BootFile::Tftp(f.to_string())),
             Boot::HttpClient(u) => Some(BootFile::Http {

@@ -309,6 +309,14 @@ impl Leases {
         }
     }
 
+    /// Leases running at `now` (Unix seconds): MAC, address, expiry.
+    pub fn active(&self, now: u64) -> impl Iterator<Item = (&str, Ipv4Addr, u64)> + '_ {
+        self.by_mac
+            .iter()
+            .filter(move |(_, l)| l.expires > now)
+            .map(|(mac, l)| (mac.as_str(), l.ip, l.expires))
+    }
+
     /// RELEASE: the lease ends now; the MAC keeps its claim for next time.
     pub fn release(&mut self, mac: &str, ip: Ipv4Addr, now: u64) {
         if let Some(l) = self.by_mac.get_mut(mac).filter(|l| l.ip == ip) {

@@ -36,19 +36,29 @@ pub struct Registry {
     store: Box<dyn Store>,
     generation: Option<u64>,
     nodes: HashMap<String, NodeLookup>,
+    /// Nodes in the registry in any state (the cap counts them all).
+    registered: usize,
     unknown: Unknown,
+    /// Discovered MACs kept, and registry size up to which unknown
+    /// machines are registered, at most.
+    cap: usize,
+    /// When the cap was last reported: once a minute, not per request.
+    cap_logged: Option<Instant>,
     recent: HashMap<String, Instant>,
     /// The current minute's start and how many MACs were handled in it.
     window: (Instant, u32),
 }
 
 impl Registry {
-    pub fn new(store: Box<dyn Store>, unknown: Unknown) -> Self {
+    pub fn new(store: Box<dyn Store>, unknown: Unknown, cap: u32) -> Self {
         Self {
             store,
             generation: None,
             nodes: HashMap::new(),
+            registered: 0,
             unknown,
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            cap_logged: None,
             recent: HashMap::new(),
             window: (Instant::now(), 0),
         }
@@ -75,6 +85,7 @@ impl Registry {
                 return None;
             }
         };
+        self.registered = nodes.len();
         let reserved = nodes
             .iter()
             .filter_map(|n| n.ip.as_deref()?.parse().ok())
@@ -104,6 +115,19 @@ impl Registry {
         match &self.unknown {
             Unknown::Ignore => NodeLookup::Unknown,
             Unknown::Discover => {
+                // A MAC already recorded is updated; a new one only below
+                // the cap, or forged DISCOVERs fill the registry.
+                let full = match self.store.discovered() {
+                    Ok(d) => d.len() >= self.cap && !d.iter().any(|x| x.mac == mac),
+                    Err(e) => {
+                        tracing::warn!("reading discovered machines: {e}");
+                        true
+                    }
+                };
+                if full {
+                    self.cap_reached("discovered machines recorded");
+                    return NodeLookup::Unknown;
+                }
                 let now = i64::try_from(now_secs).unwrap_or(i64::MAX);
                 let d = Discovered {
                     mac: mac.clone(),
@@ -122,6 +146,10 @@ impl Registry {
                 }
                 NodeLookup::Unknown
             }
+            Unknown::Enrol { .. } if self.registered >= self.cap => {
+                self.cap_reached("nodes registered: no more unknown machines are registered");
+                NodeLookup::Unknown
+            }
             Unknown::Enrol { dd, template } => {
                 let source = Source::Template(template.clone());
                 match lifecycle::add(dd, self.store.as_mut(), &mac, &source, None, None) {
@@ -129,6 +157,7 @@ impl Registry {
                         tracing::info!(%mac, node = %n.name, %template, "registered an unknown machine from the default template");
                         let known = NodeLookup::Known { static_ip: None };
                         self.nodes.insert(mac, known.clone());
+                        self.registered += 1;
                         known
                     }
                     Err(e) => {
@@ -138,6 +167,23 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Logs, at most once a minute, that the cap stopped a newcomer.
+    fn cap_reached(&mut self, what: &str) {
+        let now = Instant::now();
+        if self
+            .cap_logged
+            .is_some_and(|t| now.duration_since(t) < NOTE_EVERY)
+        {
+            return;
+        }
+        self.cap_logged = Some(now);
+        tracing::warn!(
+            cap = self.cap,
+            "unknown machines: {} {what} (the cap, serve --unknown-cap)",
+            self.cap
+        );
     }
 
     /// Whether `mac` is due for another record or enrolment attempt: once a
@@ -236,7 +282,7 @@ mod tests {
     #[test]
     fn discover_records_booting_machines_once_a_minute() -> R {
         let (_tmp, dd) = data_dir()?;
-        let mut reg = Registry::new(dd.store()?, Unknown::Discover);
+        let mut reg = Registry::new(dd.store()?, Unknown::Discover, 256);
         reg.refresh();
         let pxe = request([2, 0, 0, 0, 0, 1], true)?;
         assert_eq!(reg.lookup(&pxe, 100), NodeLookup::Unknown);
@@ -262,7 +308,7 @@ mod tests {
             dd: dd.clone(),
             template: "lab".into(),
         };
-        let mut reg = Registry::new(dd.store()?, unknown);
+        let mut reg = Registry::new(dd.store()?, unknown, 256);
         reg.refresh();
         let pxe = request([2, 0, 0, 0, 0, 3], true)?;
         assert_eq!(reg.lookup(&pxe, 100), NodeLookup::Known { static_ip: None });
@@ -279,6 +325,52 @@ mod tests {
             NodeLookup::Unknown
         );
         assert_eq!(dd.store()?.nodes()?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn the_cap_stops_discovery_and_registration() -> R {
+        let (_tmp, dd) = data_dir()?;
+        let mut reg = Registry::new(dd.store()?, Unknown::Discover, 2);
+        reg.refresh();
+        for i in 1..=5 {
+            reg.lookup(&request([2, 0, 0, 0, 1, i], true)?, 100);
+        }
+        assert_eq!(dd.store()?.discovered()?.len(), 2);
+        // A MAC already recorded is still updated (not a newcomer).
+        reg.recent.clear();
+        reg.lookup(&request([2, 0, 0, 0, 1, 1], true)?, 200);
+        let d = dd.store()?.discovered()?;
+        assert!(d
+            .iter()
+            .any(|x| x.mac == "02:00:00:00:01:01" && x.last_seen == 200));
+
+        let unknown = Unknown::Enrol {
+            dd: dd.clone(),
+            template: "lab".into(),
+        };
+        let mut reg = Registry::new(dd.store()?, unknown, 3);
+        reg.refresh();
+        let mut known = 0;
+        for i in 1..=6 {
+            if reg.lookup(&request([2, 0, 0, 0, 2, i], true)?, 100) != NodeLookup::Unknown {
+                known += 1;
+            }
+        }
+        assert_eq!(known, 3);
+        assert_eq!(dd.store()?.nodes()?.len(), 3);
+        // Across a restart too: the registry's size counts, not this run's.
+        let unknown = Unknown::Enrol {
+            dd: dd.clone(),
+            template: "lab".into(),
+        };
+        let mut reg = Registry::new(dd.store()?, unknown, 3);
+        reg.refresh();
+        assert_eq!(
+            reg.lookup(&request([2, 0, 0, 0, 2, 9], true)?, 100),
+            NodeLookup::Unknown
+        );
+        assert_eq!(dd.store()?.nodes()?.len(), 3);
         Ok(())
     }
 }

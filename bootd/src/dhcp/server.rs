@@ -35,6 +35,8 @@ pub struct Params {
     /// arm64 client gets nothing until the operator provides its build):
     /// one `stat` per boot offer.
     pub boot_dir: Option<PathBuf>,
+    /// Relay agents (giaddr) answered; other relayed requests are dropped.
+    pub relays: Vec<Ipv4Addr>,
 }
 
 /// The registry's answer for the request's MAC, looked up by the caller.
@@ -54,6 +56,7 @@ const PXE_OPTION_43: [u8; 4] = [6, 1, 8, 255];
 /// The reply to `req`, which arrived on `local_port` from `source`. Lease
 /// changes are recorded in `leases`; the caller commits them before it
 /// sends any reply.
+#[cfg(test)]
 pub fn handle(
     req: &Request,
     local_port: u16,
@@ -63,13 +66,36 @@ pub fn handle(
     node: &NodeLookup,
     now: u64,
 ) -> Option<Reply> {
+    handle_with_token(req, local_port, source, p, leases, node, now, None)
+}
+
+/// [`handle`], with a one-time script token for an iPXE client's boot URL
+/// (proxy mode: the script's only proof of who fetches it).
+#[allow(clippy::too_many_arguments)]
+pub fn handle_with_token(
+    req: &Request,
+    local_port: u16,
+    source: SocketAddrV4,
+    p: &Params,
+    leases: Option<&mut Leases>,
+    node: &NodeLookup,
+    now: u64,
+    token: Option<&str>,
+) -> Option<Reply> {
+    let giaddr = req.msg.giaddr();
     // "Relayed" by our own address: forged, and the answer would go to
     // ourselves.
-    if req.msg.giaddr() == p.server {
+    if giaddr == p.server {
+        return None;
+    }
+    // Only relays the operator named get answers: otherwise any host
+    // could have us send replies to any address it writes into giaddr.
+    if !giaddr.is_unspecified() && !p.relays.contains(&giaddr) {
+        tracing::debug!(mac = %req.mac(), %giaddr, "relayed request from an unconfigured relay: dropped");
         return None;
     }
     match (p.mode, leases) {
-        (Mode::Proxy, _) => proxy(req, local_port, source, p, node),
+        (Mode::Proxy, _) => proxy(req, local_port, source, p, node, token),
         // Full mode listens on the server port only, so any port will do.
         (Mode::Full, Some(leases)) => full(req, source, p, leases, node, now),
         (Mode::Full, None) => None,
@@ -108,7 +134,7 @@ fn full(
             let mut m = reply::skeleton(req, MessageType::Offer, p.server);
             m.set_yiaddr(ip);
             network_options(&mut m, p, true);
-            boot_options(&mut m, req, p, node);
+            boot_options(&mut m, req, p, node, None);
             let dest = reply::destination(req, &m, false);
             Some(Reply { msg: m, dest })
         }
@@ -131,7 +157,7 @@ fn full(
             let mut m = reply::skeleton(req, MessageType::Ack, p.server);
             m.set_yiaddr(want);
             network_options(&mut m, p, true);
-            boot_options(&mut m, req, p, node);
+            boot_options(&mut m, req, p, node, None);
             let dest = reply::destination(req, &m, false);
             Some(Reply { msg: m, dest })
         }
@@ -149,7 +175,7 @@ fn full(
         MessageType::Inform => {
             let mut m = reply::skeleton(req, MessageType::Ack, p.server);
             network_options(&mut m, p, false);
-            boot_options(&mut m, req, p, node);
+            boot_options(&mut m, req, p, node, None);
             Some(Reply {
                 dest: inform_destination(req, source),
                 msg: m,
@@ -179,6 +205,7 @@ fn proxy(
     source: SocketAddrV4,
     p: &Params,
     node: &NodeLookup,
+    token: Option<&str>,
 ) -> Option<Reply> {
     let pxe = req.vendor_class().starts_with(b"PXEClient");
     // UEFI HTTP boot takes a proxy offer too (the URL in option 67, vendor
@@ -195,7 +222,7 @@ fn proxy(
         _ => return None,
     };
     let mut m = reply::skeleton(req, kind, p.server);
-    if !boot_options(&mut m, req, p, node) {
+    if !boot_options(&mut m, req, p, node, token) {
         return None;
     }
     let o = m.opts_mut();
@@ -229,11 +256,17 @@ fn network_options(m: &mut Message, p: &Params, lease: bool) {
 
 /// Adds next-server, file and options 66/67 for a registered node; false
 /// when there is nothing to boot (unknown MAC or unsupported arch).
-fn boot_options(m: &mut Message, req: &Request, p: &Params, node: &NodeLookup) -> bool {
+fn boot_options(
+    m: &mut Message,
+    req: &Request,
+    p: &Params,
+    node: &NodeLookup,
+    token: Option<&str>,
+) -> bool {
     if *node == NodeLookup::Unknown {
         return false;
     }
-    let Some(file) = boot::choose(req, p.server, p.http_port, p.efi) else {
+    let Some(file) = boot::choose(req, p.server, p.http_port, p.efi, token) else {
         return false;
     };
     if let (Some(dir), Some(name)) = (&p.boot_dir, file.binary()) {

@@ -9,6 +9,7 @@ use super::socket::DhcpSocket;
 use crate::bootlog::BootLog;
 use crate::datadir::DataDir;
 use crate::serve::config::{DhcpMode, Settings, UnknownPolicy};
+use crate::serve::grants::Grants;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub fn start(
     lease_file: PathBuf,
     http_port: u16,
     bootlog: BootLog,
+    grants: Arc<Grants>,
 ) -> Result<Option<Running>> {
     let mode = match s.dhcp {
         DhcpMode::Off => return Ok(None),
@@ -69,6 +71,9 @@ pub fn start(
         (Mode::Full, None) => bail!("--dhcp full needs --pool FIRST-LAST"),
         (Mode::Proxy, _) => None,
     };
+    if let Some(l) = &leases {
+        seed_grants(l, &grants);
+    }
     let server = found.ip;
     let unknown = match &s.unknown {
         UnknownPolicy::Ignore => Unknown::Ignore,
@@ -98,11 +103,13 @@ pub fn start(
             tftp_server: server,
             efi: s.efi,
             boot_dir: Some(boot_dir),
+            relays: s.relays.clone(),
         },
         leases,
-        registry: Mutex::new(Registry::new(dd.store()?, unknown)),
+        registry: Mutex::new(Registry::new(dd.store()?, unknown, s.unknown_cap)),
         stop: Default::default(),
         bootlog: Some(bootlog),
+        grants,
     });
     // Without --interface, the interface holding --listen-ip is the one served.
     let ifname = s.interface.clone().unwrap_or(found.name);
@@ -120,4 +127,17 @@ pub fn start(
     }
     tracing::info!(?mode, %server, interface = %ifname, unknown = ?s.unknown, "DHCP serving");
     Ok(Some(Running { shared, threads }))
+}
+
+/// Leases from before a restart still admit their nodes' script fetches.
+fn seed_grants(leases: &Mutex<Leases>, grants: &Grants) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let instant = std::time::Instant::now();
+    let l = leases.lock().unwrap_or_else(|e| e.into_inner());
+    for (mac, ip, expires) in l.active(now) {
+        let left = std::time::Duration::from_secs(expires.saturating_sub(now));
+        grants.lease(mac, IpAddr::V4(ip), instant + left, instant);
+    }
 }

@@ -30,6 +30,7 @@ fn params(mode: Mode) -> Params {
         tftp_server: SERVER,
         efi: bootd_ipxe::arch::EfiFlavour::SnpOnly,
         boot_dir: None,
+        relays: Vec::new(),
     }
 }
 
@@ -383,13 +384,27 @@ fn decline_keeps_the_address_out_of_the_pool() -> R {
 }
 
 #[test]
-fn a_request_relayed_by_our_own_address_is_ignored() -> R {
+fn only_configured_relays_are_answered() -> R {
     let mut l = leases(Mem::default())?;
+    let mut p = params(Mode::Full);
+    p.relays = vec![Ipv4Addr::new(192, 0, 2, 254), SERVER];
     let mut d = msg(MessageType::Discover, MAC);
+    // Our own address, even if configured: forged.
     d.set_giaddr(SERVER);
-    assert!(run(&d, &params(Mode::Full), &mut l, &KNOWN)?.is_none());
+    assert!(run(&d, &p, &mut l, &KNOWN)?.is_none());
     d.set_giaddr(Ipv4Addr::new(192, 0, 2, 254));
-    assert!(run(&d, &params(Mode::Full), &mut l, &KNOWN)?.is_some());
+    assert!(run(&d, &p, &mut l, &KNOWN)?.is_some());
+    // Any other giaddr would make us send to an address of the sender's
+    // choosing.
+    d.set_giaddr(Ipv4Addr::new(198, 51, 100, 7));
+    assert!(run(&d, &p, &mut l, &KNOWN)?.is_none());
+    let mut proxy = params(Mode::Proxy);
+    proxy.relays.clear();
+    let mut pd = msg(MessageType::Discover, MAC);
+    pxe(&mut pd, 0);
+    assert!(handle(&decode(&pd)?, SERVER_PORT, src(), &proxy, None, &KNOWN, NOW).is_some());
+    pd.set_giaddr(Ipv4Addr::new(192, 0, 2, 254));
+    assert!(handle(&decode(&pd)?, SERVER_PORT, src(), &proxy, None, &KNOWN, NOW).is_none());
     Ok(())
 }
 
@@ -428,7 +443,9 @@ fn relayed_request_goes_to_relay_with_option_82_echoed() -> R {
     info.insert(RelayInfo::AgentCircuitId(b"port7".to_vec()));
     d.opts_mut()
         .insert(DhcpOption::RelayAgentInformation(info.clone()));
-    let r = run(&d, &params(Mode::Full), &mut l, &KNOWN)?.ok_or("offer")?;
+    let mut p = params(Mode::Full);
+    p.relays = vec![relay];
+    let r = run(&d, &p, &mut l, &KNOWN)?.ok_or("offer")?;
     assert_eq!(r.dest, Destination::Relay(SocketAddrV4::new(relay, 67)));
     let m = wire(&r)?;
     assert_eq!(m.giaddr(), relay);
@@ -495,6 +512,11 @@ fn leases_survive_a_restart_in_the_file() -> R {
         }
     }
     let mut l = Leases::open(pool, Box::new(FileLeaseStore::new(path)))?;
+    // What serve seeds the script grants with after a restart.
+    let mut active: Vec<Ipv4Addr> = l.active(NOW).map(|(_, ip, _)| ip).collect();
+    active.sort();
+    assert_eq!(active, ips);
+    assert_eq!(l.active(NOW + u64::from(p.lease_secs)).count(), 0);
     // Asked in reverse order, each MAC still gets its own address.
     for n in (0..3u8).rev() {
         let mac = [2, 0, 0, 0, 0, n];
@@ -697,9 +719,11 @@ fn driver_answers_inform_over_udp() -> R {
         registry: Mutex::new(Registry::new(
             Box::new(crate::store::sqlite::SqliteStore::open_in_memory()?),
             Unknown::Ignore,
+            256,
         )),
         stop: Default::default(),
         bootlog: None,
+        grants: Default::default(),
     });
     let sh = shared.clone();
     let t = std::thread::spawn(move || drive(server, sh));
@@ -723,4 +747,46 @@ fn driver_answers_inform_over_udp() -> R {
     shared.stop.store(true, Ordering::Relaxed);
     t.join().map_err(|_| "driver thread panicked")?;
     Ok(())
+}
+
+#[test]
+fn proxy_ipxe_url_carries_the_token_and_full_mode_none() -> R {
+    let p = params(Mode::Proxy);
+    let mut d = msg(MessageType::Discover, MAC);
+    pxe(&mut d, 7);
+    d.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let req = decode(&d)?;
+    let r = super::server::handle_with_token(
+        &req,
+        SERVER_PORT,
+        src(),
+        &p,
+        None,
+        &KNOWN,
+        NOW,
+        Some("00ff"),
+    )
+    .ok_or("offer")?;
+    let want = format!(
+        "http://192.0.2.1:8080/boot/{}.ipxe?t=00ff",
+        req.mac().replace(':', "-")
+    );
+    assert_eq!(boot_file(&wire(&r)?).as_deref(), Some(want.as_str()));
+    assert_eq!(
+        super::boot::redact(&want),
+        format!(
+            "http://192.0.2.1:8080/boot/{}.ipxe?t=…",
+            req.mac().replace(':', "-")
+        )
+    );
+    Ok(())
+}
+
+/// Found by `scripts/fuzz-bootd.sh`: option 94 of length 3, later 94 of
+/// length 0. dhcproto decodes each piece and asserted on the second (in
+/// debug builds), which took the DHCP thread down with one datagram.
+#[test]
+fn a_repeated_option_of_a_bad_length_is_refused() {
+    let d = include_bytes!("../../fuzz/corpus/dhcp/regress-option-94-twice");
+    assert!(Request::decode(d).is_none());
 }

@@ -4,13 +4,16 @@
 //! One request per connection, bounded in size, time and number; every
 //! lookup reads the registry, so CLI changes apply to the next request.
 
-mod request;
+pub mod request;
 mod routes;
+mod slots;
 #[cfg(test)]
 mod tests;
 
 use crate::bootlog::{BootLog, Stage, Who};
 use crate::metrics::METRICS;
+use crate::serve::config::ScriptAccess;
+use crate::serve::grants::Grants;
 use crate::store::{NodeState, Store, StoreError};
 use crate::tftp::Root;
 use bootd_ipxe::{BootPlan, Renderer};
@@ -22,11 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
-/// Connections handled at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 256;
-/// A client has this long to send its request head ...
+/// A client has this long to send its request head (iPXE sends it at
+/// once) ...
 const READ_LIMIT: Duration = Duration::from_secs(10);
 /// ... and to take the answer.
 const WRITE_LIMIT: Duration = Duration::from_secs(10);
@@ -45,9 +46,33 @@ pub struct HttpServer {
     http_port: u16,
     /// Where the iSCSI portal listens.
     iscsi_port: u16,
-    slots: Arc<Semaphore>,
+    slots: Arc<slots::Slots>,
     /// Scripts served are reported as boot stages.
     bootlog: Option<BootLog>,
+    access: Access,
+}
+
+/// Who gets what: node scripts (they carry CHAP secrets) and /metrics.
+pub struct Access {
+    pub scripts: ScriptAccess,
+    /// Leases and one-time tokens from bootd's DHCP.
+    pub grants: Arc<Grants>,
+    /// Who may read /metrics besides the server's own addresses.
+    pub metrics_from: Vec<IpAddr>,
+    /// Connections one client address may hold.
+    pub per_source: usize,
+}
+
+impl Default for Access {
+    /// Scripts bound to their nodes, /metrics for the server itself.
+    fn default() -> Self {
+        Self {
+            scripts: ScriptAccess::Bound,
+            grants: Arc::new(Grants::new()),
+            metrics_from: Vec::new(),
+            per_source: slots::PER_SOURCE,
+        }
+    }
 }
 
 /// An answer: status and body (plain text, or a binary).
@@ -83,6 +108,7 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
@@ -115,6 +141,7 @@ impl HttpServer {
         http_port: u16,
         iscsi_port: u16,
         bootlog: Option<BootLog>,
+        access: Access,
     ) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::new(Mutex::new(store)),
@@ -122,17 +149,17 @@ impl HttpServer {
             renderer: Renderer::new(),
             http_port,
             iscsi_port,
-            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            slots: slots::Slots::new(slots::MAX_CONNECTIONS, access.per_source.max(1)),
             bootlog,
+            access,
         })
     }
 
-    /// Accepts until the task is dropped.
+    /// Accepts until the task is dropped. Accepting never waits for a
+    /// slot: a connection over its source's share is closed at once, and
+    /// when all slots are taken an unfinished one is evicted (slots.rs).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let Ok(permit) = self.slots.clone().acquire_owned().await else {
-                return;
-            };
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -142,26 +169,46 @@ impl HttpServer {
                     continue;
                 }
             };
+            let slot = match self.slots.take(peer.ip()) {
+                Ok(s) => s,
+                Err(why) => {
+                    METRICS.http_refused.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, ?why, "http: connection refused");
+                    drop(stream);
+                    continue;
+                }
+            };
             let this = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = this.connection(stream, peer).await {
+                if let Err(e) = this.connection(stream, peer, &slot).await {
                     tracing::debug!(%peer, "http: {e}");
                 }
-                drop(permit);
+                drop(slot);
             });
         }
     }
 
-    async fn connection(&self, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+    async fn connection(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        slot: &slots::Slot,
+    ) -> std::io::Result<()> {
         let local = stream.local_addr()?;
-        let parsed = match tokio::time::timeout(READ_LIMIT, read_head(&mut stream)).await {
-            Ok(r) => r?,
-            Err(_) => Err(None),
+        let parsed = tokio::select! {
+            r = tokio::time::timeout(READ_LIMIT, read_head(&mut stream)) => match r {
+                Ok(r) => r?,
+                Err(_) => Err(None),
+            },
+            // Room for a newcomer: this one has not sent its head yet.
+            _ = slot.evicted.notified() => return Ok(()),
         };
+        slot.answering();
         let refused = parsed.is_err();
         let (response, head_only) = match parsed {
             Ok(req) => {
-                let r = self.answer(&req.path, local.ip()).await;
+                let r = self.answer(&req, local.ip(), peer.ip()).await;
+                // The path only: the query may hold a token.
                 tracing::info!(%peer, path = %req.path, status = r.status, "http");
                 (r, req.method == Method::Head)
             }
@@ -196,16 +243,30 @@ impl HttpServer {
         Ok(())
     }
 
-    async fn answer(&self, path: &str, local: IpAddr) -> Response {
+    async fn answer(&self, req: &request::Request, local: IpAddr, peer: IpAddr) -> Response {
         // A client reaching us over IPv4 on a dual-stack socket shows up as
         // ::ffff:a.b.c.d; iPXE wants the plain IPv4 address.
-        let host = bootd_ipxe::uri_host(local.to_canonical());
+        let (local, peer) = (local.to_canonical(), peer.to_canonical());
+        let host = bootd_ipxe::uri_host(local);
         let http_base = format!("http://{host}:{}", self.http_port);
-        match routes::route(path) {
+        match routes::route(&req.path) {
             Ok(Route::Chain) => Response::text(200, bootd_ipxe::chain_script(&http_base)),
-            Ok(Route::Node(mac)) => self.node_script(mac, host, http_base).await,
+            Ok(Route::Node(mac)) => {
+                let who = Caller {
+                    peer,
+                    token: req.token.clone(),
+                };
+                self.node_script(mac, host, http_base, who).await
+            }
             Ok(Route::Binary(name)) => self.binary(name).await,
-            Ok(Route::Metrics) => self.metrics().await,
+            // Node names (by default made from MACs) and load figures are
+            // for the operator: the server itself and whom they named.
+            // (A peer at the address we listen on is this host; another
+            // loopback address counts as foreign, so tests can play one.)
+            Ok(Route::Metrics) if peer == local || self.access.metrics_from.contains(&peer) => {
+                self.metrics().await
+            }
+            Ok(Route::Metrics) => Response::text(403, "metrics are not served to this address\n"),
             Err(Refusal::BadRequest) => Response::text(400, "bad path\n"),
             Err(Refusal::NotFound) => Response::text(404, "not found\n"),
         }
@@ -261,7 +322,13 @@ impl HttpServer {
         }
     }
 
-    async fn node_script(&self, mac: String, host: String, http_base: String) -> Response {
+    async fn node_script(
+        &self,
+        mac: String,
+        host: String,
+        http_base: String,
+        who: Caller,
+    ) -> Response {
         let store = self.store.clone();
         let lookup = tokio::task::spawn_blocking(move || {
             let s = store.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,6 +356,11 @@ impl HttpServer {
         };
         if node.state != NodeState::Ready {
             return Response::text(503, "the node's disk is being recreated\n");
+        }
+        if !self.is_the_node(&node, &who) {
+            METRICS.scripts_refused.fetch_add(1, Relaxed);
+            tracing::warn!(peer = %who.peer, node = %node.name, token = who.token.is_some(), "http: script refused: not the node's address and no valid token");
+            return Response::text(403, "this script is served to its node only\n");
         }
         let plan = BootPlan {
             node_name: node.name.clone(),
@@ -323,6 +395,35 @@ impl HttpServer {
                 Response::text(500, "the node's template does not render\n")
             }
         }
+    }
+}
+
+/// Who asks for a node's script.
+struct Caller {
+    peer: IpAddr,
+    token: Option<String>,
+}
+
+impl HttpServer {
+    /// Whether `who` is `node`: its static address, the address bootd's
+    /// DHCP leased its MAC, or a token issued for its MAC in a boot URL.
+    fn is_the_node(&self, node: &crate::store::Node, who: &Caller) -> bool {
+        if self.access.scripts == ScriptAccess::Open {
+            return true;
+        }
+        let static_ip = node.ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());
+        if static_ip.is_some_and(|ip| ip.to_canonical() == who.peer) {
+            return true;
+        }
+        self.access
+            .grants
+            .admit(
+                &node.mac,
+                who.peer,
+                who.token.as_deref(),
+                std::time::Instant::now(),
+            )
+            .is_some()
     }
 }
 

@@ -18,7 +18,16 @@ pub struct Request {
     pub method: Method,
     /// The target without its query string; only `[A-Za-z0-9._:/-]`.
     pub path: String,
+    /// The script token (`?t=HEX`), when the query has a plausible one;
+    /// the rest of the query is ignored.
+    pub token: Option<String>,
 }
+
+/// The query parameter of a script URL that carries the one-time token.
+pub const TOKEN_PARAM: &str = "t";
+
+/// Longest token accepted (bootd issues 32 hex digits).
+pub const MAX_TOKEN: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -93,8 +102,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
     if target.len() > MAX_TARGET {
         return Err(ParseError::TargetTooLong);
     }
-    // The query string is not used; it is dropped, not interpreted.
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    // Of the query string only the token is read; nothing else is
+    // interpreted.
+    let mut split = target.splitn(2, |&b| b == b'?');
+    let path = split.next().unwrap_or_default();
+    let token = split.next().and_then(token);
     // No percent-decoding: an escaped byte can never smuggle a separator.
     let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-');
     if !path.starts_with(b"/") || !path.iter().all(plain) {
@@ -103,7 +115,18 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
     Ok(Some(Request {
         method,
         path: String::from_utf8_lossy(path).into_owned(),
+        token,
     }))
+}
+
+/// `t=HEX` among `&`-separated query parameters: hex digits only, bounded.
+fn token(query: &[u8]) -> Option<String> {
+    let prefix = format!("{TOKEN_PARAM}=");
+    query
+        .split(|&b| b == b'&')
+        .filter_map(|p| p.strip_prefix(prefix.as_bytes()))
+        .find(|v| !v.is_empty() && v.len() <= MAX_TOKEN && v.iter().all(u8::is_ascii_hexdigit))
+        .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
 }
 
 /// Index just past the blank line ending the head (`\r\n\r\n` or `\n\n`).
@@ -133,7 +156,8 @@ mod tests {
             r,
             Ok(Some(Request {
                 method: Method::Get,
-                path: "/boot.ipxe".into()
+                path: "/boot.ipxe".into(),
+                token: None,
             }))
         );
         let r = parse(b"HEAD /boot/52-54-00-12-34-56.ipxe?x=%2e HTTP/1.0\n\n");
@@ -141,9 +165,23 @@ mod tests {
             r,
             Ok(Some(Request {
                 method: Method::Head,
-                path: "/boot/52-54-00-12-34-56.ipxe".into()
+                path: "/boot/52-54-00-12-34-56.ipxe".into(),
+                token: None,
             }))
         );
+        let r = parse(b"GET /boot/52-54-00-12-34-56.ipxe?x=1&t=00AbfF HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            r.map(|r| r.and_then(|r| r.token)),
+            Ok(Some("00abff".into()))
+        );
+        for q in ["t=", "t=xyz", "tt=00", "t=00%00"] {
+            let head = format!("GET /boot.ipxe?{q} HTTP/1.1\r\n\r\n");
+            assert_eq!(
+                parse(head.as_bytes()).map(|r| r.and_then(|r| r.token)),
+                Ok(None),
+                "{q}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@ fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
         mac: "02:00:00:00:00:0a".into(),
         image_id,
         template: template.map(Into::into),
-        ip: None,
+        // The address the tests fetch from: the node's own.
+        ip: Some("127.0.0.1".into()),
         target_iqn: "iqn.t:a".into(),
         initiator_iqn: "iqn.i:a".into(),
         chap_user: "a".into(),
@@ -50,7 +51,14 @@ async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Arc<HttpServer>, u
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let server = HttpServer::new(Box::new(store), files, port, 3260, None);
+    let server = HttpServer::new(
+        Box::new(store),
+        files,
+        port,
+        3260,
+        None,
+        super::Access::default(),
+    );
     tokio::spawn(server.clone().serve(listener));
     Ok((server, port, img.id))
 }
@@ -136,5 +144,53 @@ async fn binaries_for_http_boot_come_from_the_boot_directory() -> Result {
     assert!(out[split + 4..] == efi[..], "body differs");
     let missing = ask(port, "GET /ipxe/ipxe.efi HTTP/1.1\r\n\r\n").await?;
     assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    Ok(())
+}
+
+/// An idle connection from `source` (it never sends a request head).
+async fn idle_from(source: [u8; 4], port: u16) -> Result<tokio::net::TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind((std::net::Ipv4Addr::from(source), 0).into())?;
+    Ok(s.connect(([127, 0, 0, 1], port).into()).await?)
+}
+
+/// Idle sockets, from one address or from many, do not keep another
+/// machine from its script: one source gets its share, and unfinished
+/// connections are evicted for newcomers. Before, 256 idle sockets made
+/// everyone else wait for the 10 s head timeout.
+#[tokio::test]
+async fn slot_floods_do_not_starve_other_sources() -> Result {
+    let (server, port, image) = start().await?;
+    with_store(&server, |s| {
+        s.add_node(&new_node(None, image))?;
+        s.set_node_state("a", NodeState::Ready)
+    })?;
+    let get = "GET /boot/02-00-00-00-00-0a.ipxe HTTP/1.1\r\n\r\n";
+    let timely = |what: &'static str| async move {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(3), ask(port, get)).await;
+        match r {
+            Ok(Ok(a)) if a.starts_with("HTTP/1.1 200 ") => Ok(()),
+            other => Err(format!("{what}: {other:?}")),
+        }
+    };
+    let mut held = Vec::new();
+    // One source, more sockets than there are slots.
+    for _ in 0..super::slots::MAX_CONNECTIONS + 20 {
+        if let Ok(s) = idle_from([127, 0, 0, 2], port).await {
+            held.push(s);
+        }
+    }
+    timely("after one source's flood").await?;
+    drop(held);
+    // Many sources, each within its share, together over the total.
+    let mut held = Vec::new();
+    let sources = super::slots::MAX_CONNECTIONS / super::slots::PER_SOURCE + 4;
+    for i in 0..sources {
+        for _ in 0..super::slots::PER_SOURCE {
+            held.push(idle_from([127, 0, 1, 10 + i as u8], port).await?);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    timely("after a flood from many sources").await?;
     Ok(())
 }

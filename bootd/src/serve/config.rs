@@ -36,6 +36,19 @@ impl From<EfiBinary> for EfiFlavour {
     }
 }
 
+/// Who may fetch a node's boot script (it carries the node's CHAP secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScriptAccess {
+    /// Only the node: from the address bootd leased it (full mode), its
+    /// static address, or with the one-time token bootd put in the boot URL
+    /// it gave that MAC (proxy mode).
+    Bound,
+    /// Anyone who reaches the HTTP port (a lab, a load test, DHCP run by
+    /// something else with no static addresses): every secret is public.
+    Open,
+}
+
 /// What a PXE client whose MAC is not registered gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnknownPolicy {
@@ -80,6 +93,11 @@ pub struct FileConfig {
     pub efi_binary: Option<EfiBinary>,
     pub unknown: Option<String>,
     pub record_io: Option<PathBuf>,
+    pub relays: Option<Vec<Ipv4Addr>>,
+    pub script_access: Option<ScriptAccess>,
+    pub metrics_from: Option<Vec<IpAddr>>,
+    pub unknown_cap: Option<u32>,
+    pub per_source: Option<u32>,
     pub node_quota: Option<String>,
     pub reserve_free: Option<String>,
     pub warn_free: Option<String>,
@@ -104,6 +122,12 @@ pub enum ConfigError {
     Unknown(String),
     #[error("lease time {0} s is too short (at least 60)")]
     LeaseTime(u32),
+    #[error("serve needs --interface or --listen-ip to know which network to serve on (--listen-ip 0.0.0.0 serves on every address)")]
+    NoNetwork,
+    #[error("--per-source {0}: at least 1")]
+    PerSource(u32),
+    #[error("interface {0} has no IPv4 address to serve on")]
+    NoAddress(String),
 }
 
 impl FileConfig {
@@ -150,6 +174,17 @@ pub struct Settings {
     pub unknown: UnknownPolicy,
     /// Where each node's I/O trace goes (`--record-io`).
     pub record_io: Option<PathBuf>,
+    /// DHCP relay agents (giaddr) answered; relayed requests from any
+    /// other giaddr are dropped.
+    pub relays: Vec<Ipv4Addr>,
+    pub script_access: ScriptAccess,
+    /// Besides the server itself, who may read /metrics.
+    pub metrics_from: Vec<IpAddr>,
+    /// Discovered MACs recorded, and nodes in the registry up to which
+    /// `--unknown default=` registers more, at most.
+    pub unknown_cap: u32,
+    /// HTTP connections and TFTP transfers one client address may hold.
+    pub per_source: usize,
     /// Bytes one overlay may take.
     pub node_quota: Option<u64>,
     /// Free bytes kept on the overlays' filesystem (default: derived from its size).
@@ -207,6 +242,12 @@ mod tests {
         assert!("default=".parse::<UnknownPolicy>().is_err());
         assert!("boot".parse::<UnknownPolicy>().is_err());
         assert!(toml::from_str::<FileConfig>("router = \"fe80::1\"\n").is_err());
+        let c: FileConfig = toml::from_str(
+            "relays = [\"192.0.2.254\"]\nscript_access = \"open\"\nmetrics_from = [\"192.0.2.9\"]\nunknown_cap = 10\n",
+        )?;
+        assert_eq!(c.relays, Some(vec![Ipv4Addr::new(192, 0, 2, 254)]));
+        assert_eq!(c.script_access, Some(ScriptAccess::Open));
+        assert_eq!(c.unknown_cap, Some(10));
         Ok(())
     }
 }

@@ -7,11 +7,12 @@
 
 pub mod config;
 mod fleet;
+pub mod grants;
 
 use crate::datadir::DataDir;
 use anyhow::{Context, Result};
 use clap::Args;
-use config::{DhcpMode, EfiBinary, FileConfig, Settings, UnknownPolicy};
+use config::{DhcpMode, EfiBinary, FileConfig, ScriptAccess, Settings, UnknownPolicy};
 use iscsi_target::{Server, ServerConfig};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,6 +27,12 @@ use crate::metrics::METRICS;
 /// Where iPXE scripts are served unless told otherwise.
 const DEFAULT_HTTP_PORT: u16 = 8080;
 
+/// Discovered MACs kept, and the registry size auto-registration stops at.
+const DEFAULT_UNKNOWN_CAP: u32 = 256;
+
+/// HTTP connections and TFTP transfers per client address.
+const DEFAULT_PER_SOURCE: u32 = 16;
+
 /// How often the registry's generation is checked.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -38,15 +45,18 @@ overlay is released, then replaces or deletes it.")]
 pub struct ServeArgs {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
-    /// unknown, record_io, node_quota, reserve_free, warn_free (sizes as
-    /// strings, e.g. "20G"). Unknown keys are an error. Flags override it.
+    /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
+    /// per_source, node_quota, reserve_free, warn_free (sizes as strings,
+    /// e.g. "20G"). Unknown keys are an error. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Network interface DHCP answers on (SO_BINDTODEVICE); its IPv4
     /// address is the server address unless --listen-ip names one.
     #[arg(long)]
     interface: Option<String>,
-    /// Address to serve on [default: 0.0.0.0].
+    /// Address iSCSI, HTTP and TFTP listen on [default: the address of
+    /// --interface]. One of the two is needed; 0.0.0.0 serves on every
+    /// address of the machine.
     #[arg(long)]
     listen_ip: Option<IpAddr>,
     /// off, proxy (boot offers beside the site's DHCP server, ports 67 and
@@ -75,6 +85,30 @@ pub struct ServeArgs {
     /// [default: ignore].
     #[arg(long, value_name = "POLICY")]
     unknown: Option<String>,
+    /// At most this many discovered MACs are recorded, and --unknown
+    /// default=TEMPLATE registers no more nodes once the registry holds
+    /// this many [default: 256].
+    #[arg(long, value_name = "N")]
+    unknown_cap: Option<u32>,
+    /// A DHCP relay agent (giaddr) to answer; repeat for more. Relayed
+    /// requests from any other giaddr are dropped [default: none].
+    #[arg(long = "relay", value_name = "IP")]
+    relays: Vec<Ipv4Addr>,
+    /// Who gets a node's boot script, which carries its CHAP secret:
+    /// bound (only the node: its leased or static address, or the one-time
+    /// token in the boot URL bootd's DHCP gave it) or open (anyone)
+    /// [default: bound].
+    #[arg(long, value_enum)]
+    script_access: Option<ScriptAccess>,
+    /// HTTP connections and TFTP transfers one client address may hold at
+    /// once [default: 16]. A machine needs one; raise it for load tests
+    /// that play many machines from one address.
+    #[arg(long, value_name = "N")]
+    per_source: Option<u32>,
+    /// An address that may read /metrics besides the server itself;
+    /// repeat for more [default: none].
+    #[arg(long, value_name = "IP")]
+    metrics_from: Vec<IpAddr>,
     /// Record every node's reads, writes and flushes to DIR/NODE.trace
     /// (for bootd-storm to replay); off by default.
     #[arg(long, value_name = "DIR")]
@@ -121,17 +155,32 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         None => UnknownPolicy::Ignore,
     };
     let lease_secs = args.lease_secs.or(file.lease_secs).unwrap_or(3600);
+    let per_source = args
+        .per_source
+        .or(file.per_source)
+        .unwrap_or(DEFAULT_PER_SOURCE);
+    if per_source == 0 {
+        return Err(config::ConfigError::PerSource(per_source).into());
+    }
     if lease_secs < 60 {
         return Err(config::ConfigError::LeaseTime(lease_secs).into());
     }
+    let interface = args.interface.clone().or(file.interface);
+    let listen_ip = match (args.listen_ip.or(file.listen_ip), &interface) {
+        (Some(ip), _) => ip,
+        // The boot network's address, not every address of the machine:
+        // the site's other networks never see bootd's ports.
+        (None, Some(name)) => crate::dhcp::iface::find(Some(name), None)
+            .with_context(|| format!("reading the address of {name}"))?
+            .map(|f| IpAddr::V4(f.ip))
+            .ok_or_else(|| config::ConfigError::NoAddress(name.clone()))?,
+        (None, None) => return Err(config::ConfigError::NoNetwork.into()),
+    };
     Ok(Settings {
-        listen_ip: args
-            .listen_ip
-            .or(file.listen_ip)
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        listen_ip,
         iscsi_port: args.iscsi_port.or(file.iscsi_port).unwrap_or(3260),
         dhcp: args.dhcp.or(file.dhcp).unwrap_or(DhcpMode::Off),
-        interface: args.interface.clone().or(file.interface),
+        interface,
         pool: pool.as_deref().map(config::parse_pool).transpose()?,
         http_port: args
             .http_port
@@ -153,6 +202,25 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .into(),
         unknown,
         record_io: args.record_io.clone().or(file.record_io),
+        relays: if args.relays.is_empty() {
+            file.relays.unwrap_or_default()
+        } else {
+            args.relays.clone()
+        },
+        script_access: args
+            .script_access
+            .or(file.script_access)
+            .unwrap_or(ScriptAccess::Bound),
+        metrics_from: if args.metrics_from.is_empty() {
+            file.metrics_from.unwrap_or_default()
+        } else {
+            args.metrics_from.clone()
+        },
+        unknown_cap: args
+            .unknown_cap
+            .or(file.unknown_cap)
+            .unwrap_or(DEFAULT_UNKNOWN_CAP),
+        per_source: usize::try_from(per_source).unwrap_or(usize::MAX),
         node_quota: size(args.node_quota, file.node_quota.as_deref())?,
         reserve_free: size(args.reserve_free, file.reserve_free.as_deref())?,
         warn_free: size(args.warn_free, file.warn_free.as_deref())?,
@@ -175,6 +243,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
     }
     let dd = DataDir::open(data_dir)?;
     let _lock = dd.lock_serve()?;
+    raise_open_file_limit();
     let mut store = dd.store()?;
     for name in crate::lifecycle::recover_releasing(&dd, store.as_mut())? {
         tracing::warn!(node = %name, "an interrupted command had left the node releasing; ready again");
@@ -217,6 +286,7 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     let (tftp_socket, tftp) = crate::tftp::bind(
         SocketAddr::new(s.listen_ip, s.tftp_port),
         boot_files.clone(),
+        s.per_source,
     )
     .await?;
     let tftp_local = tftp_socket.local_addr()?;
@@ -228,7 +298,15 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
-    let dhcp = crate::dhcp::start(&s, &dd, lease_file, http_local.port(), bootlog.clone())?;
+    let grants = Arc::new(grants::Grants::new());
+    let dhcp = crate::dhcp::start(
+        &s,
+        &dd,
+        lease_file,
+        http_local.port(),
+        bootlog.clone(),
+        grants.clone(),
+    )?;
     let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
     let http = crate::http::HttpServer::new(
         http_store,
@@ -236,6 +314,12 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         http_local.port(),
         local.port(),
         Some(bootlog),
+        crate::http::Access {
+            scripts: s.script_access,
+            grants,
+            metrics_from: s.metrics_from.clone(),
+            per_source: s.per_source,
+        },
     );
     let http_task = tokio::spawn(http.serve(http_listener));
     let mut out = std::io::stdout().lock();
@@ -286,6 +370,39 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     served?;
     tracing::info!("overlays flushed; bye");
     Ok(())
+}
+
+/// Every node holds an overlay, a golden image and sessions open, and
+/// every client a socket: the soft limit on descriptors (often 1024) goes
+/// up to the hard one, so a busy fleet is not refused for want of them.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`, which lives through the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(
+            "reading the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let was = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads `lim`; raising the soft limit up to the hard
+    // one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        tracing::warn!(
+            "raising the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    tracing::debug!(from = was, to = lim.rlim_max, "open-file limit raised");
 }
 
 /// iSCSI logins and logouts as boot stages; the ISID comes first in the

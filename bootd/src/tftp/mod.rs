@@ -42,6 +42,7 @@ pub fn open_root(dir: Option<&Path>) -> Result<Arc<Root>> {
 pub async fn bind(
     addr: SocketAddr,
     root: Arc<Root>,
+    per_source: usize,
 ) -> Result<(tokio::net::UdpSocket, TftpServer)> {
     let socket = tokio::net::UdpSocket::bind(addr)
         .await
@@ -49,6 +50,6 @@ pub async fn bind(
     tracing::debug!(dir = %root.path().display(), "serving TFTP");
     Ok((
         socket,
-        TftpServer::new(root, Limits::default(), DEFAULT_MAX_TRANSFERS),
+        TftpServer::new(root, Limits::default(), DEFAULT_MAX_TRANSFERS).per_source(per_source),
     ))
 }

@@ -7,20 +7,71 @@ use super::packet::{self, ErrorCode, Packet, Request};
 use super::transfer::{Limits, Outcome, Transfer};
 use crate::bootlog::{BootLog, Stage, Who};
 use crate::metrics::METRICS;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
 /// Transfers running at once; more requests get "server busy".
 pub const DEFAULT_MAX_TRANSFERS: usize = 512;
+/// Transfers one client address may run at once unless told otherwise
+/// (`serve --per-source`); a PXE ROM needs one. Requests beyond it are
+/// dropped without an answer (the source may be forged), so one address
+/// cannot take every slot.
+pub const PER_SOURCE_TRANSFERS: usize = 16;
 
 pub struct TftpServer {
     root: Arc<Root>,
     limits: Limits,
     slots: Arc<Semaphore>,
+    sources: Arc<Sources>,
     bootlog: Option<BootLog>,
+}
+
+/// Transfers running per client address.
+struct Sources {
+    running: Mutex<HashMap<IpAddr, usize>>,
+    per_source: usize,
+}
+
+/// One running transfer of `ip`; dropping it frees the place.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+}
+
+impl Sources {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let ip = ip.to_canonical();
+        let mut m = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= self.per_source {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .sources
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl TftpServer {
@@ -29,8 +80,21 @@ impl TftpServer {
             root,
             limits,
             slots: Arc::new(Semaphore::new(max_transfers)),
+            sources: Arc::new(Sources {
+                running: Mutex::new(HashMap::new()),
+                per_source: PER_SOURCE_TRANSFERS,
+            }),
             bootlog: None,
         }
+    }
+
+    /// Transfers one client address may run at once (at least 1).
+    pub fn per_source(mut self, n: usize) -> Self {
+        self.sources = Arc::new(Sources {
+            running: Mutex::new(HashMap::new()),
+            per_source: n.max(1),
+        });
+        self
     }
 
     /// Completed transfers are reported as boot stages.
@@ -61,19 +125,30 @@ impl TftpServer {
                 }
             };
             let reply = match Packet::decode(&buf[..n]) {
-                Ok(Packet::Rrq(req)) => match self.slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let root = self.root.clone();
-                        let limits = self.limits;
-                        let log = self.bootlog.clone();
-                        tokio::spawn(async move {
-                            run_transfer(root, limits, req, peer, local_ip, log).await;
-                            drop(permit);
-                        });
-                        None
+                Ok(Packet::Rrq(req)) => {
+                    let Some(mine) = self.sources.take(peer.ip()) else {
+                        METRICS.tftp_refused.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, "tftp: source over its share; request dropped");
+                        continue;
+                    };
+                    match self.slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let root = self.root.clone();
+                            let limits = self.limits;
+                            let log = self.bootlog.clone();
+                            tokio::spawn(async move {
+                                run_transfer(root, limits, req, peer, local_ip, log).await;
+                                drop(permit);
+                                drop(mine);
+                            });
+                            None
+                        }
+                        Err(_) => {
+                            METRICS.tftp_refused.fetch_add(1, Relaxed);
+                            Some(packet::error(ErrorCode::NotDefined, "server busy"))
+                        }
                     }
-                    Err(_) => Some(packet::error(ErrorCode::NotDefined, "server busy")),
-                },
+                }
                 Ok(Packet::Wrq(_)) => Some(packet::error(
                     ErrorCode::AccessViolation,
                     "read-only server",
@@ -219,6 +294,46 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), sock.recv_from(buf))
             .await
             .map_err(|_| std::io::Error::other("nothing received"))?
+    }
+
+    /// One address sending more requests than its share (and never
+    /// answering) leaves the slots to everyone else.
+    #[tokio::test]
+    async fn one_source_cannot_take_every_slot() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("f"), b"hello")?;
+        let max = 2 * PER_SOURCE_TRANSFERS;
+        let server = TftpServer::new(Arc::new(Root::new(dir.path())?), Limits::default(), max);
+        let listen = UdpSocket::bind("127.0.0.1:0").await?;
+        let port = listen.local_addr()?.port();
+        let task = tokio::spawn(server.serve(listen));
+        // The flood: every slot's worth of requests from 127.0.0.2, with
+        // the longest timeout it may ask for; nothing is ever acknowledged.
+        let flood = UdpSocket::bind("127.0.0.2:0").await?;
+        for _ in 0..max + 8 {
+            flood
+                .send_to(
+                    &request(false, "f", &[("timeout", "255")]),
+                    ("127.0.0.1", port),
+                )
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await?;
+        client
+            .send_to(&request(false, "f", &[]), ("127.0.0.1", port))
+            .await?;
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = recv(&client, &mut buf).await?;
+        assert_eq!(
+            Packet::decode(&buf[..n]),
+            Ok(Packet::Data {
+                block: 1,
+                data: b"hello"
+            })
+        );
+        task.abort();
+        Ok(())
     }
 
     #[tokio::test]

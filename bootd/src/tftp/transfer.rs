@@ -25,6 +25,14 @@ pub struct Limits {
     pub timeout: Duration,
     /// Retransmissions of one window before the transfer is abandoned.
     pub max_retries: u32,
+    /// Longest retransmission timeout a client may ask for (RFC 2349); a
+    /// larger request is not acknowledged and the default applies. A
+    /// client asking for 255 s would otherwise hold a transfer slot for
+    /// many minutes without answering.
+    pub max_client_timeout: Duration,
+    /// A transfer ends after this long, however it is going: an iPXE
+    /// binary takes well under a second on a LAN.
+    pub lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -34,9 +42,16 @@ impl Default for Limits {
             max_window: 64,
             timeout: Duration::from_secs(1),
             max_retries: 5,
+            max_client_timeout: Duration::from_secs(5),
+            lifetime: Duration::from_secs(120),
         }
     }
 }
+
+/// Retransmissions of the first answer (OACK or first window) while the
+/// client has not said anything since its request: the request's source
+/// may be forged, and every resend would go to a victim who never asked.
+const UNHEARD_RETRIES: u32 = 1;
 
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +60,7 @@ pub enum Outcome {
     Complete,
     /// The client sent an ERROR (for instance after a tsize probe).
     ClientAborted(u16, String),
-    /// Retries exhausted.
+    /// Retries exhausted, or the transfer's lifetime is over.
     TimedOut,
     /// The client broke the protocol; an ERROR was sent.
     Protocol,
@@ -68,6 +83,10 @@ pub struct Transfer {
     total: u64,
     retries: u32,
     deadline: Instant,
+    /// When the transfer is abandoned whatever its state.
+    ends: Instant,
+    /// Whether the client has answered at all (a valid ACK).
+    heard: bool,
     outcome: Option<Outcome>,
 }
 
@@ -102,7 +121,7 @@ impl Transfer {
                 "tsize" => accepted.push((name.clone(), file.len().to_string())),
                 "timeout" => {
                     if let Ok(v) = value.parse::<u8>() {
-                        if v >= 1 {
+                        if v >= 1 && Duration::from_secs(v.into()) <= limits.max_client_timeout {
                             timeout = Duration::from_secs(v.into());
                             accepted.push((name.clone(), v.to_string()));
                         }
@@ -133,6 +152,8 @@ impl Transfer {
             total,
             retries: 0,
             deadline: now + timeout,
+            ends: now + limits.lifetime,
+            heard: false,
             outcome: None,
         };
         let out = if accepted.is_empty() {
@@ -202,6 +223,7 @@ impl Transfer {
         self.oack = None;
         self.acked = abs;
         self.retries = 0;
+        self.heard = true;
         if self.acked >= self.total {
             self.outcome = Some(Outcome::Complete);
             return Vec::new();
@@ -217,7 +239,13 @@ impl Transfer {
         if self.outcome.is_some() || now < self.deadline {
             return Vec::new();
         }
-        if self.retries >= self.max_retries {
+        if !self.heard && self.retries >= UNHEARD_RETRIES {
+            // Nothing from the client since its request: end quietly, no
+            // ERROR either (the source may be a forged victim).
+            self.outcome = Some(Outcome::TimedOut);
+            return Vec::new();
+        }
+        if self.retries >= self.max_retries || now >= self.ends {
             self.outcome = Some(Outcome::TimedOut);
             return vec![packet::error(ErrorCode::NotDefined, "timed out")];
         }
@@ -231,9 +259,10 @@ impl Transfer {
         self.send_window(now)
     }
 
-    /// Doubling backoff from the negotiated timeout, capped at 8 times it.
+    /// Doubling backoff from the negotiated timeout, capped at 8 times it
+    /// and at the transfer's end.
     fn arm(&mut self, now: Instant) {
-        self.deadline = now + self.timeout * (1u32 << self.retries.min(3));
+        self.deadline = (now + self.timeout * (1u32 << self.retries.min(3))).min(self.ends);
     }
 
     fn send_window(&mut self, now: Instant) -> Vec<Vec<u8>> {
@@ -401,6 +430,9 @@ mod tests {
         let limits = Limits::default();
         let (mut t, out) = Transfer::start(&[], file(2000), &limits, t0);
         assert_eq!(data(&out[0]).0, 1);
+        // The client answers once, then goes quiet.
+        let out = t.on_datagram(&ack(1), t0);
+        assert_eq!(data(&out[0]).0, 2);
         // Not due yet: nothing.
         assert!(t.on_timeout(t0 + Duration::from_millis(500)).is_empty());
         let mut now = t0 + limits.timeout;
@@ -408,7 +440,7 @@ mod tests {
         for _ in 0..limits.max_retries {
             let out = t.on_timeout(now);
             assert_eq!(out.len(), 1);
-            assert_eq!(data(&out[0]).0, 1);
+            assert_eq!(data(&out[0]).0, 2);
             gaps.push(t.deadline() - now);
             now = t.deadline();
         }
@@ -418,6 +450,72 @@ mod tests {
             Packet::decode(&out[0]),
             Ok(Packet::Error { code: 0, .. })
         ));
+        assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+    }
+
+    /// An option-less request from a forged source: one block and one
+    /// resend, then silence. Before, six blocks (and an ERROR) went to a
+    /// victim that never asked.
+    #[test]
+    fn a_client_that_never_answers_gets_one_resend() {
+        let t0 = Instant::now();
+        let (mut t, first) = Transfer::start(&[], file(100_000), &Limits::default(), t0);
+        let mut sent: usize = first.iter().map(Vec::len).sum();
+        let mut now = t0;
+        for _ in 0..100 {
+            now = t.deadline().max(now + Duration::from_millis(1));
+            sent += t.on_timeout(now).iter().map(Vec::len).sum::<usize>();
+            if t.outcome().is_some() {
+                break;
+            }
+        }
+        assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+        assert_eq!(sent, 2 * (4 + 512), "one block and one resend");
+        // A windowed request: the OACK (small) twice, never a window.
+        let o = opts(&[("windowsize", "64"), ("blksize", "1468")]);
+        let (mut t, first) = Transfer::start(&o, file(1 << 20), &Limits::default(), t0);
+        let mut sent: usize = first.iter().map(Vec::len).sum();
+        for _ in 0..100 {
+            sent += t
+                .on_timeout(t.deadline())
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
+            if t.outcome().is_some() {
+                break;
+            }
+        }
+        assert!(sent < 100, "{sent} bytes to a client that never answered");
+    }
+
+    #[test]
+    fn long_timeouts_are_refused_and_transfers_end() {
+        let t0 = Instant::now();
+        let limits = Limits::default();
+        let (t, out) = Transfer::start(&opts(&[("timeout", "255")]), file(10), &limits, t0);
+        // Not acknowledged: plain DATA, the default timeout.
+        assert_eq!(data(&out[0]).0, 1);
+        assert_eq!(t.deadline(), t0 + limits.timeout);
+        let (t, out) = Transfer::start(&opts(&[("timeout", "5")]), file(10), &limits, t0);
+        assert!(matches!(Packet::decode(&out[0]), Ok(Packet::Oack(_))));
+        assert_eq!(t.deadline(), t0 + Duration::from_secs(5));
+        // A client that acknowledges one block in each retry window keeps
+        // the transfer going, but not beyond its lifetime.
+        let big = file(512 * 10_000);
+        let (mut t, _) = Transfer::start(&[], big, &limits, t0);
+        let mut now = t0;
+        let mut block = 0u16;
+        while t.outcome().is_none() {
+            now += Duration::from_secs(4);
+            block = block.wrapping_add(1);
+            let _ = t.on_datagram(&ack(block), now);
+            let _ = t.on_timeout(now);
+            let _ = t.on_timeout(t.deadline());
+            assert!(
+                now <= t0 + limits.lifetime + Duration::from_secs(60),
+                "still going"
+            );
+        }
         assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
     }
 

@@ -9,16 +9,23 @@ use std::time::Duration;
 /// GETs from a serve's HTTP port.
 trait HttpGet {
     /// GET with curl as-is (no path normalising): (status, body).
-    fn get(&self, path: &str) -> Result<(u16, String)>;
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        self.get_as("127.0.0.1", path)
+    }
+
+    /// The same from local address `source`.
+    fn get_as(&self, source: &str, path: &str) -> Result<(u16, String)>;
 }
 
 impl HttpGet for Serve {
-    fn get(&self, path: &str) -> Result<(u16, String)> {
+    fn get_as(&self, source: &str, path: &str) -> Result<(u16, String)> {
         let url = format!("http://127.0.0.1:{}{path}", self.http);
         let out = tool(
             "curl",
             &[
                 "-s",
+                "--interface",
+                source,
                 "--path-as-is",
                 "--max-time",
                 "10",
@@ -44,7 +51,8 @@ fn field(v: &serde_json::Value, k: &str) -> Result<String> {
 #[test]
 fn nodes_get_their_own_ipxe_scripts() -> Result {
     let env = Env::new()?;
-    let n1 = one_node(&env, "52:54:00:ab:cd:ef")?;
+    // The scripts are fetched from 127.0.0.1: the nodes' own address.
+    let n1 = one_node_at(&env, "52:54:00:ab:cd:ef", Some("127.0.0.1"))?;
 
     let serve = Serve::start(&env)?;
 
@@ -155,9 +163,11 @@ fn nodes_get_their_own_ipxe_scripts() -> Result {
         "win",
         "--name",
         "w1",
+        "--ip",
+        "127.0.0.3",
     ])?;
     let w1 = env.json(&["node", "show", "w1", "--json"])?;
-    let (code, script) = serve.get("/boot/525400123457.ipxe")?;
+    let (code, script) = serve.get_as("127.0.0.3", "/boot/525400123457.ipxe")?;
     assert_eq!(code, 200, "{script}");
     assert!(
         script.contains(&format!(

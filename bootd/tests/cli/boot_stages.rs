@@ -19,7 +19,7 @@ fn stages(env: &Env) -> Result<Vec<String>> {
 #[test]
 fn node_show_reports_the_last_boot() -> Result {
     let env = Env::new()?;
-    let n1 = one_node(&env, "52:54:00:ab:cd:01")?;
+    let n1 = one_node_at(&env, "52:54:00:ab:cd:01", Some("127.0.0.1"))?;
     assert_eq!(n1["last_boot"].as_array().map(Vec::len), Some(0));
     let text = env.ok(&["node", "show", "n1"])?;
     assert!(text.contains("never seen booting"), "{text}");

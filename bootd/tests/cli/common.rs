@@ -148,6 +148,8 @@ pub struct Serve {
     pub port: u16,
     pub http: u16,
     pub tftp: u16,
+    /// The addresses of the ready lines: iSCSI, HTTP, TFTP.
+    pub listen: Vec<String>,
 }
 
 impl Serve {
@@ -171,7 +173,13 @@ impl Serve {
             "0",
         ];
         args.extend_from_slice(extra);
-        let mut cmd = env.bootd_cmd(&args);
+        Self::start_args(env, &args)
+    }
+
+    /// `bootd ARGS` (a serve command line of its own); waits for the ready
+    /// lines. `listen` is what they said: iSCSI, HTTP, TFTP addresses.
+    pub fn start_args(env: &Env, args: &[&str]) -> Result<Self> {
+        let mut cmd = env.bootd_cmd(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -192,20 +200,31 @@ impl Serve {
             port: 0,
             http: 0,
             tftp: 0,
+            listen: Vec::new(),
         };
-        let port = |kind: &str| -> Result<u16> {
+        let mut port = |kind: &str| -> Result<u16> {
             let line = rx.recv_timeout(Duration::from_secs(20))?;
-            Ok(line
+            let addr = line
                 .trim()
                 .strip_prefix(kind)
-                .and_then(|rest| rest.rsplit(':').next())
+                .ok_or_else(|| format!("expected a {kind} line, serve printed {line:?}"))?;
+            serve.listen.push(addr.to_string());
+            Ok(addr
+                .rsplit(':')
+                .next()
                 .and_then(|p| p.parse().ok())
                 .ok_or_else(|| format!("expected a {kind} line, serve printed {line:?}"))?)
         };
-        serve.port = port("iscsi ")?;
-        serve.http = port("http ")?;
-        serve.tftp = port("tftp ")?;
+        let iscsi = port("iscsi ")?;
+        let http = port("http ")?;
+        let tftp = port("tftp ")?;
+        (serve.port, serve.http, serve.tftp) = (iscsi, http, tftp);
         Ok(serve)
+    }
+
+    /// The serve process's id.
+    pub fn pid(&self) -> Result<u32> {
+        Ok(self.child.as_ref().ok_or("stopped")?.id())
     }
 
     /// Descriptors the serve process has open on `path`.
@@ -318,9 +337,19 @@ pub fn login_refused(port: u16, login: &Login<'_>) -> Result {
 /// Image `deb` (8 MiB, its first MiB filled) and node `n1` with `mac` on it;
 /// `node show n1 --json`.
 pub fn one_node(env: &Env, mac: &str) -> Result<serde_json::Value> {
+    one_node_at(env, mac, None)
+}
+
+/// [`one_node`], with static address `ip` (the address serve's HTTP side
+/// then serves the node's script to).
+pub fn one_node_at(env: &Env, mac: &str, ip: Option<&str>) -> Result<serde_json::Value> {
     let raw = env.path("g.raw");
     golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
     env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
-    env.ok(&["node", "add", mac, "--image", "deb", "--name", "n1"])?;
+    let mut args = vec!["node", "add", mac, "--image", "deb", "--name", "n1"];
+    if let Some(ip) = ip {
+        args.extend(["--ip", ip]);
+    }
+    env.ok(&args)?;
     env.json(&["node", "show", "n1", "--json"])
 }

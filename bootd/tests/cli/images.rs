@@ -38,7 +38,11 @@ fn import_raw_then_qcow2_makes_versions_with_checksums() -> Result {
         let path = img["path"].as_str().ok_or("path")?;
         assert_eq!(sha256(path.as_ref())?, sum);
         let meta = std::fs::metadata(path)?;
-        assert_eq!(meta.permissions().mode() & 0o777, 0o444, "stored read-only");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o400,
+            "stored read-only, the owner's alone"
+        );
         // Sparse: the 31 MiB of zeros take no space.
         assert!(
             meta.blocks() * 512 < 4 << 20,

@@ -6,5 +6,6 @@ mod boot_stages;
 mod common;
 mod images;
 mod nodes;
+mod security;
 mod serve;
 mod tftp;

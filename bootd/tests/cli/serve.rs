@@ -340,7 +340,10 @@ fn fifty_nodes_writing_a_mib_each_cost_little_space() -> Result {
     let nodes = nodes.as_array().ok_or("node list")?;
     assert_eq!(nodes.len(), NODES);
     let serve = Serve::start(&env)?;
-    for (i, n) in nodes.iter().enumerate() {
+    for (i, listed) in nodes.iter().enumerate() {
+        // `node list` leaves the secrets out; `node show` has them.
+        let name = listed["name"].as_str().ok_or("name")?;
+        let n = env.json(&["node", "show", name, "--json"])?;
         let s = |k: &str| n[k].as_str().unwrap_or_default();
         // Spread over the disk so each node touches its own clusters.
         let off = (i as u64 % 200) << 20;

@@ -169,6 +169,10 @@ impl Server {
             .args(["--listen-ip", &SERVER_IP.to_string(), "--pool", POOL])
             .args(["--lease-secs", &o.lease_secs.to_string()])
             .args(["--http-port", "0", "--tftp-port", "0", "--iscsi-port", "0"])
+            // Every simulated node fetches from the one client address, not
+            // from its lease: scripts open to all, and that address may hold
+            // as many connections and transfers as the whole fleet.
+            .args(["--script-access", "open", "--per-source", "100000"])
             .arg("--tftp-dir")
             .arg(o.tftp_dir)
             .env("BOOTD_LOG", o.log_level)

@@ -14,6 +14,7 @@
 
 mod eio;
 mod enospc;
+mod guest;
 mod kill9;
 
 use std::net::TcpListener;

@@ -200,12 +200,12 @@ impl FailFs {
             log,
         };
         let deadline = Instant::now() + MOUNT_LIMIT;
+        let mut announced = false;
         loop {
-            if rx
+            announced |= rx
                 .recv_timeout(Duration::from_millis(50))
-                .is_ok_and(|l| l.contains("failfs: mounted"))
-                && mounted_at(mountpoint)?.is_some_and(|t| t.starts_with("fuse"))
-            {
+                .is_ok_and(|l| l.contains("failfs: mounted"));
+            if announced && mounted_at(mountpoint)?.is_some_and(|t| t.starts_with("fuse")) {
                 return Ok(fs);
             }
             if let Some(child) = fs.child.as_mut() {

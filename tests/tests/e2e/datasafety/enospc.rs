@@ -182,13 +182,18 @@ fn keeps_acknowledged(seed: u64) -> Result<()> {
 /// Writes fail for want of space only when the space is really gone: the acknowledged
 /// data fills at least 3/4 of the tmpfs (the rest is the log, headers, tables).
 ///
-/// FINDS A BUG at a03ed47 (issue 17, space): the overlay reserves clusters in batches
-/// that grow to 2048 clusters (128 MiB) under a write storm, and when fallocate of the
-/// batch fails it returns no-space at once instead of retrying with what the request
-/// needs (imagestore/src/qcow2/overlay/write.rs, `take`/`reserve`). Measured: 191 of
-/// 1024 cluster writes acknowledged (11.9 MiB of data), yet only 2.1 MiB of the 24 MiB
-/// tmpfs free: about 9 MiB went to reservations no write could use. The code before
-/// a03ed47 acknowledged 380 writes (23.8 MiB) on the same tmpfs.
+/// FINDS A BUG at a03ed47 (issue 17, space); expected to fail until it is fixed.
+/// Measured: 191 of 1024 cluster writes acknowledged (11.9 MiB of data), then every
+/// write fails with 7/27/07 while the overlay file holds 21.1 MiB of blocks for a 12.8
+/// MiB image (`qemu-img check`: image end offset 12845056), with a file length of 8 GiB;
+/// after a clean stop it is 12.8 MiB again and 11 MiB of the tmpfs are free. So blocks
+/// fallocated for reservations that no write got stay allocated until the overlay
+/// closes, and space runs out at half the file system. By reading (overlay/write.rs
+/// `take`/`reserve`): the batch grows to 2048 clusters under a storm and a failed batch
+/// is not retried with just what the request needs; a failed `io::allocate` of one run
+/// leaves the runs before it allocated; and the allocation hint keeps advancing past
+/// failed reservations (new refcount blocks every 2 GiB: the 8 GiB length). The code
+/// before a03ed47 acknowledged 380 writes (23.8 MiB) on the same tmpfs, then lost them.
 #[test]
 fn enospc_only_when_the_disk_is_full() -> Result<()> {
     const TEST: &str = "enospc_only_when_the_disk_is_full";

@@ -129,9 +129,25 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     Ok(st.f_bavail * st.f_frsize)
 }
 
+/// A mount in the calling thread's namespace, detached when dropped (so the directory
+/// under it can be removed even while a process still holds files open on it).
+#[derive(Debug)]
+pub struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Ok(dir) = cstr(&self.0) {
+            // SAFETY: umount2 with a valid C string; failure (already gone) is fine.
+            unsafe {
+                libc::umount2(dir.as_ptr(), libc::MNT_DETACH);
+            }
+        }
+    }
+}
+
 /// Mounts a tmpfs of `bytes` on `dir` (in the calling thread's namespace), moving what
 /// `dir` held onto it.
-pub fn tmpfs_over(dir: &Path, bytes: u64) -> Result<()> {
+pub fn tmpfs_over(dir: &Path, bytes: u64) -> Result<Mounted> {
     let keep = tempfile::tempdir()?;
     move_entries(dir, keep.path())?;
     mount(
@@ -141,7 +157,9 @@ pub fn tmpfs_over(dir: &Path, bytes: u64) -> Result<()> {
         libc::MS_NOSUID | libc::MS_NODEV,
         Some(&format!("size={bytes},mode=0755")),
     )?;
-    move_entries(keep.path(), dir)
+    let mounted = Mounted(dir.to_path_buf());
+    move_entries(keep.path(), dir)?;
+    Ok(mounted)
 }
 
 /// Moves (copies then removes, as across file systems) every file of `from` into `to`.

@@ -19,8 +19,9 @@ const TMPFS: u64 = 24 * MIB;
 
 /// A node whose overlays directory is a full tmpfs, and how it got full.
 struct Full {
-    setup: Setup,
+    /// Before `setup`: serve stops before the tmpfs goes.
     serve: Serve,
+    setup: Setup,
     /// The writer of one 64 KiB write to each of the disk's 1024 clusters.
     out: Outcome,
     /// Free bytes on the tmpfs once writes failed.
@@ -31,8 +32,8 @@ struct Full {
 /// scattered order, write-back, no flush) to every cluster of the 64 MiB disk: 64 MiB
 /// of data for a 24 MiB file system. Must run in a private mount namespace.
 fn fill(seed: u64) -> Result<Full> {
-    let setup = Setup::new(GOLDEN_BYTES, seed)?;
-    tmpfs_over(&setup.overlays(), TMPFS)?;
+    let mut setup = Setup::new(GOLDEN_BYTES, seed)?;
+    setup.mounts.push(tmpfs_over(&setup.overlays(), TMPFS)?);
     ensure!(
         mounted_at(&setup.overlays())?.as_deref() == Some("tmpfs"),
         "no tmpfs on {}",

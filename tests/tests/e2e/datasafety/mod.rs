@@ -25,6 +25,7 @@ use anyhow::{ensure, Result};
 use bootd_tests::disk::{noise, Fill};
 use bootd_tests::env::Needs;
 use bootd_tests::export::Server;
+use bootd_tests::faults::Mounted;
 use bootd_tests::overlay::{judge, Verdict};
 use bootd_tests::process::Finished;
 use bootd_tests::qemu_iscsi::Login;
@@ -81,6 +82,9 @@ fn mix(mut x: u64) -> u64 {
 
 /// A data directory with a noise golden image of `bytes` and one node on it.
 struct Setup {
+    /// Mounts over parts of the data directory; first, so they are detached before the
+    /// directory is removed.
+    mounts: Vec<Mounted>,
     work: tempfile::TempDir,
     golden: Vec<u8>,
     data: DataDir,
@@ -98,6 +102,7 @@ impl Setup {
         std::fs::remove_file(&file)?;
         let node = data.add_node("52:54:00:d5:00:01", "golden", "dsafe")?;
         Ok(Self {
+            mounts: Vec::new(),
             work,
             golden,
             data,

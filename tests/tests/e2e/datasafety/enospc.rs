@@ -217,3 +217,57 @@ fn enospc_only_when_the_disk_is_full() -> Result<()> {
         full.serve.stop()
     })
 }
+
+/// A crash on a full disk: the tmpfs filled by write-back writes (none flushed), serve
+/// killed with SIGKILL, restarted on the still full tmpfs. The overlay must open (its
+/// log replayed with no room to spare), every acknowledged write must read back,
+/// nothing else may change, and after a clean stop `qemu-img check` is clean.
+#[test]
+fn enospc_then_kill9_keeps_acknowledged_writes() -> Result<()> {
+    const TEST: &str = "enospc_then_kill9_keeps_acknowledged_writes";
+    if !needs(TEST, true) {
+        return Ok(());
+    }
+    let seed = seed(TEST);
+    in_private_mounts(move || {
+        let started = Instant::now();
+        let Full {
+            setup,
+            serve,
+            out,
+            free_after,
+        } = fill(seed)?;
+        ensure!(
+            !out.acked.is_empty() && !out.unacked.is_empty(),
+            "the tmpfs did not fill: {} acknowledged, {} not",
+            out.acked.len(),
+            out.unacked.len()
+        );
+        serve.kill9()?;
+        let crashed = qemu_img_check(&setup.node.overlay_path, true)?;
+        let serve = setup.data.serve()?;
+        let login = Login::node(serve.port(), &setup.node);
+        let v = setup.judge_disk(&login, &out.acked, &out.unacked)?;
+        ensure!(
+            v.lost.is_empty() && v.garbage.is_empty(),
+            "after kill -9 on a full disk ({:.1} MiB free): {} of {} acknowledged writes \
+             lost (first {:?}); changed bytes nobody wrote at {:?}\n{}",
+            free_after as f64 / MIB as f64,
+            v.lost.len(),
+            out.acked.len(),
+            v.lost.first(),
+            v.garbage,
+            serve.log()
+        );
+        serve.stop()?;
+        let check = qemu_img_check(&setup.node.overlay_path, false)?;
+        qemu_img_compare(&setup.node.overlay_path, &setup.scratch())?;
+        println!(
+            "enospc+kill9: {} acknowledged writes all back; qemu-img check after the kill: \
+             {crashed}; after restart and stop: {check}; {:.1}s",
+            out.acked.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}

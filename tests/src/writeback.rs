@@ -55,9 +55,20 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts qemu-io as `login` with one `write` per fill; `flush` adds a final flush.
-    /// The offsets must differ, so each completion line names one fill.
+    /// Starts qemu-io as `login` with one `write` per fill, each waiting for the one
+    /// before; `flush` adds a final flush. The offsets must differ, so each completion
+    /// line names one fill.
     pub fn start(login: &Login, fills: &[Fill], flush: bool) -> Result<Self> {
+        Self::spawn(login, fills, flush, false)
+    }
+
+    /// Like [`Writer::start`] with `aio_write`: every write is issued at once and they
+    /// complete in any order, so many are in flight when the target goes away.
+    pub fn start_aio(login: &Login, fills: &[Fill]) -> Result<Self> {
+        Self::spawn(login, fills, false, true)
+    }
+
+    fn spawn(login: &Login, fills: &[Fill], flush: bool, aio: bool) -> Result<Self> {
         let mut by_offset = BTreeMap::new();
         for f in fills {
             if by_offset.insert(f.offset, *f).is_some() {
@@ -73,7 +84,11 @@ impl Writer {
         cmd.args(["-oL", "-eL", "qemu-io", "-t", "writeback", "--image-opts"])
             .arg(login.image_opts());
         for f in fills {
-            cmd.args(["-c", &f.write_cmd()]);
+            let write = f.write_cmd();
+            match aio {
+                true => cmd.args(["-c", &format!("aio_{write}")]),
+                false => cmd.args(["-c", &write]),
+            };
         }
         if flush {
             cmd.args(["-c", "flush"]);

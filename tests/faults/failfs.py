@@ -11,6 +11,9 @@ fails with EIO:
             RWF_DSYNC writes wait for, since the kernel sends FUSE_FSYNC for those)
     write   every write
 
+A word OP:TEXT limits OP to paths containing TEXT (write:.wal fails only the writes to
+the write-ahead logs).
+
 So a test turns a fault on and off with one file and needs no device-mapper. Runs in
 the foreground until unmounted or killed; prints "failfs: mounted" once serving, and
 one "failfs: EIO OP PATH" line per injected failure (flushed, for the test's log).
@@ -38,9 +41,11 @@ class FailFs(Operations):
                 words = f.read().split()
         except FileNotFoundError:
             return
-        if what in words:
-            print(f"failfs: EIO {what} {path}", flush=True)
-            raise FuseOSError(errno.EIO)
+        for word in words:
+            op, _, text = word.partition(":")
+            if op == what and text in path:
+                print(f"failfs: EIO {what} {path}", flush=True)
+                raise FuseOSError(errno.EIO)
 
     def init(self, path):
         print("failfs: mounted", flush=True)

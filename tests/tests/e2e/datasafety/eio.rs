@@ -149,7 +149,10 @@ fn eio(seed: u64) -> Result<()> {
     // The writes during the fault were acknowledged, but their flush failed: the
     // initiator knows they may be gone. Each either landed whole or not at all; the
     // write refused on the failed overlay must not have landed.
-    let v = setup.judge_disk(&login, &before, &during)?;
+    // Acknowledged GOOD during the fault (only possible when the data itself landed):
+    // held to the same promise as any other acknowledged write.
+    let acked: Vec<Fill> = before.iter().chain(&out.acked).copied().collect();
+    let v = setup.judge_disk(&login, &acked, &out.unacked)?;
     ensure!(
         v.lost.is_empty() && v.garbage.is_empty(),
         "after the fault and a restart: {} of {} writes flushed before the fault lost (first {:?}); \
@@ -177,5 +180,139 @@ fn eio(seed: u64) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     drop(fs);
+    Ok(())
+}
+
+/// EIO from `write(2)`: first of every write (data and write-ahead log alike), then of
+/// the write-ahead log's writes only (the data lands, the record that makes it
+/// reachable does not). Writes to new clusters and over allocated ones. A write whose
+/// data could not be written must fail with a MEDIUM ERROR (sense key 3); any write
+/// acknowledged GOOD must read back after the fault is cleared and serve restarted;
+/// everything flushed before reads back, each failed write landed whole or not at all,
+/// and the overlay checks clean.
+#[test]
+fn eio_on_write_is_never_acknowledged() -> Result<()> {
+    const TEST: &str = "eio_on_write_is_never_acknowledged";
+    if !needs(TEST, true) {
+        return Ok(());
+    }
+    if !FailFs::available() {
+        let why = format!("{PYTHON} cannot import fusepy (Debian package python3-fusepy)");
+        if e2e_required() {
+            panic!("{TEST}: BOOTD_E2E=1 but {why} (scripts/install-test-deps.sh installs it)");
+        }
+        println!("{TEST}: skipped: {why}");
+        return Ok(());
+    }
+    let seed = seed(TEST);
+    in_private_mounts(move || eio_on_write(seed, "write"))?;
+    in_private_mounts(move || eio_on_write(seed, "write:.wal"))
+}
+
+fn eio_on_write(seed: u64, fault: &str) -> Result<()> {
+    let test = format!("eio_on_write ({fault})");
+    let started = Instant::now();
+    let setup = Setup::new(GOLDEN_BYTES, seed)?;
+    let node = &setup.node;
+    let backing = setup.work.path().join("backing");
+    std::fs::create_dir(&backing)?;
+    move_entries(&setup.overlays(), &backing)?;
+    let fs = FailFs::mount(&backing, &setup.overlays(), &setup.work.path().join("fail"))?;
+    let serve = setup.data.serve()?;
+    let login = Login::node(serve.port(), node);
+    let ctx = |serve: &Serve| format!("{}\n{}", serve.log(), fs.log());
+
+    let mut taken = BTreeSet::new();
+    let before = scattered(
+        32,
+        BLOCK,
+        (0, GOLDEN_BYTES),
+        CLUSTER,
+        &mut taken,
+        0x40,
+        seed,
+    )?;
+    let out = Writer::start(&login, &before, true)?.finish(CLIENT_LIMIT)?;
+    ensure!(
+        out.code == Some(0) && out.unacked.is_empty(),
+        "writes before the fault failed: {}\n{}",
+        out.log,
+        ctx(&serve)
+    );
+
+    fs.fail(&[fault])?;
+    // New clusters, and blocks inside clusters the overlay already holds.
+    let mut during = scattered(
+        8,
+        BLOCK,
+        (0, GOLDEN_BYTES),
+        CLUSTER,
+        &mut taken,
+        0x90,
+        seed ^ 1,
+    )?;
+    during.extend(
+        before
+            .iter()
+            .take(4)
+            .map(|f| Fill::new(f.offset ^ BLOCK, BLOCK, 0xa0)),
+    );
+    let out = Writer::start(&login, &during, true)?.finish(CLIENT_LIMIT)?;
+    let writes: Vec<&str> = out
+        .sense_lines()
+        .into_iter()
+        .filter(|l| l.contains("WRITE"))
+        .collect();
+    if fault == "write" {
+        ensure!(
+            out.acked.is_empty(),
+            "{} writes acknowledged GOOD while every write(2) failed: {:?}\n{}\n{}",
+            out.acked.len(),
+            out.acked,
+            out.log,
+            ctx(&serve)
+        );
+        expect_sense("writes during a write fault", &writes, 0x3, None)
+            .with_context(|| format!("{}\n{}", out.log, ctx(&serve)))?;
+    } else if !writes.is_empty() {
+        expect_sense("writes during a log write fault", &writes, 0x3, None)
+            .with_context(|| format!("{}\n{}", out.log, ctx(&serve)))?;
+    }
+    ensure!(
+        fs.injected() > 0,
+        "no write reached failfs's fault\n{}",
+        ctx(&serve)
+    );
+    fs.heal()?;
+    serve.stop()?;
+
+    let serve = setup.data.serve()?;
+    let login = Login::node(serve.port(), node);
+    // Acknowledged GOOD during the fault (only possible when the data itself landed):
+    // held to the same promise as any other acknowledged write.
+    let acked: Vec<Fill> = before.iter().chain(&out.acked).copied().collect();
+    let v = setup.judge_disk(&login, &acked, &out.unacked)?;
+    ensure!(
+        v.lost.is_empty() && v.garbage.is_empty(),
+        "after a {fault} fault and a restart: {} of {} acknowledged writes lost (first {:?}); \
+         changed bytes nobody wrote at {:?}\n{}",
+        v.lost.len(),
+        acked.len(),
+        v.lost.first(),
+        v.garbage,
+        ctx(&serve)
+    );
+    serve.stop()?;
+    let check = qemu_img_check(&node.overlay_path, false)?;
+    println!(
+        "{test}: {} writes acknowledged, {} failed with {:?}; {} EIOs injected; {} of the \
+         failed writes landed anyway; qemu-img check: {check}; {:.1}s",
+        out.acked.len(),
+        writes.len(),
+        writes.first().and_then(|l| parse_sense(l)),
+        fs.injected(),
+        v.landed_unacked,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

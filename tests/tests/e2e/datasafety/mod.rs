@@ -2,12 +2,15 @@
 //! acknowledged is lost to a crash of serve, a full disk or an I/O error, and the
 //! overlay opens and checks clean afterwards.
 //!
-//! - `serve_kill9_keeps_acknowledged_writeback_writes`: a write-back initiator (no FUA,
-//!   no flush), serve killed with SIGKILL mid-stream, restarted on the same port.
-//! - `enospc_fails_writes_cleanly_and_keeps_acknowledged_ones`: the overlays directory
-//!   on a 24 MiB tmpfs in a private mount namespace; writes until the disk is full.
-//! - `eio_fails_the_overlay_until_reopened`: the overlays directory on a FUSE file
-//!   system whose fsync fails on demand (`tests/faults/failfs.py`).
+//! - `kill9`: a write-back initiator (qemu-io, no FUA, no flush), serve killed with
+//!   SIGKILL mid-stream and restarted on the same port, six times.
+//! - `enospc`: the overlays directory on a 24 MiB tmpfs in a private mount namespace,
+//!   filled until writes fail; then a clean stop, or a kill -9, and a restart.
+//!   `enospc_only_when_the_disk_is_full` fails at a03ed47: it found a capacity bug.
+//! - `eio`: the overlays directory on a FUSE file system that fails fsync or write on
+//!   demand (`tests/faults/failfs.py`).
+//! - `guest`: a TCG Linux guest's kernel initiator (iscsistart, then iscsid) writes
+//!   ext4 files through its page cache while serve is killed twice (~85 s).
 //!
 //! The kill-and-restart rounds pick their kill points from a seed printed at the start;
 //! `BOOTD_E2E_SEED=N` repeats a run.

@@ -12,7 +12,7 @@ use bootd_tests::overlay::qemu_img_check;
 use bootd_tests::process::run;
 use bootd_tests::serve::{DataDir, Serve, ServeOptions};
 
-use super::{needs, MIB};
+use super::{needs, serve_retrying, MIB};
 
 const SERVER_IP: &str = "192.0.2.1";
 const TAP: &str = "tap0";
@@ -69,11 +69,14 @@ fn dsafe_image(dir: &Path) -> Result<GuestImage> {
 }
 
 fn serve_in(ns: &NetNs, data: &DataDir) -> Result<Serve> {
-    data.serve_with(&ServeOptions {
-        netns: Some(ns),
-        listen_ip: SERVER_IP.to_string(),
-        extra: vec!["--iscsi-port".into(), "3260".into()],
-    })
+    serve_retrying(
+        data,
+        &ServeOptions {
+            netns: Some(ns),
+            listen_ip: SERVER_IP.to_string(),
+            extra: vec!["--iscsi-port".into(), "3260".into()],
+        },
+    )
 }
 
 /// Waits until the console file shows `mark`, or the guest thread ended.

@@ -138,13 +138,21 @@ fn free_port() -> Result<u16> {
 
 /// serve on `port`; right after a kill the port may be busy for a moment.
 fn serve_on(data: &DataDir, port: u16) -> Result<Serve> {
-    let opts = ServeOptions {
-        extra: vec!["--iscsi-port".into(), port.to_string()],
-        ..ServeOptions::default()
-    };
+    serve_retrying(
+        data,
+        &ServeOptions {
+            extra: vec!["--iscsi-port".into(), port.to_string()],
+            ..ServeOptions::default()
+        },
+    )
+}
+
+/// serve as `opts` says, retried for a while: a fixed port may still be held for a
+/// moment by the serve just killed.
+fn serve_retrying(data: &DataDir, opts: &ServeOptions) -> Result<Serve> {
     let deadline = Instant::now() + RESTART_LIMIT;
     loop {
-        match data.serve_with(&opts) {
+        match data.serve_with(opts) {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -152,7 +160,8 @@ fn serve_on(data: &DataDir, port: u16) -> Result<Serve> {
     }
 }
 
-/// qemu-io failed writes: every failure must be SPACE ALLOCATION FAILED (7/27/07).
+/// Checks qemu-io's failed-command lines: at least one, each with sense key `key` (and
+/// ASC `asc` if given). Returns how many.
 fn expect_sense(what: &str, lines: &[&str], key: u8, asc: Option<u8>) -> Result<usize> {
     ensure!(!lines.is_empty(), "{what}: no failed SCSI command reported");
     for l in lines {

@@ -149,10 +149,7 @@ fn eio(seed: u64) -> Result<()> {
     // The writes during the fault were acknowledged, but their flush failed: the
     // initiator knows they may be gone. Each either landed whole or not at all; the
     // write refused on the failed overlay must not have landed.
-    // Acknowledged GOOD during the fault (only possible when the data itself landed):
-    // held to the same promise as any other acknowledged write.
-    let acked: Vec<Fill> = before.iter().chain(&out.acked).copied().collect();
-    let v = setup.judge_disk(&login, &acked, &out.unacked)?;
+    let v = setup.judge_disk(&login, &before, &during)?;
     ensure!(
         v.lost.is_empty() && v.garbage.is_empty(),
         "after the fault and a restart: {} of {} writes flushed before the fault lost (first {:?}); \

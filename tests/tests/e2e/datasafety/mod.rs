@@ -5,8 +5,9 @@
 //! - `kill9`: a write-back initiator (qemu-io, no FUA, no flush), serve killed with
 //!   SIGKILL mid-stream and restarted on the same port, six times.
 //! - `enospc`: the overlays directory on a 24 MiB tmpfs in a private mount namespace,
-//!   filled until writes fail; then a clean stop, or a kill -9, and a restart.
-//!   `enospc_only_when_the_disk_is_full` fails at a03ed47: it found a capacity bug.
+//!   filled until writes fail; then a clean stop, or a kill -9, and a restart; under
+//!   serve's defaults and with `--reserve-free 0`. `enospc_only_when_the_disk_is_full`
+//!   fails (a03ed47; main 89bfac3 with `--reserve-free 0`): it found a capacity bug.
 //! - `eio`: the overlays directory on a FUSE file system that fails fsync or write on
 //!   demand (`tests/faults/failfs.py`).
 //! - `guest`: a TCG Linux guest's kernel initiator (iscsistart, then iscsid) writes

@@ -61,10 +61,12 @@ fn eio(seed: u64) -> Result<()> {
         Fill::new(2 * MIB, MIB, 0x51),
         Fill::new(9 * MIB + 1000, 70_000, 0x52),
     ];
+    // Scattered below 32 MiB: the writes during the fault (40 MiB and up) must not
+    // cover them, or a write that legitimately landed after them would look like a loss.
     before.extend(scattered(
         64,
         BLOCK,
-        (16 * MIB, GOLDEN_BYTES),
+        (16 * MIB, 32 * MIB),
         CLUSTER,
         &mut BTreeSet::new(),
         0x60,
@@ -147,8 +149,8 @@ fn eio(seed: u64) -> Result<()> {
     let serve = setup.data.serve()?;
     let login = Login::node(serve.port(), node);
     // The writes during the fault were acknowledged, but their flush failed: the
-    // initiator knows they may be gone. Each either landed whole or not at all; the
-    // write refused on the failed overlay must not have landed.
+    // initiator knows they may be gone. Each 4 KiB block either landed whole or not at
+    // all; the write refused on the failed overlay must not have landed.
     let v = setup.judge_disk(&login, &before, &during)?;
     ensure!(
         v.lost.is_empty() && v.garbage.is_empty(),
@@ -185,8 +187,8 @@ fn eio(seed: u64) -> Result<()> {
 /// reachable does not). Writes to new clusters and over allocated ones. A write whose
 /// data could not be written must fail with a MEDIUM ERROR (sense key 3); any write
 /// acknowledged GOOD must read back after the fault is cleared and serve restarted;
-/// everything flushed before reads back, each failed write landed whole or not at all,
-/// and the overlay checks clean.
+/// everything flushed before reads back, each block of a failed write landed whole or
+/// not at all, and the overlay checks clean.
 #[test]
 fn eio_on_write_is_never_acknowledged() -> Result<()> {
     const TEST: &str = "eio_on_write_is_never_acknowledged";

@@ -59,16 +59,28 @@ impl Writer {
     /// before; `flush` adds a final flush. The offsets must differ, so each completion
     /// line names one fill.
     pub fn start(login: &Login, fills: &[Fill], flush: bool) -> Result<Self> {
-        Self::spawn(login, fills, flush, false)
+        Self::spawn(login, fills, flush, false, 0)
+    }
+
+    /// Like [`Writer::start`] with a `flush` after every `every` writes: commits (and
+    /// the write-ahead log's turnover after them) run while the writes go on.
+    pub fn start_flushing(login: &Login, fills: &[Fill], every: usize) -> Result<Self> {
+        Self::spawn(login, fills, false, false, every)
     }
 
     /// Like [`Writer::start`] with `aio_write`: every write is issued at once and they
     /// complete in any order, so many are in flight when the target goes away.
     pub fn start_aio(login: &Login, fills: &[Fill]) -> Result<Self> {
-        Self::spawn(login, fills, false, true)
+        Self::spawn(login, fills, false, true, 0)
     }
 
-    fn spawn(login: &Login, fills: &[Fill], flush: bool, aio: bool) -> Result<Self> {
+    fn spawn(
+        login: &Login,
+        fills: &[Fill],
+        flush: bool,
+        aio: bool,
+        flush_every: usize,
+    ) -> Result<Self> {
         let mut by_offset = BTreeMap::new();
         for f in fills {
             if by_offset.insert(f.offset, *f).is_some() {
@@ -83,12 +95,15 @@ impl Writer {
         let mut cmd = Command::new("stdbuf");
         cmd.args(["-oL", "-eL", "qemu-io", "-t", "writeback", "--image-opts"])
             .arg(login.image_opts());
-        for f in fills {
+        for (i, f) in fills.iter().enumerate() {
             let write = f.write_cmd();
             match aio {
                 true => cmd.args(["-c", &format!("aio_{write}")]),
                 false => cmd.args(["-c", &write]),
             };
+            if flush_every > 0 && (i + 1) % flush_every == 0 {
+                cmd.args(["-c", "flush"]);
+            }
         }
         if flush {
             cmd.args(["-c", "flush"]);

@@ -25,14 +25,16 @@ struct Round {
     garbage: usize,
     writer_stayed: bool,
     aio: bool,
+    flushing: bool,
 }
 
 /// Issue 17's measurement as a test: `qemu-io -t writeback` writes 4 KiB blocks to
 /// clusters of their own, every write acknowledged GOOD and none flushed; serve is
 /// killed with SIGKILL after a random number of them and restarted on the same port.
 /// In even rounds the initiator stays connected, reconnects and goes on (as Linux's
-/// initiator does); in odd rounds it is killed too. The last two rounds issue all their
-/// writes at once (`aio_write`), so many are in flight. Every write acknowledged, before
+/// initiator does); in odd rounds it is killed too. Rounds 2 and 3 flush every 8
+/// writes (the kill may hit a commit); the last two issue all their writes at once
+/// (`aio_write`), so many are in flight. Every write acknowledged, before
 /// the kill or after the reconnect, must read back; nothing else may change; after a
 /// clean stop `qemu-img check` is clean and the qcow2 file alone (the log folded in)
 /// holds the disk that was served.
@@ -65,11 +67,15 @@ fn serve_kill9_keeps_acknowledged_writeback_writes() -> Result<()> {
             u8::try_from(0x20 + 0x30 * round).unwrap_or(0),
             mix(seed.wrapping_add(round + 1000)),
         )?;
-        // The last two rounds issue every write at once (aio): many are in flight at
-        // the kill, and the log takes them in any order.
+        // Rounds 2 and 3 flush every 8 writes, so the kill may land in a commit or the
+        // log's turnover after it; the last two rounds issue every write at once (aio):
+        // many are in flight at the kill, and the log takes them in any order.
         let aio = round >= ROUNDS - 2;
+        let flushing = (2..4).contains(&round);
         let mut writer = if aio {
             Writer::start_aio(&login, &fills)?
+        } else if flushing {
+            Writer::start_flushing(&login, &fills, 8)?
         } else {
             Writer::start(&login, &fills, false)?
         };
@@ -135,6 +141,7 @@ fn serve_kill9_keeps_acknowledged_writeback_writes() -> Result<()> {
             garbage: v.garbage.len(),
             writer_stayed: stay,
             aio,
+            flushing,
         };
         println!("{TEST}: round {round}: {r:?}; qemu-img check after the kill: {crashed}");
         let (lost_at_kill, acked_at_kill) = (r.lost_at_kill, r.acked_at_kill);

@@ -21,6 +21,8 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      guests with iPXE NIC ROMs (ipxe-qemu) and UEFI firmware (ovmf)
 #   open-iscsi         the Linux kernel initiator's tools (iscsistart, iscsiadm) for guests
 #   busybox-static cpio kmod xz-utils zstd e2fsprogs   building guest initramfs and filesystems
+#   python3-fusepy     tests/faults/failfs.py, the FUSE file system that fails on demand (EIO
+#                      tests; run with Debian's /usr/bin/python3, libfuse2 mounts as root)
 #   ipxe               iPXE binaries served to PXE clients
 #   iproute2           network namespaces, bridges, veth, tap
 #   curl procps        tftp:// and http:// clients; pgrep/ps for process checks
@@ -32,7 +34,7 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
-    dosfstools fdisk systemd-boot-efi
+    dosfstools fdisk systemd-boot-efi python3-fusepy
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 

@@ -5,6 +5,7 @@
 //! installs the tools and sets it.
 
 mod conformance;
+mod datasafety;
 mod diskless;
 mod hostile_iscsi;
 mod kernel;

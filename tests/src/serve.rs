@@ -305,6 +305,27 @@ impl Serve {
     }
 
     /// SIGTERM, then wait: serve must flush every overlay and exit 0 in time.
+    /// Stops serve with SIGTERM and returns its exit status, whatever it
+    /// is, and its whole output.
+    pub fn stop_status(mut self) -> Result<(std::process::ExitStatus, String)> {
+        let Some(mut child) = self.child.take() else {
+            bail!("serve is not running");
+        };
+        terminate(&child);
+        match wait_until(&mut child, Instant::now() + STOP_LIMIT)? {
+            Some(status) => {
+                // The output threads finish once the pipes close.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Ok((status, self.log()))
+            }
+            None => bail!(
+                "serve did not exit within {}s of SIGTERM (killed)\n{}",
+                STOP_LIMIT.as_secs(),
+                self.log()
+            ),
+        }
+    }
+
     pub fn stop(mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());

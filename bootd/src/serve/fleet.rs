@@ -265,12 +265,16 @@ impl Fleet {
     }
 
     /// After the server has stopped: commit every overlay and give back
-    /// reserved clusters, so `qemu-img check` finds them clean.
-    pub async fn close_all(&mut self) {
+    /// reserved clusters, so `qemu-img check` finds them clean. Returns how
+    /// many could not be committed.
+    pub async fn close_all(&mut self) -> usize {
+        let mut failed = 0;
         for (name, s) in self.served.drain() {
             if let Err(e) = s.overlay.close().await {
                 tracing::error!(node = %name, "closing overlay: {e}");
+                failed += 1;
             }
         }
+        failed
     }
 }

@@ -363,11 +363,15 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     }
     let _ = stop_tx.send(true);
     let mut fleet = watcher.await.context("registry watcher")?;
-    fleet.close_all().await;
+    let unflushed = fleet.close_all().await;
     if let Some(r) = &recorder {
         r.flush(true);
     }
     served?;
+    if unflushed > 0 {
+        // Logged per node above; the exit status tells scripts too.
+        anyhow::bail!("{unflushed} overlay(s) could not be flushed at shutdown");
+    }
     tracing::info!("overlays flushed; bye");
     Ok(())
 }

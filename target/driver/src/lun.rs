@@ -204,6 +204,7 @@ impl Lun {
                 | BlockOp::OrWrite { .. }
                 | BlockOp::AtomicWrite { .. }
                 | BlockOp::Discard(_)
+                | BlockOp::Flush
         );
         match self.block(op, write_through).await {
             Ok(r) => r,
@@ -999,6 +1000,7 @@ mod tests {
         inner: MemDevice,
         last_fua: AtomicBool,
         flushes: AtomicUsize,
+        flush_fails: AtomicBool,
     }
 
     #[async_trait]
@@ -1022,6 +1024,9 @@ mod tests {
         }
         async fn flush(&self) -> Result<(), BlockError> {
             self.flushes.fetch_add(1, Ordering::SeqCst);
+            if self.flush_fails.load(Ordering::SeqCst) {
+                return Err(BlockError::Io(std::io::Error::other("write-back failed")));
+            }
             Ok(())
         }
         async fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
@@ -1102,12 +1107,31 @@ mod tests {
         Ok(())
     }
 
+    /// A cache that cannot be written back is a write error (3/0C/00), not
+    /// a read error: the initiator's error handling differs.
+    #[tokio::test]
+    async fn failed_synchronize_cache_is_a_write_error() -> TestResult {
+        let dev = Arc::new(CacheDevice {
+            inner: MemDevice::new(512, 64, false),
+            last_fua: AtomicBool::new(false),
+            flushes: AtomicUsize::new(0),
+            flush_fails: AtomicBool::new(true),
+        });
+        let lun = Lun::new(dev, config(None))?;
+        let n = nexus(1);
+        attach(&lun, &n).await;
+        let sync = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(sense(&run(&lun, &n, &sync, &[]).await), Some((3, 0x0C, 0)));
+        Ok(())
+    }
+
     #[tokio::test]
     async fn removable_eject_flushes_unless_no_flush() -> TestResult {
         let dev = Arc::new(CacheDevice {
             inner: MemDevice::new(512, 64, false),
             last_fua: AtomicBool::new(false),
             flushes: AtomicUsize::new(0),
+            flush_fails: AtomicBool::new(false),
         });
         let lun = removable_lun(dev.clone())?;
         let n = nexus(1);
@@ -1135,6 +1159,7 @@ mod tests {
             inner: MemDevice::new(512, 64, false),
             last_fua: AtomicBool::new(false),
             flushes: AtomicUsize::new(0),
+            flush_fails: AtomicBool::new(false),
         });
         let lun = Lun::new(dev.clone(), config(None))?;
         let (a, b) = (nexus(1), nexus(2));
@@ -1216,6 +1241,7 @@ mod tests {
             inner: MemDevice::new(512, 64, false),
             last_fua: AtomicBool::new(false),
             flushes: AtomicUsize::new(0),
+            flush_fails: AtomicBool::new(false),
         });
         let lun = Arc::new(Lun::new(dev, config(None))?);
         let mut tasks = Vec::new();

@@ -38,7 +38,17 @@ impl Overlay {
             };
             batch.last = Some(Instant::now());
             let want = n.max(batch.size);
-            self.reserve(n, want, batch).await?;
+            match self.reserve(n, want, batch).await {
+                Err(BlockError::NoSpace) if want > n => {
+                    // A batch too big for the disk may still leave room for
+                    // this request: take just that, and start small again.
+                    let mut batch = Arc::clone(&self.alloc).lock_owned().await;
+                    batch.size = BATCH_MIN;
+                    batch.last = None;
+                    self.reserve(n, n, batch).await?;
+                }
+                r => r?,
+            }
         }
     }
 
@@ -95,8 +105,21 @@ impl Overlay {
             let _alloc = alloc;
             // Real blocks first: with them the data, the L2 tables taken
             // from this pool and the refcounts can always be written.
-            for &(c, n) in &space {
-                io::allocate(f, c * CLUSTER_SIZE, n * CLUSTER_SIZE)?;
+            let len = f.metadata()?.len();
+            let allocated = space
+                .iter()
+                .try_for_each(|&(c, n)| io::allocate(f, c * CLUSTER_SIZE, n * CLUSTER_SIZE));
+            if let Err(e) = allocated {
+                // Give back what part of the batch got blocks: nothing
+                // references these clusters (their refcounts were never
+                // written), and the file keeps its length.
+                for &(c, n) in &space {
+                    let _ = io::punch_hole(f, c * CLUSTER_SIZE, n * CLUSTER_SIZE);
+                }
+                if f.metadata().map(|m| m.len() > len).unwrap_or(false) {
+                    let _ = io::truncate(f, len);
+                }
+                return Err(e);
             }
             write_all(f, &blocks)?;
             if !tables.is_empty() {
@@ -112,8 +135,19 @@ impl Overlay {
         })
         .await;
         if let Err(e) = done {
-            // None of these clusters was handed out: forget them again.
-            self.lock().rc.unreserve(&r);
+            // None of these clusters was handed out: forget them again, and
+            // search from the lowest of them next time.
+            let mut m = self.lock();
+            m.rc.unreserve(&r);
+            let low = r
+                .clusters
+                .iter()
+                .copied()
+                .chain(r.new_blocks.iter().map(|&b| b as u64 * RB_ENTRIES as u64))
+                .min();
+            if let Some(low) = low {
+                m.hint = m.hint.min(low);
+            }
             return Err(e);
         }
         self.lock().pool.extend(r.clusters);

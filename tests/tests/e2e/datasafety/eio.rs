@@ -143,8 +143,13 @@ fn eio(seed: u64) -> Result<()> {
             "write succeeded on a failed overlay: {write}"
         );
     }
-    // serve stops cleanly: the failed overlay has nothing it could still write.
-    serve.stop()?;
+    // serve stops, and says in its exit status that an overlay could not be
+    // flushed (its log has the node's name).
+    let (status, log) = serve.stop_status()?;
+    ensure!(
+        !status.success() && log.contains("could not be flushed"),
+        "serve exited {status} with a failed overlay it could not flush\n{log}"
+    );
 
     let serve = setup.data.serve()?;
     let login = Login::node(serve.port(), node);
@@ -283,7 +288,14 @@ fn eio_on_write(seed: u64, fault: &str) -> Result<()> {
         ctx(&serve)
     );
     fs.heal()?;
-    serve.stop()?;
+    // A commit that hit the fault failed the overlay: then serve cannot flush it
+    // at shutdown and says so in its exit status, and only then.
+    let (status, log) = serve.stop_status()?;
+    let unflushed = log.contains("closing overlay");
+    ensure!(
+        status.success() != unflushed,
+        "serve exited {status} after a {fault} fault (overlay left unflushed: {unflushed})\n{log}"
+    );
 
     let serve = setup.data.serve()?;
     let login = Login::node(serve.port(), node);

@@ -239,11 +239,33 @@ fn parse_percent(line: &str) -> Option<u64> {
     num.trim().parse::<f64>().ok().map(|p| p as u64)
 }
 
+/// Checks a stored golden image against the SHA-256 taken at import, before
+/// serve first hands it to any node: a file changed on disk (by accident, or
+/// by someone with access to the data directory) must not boot a fleet.
+pub fn verify_golden(path: &Path, expected: &str) -> Result<()> {
+    let (_, got) = hash_file_quiet(path, None)?;
+    if !got.eq_ignore_ascii_case(expected) {
+        anyhow::bail!(
+            "{}: SHA-256 {got} differs from the {expected} recorded at import;              the golden image was changed on disk",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// SHA-256 of a whole file, skipping nothing (holes hash as zeros).
 fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut f = File::open(path).with_context(|| format!("{}", path.display()))?;
-    let len = f.metadata()?.len();
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("{}", path.display()))?
+        .len();
     let bar = Progress::bytes(len, "checksum");
+    let r = hash_file_quiet(path, Some(&bar));
+    bar.finish();
+    r
+}
+
+fn hash_file_quiet(path: &Path, bar: Option<&Progress>) -> Result<(u64, String)> {
+    let mut f = File::open(path).with_context(|| format!("{}", path.display()))?;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
@@ -254,9 +276,10 @@ fn hash_file(path: &Path) -> Result<(u64, String)> {
         }
         hash.update(&buf[..n]);
         off += n as u64;
-        bar.set(off);
+        if let Some(b) = bar {
+            b.set(off);
+        }
     }
-    bar.finish();
     Ok((off, hex::encode(hash.finalize())))
 }
 

@@ -208,9 +208,16 @@ impl Fleet {
             Some(g) => g.clone(),
             None => {
                 let path = node.image.path.clone();
-                let g = tokio::task::spawn_blocking(move || RawFile::open(&path, true))
-                    .await?
-                    .with_context(|| format!("golden image {}", node.image.path.display()))?;
+                let sha = node.image.sha256.clone();
+                let started = std::time::Instant::now();
+                let g = tokio::task::spawn_blocking(move || -> Result<RawFile> {
+                    // Verified once per serve run, before any node reads it.
+                    crate::import::verify_golden(&path, &sha)?;
+                    Ok(RawFile::open(&path, true)?)
+                })
+                .await?
+                .with_context(|| format!("golden image {}", node.image.path.display()))?;
+                tracing::info!(image = %node.image.name, version = node.image.version, secs = started.elapsed().as_secs_f64(), "golden image verified against its SHA-256");
                 let g = Arc::new(g);
                 self.goldens.insert(node.image.id, g.clone());
                 g

@@ -364,3 +364,35 @@ fn list_output_has_no_secrets() -> Result {
     assert!(env.ok(&["node", "show", "n1"])?.contains(&secret));
     Ok(())
 }
+
+/// A golden image changed on disk after import is refused before any node
+/// reads it: its nodes are not served (their logins fail).
+#[test]
+fn a_tampered_golden_image_is_not_served() -> Result {
+    let env = Env::new()?;
+    let n1 = one_node(&env, "52:54:00:ab:cd:40")?;
+    let login = Login {
+        target: n1["target_iqn"].as_str().ok_or("target_iqn")?,
+        initiator: n1["initiator_iqn"].as_str().ok_or("initiator_iqn")?,
+        chap: Some((
+            n1["chap_user"].as_str().ok_or("chap_user")?,
+            n1["chap_secret"].as_str().ok_or("chap_secret")?,
+        )),
+    };
+    // Untouched, it serves.
+    let serve = Serve::start(&env)?;
+    io_eventually(serve.port, &login, &["read 0 512"])?;
+    serve.stop()?;
+    let images = env.json(&["image", "list", "--json"])?;
+    let path = images[0]["path"].as_str().ok_or("image path")?;
+    let path = env.data().join(path);
+    // One byte flipped (root may write the 0400 file; anyone else may not).
+    let mut bytes = std::fs::read(&path)?;
+    bytes[4096] ^= 0xff;
+    std::fs::write(&path, &bytes)?;
+    let serve = Serve::start(&env)?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    login_refused(serve.port, &login)?;
+    serve.stop()?;
+    Ok(())
+}

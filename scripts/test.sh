@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that checks everything: installs the system packages the tests use,
 # then runs formatting and lint checks, builds bootd, and runs every test, the
-# end-to-end tests against real initiators included. CI runs exactly this.
+# end-to-end tests against real initiators included, then every fuzz target briefly.
+# CI runs exactly this.
 # Usage: ./scripts/test.sh   (as root on Debian 12; any working directory)
 set -euo pipefail
 
@@ -58,3 +59,6 @@ step "cargo build --release bootd" cargo build --release -p bootd
 # --show-output: the conformance summary and skip list are printed even on success.
 step "cargo test --workspace" env BOOTD_BIN="$ROOT/build/release/bootd" BOOTD_E2E=1 \
     cargo test --workspace --no-fail-fast -- --show-output
+# Every cargo-fuzz target (iSCSI, DHCP, TFTP, HTTP, overlay files) from its committed
+# seeds, briefly: a crash or runaway memory fails the run.
+step "fuzz, 10 s a target" "$ROOT/scripts/fuzz.sh" 10

@@ -782,7 +782,7 @@ fn proxy_ipxe_url_carries_the_token_and_full_mode_none() -> R {
     Ok(())
 }
 
-/// Found by `scripts/fuzz-bootd.sh`: option 94 of length 3, later 94 of
+/// Found by `scripts/fuzz.sh` (bootd/fuzz, target dhcp): option 94 of length 3, later 94 of
 /// length 0. dhcproto decodes each piece and asserted on the second (in
 /// debug builds), which took the DHCP thread down with one datagram.
 #[test]

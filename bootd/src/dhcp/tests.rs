@@ -787,6 +787,6 @@ fn proxy_ipxe_url_carries_the_token_and_full_mode_none() -> R {
 /// debug builds), which took the DHCP thread down with one datagram.
 #[test]
 fn a_repeated_option_of_a_bad_length_is_refused() {
-    let d = include_bytes!("../../fuzz/corpus/dhcp/regress-option-94-twice");
+    let d = include_bytes!("../../fuzz/seeds/dhcp/regress-option-94-twice");
     assert!(Request::decode(d).is_none());
 }

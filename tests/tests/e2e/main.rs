@@ -8,6 +8,7 @@ mod conformance;
 mod diskless;
 mod hostile_iscsi;
 mod kernel;
+mod mutual_chap;
 mod netboot;
 mod qemu;
 mod registry;

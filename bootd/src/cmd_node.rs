@@ -206,30 +206,31 @@ fn move_node(dd: &DataDir, store: &mut dyn Store, key: &str, latest: bool) -> Re
     Ok(())
 }
 
-/// `node chap NODE --mutual on|off`. On gives a fresh target secret even
-/// when it was on already, so it also rotates a secret that leaked.
+/// `node chap NODE --mutual on|off`. Asking for what is already so writes
+/// nothing: a write rebuilds the node's target (ending its sessions), and a
+/// fresh secret would lock out a running OS that holds the old one.
 fn set_mutual(store: &mut dyn Store, key: &str, mutual: OnOff) -> Result<()> {
     let n = lookup(store, key)?;
-    let was_on = n.mutual_chap.is_some();
-    let fresh = (mutual == OnOff::On).then(|| MutualChap::generate(&n.chap_secret));
-    let done = store.set_mutual_chap(&n.name, fresh.as_ref())?;
-    match (mutual, was_on) {
-        (OnOff::On, false) => println!(
-            "node {}: mutual CHAP on from its next boot (`node show {}` has the target secret)",
-            done.name, done.name
-        ),
-        (OnOff::On, true) => println!(
-            "node {}: mutual CHAP on with a fresh target secret from its next boot",
-            done.name
-        ),
-        (OnOff::Off, false) => println!("node {}: mutual CHAP was off", done.name),
+    match (mutual, n.mutual_chap.is_some()) {
+        (OnOff::On, true) => println!("node {}: mutual CHAP is on already", n.name),
+        (OnOff::Off, false) => println!("node {}: mutual CHAP is off already", n.name),
+        (OnOff::On, false) => {
+            let fresh = MutualChap::generate(&n.chap_secret);
+            store.set_mutual_chap(&n.name, Some(&fresh))?;
+            println!(
+                "node {}: mutual CHAP on from its next boot (`node show {}` has the target secret)",
+                n.name, n.name
+            );
+        }
         (OnOff::Off, true) => {
-            println!("node {}: mutual CHAP off from its next boot", done.name);
-            // Its iBFT still asks the target to prove itself: a reconnect
-            // before the node reboots is refused by the node's initiator.
+            store.set_mutual_chap(&n.name, None)?;
+            println!("node {}: mutual CHAP off from its next boot", n.name);
+            // A running OS took the reverse credentials from the iBFT and asks
+            // the target to prove itself on every login, including the one
+            // after serve rebuilt the target: it is refused until it reboots.
             eprintln!(
-                "bootd: node {}: if it is running, reboot it: its OS initiator still expects the old target secret",
-                done.name
+                "bootd: node {}: if it is running, reboot it now: its OS initiator still asks for the target secret",
+                n.name
             );
         }
     }

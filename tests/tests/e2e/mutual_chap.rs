@@ -213,37 +213,36 @@ fn mutual_chap_cli_and_libiscsi_against_serve() -> Result<()> {
     );
     println!("{test}: mc1 mutual ok, wrong target secret refused, mc2 (off) cannot prove itself");
 
-    // A fresh secret while serve runs: the new one works, the old one stops working.
-    let changed = data.run(&["node", "chap", "mc1", "--mutual", "on"])?;
+    // On again while on: nothing changes (a fresh secret would lock out a running
+    // OS holding the old one).
+    data.run(&["node", "chap", "mc1", "--mutual", "on"])?;
     ensure!(
-        !changed.stdout.contains(&a_secret) && !changed.stderr.contains(&a_secret),
-        "node chap printed a secret: {changed}"
+        Creds::of(&data, "mc1")?.target_secret()? == a_secret,
+        "node chap --mutual on changed the secret of a node that had one"
     );
-    let a2 = Creds::of(&data, "mc1")?;
-    let a2_secret = a2.target_secret()?.to_string();
-    ensure!(
-        a2_secret != a_secret,
-        "node chap --mutual on kept the secret"
-    );
-    let took = until(
-        port,
-        &a2,
-        Some(("bootd", &a2_secret)),
-        true,
-        "rotated secret",
-    )
-    .with_context(|| serve.log())?;
-    let out = inq(port, &a2, Some(("bootd", &a_secret)))?;
-    ensure!(!logs_in(&out), "the old target secret still works: {out}");
-    println!("{test}: rotated while serving, new secret accepted after {took:?}");
 
     // Off while serve runs: the target can no longer prove itself; one-way works.
     data.run(&["node", "chap", "mc1", "--mutual", "off"])?;
     ensure!(Creds::of(&data, "mc1")?.mutual.is_none(), "still on");
-    let took = until(port, &a2, Some(("bootd", &a2_secret)), false, "mutual off")
+    let took = until(port, &a, Some(("bootd", &a_secret)), false, "mutual off")
         .with_context(|| serve.log())?;
-    ensure!(logs_in(&inq(port, &a2, None)?), "one-way login after off");
+    ensure!(logs_in(&inq(port, &a, None)?), "one-way login after off");
     println!("{test}: off while serving, picked up after {took:?}");
+
+    // On again: a fresh secret, taken up while serving; the old one stays refused.
+    let changed = data.run(&["node", "chap", "mc1", "--mutual", "on"])?;
+    let a2 = Creds::of(&data, "mc1")?;
+    let a2_secret = a2.target_secret()?.to_string();
+    ensure!(
+        !changed.stdout.contains(&a2_secret) && !changed.stderr.contains(&a2_secret),
+        "node chap printed the secret: {changed}"
+    );
+    ensure!(a2_secret != a_secret, "on after off reused the old secret");
+    let took = until(port, &a2, Some(("bootd", &a2_secret)), true, "on again")
+        .with_context(|| serve.log())?;
+    let out = inq(port, &a2, Some(("bootd", &a_secret)))?;
+    ensure!(!logs_in(&out), "the old target secret works again: {out}");
+    println!("{test}: on again while serving with a fresh secret, accepted after {took:?}");
 
     // On by MAC for the other node.
     data.run(&["node", "chap", "52-54-00-C4-A9-02", "--mutual", "on"])?;

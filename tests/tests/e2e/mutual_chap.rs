@@ -107,6 +107,28 @@ fn until(
     }
 }
 
+/// The node's boot script, fetched from the node's own (static) address.
+fn script(http_port: u16, mac: &str, from: &str) -> Result<String> {
+    let url = format!(
+        "http://127.0.0.1:{http_port}/boot/{}.ipxe",
+        mac.replace(':', "-")
+    );
+    let out = run(
+        Command::new("curl").args(["-sS", "--fail", "--interface", from, &url]),
+        INQ_LIMIT,
+    )?
+    .ok()?;
+    Ok(out.stdout)
+}
+
+/// The `set reverse-…` lines of a script.
+fn reverse_lines(script: &str) -> Vec<&str> {
+    script
+        .lines()
+        .filter(|l| l.starts_with("set reverse-"))
+        .collect()
+}
+
 fn small_image(dir: &Path) -> Result<std::path::PathBuf> {
     let file = dir.join("small.raw");
     let f = std::fs::File::create(&file)?;
@@ -121,6 +143,7 @@ fn mutual_chap_cli_and_libiscsi_against_serve() -> Result<()> {
         || !Needs::new()
             .server()
             .tool("iscsi-inq", "libiscsi-bin")
+            .tool("curl", "curl")
             .met(test)
     {
         return Ok(());
@@ -136,6 +159,8 @@ fn mutual_chap_cli_and_libiscsi_against_serve() -> Result<()> {
         "small",
         "--name",
         "mc1",
+        "--ip",
+        "127.0.0.1",
         "--mutual-chap",
     ])?;
     data.run(&[
@@ -146,6 +171,8 @@ fn mutual_chap_cli_and_libiscsi_against_serve() -> Result<()> {
         "small",
         "--name",
         "mc2",
+        "--ip",
+        "127.0.0.2",
     ])?;
     let a = Creds::of(&data, "mc1")?;
     let b = Creds::of(&data, "mc2")?;
@@ -213,6 +240,19 @@ fn mutual_chap_cli_and_libiscsi_against_serve() -> Result<()> {
     );
     println!("{test}: mc1 mutual ok, wrong target secret refused, mc2 (off) cannot prove itself");
 
+    // The scripts: reverse credentials for mc1 only.
+    let want = format!("set reverse-password {a_secret}");
+    let s1 = script(serve.http_port(), "52:54:00:c4:a9:01", "127.0.0.1")?;
+    ensure!(
+        reverse_lines(&s1) == ["set reverse-username bootd", want.as_str()],
+        "mc1's script:\n{s1}"
+    );
+    let s2 = script(serve.http_port(), "52:54:00:c4:a9:02", "127.0.0.2")?;
+    ensure!(
+        s2.contains("sanboot ") && reverse_lines(&s2).is_empty(),
+        "mc2's script:\n{s2}"
+    );
+
     // On again while on: nothing changes (a fresh secret would lock out a running
     // OS holding the old one).
     data.run(&["node", "chap", "mc1", "--mutual", "on"])?;
@@ -227,6 +267,11 @@ fn mutual_chap_cli_and_libiscsi_against_serve() -> Result<()> {
     let took = until(port, &a, Some(("bootd", &a_secret)), false, "mutual off")
         .with_context(|| serve.log())?;
     ensure!(logs_in(&inq(port, &a, None)?), "one-way login after off");
+    let s1 = script(serve.http_port(), "52:54:00:c4:a9:01", "127.0.0.1")?;
+    ensure!(
+        reverse_lines(&s1).is_empty(),
+        "mc1's script after off:\n{s1}"
+    );
     println!("{test}: off while serving, picked up after {took:?}");
 
     // On again: a fresh secret, taken up while serving; the old one stays refused.
@@ -242,6 +287,11 @@ fn mutual_chap_cli_and_libiscsi_against_serve() -> Result<()> {
         .with_context(|| serve.log())?;
     let out = inq(port, &a2, Some(("bootd", &a_secret)))?;
     ensure!(!logs_in(&out), "the old target secret works again: {out}");
+    let s1 = script(serve.http_port(), "52:54:00:c4:a9:01", "127.0.0.1")?;
+    ensure!(
+        s1.contains(&format!("set reverse-password {a2_secret}\n")),
+        "mc1's script after on again:\n{s1}"
+    );
     println!("{test}: on again while serving with a fresh secret, accepted after {took:?}");
 
     // On by MAC for the other node.

@@ -1,4 +1,4 @@
-//! `bootd node add|list|adopt|show|rm|reset|move`.
+//! `bootd node add|list|adopt|show|chap|rm|reset|move`.
 
 mod discovered;
 mod stages;
@@ -7,9 +7,9 @@ use crate::datadir::{allocated_bytes, DataDir};
 use crate::lifecycle::Source;
 use crate::names;
 use crate::output;
-use crate::store::{Node, Store, StoreError};
+use crate::store::{MutualChap, Node, Store, StoreError};
 use anyhow::{bail, Result};
-use clap::{ArgGroup, Subcommand};
+use clap::{ArgGroup, Subcommand, ValueEnum};
 use serde_json::json;
 use std::net::IpAddr;
 
@@ -29,6 +29,10 @@ pub enum NodeCmd {
         name: Option<String>,
         #[arg(long)]
         ip: Option<IpAddr>,
+        /// Mutual CHAP: the target proves itself to the node too (iPXE and
+        /// the OS initiator refuse a target without the node's target secret).
+        #[arg(long)]
+        mutual_chap: bool,
     },
     /// Every node with its image version, overlay size and state.
     List {
@@ -55,6 +59,9 @@ pub enum NodeCmd {
         image: Option<String>,
         #[arg(long)]
         template: Option<String>,
+        /// Mutual CHAP for every adopted node (see `node add --mutual-chap`).
+        #[arg(long)]
+        mutual_chap: bool,
     },
     /// Everything about one node, including its iSCSI credentials and the
     /// stages of its last boot.
@@ -62,6 +69,15 @@ pub enum NodeCmd {
         node: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Turn the node's mutual CHAP on or off (on: a fresh target secret).
+    /// Takes effect at the node's next boot: a running serve rebuilds the
+    /// node's target, ending its sessions, and the boot script carries the
+    /// new credentials.
+    Chap {
+        node: String,
+        #[arg(long, value_enum)]
+        mutual: OnOff,
     },
     /// Delete the node and its overlay. A running serve ends the node's
     /// sessions first.
@@ -82,6 +98,12 @@ pub enum NodeCmd {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
     let mut store = dd.store()?;
     for name in crate::lifecycle::recover_releasing(dd, store.as_mut())? {
@@ -94,12 +116,30 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             template,
             name,
             ip,
+            mutual_chap,
         } => {
             let source = source(image, template)?;
-            let node = crate::lifecycle::add(dd, store.as_mut(), &mac, &source, name, ip)?;
+            let node = crate::lifecycle::add_with(
+                dd,
+                store.as_mut(),
+                &mac,
+                &source,
+                name,
+                ip,
+                mutual_chap,
+            )?;
             println!(
-                "added node {} ({}) on {} version {}: {}",
-                node.name, node.mac, node.image.name, node.image.version, node.target_iqn
+                "added node {} ({}) on {} version {}: {}{}",
+                node.name,
+                node.mac,
+                node.image.name,
+                node.image.version,
+                node.target_iqn,
+                if node.mutual_chap.is_some() {
+                    " (mutual CHAP)"
+                } else {
+                    ""
+                }
             );
         }
         NodeCmd::List { json, discovered } if discovered => discovered::list(store.as_ref(), json)?,
@@ -110,13 +150,15 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             yes,
             image,
             template,
+            mutual_chap,
         } => {
             let which = match (all, yes) {
                 (false, _) => discovered::Which::Macs(&macs),
                 (true, true) => discovered::Which::All,
                 (true, false) => discovered::Which::AllIfConfirmed,
             };
-            discovered::adopt(dd, store.as_mut(), which, &source(image, template)?)?
+            let source = source(image, template)?;
+            discovered::adopt(dd, store.as_mut(), which, &source, mutual_chap)?
         }
         NodeCmd::Show { node, json } => {
             let n = lookup(store.as_ref(), &node)?;
@@ -129,6 +171,7 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             show(&n);
             stages::print(&last_boot);
         }
+        NodeCmd::Chap { node, mutual } => set_mutual(store.as_mut(), &node, mutual)?,
         NodeCmd::Rm { node } => {
             let n = lookup(store.as_ref(), &node)?;
             crate::lifecycle::remove(dd, store.as_mut(), &n)?;
@@ -163,6 +206,37 @@ fn move_node(dd: &DataDir, store: &mut dyn Store, key: &str, latest: bool) -> Re
     Ok(())
 }
 
+/// `node chap NODE --mutual on|off`. Asking for what is already so writes
+/// nothing: a write rebuilds the node's target (ending its sessions), and a
+/// fresh secret would lock out a running OS that holds the old one.
+fn set_mutual(store: &mut dyn Store, key: &str, mutual: OnOff) -> Result<()> {
+    let n = lookup(store, key)?;
+    match (mutual, n.mutual_chap.is_some()) {
+        (OnOff::On, true) => println!("node {}: mutual CHAP is on already", n.name),
+        (OnOff::Off, false) => println!("node {}: mutual CHAP is off already", n.name),
+        (OnOff::On, false) => {
+            let fresh = MutualChap::generate(&n.chap_secret);
+            store.set_mutual_chap(&n.name, Some(&fresh))?;
+            println!(
+                "node {}: mutual CHAP on from its next boot (`node show {}` has the target secret)",
+                n.name, n.name
+            );
+        }
+        (OnOff::Off, true) => {
+            store.set_mutual_chap(&n.name, None)?;
+            println!("node {}: mutual CHAP off from its next boot", n.name);
+            // A running OS took the reverse credentials from the iBFT and asks
+            // the target to prove itself on every login, including the one
+            // after serve rebuilt the target: it is refused until it reboots.
+            eprintln!(
+                "bootd: node {}: if it is running, reboot it now: its OS initiator still asks for the target secret",
+                n.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// By name first, then by MAC in any spelling.
 pub fn lookup(store: &dyn Store, key: &str) -> Result<Node> {
     match store.node(key) {
@@ -187,6 +261,8 @@ pub fn node_json(n: &Node) -> serde_json::Value {
         "initiator_iqn": n.initiator_iqn,
         "chap_user": n.chap_user,
         "chap_secret": n.chap_secret,
+        "mutual_chap_user": n.mutual_chap.as_ref().map(|m| &m.user),
+        "mutual_chap_secret": n.mutual_chap.as_ref().map(|m| &m.secret),
         "overlay_path": n.overlay_path,
         "overlay_bytes": allocated_bytes(&n.overlay_path),
         "virtual_bytes": n.image.bytes,
@@ -206,6 +282,7 @@ fn list(store: &dyn Store, as_json: bool) -> Result<()> {
                 let mut v = node_json(n);
                 if let Some(o) = v.as_object_mut() {
                     o.remove("chap_secret");
+                    o.remove("mutual_chap_secret");
                 }
                 v
             })
@@ -243,6 +320,18 @@ fn show(n: &Node) {
         ("initiator_iqn", n.initiator_iqn.clone()),
         ("chap_user", n.chap_user.clone()),
         ("chap_secret", n.chap_secret.clone()),
+        (
+            "mutual_chap_user",
+            n.mutual_chap
+                .as_ref()
+                .map_or_else(|| "- (mutual CHAP off)".into(), |m| m.user.clone()),
+        ),
+        (
+            "mutual_chap_secret",
+            n.mutual_chap
+                .as_ref()
+                .map_or_else(|| "-".into(), |m| m.secret.clone()),
+        ),
         ("overlay_path", n.overlay_path.display().to_string()),
         (
             "overlay_bytes",
@@ -255,6 +344,6 @@ fn show(n: &Node) {
         ("state", n.state.as_str().into()),
     ];
     for (k, v) in rows {
-        println!("{k:<14} {v}");
+        println!("{k:<18} {v}");
     }
 }

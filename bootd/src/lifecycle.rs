@@ -17,7 +17,7 @@
 
 use crate::datadir::{backing_name, DataDir};
 use crate::names;
-use crate::store::{Image, NewNode, Node, NodeState, Store};
+use crate::store::{Image, MutualChap, NewNode, Node, NodeState, Store};
 use anyhow::{bail, Context, Result};
 use imagestore::qcow2::{wal, Overlay};
 use std::fs::File;
@@ -267,6 +267,20 @@ pub fn add(
     name: Option<String>,
     ip: Option<IpAddr>,
 ) -> Result<Node> {
+    add_with(dd, store, mac, source, name, ip, false)
+}
+
+/// [`add`], with mutual CHAP on when `mutual_chap`: set while the node is
+/// still `creating`, so serve's first target for it already has it.
+pub fn add_with(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    mac: &str,
+    source: &Source,
+    name: Option<String>,
+    ip: Option<IpAddr>,
+    mutual_chap: bool,
+) -> Result<Node> {
     let mac = names::normalize_mac(mac)?;
     let name = name.unwrap_or_else(|| names::default_node_name(&mac));
     names::check_node_name(&name)?;
@@ -290,7 +304,15 @@ pub fn add(
     })?;
     // The row (state `creating`) claims the name and MAC; serve ignores the
     // node until the overlay exists.
-    if let Err(e) = write_overlay(&overlay_path, &img) {
+    let mutual = mutual_chap.then(|| MutualChap::generate(&node.chap_secret));
+    let prepared = match mutual {
+        Some(m) => store
+            .set_mutual_chap(&node.name, Some(&m))
+            .map(drop)
+            .context("turning mutual CHAP on"),
+        None => Ok(()),
+    };
+    if let Err(e) = prepared.and_then(|()| write_overlay(&overlay_path, &img)) {
         if let Err(e2) = store.remove_node(&name) {
             tracing::warn!("could not undo node {name}: {e2}");
         }

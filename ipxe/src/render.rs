@@ -47,6 +47,12 @@ pub struct BootPlan {
     pub initiator_iqn: String,
     pub chap_user: String,
     pub chap_secret: String,
+    /// Mutual CHAP: the name and secret the target must prove itself with
+    /// (iPXE's `reverse-username`/`reverse-password`, which it also writes
+    /// into the iBFT for the OS initiator). Both empty when the node's
+    /// mutual CHAP is off; templates test `{% if mutual_chap_user %}`.
+    pub mutual_chap_user: String,
+    pub mutual_chap_secret: String,
     pub image_name: String,
     pub image_version: u32,
 }
@@ -137,6 +143,8 @@ pub fn sample_plan() -> BootPlan {
         initiator_iqn: "iqn.2026-11.io.bootd:initiator.sample".into(),
         chap_user: "sample".into(),
         chap_secret: "0123456789abcdef".into(),
+        mutual_chap_user: "bootd".into(),
+        mutual_chap_secret: "fedcba9876543210".into(),
         image_name: "sample".into(),
         image_version: 1,
     }
@@ -188,6 +196,7 @@ mod tests {
             assert!(out.contains(&plan.initiator_iqn), "{name}");
             assert!(out.contains(&plan.chap_user), "{name}");
             assert!(out.contains(&plan.chap_secret), "{name}");
+            assert!(out.contains(&plan.mutual_chap_secret), "{name}");
             assert!(!out.contains("{{"), "{name}: {out}");
             assert!(!out.contains("--keep"), "{name}");
         }
@@ -196,7 +205,7 @@ mod tests {
 
     #[test]
     fn sanboot_lines_are_ipxe() -> Result<(), RenderError> {
-        let out = Renderer::new().render(None, &sample_plan())?;
+        let out = Renderer::new().render(None, &one_way_plan())?;
         let lines: Vec<&str> = out.lines().collect();
         for want in [
             "set initiator-iqn iqn.2026-11.io.bootd:initiator.sample",
@@ -210,6 +219,55 @@ mod tests {
         Ok(())
     }
 
+    /// The sample plan with mutual CHAP off, as most nodes are.
+    fn one_way_plan() -> BootPlan {
+        BootPlan {
+            mutual_chap_user: String::new(),
+            mutual_chap_secret: String::new(),
+            ..sample_plan()
+        }
+    }
+
+    #[test]
+    fn sanboot_scripts_carry_reverse_credentials_only_with_mutual_chap() -> Result<(), RenderError>
+    {
+        let r = Renderer::new();
+        for name in ["sanboot.ipxe", "windows-sanboot.ipxe"] {
+            let on = r.render_builtin(name, &sample_plan())?;
+            let lines: Vec<&str> = on.lines().collect();
+            let at = |want: &str| lines.iter().position(|l| *l == want);
+            let user = at("set reverse-username bootd");
+            let secret = at("set reverse-password fedcba9876543210");
+            let sanboot = lines.iter().position(|l| l.starts_with("sanboot "));
+            assert!(user.is_some() && secret.is_some(), "{name}: {on}");
+            // iPXE reads the settings when sanboot logs in.
+            assert!(user < sanboot && secret < sanboot, "{name}: {on}");
+            // Same script otherwise, line for line.
+            let off = r.render_builtin(name, &one_way_plan())?;
+            assert!(!off.contains("reverse-"), "{name}: {off}");
+            let without: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| !l.starts_with("set reverse-"))
+                .collect();
+            assert_eq!(without, off.lines().collect::<Vec<_>>(), "{name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linux_netroot_has_inbound_credentials_with_mutual_chap() -> Result<(), RenderError> {
+        let r = Renderer::new();
+        let on = r.render_builtin("linux-iscsi.ipxe", &sample_plan())?;
+        assert!(
+            on.contains(" netroot=iscsi:sample:0123456789abcdef:bootd:fedcba9876543210@192.0.2.1::3260:0:iqn.2026-11.io.bootd:node.sample "),
+            "{on}"
+        );
+        let off = r.render_builtin("linux-iscsi.ipxe", &one_way_plan())?;
+        assert!(off.contains(" netroot=iscsi:sample:0123456789abcdef@192.0.2.1::"));
+        Ok(())
+    }
+
     #[test]
     fn windows_hooks_the_first_bios_disk() -> Result<(), RenderError> {
         let out = Renderer::new().render_builtin("windows-sanboot.ipxe", &sample_plan())?;
@@ -219,7 +277,7 @@ mod tests {
 
     #[test]
     fn linux_uses_dracut_netroot() -> Result<(), RenderError> {
-        let out = Renderer::new().render_builtin("linux-iscsi.ipxe", &sample_plan())?;
+        let out = Renderer::new().render_builtin("linux-iscsi.ipxe", &one_way_plan())?;
         assert!(out.contains(
             " netroot=iscsi:sample:0123456789abcdef@192.0.2.1::3260:0:iqn.2026-11.io.bootd:node.sample "
         ));

@@ -69,7 +69,14 @@ pub enum Which<'a> {
 /// Registers the given discovered MACs (or all of them) from `source`;
 /// each becomes a node as `node add` would make it. Stops at the first
 /// failure, keeping the nodes already added.
-pub fn adopt(dd: &DataDir, store: &mut dyn Store, which: Which<'_>, source: &Source) -> Result<()> {
+/// `mutual_chap` turns mutual CHAP on for each.
+pub fn adopt(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    which: Which<'_>,
+    source: &Source,
+    mutual_chap: bool,
+) -> Result<()> {
     let found = store.discovered()?;
     if found.is_empty() {
         bail!("nothing to adopt: no machine has been discovered");
@@ -93,7 +100,7 @@ pub fn adopt(dd: &DataDir, store: &mut dyn Store, which: Which<'_>, source: &Sou
         }
     };
     for mac in chosen {
-        let n = crate::lifecycle::add(dd, store, &mac, source, None, None)?;
+        let n = crate::lifecycle::add_with(dd, store, &mac, source, None, None, mutual_chap)?;
         println!("adopted {} as node {}: {}", n.mac, n.name, n.target_iqn);
     }
     Ok(())

@@ -7,10 +7,10 @@ use serde_json::json;
 
 pub fn print(stages: &[BootStage]) {
     let Some(first) = stages.first() else {
-        println!("{:<14} never seen booting", "last_boot");
+        println!("{:<18} never seen booting", "last_boot");
         return;
     };
-    println!("{:<14} {}", "last_boot", output::time(first.at_ms / 1000));
+    println!("{:<18} {}", "last_boot", output::time(first.at_ms / 1000));
     for s in stages {
         let offset = (s.at_ms - first.at_ms) as f64 / 1000.0;
         println!("  {:<15} +{offset:>7.2}s  {}", s.stage, s.detail);

@@ -375,6 +375,16 @@ impl HttpServer {
             initiator_iqn: node.initiator_iqn.clone(),
             chap_user: node.chap_user.clone(),
             chap_secret: node.chap_secret.clone(),
+            mutual_chap_user: node
+                .mutual_chap
+                .as_ref()
+                .map(|m| m.user.clone())
+                .unwrap_or_default(),
+            mutual_chap_secret: node
+                .mutual_chap
+                .as_ref()
+                .map(|m| m.secret.clone())
+                .unwrap_or_default(),
             image_name: node.image.name.clone(),
             image_version: node.image.version,
         };

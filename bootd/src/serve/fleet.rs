@@ -1,6 +1,7 @@
 //! Keeps the iSCSI server's targets in step with the registry: one target
 //! per `ready` node, its overlay as LUN 0, only the node's initiator IQN with
-//! the node's CHAP secret. Golden images are opened once per version and
+//! the node's CHAP secret (and, with mutual CHAP on, the target secret it
+//! answers the node's challenge with). Golden images are opened once per version and
 //! shared by every overlay on them.
 
 use crate::datadir::DataDir;
@@ -258,7 +259,10 @@ impl Fleet {
             chap: Some(ChapCredentials {
                 user: node.chap_user.clone(),
                 secret: node.chap_secret.as_bytes().to_vec(),
-                mutual: None,
+                mutual: node
+                    .mutual_chap
+                    .as_ref()
+                    .map(|m| (m.user.clone(), m.secret.as_bytes().to_vec())),
             }),
         })?;
         Ok(Served {

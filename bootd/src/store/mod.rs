@@ -91,11 +91,44 @@ pub struct Node {
     pub initiator_iqn: String,
     pub chap_user: String,
     pub chap_secret: String,
+    /// What the target proves itself with when the initiator asks (mutual
+    /// CHAP); `None` = off.
+    pub mutual_chap: Option<MutualChap>,
     pub overlay_path: PathBuf,
     pub state: NodeState,
     /// Bumped by every change to the node; `serve` rebuilds the target when it moves.
     pub revision: i64,
     pub created: i64,
+}
+
+/// The target's side of mutual CHAP for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutualChap {
+    pub user: String,
+    pub secret: String,
+}
+
+impl MutualChap {
+    /// The name iPXE and open-iscsi check the target's answer against. One
+    /// name for every node (the secret is what is per node); no ':' or '@',
+    /// which dracut's `netroot=iscsi:USER:SECRET:USER_IN:SECRET_IN@...`
+    /// splits on.
+    pub const USER: &'static str = "bootd";
+
+    /// Fresh credentials for a node whose initiator secret is
+    /// `initiator_secret`. RFC 7143 (section 12.1.3) forbids one secret for
+    /// both directions, and so do Windows and open-iscsi.
+    pub fn generate(initiator_secret: &str) -> Self {
+        loop {
+            let secret = crate::names::chap_secret();
+            if secret != initiator_secret {
+                return Self {
+                    user: Self::USER.into(),
+                    secret,
+                };
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -174,5 +207,8 @@ pub trait Store: Records + Send {
     fn set_node_state(&mut self, name: &str, state: NodeState) -> Result<Node>;
     /// A fresh overlay over `image_id` is in place: the node is `Ready`.
     fn node_overlay_ready(&mut self, name: &str, image_id: i64) -> Result<Node>;
+    /// Turns the node's mutual CHAP on (`Some`) or off; moves its revision,
+    /// so a running serve rebuilds the node's target with the new credentials.
+    fn set_mutual_chap(&mut self, name: &str, mutual: Option<&MutualChap>) -> Result<Node>;
     fn remove_node(&mut self, name: &str) -> Result<Node>;
 }

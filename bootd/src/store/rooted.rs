@@ -5,8 +5,8 @@
 //! (Absolute paths already stored stay as they are: joining keeps them.)
 
 use super::{
-    BootStage, Discovered, Image, NewImage, NewNode, Node, NodeState, Records, Result, Store,
-    Template,
+    BootStage, Discovered, Image, MutualChap, NewImage, NewNode, Node, NodeState, Records, Result,
+    Store, Template,
 };
 use std::path::{Path, PathBuf};
 
@@ -118,6 +118,11 @@ impl Store for Rooted {
 
     fn node_overlay_ready(&mut self, name: &str, image_id: i64) -> Result<Node> {
         let n = self.inner.node_overlay_ready(name, image_id)?;
+        Ok(self.node(n))
+    }
+
+    fn set_mutual_chap(&mut self, name: &str, mutual: Option<&MutualChap>) -> Result<Node> {
+        let n = self.inner.set_mutual_chap(name, mutual)?;
         Ok(self.node(n))
     }
 

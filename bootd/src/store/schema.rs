@@ -65,6 +65,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (mac, stage)
     );
     ",
+    // 3: mutual CHAP per node: the name and secret the target proves itself
+    // with when the initiator asks. NULL (both) = off; the CHECK keeps them
+    // set or cleared together.
+    "
+    ALTER TABLE nodes ADD COLUMN mutual_user TEXT;
+    ALTER TABLE nodes ADD COLUMN mutual_secret TEXT
+        CHECK ((mutual_secret IS NULL) = (mutual_user IS NULL));
+    ",
 ];
 
 /// The version a fully migrated database has.

@@ -3,7 +3,9 @@
 //! CLI commands queue instead of failing half-way.
 
 use super::schema::{self, MIGRATIONS};
-use super::{Image, NewImage, NewNode, Node, NodeState, Result, Store, StoreError, Template};
+use super::{
+    Image, MutualChap, NewImage, NewNode, Node, NodeState, Result, Store, StoreError, Template,
+};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +17,8 @@ pub struct SqliteStore {
 const NODE_SELECT: &str = "
     SELECT n.id, n.name, n.mac, n.template, n.ip, n.target_iqn, n.initiator_iqn,
            n.chap_user, n.chap_secret, n.overlay_path, n.state, n.revision, n.created,
-           i.id, i.name, i.version, i.path, i.bytes, i.sha256, i.created
+           i.id, i.name, i.version, i.path, i.bytes, i.sha256, i.created,
+           n.mutual_user, n.mutual_secret
     FROM nodes n JOIN images i ON i.id = n.image_id";
 
 const IMAGE_SELECT: &str = "SELECT id, name, version, path, bytes, sha256, created FROM images";
@@ -161,6 +164,11 @@ fn node_row(row: &Row<'_>) -> rusqlite::Result<Node> {
         revision: row.get(11)?,
         created: row.get(12)?,
         image: image_at(row, 13)?,
+        // The schema's CHECK keeps both set or both NULL.
+        mutual_chap: match (row.get(20)?, row.get(21)?) {
+            (Some(user), Some(secret)) => Some(MutualChap { user, secret }),
+            _ => None,
+        },
     })
 }
 
@@ -490,6 +498,19 @@ impl Store for SqliteStore {
             name,
             "UPDATE nodes SET state = ?2, image_id = ?3, revision = revision + 1 WHERE name = ?1",
             params![name, NodeState::Ready.as_str(), image_id],
+        )
+    }
+
+    fn set_mutual_chap(&mut self, name: &str, mutual: Option<&MutualChap>) -> Result<Node> {
+        self.update_node(
+            name,
+            "UPDATE nodes SET mutual_user = ?2, mutual_secret = ?3, revision = revision + 1
+             WHERE name = ?1",
+            params![
+                name,
+                mutual.map(|m| m.user.as_str()),
+                mutual.map(|m| m.secret.as_str())
+            ],
         )
     }
 

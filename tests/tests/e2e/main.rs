@@ -9,6 +9,7 @@ mod datasafety;
 mod diskless;
 mod hostile_iscsi;
 mod kernel;
+mod mutual_chap;
 mod netboot;
 mod qemu;
 mod registry;

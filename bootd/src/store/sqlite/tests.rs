@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::MutualChap;
 
 fn image(name: &str, version: u32) -> NewImage {
     NewImage {
@@ -155,5 +156,86 @@ fn node_revisions_move_with_state_and_image() -> Result<()> {
     ));
     assert_eq!(s.remove_node("a")?.name, "a");
     assert!(matches!(s.node("a"), Err(StoreError::NotFound { .. })));
+    Ok(())
+}
+
+/// A database written by a bootd from before migration 3 (schema version 2)
+/// with one node in it.
+fn version_2_database(path: &std::path::Path) -> Result<()> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL);
+         INSERT INTO schema_version (version) VALUES (2);",
+    )?;
+    for m in &MIGRATIONS[..2] {
+        conn.execute_batch(m)?;
+    }
+    conn.execute_batch(
+        "INSERT INTO images (name, version, path, bytes, sha256, created)
+         VALUES ('deb', 1, '/data/images/deb-v1.raw', 1048576, 'aa', 1);
+         INSERT INTO nodes (name, mac, image_id, template, ip, target_iqn, initiator_iqn,
+                            chap_user, chap_secret, overlay_path, state, revision, created)
+         VALUES ('old', '02:00:00:00:00:01', 1, NULL, NULL, 'iqn.t:old', 'iqn.i:old',
+                 'old', '0123456789abcdef', '/data/overlays/old.qcow2', 'ready', 4, 1);",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn migration_3_leaves_existing_nodes_without_mutual_chap() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let path = dir.path().join("bootd.db");
+    version_2_database(&path)?;
+    let mut s = SqliteStore::open(&path)?;
+    let version: i64 = s
+        .conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
+    assert_eq!(version, 3);
+    let n = s.node("old")?;
+    assert_eq!(n.mutual_chap, None);
+    // Migrating is not a change serve has to act on.
+    assert_eq!(n.revision, 4);
+    assert_eq!(n.chap_secret, "0123456789abcdef");
+    let m = MutualChap {
+        user: "bootd".into(),
+        secret: "fedcba9876543210".into(),
+    };
+    let on = s.set_mutual_chap("old", Some(&m))?;
+    assert_eq!(on.mutual_chap.as_ref(), Some(&m));
+    assert!(on.revision > n.revision);
+    drop(s);
+    // Kept across a reopen; off again clears both columns.
+    let mut s = SqliteStore::open(&path)?;
+    assert_eq!(s.node("old")?.mutual_chap, Some(m));
+    let off = s.set_mutual_chap("old", None)?;
+    assert_eq!(off.mutual_chap, None);
+    assert!(off.revision > on.revision);
+    Ok(())
+}
+
+#[test]
+fn mutual_chap_moves_the_generation_and_half_credentials_are_refused() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    let img = s.add_image(&image("deb", 1))?;
+    s.add_node(&node("a", "02:00:00:00:00:01", img.id))?;
+    let g = s.generation()?;
+    let m = MutualChap {
+        user: "bootd".into(),
+        secret: "fedcba9876543210".into(),
+    };
+    s.set_mutual_chap("a", Some(&m))?;
+    assert!(s.generation()? > g);
+    assert!(matches!(
+        s.set_mutual_chap("ghost", Some(&m)),
+        Err(StoreError::NotFound { .. })
+    ));
+    // A name without a secret (or the reverse) never gets stored.
+    for sql in [
+        "UPDATE nodes SET mutual_secret = NULL WHERE name = 'a'",
+        "UPDATE nodes SET mutual_user = NULL WHERE name = 'a'",
+    ] {
+        assert!(s.conn.execute(sql, []).is_err(), "{sql}");
+    }
+    assert_eq!(s.node("a")?.mutual_chap, Some(m));
     Ok(())
 }

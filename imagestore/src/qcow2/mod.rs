@@ -15,8 +15,9 @@
 //! Files: [`header`] (header and extensions), [`l2`] (L1/L2 entries),
 //! [`refcount`] (refcount blocks and reservations), [`meta`] (the in-memory
 //! metadata, loaded and validated at open), [`create`], [`overlay`] (the
-//! engine: open, reads and the device; `overlay/write.rs` the write path,
-//! `overlay/commit.rs` the commit that orders metadata after data), `gate`
+//! engine: open and reads; `overlay/device.rs` the block device,
+//! `overlay/write.rs` the write path, `overlay/commit.rs` the commit that
+//! orders metadata after data), `gate`
 //! (the barrier before freed clusters are reused), `io` (positional
 //! syscalls), [`wal`] (the write-ahead log that carries acknowledged table
 //! changes over a crash of the process), `overlay/replay.rs` (applying it

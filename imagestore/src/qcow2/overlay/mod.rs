@@ -58,6 +58,7 @@ mod commit;
 #[cfg(test)]
 mod crashpoints;
 mod device;
+mod publish;
 mod replay;
 mod write;
 
@@ -102,7 +103,7 @@ pub struct Overlay {
     /// The image's L2 layout (fixed for its life).
     layout: Layout,
     backing: Option<Arc<dyn BlockDevice>>,
-    meta: Mutex<Meta>,
+    meta: Arc<Mutex<Meta>>,
     /// Serialises refcount I/O (reservations, frees) so writes of the same
     /// refcount bytes reach the file in the order they were decided.
     /// Guards are moved into the blocking I/O they protect, so a cancelled
@@ -114,7 +115,7 @@ pub struct Overlay {
     /// waits for earlier requests to leave before freeing clusters.
     gate: Gate,
     /// Woken when a claimed guest cluster's allocation ends.
-    allocated: Notify,
+    allocated: Arc<Notify>,
     /// Caps blocking threads writing this file at once: buffered writes
     /// serialise on the inode lock, and more threads only spin on it.
     writers: tokio::sync::Semaphore,
@@ -287,14 +288,14 @@ impl Overlay {
             },
             size: header.size,
             backing,
-            meta: Mutex::new(meta),
+            meta: Arc::new(Mutex::new(meta)),
             alloc: Arc::new(tokio::sync::Mutex::new(Batch {
                 size: BATCH_MIN,
                 last: None,
             })),
             commit: Arc::new(tokio::sync::Mutex::new(())),
             gate: Gate::default(),
-            allocated: Notify::new(),
+            allocated: Arc::new(Notify::new()),
             writers: tokio::sync::Semaphore::new(WRITERS),
             nowait_reads: AtomicBool::new(true),
             wal: log,
@@ -336,22 +337,7 @@ impl Overlay {
     /// keeps the order of the changes); write them with [`Self::log_write`]
     /// before the request completes.
     fn log_take(&self, m: &mut Meta, ops: &[wal::Op]) -> Option<Pending> {
-        let w = self.wal.as_ref()?;
-        if ops.is_empty() {
-            return None;
-        }
-        let (epoch, first) = (m.log.epoch, m.log.slot);
-        m.log.slot += ops.len() as u64;
-        let mut bytes = Vec::with_capacity(ops.len() * wal::REC);
-        for (i, &op) in ops.iter().enumerate() {
-            let r = wal::Record {
-                epoch,
-                slot: first + i as u64,
-                op,
-            };
-            bytes.extend_from_slice(&r.encode());
-        }
-        Some(w.pending((epoch % 2) as usize, first, bytes))
+        publish::take_log(self.wal.as_ref(), m, ops)
     }
 
     async fn log_write(&self, p: Option<Pending>) -> Result<(), BlockError> {

@@ -2,6 +2,7 @@
 //! copy-on-write of partly covered ones (serialised per guest cluster),
 //! writes in place, and zeroing.
 
+use super::publish::{Claims, Publish};
 use super::{
     commit, runs, write_all, Batch, Overlay, BATCH_BUSY, BATCH_MAX, BATCH_MIN, DISCARD_CHUNK,
 };
@@ -203,7 +204,8 @@ impl Overlay {
         // pieces together would cost more than the extra `pwrite` calls.
         let mut ops: Vec<(u64, Bytes)> = Vec::new();
         let mut claims = Claims {
-            overlay: self,
+            meta: Arc::clone(&self.meta),
+            allocated: Arc::clone(&self.allocated),
             guests: Vec::new(),
         };
         for g in first..=last {
@@ -256,7 +258,7 @@ impl Overlay {
                 let (at, buf) = self.cow(g, old, within(g), offset, &data).await?;
                 ops.push((host + at, buf));
             }
-            self.write_ops(ops).await
+            Ok::<_, BlockError>(())
         }
         .await;
         if let Err(e) = result {
@@ -264,44 +266,27 @@ impl Overlay {
             self.untake(hosts);
             return Err(e);
         }
-        let mut spare = spare_tables.into_iter();
-        let mut unused = Vec::new();
-        let mut ops = Vec::with_capacity(claimed.len());
-        let log = {
-            let mut m = self.lock();
-            for (&(g, _), &host) in claimed.iter().zip(&targets) {
-                if !m.has_table(g) {
-                    match spare.next() {
-                        Some(t) => m.install_table(g, t),
-                        // Counted above: a table cannot vanish meanwhile.
-                        None => continue,
-                    }
-                }
+        let targets = claimed
+            .iter()
+            .zip(targets)
+            .map(|(&(g, _), host)| {
                 let (lo, hi) = within(g);
-                let need = layout.mask(lo, hi);
-                // The claim kept others from changing this entry meanwhile.
-                let cur = m.mapping(g);
-                m.set(
-                    g,
-                    Entry {
-                        host: Some(host),
-                        alloc: cur.alloc | need,
-                        zero: cur.zero & !need,
-                    },
-                );
-                ops.push(Op::Alloc {
-                    g,
-                    host,
-                    mask: need,
-                });
-            }
-            unused.extend(spare);
-            self.log_take(&mut m, &ops)
-        };
-        self.untake(unused);
-        // Acknowledged only once the change is in the log (claims held
-        // until then, so the log keeps each cluster's order).
-        self.log_write(log).await
+                (host, layout.mask(lo, hi))
+            })
+            .collect();
+        // Data, mappings and log record in one trip to the blocking pool;
+        // acknowledged only once the record is written.
+        self.write_and_publish(
+            ops,
+            Publish {
+                claims,
+                wal: self.wal.clone(),
+                targets,
+                hosts,
+                spare_tables,
+            },
+        )
+        .await
     }
 
     /// What a first write to guest cluster `g` writes: (offset within the
@@ -566,32 +551,10 @@ impl Overlay {
     }
 }
 
-/// Guest clusters claimed for allocation by one write; released on drop,
-/// also when the write is cancelled.
-struct Claims<'a> {
-    overlay: &'a Overlay,
-    /// Each claimed cluster with its entry when claimed.
-    guests: Vec<(u64, Entry)>,
-}
-
 /// What [`Overlay::claim`] found.
 enum Claim {
     /// The needed subclusters are allocated at this host cluster: write in place.
     Owned(u64),
     /// Claimed for a first write; the entry as it was.
     Claimed(Entry),
-}
-
-impl Drop for Claims<'_> {
-    fn drop(&mut self) {
-        if self.guests.is_empty() {
-            return;
-        }
-        let mut m = self.overlay.lock();
-        for (g, _) in &self.guests {
-            m.allocating.remove(g);
-        }
-        drop(m);
-        self.overlay.allocated.notify_waiters();
-    }
 }

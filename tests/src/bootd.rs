@@ -1,8 +1,8 @@
 //! The built `bootd` binary and `bootd export` as a child process.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::process::{Child, Command};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -77,16 +77,7 @@ impl BootdExport {
             cmd.arg("--removable");
         }
         let command = describe(&cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning `{command}`"))?;
-        let log = Log::default();
-        let (tx, rx) = mpsc::channel();
-        log.follow("stdout", child.stdout.take(), Some(tx));
-        log.follow("stderr", child.stderr.take(), None);
+        let (mut child, log, rx) = Log::spawn(&mut cmd)?;
 
         let mut export = Self {
             child: None,

@@ -179,6 +179,27 @@ impl Export {
 pub(crate) struct Log(Arc<Mutex<String>>);
 
 impl Log {
+    /// Spawns `cmd` with stdin closed and both outputs followed into a new
+    /// log; stdout lines also arrive on the returned channel (ready lines).
+    pub(crate) fn spawn(
+        cmd: &mut std::process::Command,
+    ) -> Result<(std::process::Child, Self, std::sync::mpsc::Receiver<String>)> {
+        use anyhow::Context;
+        use std::process::Stdio;
+        let command = crate::process::describe(cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning `{command}`"))?;
+        let log = Self::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        log.follow("stdout", child.stdout.take(), Some(tx));
+        log.follow("stderr", child.stderr.take(), None);
+        Ok((child, log, rx))
+    }
+
     pub(crate) fn push(&self, stream: &str, line: &str) {
         // A poisoned lock only means a reader thread panicked; the text is still fine.
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());

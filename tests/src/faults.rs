@@ -12,8 +12,7 @@ use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -201,16 +200,7 @@ impl FailFs {
         let mut cmd = Command::new(PYTHON);
         cmd.arg(&script).arg(backing).arg(mountpoint).arg(control);
         let command = describe(&cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning `{command}`"))?;
-        let log = Log::default();
-        let (tx, rx) = mpsc::channel();
-        log.follow("stdout", child.stdout.take(), Some(tx));
-        log.follow("stderr", child.stderr.take(), None);
+        let (child, log, rx) = Log::spawn(&mut cmd)?;
         let mut fs = Self {
             child: Some(child),
             control: control.to_path_buf(),

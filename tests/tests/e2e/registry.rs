@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use bootd_tests::disk::{assert_contents, expected, noise, sha256, Fill};
 use bootd_tests::env::Needs;
 use bootd_tests::export::Server;
+use bootd_tests::overlay::qemu_img_check;
 use bootd_tests::process::{run, wait_until};
 use bootd_tests::qemu_iscsi::{login_refused, Login, Session, CLIENT_LIMIT};
 use bootd_tests::serve::{DataDir, Fields, Node, Serve};
@@ -104,34 +105,6 @@ fn check_disk(login: &Login, want: &[u8], scratch: &Path, what: &str, serve: &Se
     let r = assert_contents(scratch, want, what);
     std::fs::remove_file(scratch)?;
     r
-}
-
-/// `qemu-img check` on an overlay. `leaks_ok`: exit 3 (leaked clusters only) passes
-/// too, as after a crash; 2 (corruption) and 1 (check failed) never do.
-fn qemu_img_check(overlay: &Path, leaks_ok: bool) -> Result<String> {
-    let out = run(
-        Command::new("qemu-img")
-            .args(["check", "-f", "qcow2"])
-            .arg(overlay),
-        CLIENT_LIMIT,
-    )?;
-    let code = out.status.code();
-    let clean = code == Some(0) || (leaks_ok && code == Some(3));
-    ensure!(
-        clean && !out.stdout.contains("ERROR") && !out.stdout.contains("corrupt"),
-        "qemu-img check {} is not clean: {out}",
-        overlay.display()
-    );
-    Ok(out.stdout)
-}
-
-/// The verdict lines of a `qemu-img check` report, without the per-cluster details.
-fn check_summary(report: &str) -> String {
-    report
-        .lines()
-        .filter(|l| l.contains("were found") || l.contains("allocated"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// `qemu-img compare` of an overlay (through its backing golden image) against the raw
@@ -520,8 +493,7 @@ fn serve_kill9_keeps_flushed_writes() -> Result<()> {
             .with_context(|| format!("round {round}, after kill -9"))?;
         println!(
             "serve_kill9_keeps_flushed_writes: round {round}: kill -9 after {storm_report:?}; \
-             qemu-img check: {}",
-            check_summary(&check)
+             qemu-img check: {check}"
         );
     }
 

@@ -11,23 +11,7 @@ const CHAP_SECRET_LEN: usize = 16;
 /// Accepts `aa:bb:cc:dd:ee:ff`, `AA-BB-CC-DD-EE-FF`, `aabb.ccdd.eeff` and
 /// `aabbccddeeff`; returns lower-case colon form.
 pub fn normalize_mac(input: &str) -> Result<String> {
-    let hex: String = input
-        .chars()
-        .filter(|c| !matches!(c, ':' | '-' | '.'))
-        .collect();
-    let separators_ok = input
-        .chars()
-        .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '-' | '.'));
-    if !separators_ok || hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("{input:?} is not a MAC address (want six hex pairs like 52:54:00:12:34:56)");
-    }
-    let hex = hex.to_ascii_lowercase();
-    Ok(hex
-        .as_bytes()
-        .chunks(2)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect::<Vec<_>>()
-        .join(":"))
+    Ok(input.parse::<bootd_plan::Mac>()?.to_string())
 }
 
 /// Node names end up in IQNs, file names and host names: a DNS label.

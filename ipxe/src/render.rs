@@ -163,9 +163,10 @@ pub fn validate(template_text: &str) -> Result<(), RenderError> {
 /// spells it `52-54-00-12-34-56`, safe in a URL). A MAC with no node gets a
 /// 404, and the machine moves on to its next boot device.
 pub fn chain_script(http_base: &str) -> String {
+    let node = bootd_plan::urls::node_url_ipxe(http_base);
     format!(
         "#!ipxe\n\
-         chain {http_base}/boot/${{netX/mac:hexhyp}}.ipxe || goto unknown\n\
+         chain {node} || goto unknown\n\
          :unknown\n\
          echo bootd: no boot script for ${{netX/mac}}, trying the next boot device\n\
          sleep 5\n\

@@ -14,18 +14,8 @@ pub enum BootFile {
     Http { url: String, http_client: bool },
 }
 
-pub use crate::http::request::TOKEN_PARAM;
-
-/// `url` without its token, for logs and boot stages.
-pub fn redact(url: &str) -> String {
-    match url.split_once(&format!("?{TOKEN_PARAM}=")) {
-        Some((base, _)) => format!("{base}?{TOKEN_PARAM}=…"),
-        None => url.to_string(),
-    }
-}
-
-/// Where iPXE binaries are served over HTTP for UEFI HTTP boot.
-pub const HTTP_BINARY_PREFIX: &str = "/ipxe/";
+pub use bootd_plan::urls::redact;
+use bootd_plan::{urls, Mac};
 
 impl BootFile {
     /// The iPXE binary this names, if it names one (not the script URL).
@@ -33,7 +23,7 @@ impl BootFile {
         match self {
             Self::Tftp(name) => Some(name),
             Self::Http { url, http_client } => {
-                let (_, name) = url.rsplit_once(HTTP_BINARY_PREFIX)?;
+                let name = urls::binary_of(url)?;
                 http_client.then_some(name)
             }
         }
@@ -50,15 +40,13 @@ pub fn choose(
     efi: EfiFlavour,
     token: Option<&str>,
 ) -> Option<BootFile> {
+    let base = urls::http_base(&server.to_string(), http_port);
     if req.is_ipxe() {
         // Already iPXE: hand it the script, not iPXE again (the chainload loop).
-        let url = match token {
+        let url = match (token, Mac::from_hardware(req.msg.chaddr())) {
             // Straight to the MAC's own script: the token is for it alone.
-            Some(t) => format!(
-                "http://{server}:{http_port}/boot/{}.ipxe?{TOKEN_PARAM}={t}",
-                req.mac().replace(':', "-")
-            ),
-            None => format!("http://{server}:{http_port}/boot.ipxe"),
+            (Some(t), Some(mac)) => urls::node_url(&base, mac, Some(t)),
+            _ => urls::chain_url(&base),
         };
         return Some(BootFile::Http {
             url,
@@ -76,7 +64,7 @@ pub fn choose(
     let name = binary_name(arch, efi);
     if req.vendor_class().starts_with(b"HTTPClient") || arch.is_http() {
         return Some(BootFile::Http {
-            url: format!("http://{server}:{http_port}{HTTP_BINARY_PREFIX}{name}"),
+            url: urls::binary_url(&base, name),
             http_client: true,
         });
     }

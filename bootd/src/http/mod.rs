@@ -5,7 +5,6 @@
 //! lookup reads the registry, so CLI changes apply to the next request.
 
 pub mod request;
-mod routes;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -17,8 +16,8 @@ use crate::serve::grants::Grants;
 use crate::store::{NodeState, Store, StoreError};
 use crate::tftp::Root;
 use bootd_ipxe::{BootPlan, Renderer};
+use bootd_plan::urls::{self, Refusal, Route};
 use request::{Method, ParseError};
-use routes::{Refusal, Route};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -248,15 +247,16 @@ impl HttpServer {
         // ::ffff:a.b.c.d; iPXE wants the plain IPv4 address.
         let (local, peer) = (local.to_canonical(), peer.to_canonical());
         let host = bootd_ipxe::uri_host(local);
-        let http_base = format!("http://{host}:{}", self.http_port);
-        match routes::route(&req.path) {
+        let http_base = urls::http_base(&host, self.http_port);
+        match urls::route(&req.path) {
             Ok(Route::Chain) => Response::text(200, bootd_ipxe::chain_script(&http_base)),
             Ok(Route::Node(mac)) => {
                 let who = Caller {
                     peer,
                     token: req.token.clone(),
                 };
-                self.node_script(mac, host, http_base, who).await
+                self.node_script(mac.to_string(), host, http_base, who)
+                    .await
             }
             Ok(Route::Binary(name)) => self.binary(name).await,
             // Node names (by default made from MACs) and load figures are

@@ -24,7 +24,7 @@ pub struct Request {
 }
 
 /// The query parameter of a script URL that carries the one-time token.
-pub const TOKEN_PARAM: &str = "t";
+pub use bootd_plan::urls::TOKEN_PARAM;
 
 /// Longest token accepted (bootd issues 32 hex digits).
 pub const MAX_TOKEN: usize = 64;

@@ -1,0 +1,9 @@
+//! What bootd knows about a node's boot, in types every server shares:
+//! the MAC that keys a node, every URL path, and (in `fleet`) the
+//! immutable snapshot of node plans that DHCP, TFTP, HTTP and iSCSI read.
+//! No I/O here: the registry and the servers live in `bootd`.
+
+pub mod mac;
+pub mod urls;
+
+pub use mac::{Mac, MacError};

@@ -6,10 +6,14 @@
 //! for `node show`. Reporting never blocks serving: when the queue is full
 //! a stage is dropped from the record (it was still served).
 
-use crate::store::{BootStage, Store};
+use crate::fleet::{FleetView, Registry};
+use crate::serve::grants::Grants;
+use crate::store::BootStage;
+use bootd_plan::Mac;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Stages waiting to be recorded before new ones are dropped.
@@ -49,8 +53,9 @@ impl Stage {
 /// Who a stage happened to, as the reporting component knows it.
 #[derive(Debug, Clone)]
 pub enum Who {
-    Mac(String),
-    /// A client address (TFTP): found in the kernel's neighbour table.
+    Mac(Mac),
+    /// A client address (TFTP): a node's static address, or one bootd's
+    /// DHCP leased.
     Addr(IpAddr),
     /// A node's target IQN (iSCSI).
     Target(String),
@@ -77,11 +82,17 @@ fn now_ms() -> i64 {
 
 impl BootLog {
     /// Starts the recorder thread; it ends when every handle is dropped.
-    pub fn start(store: Box<dyn Store>) -> std::io::Result<Self> {
+    /// Starts the recorder: nodes come from `view`, leased addresses from
+    /// `grants`, and stages are written through `registry`.
+    pub fn start(
+        registry: Registry,
+        view: FleetView,
+        grants: Arc<Grants>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("bootlog".into())
-            .spawn(move || Recorder::new(store).run(rx))?;
+            .spawn(move || Recorder::new(registry, view, grants).run(rx))?;
         Ok(Self { tx })
     }
 
@@ -109,67 +120,48 @@ struct Boot {
 }
 
 struct Recorder {
-    store: Box<dyn Store>,
-    generation: Option<u64>,
-    /// Node name and MAC by target IQN, and names by MAC.
-    by_target: HashMap<String, (String, String)>,
-    names: HashMap<String, String>,
-    boots: HashMap<String, Boot>,
+    registry: Registry,
+    view: FleetView,
+    grants: Arc<Grants>,
+    boots: HashMap<Mac, Boot>,
 }
 
 impl Recorder {
-    fn new(store: Box<dyn Store>) -> Self {
+    fn new(registry: Registry, view: FleetView, grants: Arc<Grants>) -> Self {
         Self {
-            store,
-            generation: None,
-            by_target: HashMap::new(),
-            names: HashMap::new(),
+            registry,
+            view,
+            grants,
             boots: HashMap::new(),
         }
     }
 
     fn run(mut self, rx: Receiver<Report>) {
         while let Ok(r) = rx.recv() {
-            self.refresh();
             self.record(r);
         }
     }
 
-    fn refresh(&mut self) {
-        let Ok(g) = self.store.generation() else {
-            return;
-        };
-        if self.generation == Some(g) {
-            return;
-        }
-        if let Ok(nodes) = self.store.nodes() {
-            self.by_target = nodes
-                .iter()
-                .map(|n| (n.target_iqn.clone(), (n.name.clone(), n.mac.clone())))
-                .collect();
-            self.names = nodes.into_iter().map(|n| (n.mac, n.name)).collect();
-            self.generation = Some(g);
-        }
-    }
-
-    fn mac_of(&self, who: &Who) -> Option<String> {
-        match who {
-            Who::Mac(m) => Some(m.clone()),
-            Who::Target(t) => self.by_target.get(t).map(|(_, mac)| mac.clone()),
-            Who::Addr(IpAddr::V4(ip)) => {
-                let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-                mac_for(&table, &ip.to_string())
+    /// The node a report is about, in the current snapshot.
+    fn node_of(&self, who: &Who) -> Option<(Mac, String)> {
+        let snap = self.view.current();
+        let node = match who {
+            Who::Mac(m) => snap.by_mac(m),
+            Who::Target(t) => snap.by_target(t),
+            Who::Addr(ip) => {
+                let ip = ip.to_canonical();
+                match snap.by_ip(&ip) {
+                    Some(n) => Some(n),
+                    None => snap.by_mac(&self.grants.leased_to(ip)?),
+                }
             }
-            Who::Addr(IpAddr::V6(_)) => None,
-        }
+        }?;
+        Some((node.mac, node.name.clone()))
     }
 
     fn record(&mut self, r: Report) {
-        let Some(mac) = self.mac_of(&r.who) else {
+        let Some((mac, node)) = self.node_of(&r.who) else {
             tracing::debug!(who = ?r.who, stage = r.stage.name(), "boot stage of an unknown client");
-            return;
-        };
-        let Some(node) = self.names.get(&mac).cloned() else {
             return;
         };
         let fresh = self
@@ -182,7 +174,7 @@ impl Recorder {
         let new_boot = r.stage == Stage::Dhcp || (r.stage == Stage::IpxeDhcp && (fresh || again));
         if new_boot || fresh {
             self.boots.insert(
-                mac.clone(),
+                mac,
                 Boot {
                     started_ms: r.at_ms,
                     last_ms: r.at_ms,
@@ -220,49 +212,94 @@ impl Recorder {
             at_ms: r.at_ms,
             detail: r.detail,
         };
-        if let Err(e) = self.store.record_stage(&mac, &rec, new_boot) {
+        let stored = self
+            .registry
+            .with(|s| s.record_stage(&mac.to_string(), &rec, new_boot));
+        if let Err(e) = stored {
             tracing::warn!(%node, "recording a boot stage: {e}");
         }
     }
 }
 
-/// The MAC of `ip` in `/proc/net/arp` text (complete entries only).
-fn mac_for(table: &str, ip: &str) -> Option<String> {
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // IP address, HW type, Flags (0x2 = complete), HW address, Mask, Device.
-        (f.len() >= 4 && f[0] == ip && f[2] != "0x0").then(|| f[3].to_ascii_lowercase())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::{Registry, Watcher};
     use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewImage, NewNode, NodeState, Store};
 
+    type Res<T> = Result<T, Box<dyn std::error::Error>>;
+    const MAC: Mac = Mac::new([2, 0, 0, 0, 0, 1]);
+
+    /// A recorder over a registry holding node `n1`, and its watcher.
+    fn recorder() -> Res<(Recorder, Watcher)> {
+        let mut store = SqliteStore::open_in_memory()?;
+        let img = store.add_image(&NewImage {
+            name: "deb".into(),
+            version: 1,
+            path: "/data/images/deb-v1.raw".into(),
+            bytes: 1 << 20,
+            sha256: "00".repeat(32),
+        })?;
+        store.add_node(&NewNode {
+            name: "n1".into(),
+            mac: MAC,
+            image_id: img.id,
+            template: None,
+            ip: Some(std::net::Ipv4Addr::new(192, 0, 2, 50).into()),
+            target_iqn: "iqn.t:n1".into(),
+            initiator_iqn: "iqn.i:n1".into(),
+            chap_user: "n1".into(),
+            chap_secret: "0123456789abcdef".into(),
+            overlay_path: "/data/overlays/n1.qcow2".into(),
+        })?;
+        store.set_node_state("n1", NodeState::Ready)?;
+        let registry = Registry::new(Box::new(store));
+        let (watcher, view) = Watcher::start(registry.clone())?;
+        let grants = Arc::new(Grants::new());
+        Ok((Recorder::new(registry, view, grants), watcher))
+    }
+
+    fn stages(rec: &Recorder) -> Res<Vec<String>> {
+        let got = rec.registry.with(|s| s.boot_stages(&MAC.to_string()))?;
+        Ok(got.into_iter().map(|s| s.stage).collect())
+    }
+
+    /// A TFTP client is known by its address: the node's static one, or
+    /// the one bootd's DHCP leased its MAC; nobody else's.
     #[test]
-    fn neighbour_table_lookup() {
-        let table =
-            "IP address       HW type     Flags       HW address            Mask     Device\n\
-                     192.0.2.100      0x1         0x2         52:54:00:AB:00:01     *        br0\n\
-                     192.0.2.101      0x1         0x0         00:00:00:00:00:00     *        br0\n";
-        assert_eq!(
-            mac_for(table, "192.0.2.100").as_deref(),
-            Some("52:54:00:ab:00:01")
+    fn a_client_address_is_the_node_holding_it() -> Res<()> {
+        let (mut rec, _watcher) = recorder()?;
+        let tftp = |ip: [u8; 4], ms| Report {
+            who: Who::Addr(std::net::Ipv4Addr::from(ip).into()),
+            stage: Stage::Tftp,
+            detail: "snponly.efi".into(),
+            at_ms: ms,
+        };
+        rec.record(tftp([192, 0, 2, 50], 1_000));
+        assert_eq!(stages(&rec)?, ["tftp"]);
+        // Nobody's address: not recorded against the node.
+        rec.record(tftp([192, 0, 2, 77], 2_000));
+        let at = rec.registry.with(|s| s.boot_stages(&MAC.to_string()))?;
+        assert_eq!(at.iter().map(|s| s.at_ms).max(), Some(1_000));
+        let now = std::time::Instant::now();
+        let until = now + Duration::from_secs(60);
+        rec.grants.lease(
+            &MAC,
+            std::net::Ipv4Addr::new(192, 0, 2, 77).into(),
+            until,
+            now,
         );
-        assert_eq!(mac_for(table, "192.0.2.101"), None);
-        assert_eq!(mac_for(table, "192.0.2.1"), None);
+        rec.record(tftp([192, 0, 2, 77], 3_000));
+        let at = rec.registry.with(|s| s.boot_stages(&MAC.to_string()))?;
+        assert_eq!(at.iter().map(|s| s.at_ms).max(), Some(3_000));
+        Ok(())
     }
 
     #[test]
     fn stages_of_one_boot_are_numbered_and_kept() -> Result<(), Box<dyn std::error::Error>> {
-        let store = SqliteStore::open_in_memory()?;
-        let mut rec = Recorder::new(Box::new(store));
-        rec.names.insert("02:00:00:00:00:01".into(), "n1".into());
-        rec.by_target
-            .insert("iqn.t:n1".into(), ("n1".into(), "02:00:00:00:00:01".into()));
-        rec.generation = Some(u64::MAX);
-        let mac = || Who::Mac("02:00:00:00:00:01".into());
+        let (mut rec, _watcher) = recorder()?;
+        let mac = || Who::Mac(MAC);
         let t = || Who::Target("iqn.t:n1".into());
         let at = |ms| ms;
         for (who, stage, detail, ms) in [
@@ -279,12 +316,7 @@ mod tests {
                 at_ms: ms,
             });
         }
-        let got: Vec<String> = rec
-            .store
-            .boot_stages("02:00:00:00:00:01")?
-            .into_iter()
-            .map(|s| s.stage)
-            .collect();
+        let got = stages(&rec)?;
         assert_eq!(
             got,
             [
@@ -309,12 +341,7 @@ mod tests {
             detail: "400001370002 iPXE".into(),
             at_ms: 81_000,
         });
-        let got: Vec<String> = rec
-            .store
-            .boot_stages("02:00:00:00:00:01")?
-            .into_iter()
-            .map(|s| s.stage)
-            .collect();
+        let got = stages(&rec)?;
         assert_eq!(got, ["ipxe-dhcp", "iscsi-login-1"]);
         // The next power-on through PXE firmware starts over too.
         rec.record(Report {
@@ -323,7 +350,7 @@ mod tests {
             detail: "undionly.kpxe".into(),
             at_ms: 90_000,
         });
-        assert_eq!(rec.store.boot_stages("02:00:00:00:00:01")?.len(), 1);
+        assert_eq!(stages(&rec)?.len(), 1);
         Ok(())
     }
 }

@@ -162,7 +162,7 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
         }
         NodeCmd::Show { node, json } => {
             let n = lookup(store.as_ref(), &node)?;
-            let last_boot = store.boot_stages(&n.mac)?;
+            let last_boot = store.boot_stages(&n.mac.to_string())?;
             if json {
                 let mut v = node_json(&n);
                 v["last_boot"] = stages::to_json(&last_boot);
@@ -251,7 +251,7 @@ pub fn lookup(store: &dyn Store, key: &str) -> Result<Node> {
 pub fn node_json(n: &Node) -> serde_json::Value {
     json!({
         "name": n.name,
-        "mac": n.mac,
+        "mac": n.mac.to_string(),
         "image": n.image.name,
         "image_version": n.image.version,
         "image_path": n.image.path,
@@ -294,9 +294,9 @@ fn list(store: &dyn Store, as_json: bool) -> Result<()> {
         .map(|n| {
             vec![
                 n.name.clone(),
-                n.mac.clone(),
+                n.mac.to_string(),
                 format!("{} v{}", n.image.name, n.image.version),
-                n.ip.clone().unwrap_or_else(|| "-".into()),
+                n.ip.map_or_else(|| "-".into(), |i| i.to_string()),
                 output::bytes(allocated_bytes(&n.overlay_path)),
                 n.state.as_str().into(),
             ]
@@ -309,13 +309,13 @@ fn list(store: &dyn Store, as_json: bool) -> Result<()> {
 fn show(n: &Node) {
     let rows = [
         ("name", n.name.clone()),
-        ("mac", n.mac.clone()),
+        ("mac", n.mac.to_string()),
         (
             "image",
             format!("{} version {}", n.image.name, n.image.version),
         ),
         ("template", n.template.clone().unwrap_or_else(|| "-".into())),
-        ("ip", n.ip.clone().unwrap_or_else(|| "-".into())),
+        ("ip", n.ip.map_or_else(|| "-".into(), |i| i.to_string())),
         ("target_iqn", n.target_iqn.clone()),
         ("initiator_iqn", n.initiator_iqn.clone()),
         ("chap_user", n.chap_user.clone()),

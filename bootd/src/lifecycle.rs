@@ -281,8 +281,8 @@ pub fn add_with(
     ip: Option<IpAddr>,
     mutual_chap: bool,
 ) -> Result<Node> {
-    let mac = names::normalize_mac(mac)?;
-    let name = name.unwrap_or_else(|| names::default_node_name(&mac));
+    let mac: bootd_plan::Mac = mac.parse()?;
+    let name = name.unwrap_or_else(|| names::default_node_name(&mac.to_string()));
     names::check_node_name(&name)?;
     let (image_name, template) = match source {
         Source::Image(i) => (i.clone(), None),
@@ -295,7 +295,7 @@ pub fn add_with(
         mac,
         image_id: img.id,
         template,
-        ip: ip.map(|i| i.to_string()),
+        ip,
         target_iqn: names::target_iqn(&name),
         initiator_iqn: names::initiator_iqn(&name),
         chap_user: name.clone(),

@@ -9,6 +9,7 @@ mod cmd_template;
 mod datadir;
 mod dhcp;
 mod export;
+mod fleet;
 mod http;
 mod import;
 mod iotrace;

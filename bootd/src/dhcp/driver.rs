@@ -5,7 +5,7 @@
 //! answered as soon as it is decided. The decision itself holds no sockets.
 
 use super::lease::Leases;
-use super::registry::Registry;
+use super::nodes::Nodes;
 use super::reply::{Destination, Reply};
 use super::server::{handle_with_token, Mode, NodeLookup, Params};
 use super::socket::DhcpSocket;
@@ -13,6 +13,7 @@ use super::{Request, CLIENT_PORT};
 use crate::bootlog::{BootLog, Stage, Who};
 use crate::metrics::{DhcpKind, METRICS};
 use crate::serve::grants::Grants;
+use bootd_plan::Mac;
 use dhcproto::v4::{MessageType, OptionCode};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,7 +28,7 @@ const BATCH: usize = 64;
 pub struct Shared {
     pub params: Params,
     pub leases: Option<Mutex<Leases>>,
-    pub registry: Mutex<Registry>,
+    pub nodes: Mutex<Nodes>,
     pub stop: AtomicBool,
     pub bootlog: Option<BootLog>,
     /// Who may fetch which node's script: tokens issued here, leases
@@ -38,7 +39,7 @@ pub struct Shared {
 struct Pending {
     reply: Reply,
     ifindex: u32,
-    mac: String,
+    mac: Mac,
     ipxe: bool,
 }
 
@@ -102,8 +103,9 @@ fn decide(
     now: u64,
     out: &mut Vec<Pending>,
 ) {
-    let mut registry = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(reserved) = registry.refresh() {
+    let mut nodes = shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+    let (snap, reserved) = nodes.refresh();
+    if let Some(reserved) = reserved {
         if let Some(l) = &shared.leases {
             l.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -119,20 +121,23 @@ fn decide(
             continue;
         };
         METRICS.dhcp_requests.fetch_add(1, Relaxed);
-        let node = registry.lookup(&req, now);
+        let Some(mac) = Mac::from_hardware(req.msg.chaddr()) else {
+            continue;
+        };
+        let node = nodes.lookup(&snap, &req, now);
         if shared.params.mode == Mode::Full
             && matches!(req.msg_type, MessageType::Release | MessageType::Decline)
             && req.server_id().is_none_or(|id| id == shared.params.server)
         {
             // The address is no longer the node's: neither is the script
             // fetched from it.
-            shared.grants.end_lease(&req.mac());
+            shared.grants.end_lease(&mac);
         }
         // In proxy mode bootd never learns the address a node will fetch
         // its script from: the boot URL carries a one-time token instead.
         let token = match (&node, shared.params.mode) {
             (NodeLookup::Known { .. }, Mode::Proxy) if req.is_ipxe() => {
-                shared.grants.issue(&req.mac(), Instant::now())
+                shared.grants.issue(&mac, Instant::now())
             }
             _ => None,
         };
@@ -146,12 +151,12 @@ fn decide(
             now,
             token.as_deref(),
         );
-        tracing::debug!(mac = %req.mac(), kind = ?req.msg_type, ?node, mode = ?shared.params.mode, answered = reply.is_some(), "dhcp");
+        tracing::debug!(%mac, kind = ?req.msg_type, ?node, mode = ?shared.params.mode, answered = reply.is_some(), "dhcp");
         if let Some(reply) = reply {
             out.push(Pending {
                 reply,
                 ifindex: a.ifindex,
-                mac: req.mac(),
+                mac,
                 ipxe: req.is_ipxe(),
             });
         }
@@ -222,7 +227,7 @@ fn report(log: &BootLog, p: &Pending, mode: Mode) {
     } else {
         format!("{file} to {}", m.yiaddr())
     };
-    log.report(Who::Mac(p.mac.clone()), stage, detail);
+    log.report(Who::Mac(p.mac), stage, detail);
 }
 
 /// Mode::Proxy listens on 4011 as well.

@@ -7,7 +7,7 @@ pub mod decode;
 pub mod driver;
 pub mod iface;
 pub mod lease;
-pub mod registry;
+pub mod nodes;
 pub mod reply;
 pub mod server;
 pub mod socket;

@@ -3,12 +3,13 @@
 
 use super::driver::{self, Shared};
 use super::lease::{FileLeaseStore, Leases};
-use super::registry::{Registry, Unknown};
+use super::nodes::Nodes;
 use super::server::{Mode, Params};
 use super::socket::DhcpSocket;
 use crate::bootlog::BootLog;
-use crate::datadir::DataDir;
-use crate::serve::config::{DhcpMode, Settings, UnknownPolicy};
+use crate::fleet::enrol::Enroller;
+use crate::fleet::FleetView;
+use crate::serve::config::{DhcpMode, Settings};
 use crate::serve::grants::Grants;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
@@ -35,7 +36,8 @@ impl Running {
 /// `None` with `--dhcp off`. `http_port` is the port actually bound.
 pub fn start(
     s: &Settings,
-    dd: &DataDir,
+    view: FleetView,
+    enroller: Option<Enroller>,
     lease_file: PathBuf,
     http_port: u16,
     bootlog: BootLog,
@@ -75,18 +77,6 @@ pub fn start(
         seed_grants(l, &grants);
     }
     let server = found.ip;
-    let unknown = match &s.unknown {
-        UnknownPolicy::Ignore => Unknown::Ignore,
-        UnknownPolicy::Discover => Unknown::Discover,
-        UnknownPolicy::Default(template) => {
-            // Refuse a template that does not exist now, not at the first boot.
-            dd.store()?.template(template)?;
-            Unknown::Enrol {
-                dd: dd.clone(),
-                template: template.clone(),
-            }
-        }
-    };
     let boot_dir = s
         .tftp_dir
         .clone()
@@ -106,7 +96,7 @@ pub fn start(
             relays: s.relays.clone(),
         },
         leases,
-        registry: Mutex::new(Registry::new(dd.store()?, unknown, s.unknown_cap)),
+        nodes: Mutex::new(Nodes::new(view, enroller)),
         stop: Default::default(),
         bootlog: Some(bootlog),
         grants,
@@ -138,6 +128,9 @@ fn seed_grants(leases: &Mutex<Leases>, grants: &Grants) {
     let l = leases.lock().unwrap_or_else(|e| e.into_inner());
     for (mac, ip, expires) in l.active(now) {
         let left = std::time::Duration::from_secs(expires.saturating_sub(now));
-        grants.lease(mac, IpAddr::V4(ip), instant + left, instant);
+        // The lease file holds MACs in the form `Mac` prints.
+        if let Ok(mac) = mac.parse::<bootd_plan::Mac>() {
+            grants.lease(&mac, IpAddr::V4(ip), instant + left, instant);
+        }
     }
 }

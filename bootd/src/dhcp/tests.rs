@@ -707,7 +707,7 @@ fn loopback_address_and_mask_are_found() -> R {
 #[test]
 fn driver_answers_inform_over_udp() -> R {
     use super::driver::{run as drive, Shared};
-    use super::registry::{Registry, Unknown};
+    use super::nodes::Nodes;
     use std::sync::atomic::Ordering;
     let server = super::socket::DhcpSocket::bind(0, None, Ipv4Addr::LOCALHOST)?;
     let port = server.local_port();
@@ -716,10 +716,10 @@ fn driver_answers_inform_over_udp() -> R {
     let shared = Arc::new(Shared {
         params: p,
         leases: Some(Mutex::new(leases(Mem::default())?)),
-        registry: Mutex::new(Registry::new(
-            Box::new(crate::store::sqlite::SqliteStore::open_in_memory()?),
-            Unknown::Ignore,
-            256,
+        // An empty fleet.
+        nodes: Mutex::new(Nodes::new(
+            crate::fleet::FleetView::fixed(Default::default()),
+            None,
         )),
         stop: Default::default(),
         bootlog: None,

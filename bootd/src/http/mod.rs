@@ -1,8 +1,8 @@
 //! The boot-script HTTP server: `GET /boot.ipxe` (chain to the node's own
 //! script), `GET /boot/{mac}.ipxe` (the node's script from its template)
 //! and `GET /ipxe/{name}` (an iPXE binary, for UEFI HTTP boot firmware).
-//! One request per connection, bounded in size, time and number; every
-//! lookup reads the registry, so CLI changes apply to the next request.
+//! One request per connection, bounded in size, time and number; nodes
+//! come from the fleet view's current snapshot, which follows the registry.
 
 pub mod request;
 mod slots;
@@ -10,17 +10,18 @@ mod slots;
 mod tests;
 
 use crate::bootlog::{BootLog, Stage, Who};
+use crate::fleet::FleetView;
 use crate::metrics::METRICS;
 use crate::serve::config::ScriptAccess;
 use crate::serve::grants::Grants;
-use crate::store::{NodeState, Store, StoreError};
 use crate::tftp::Root;
 use bootd_ipxe::{BootPlan, Renderer};
 use bootd_plan::urls::{self, Refusal, Route};
+use bootd_plan::NodeState;
 use request::{Method, ParseError};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,7 +38,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 const DRAIN_BYTES: usize = 64 * 1024;
 
 pub struct HttpServer {
-    store: Arc<Mutex<Box<dyn Store>>>,
+    /// The fleet: scripts come from the current snapshot, never a
+    /// registry read per request.
+    view: FleetView,
     /// The boot directory, shared with TFTP (same confinement, same cache).
     files: Arc<Root>,
     renderer: Renderer,
@@ -135,7 +138,7 @@ impl Response {
 
 impl HttpServer {
     pub fn new(
-        store: Box<dyn Store>,
+        view: FleetView,
         files: Arc<Root>,
         http_port: u16,
         iscsi_port: u16,
@@ -143,7 +146,7 @@ impl HttpServer {
         access: Access,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store: Arc::new(Mutex::new(store)),
+            view,
             files,
             renderer: Renderer::new(),
             http_port,
@@ -255,8 +258,7 @@ impl HttpServer {
                     peer,
                     token: req.token.clone(),
                 };
-                self.node_script(mac.to_string(), host, http_base, who)
-                    .await
+                self.node_script(mac, host, http_base, who).await
             }
             Ok(Route::Binary(name)) => self.binary(name).await,
             // Node names (by default made from MACs) and load figures are
@@ -273,33 +275,23 @@ impl HttpServer {
     }
 
     async fn metrics(&self) -> Response {
-        let store = self.store.clone();
+        let snap = self.view.current();
         // Overlay sizes come from the disk at scrape time: a stat per node.
         let overlays = tokio::task::spawn_blocking(move || {
-            let s = store.lock().unwrap_or_else(|e| e.into_inner());
-            s.nodes().map(|nodes| {
-                nodes
-                    .into_iter()
-                    .map(|n| {
-                        let bytes = crate::datadir::allocated_bytes(&n.overlay_path);
-                        (n.name, bytes)
-                    })
-                    .collect::<Vec<_>>()
-            })
+            snap.nodes()
+                .iter()
+                .map(|n| (n.name.clone(), crate::datadir::allocated_bytes(&n.overlay)))
+                .collect::<Vec<_>>()
         })
         .await;
         match overlays {
-            Ok(Ok(o)) => Response {
+            Ok(o) => Response {
                 status: 200,
                 body: Body::Metrics(METRICS.render(&o)),
             },
-            Ok(Err(e)) => {
-                tracing::error!("metrics: registry: {e}");
-                Response::text(500, "registry unavailable\n")
-            }
             Err(e) => {
                 tracing::error!("metrics: {e}");
-                Response::text(500, "registry unavailable\n")
+                Response::text(500, "metrics unavailable\n")
             }
         }
     }
@@ -324,48 +316,27 @@ impl HttpServer {
 
     async fn node_script(
         &self,
-        mac: String,
+        mac: bootd_plan::Mac,
         host: String,
         http_base: String,
         who: Caller,
     ) -> Response {
-        let store = self.store.clone();
-        let lookup = tokio::task::spawn_blocking(move || {
-            let s = store.lock().unwrap_or_else(|e| e.into_inner());
-            let node = s.node(&mac)?;
-            let script = match &node.template {
-                Some(t) => s.template(t)?.script,
-                None => None,
-            };
-            Ok::<_, StoreError>((node, script))
-        })
-        .await;
-        let (node, script) = match lookup {
-            Ok(Ok(found)) => found,
-            Ok(Err(StoreError::NotFound { .. })) => {
-                return Response::text(404, "no node has this MAC\n")
-            }
-            Ok(Err(e)) => {
-                tracing::error!("http: registry: {e}");
-                return Response::text(500, "registry unavailable\n");
-            }
-            Err(e) => {
-                tracing::error!("http: registry reader: {e}");
-                return Response::text(500, "registry unavailable\n");
-            }
+        let snap = self.view.current();
+        let Some(node) = snap.by_mac(&mac) else {
+            return Response::text(404, "no node has this MAC\n");
         };
         if node.state != NodeState::Ready {
             return Response::text(503, "the node's disk is being recreated\n");
         }
-        if !self.is_the_node(&node, &who) {
+        if !self.is_the_node(node, &who) {
             METRICS.scripts_refused.fetch_add(1, Relaxed);
             tracing::warn!(peer = %who.peer, node = %node.name, token = who.token.is_some(), "http: script refused: not the node's address and no valid token");
             return Response::text(403, "this script is served to its node only\n");
         }
         let plan = BootPlan {
             node_name: node.name.clone(),
-            mac: node.mac.clone(),
-            ip: node.ip.clone().unwrap_or_default(),
+            mac: node.mac.to_string(),
+            ip: node.ip.map(|ip| ip.to_string()).unwrap_or_default(),
             server: host.clone(),
             http_base,
             portal: format!("{host}:{}", self.iscsi_port),
@@ -373,8 +344,8 @@ impl HttpServer {
             iscsi_port: self.iscsi_port,
             target_iqn: node.target_iqn.clone(),
             initiator_iqn: node.initiator_iqn.clone(),
-            chap_user: node.chap_user.clone(),
-            chap_secret: node.chap_secret.clone(),
+            chap_user: node.chap.user.clone(),
+            chap_secret: node.chap.secret.expose().to_string(),
             mutual_chap_user: node
                 .mutual_chap
                 .as_ref()
@@ -383,18 +354,18 @@ impl HttpServer {
             mutual_chap_secret: node
                 .mutual_chap
                 .as_ref()
-                .map(|m| m.secret.clone())
+                .map(|m| m.secret.expose().to_string())
                 .unwrap_or_default(),
             image_name: node.image.name.clone(),
             image_version: node.image.version,
         };
-        match self.renderer.render(script.as_deref(), &plan) {
+        match self.renderer.render(node.script.as_deref(), &plan) {
             Ok(text) => {
                 METRICS.scripts.fetch_add(1, Relaxed);
                 if let Some(log) = &self.bootlog {
                     let detail =
                         format!("template {}", node.template.as_deref().unwrap_or("sanboot"));
-                    log.report(Who::Mac(node.mac.clone()), Stage::Script, detail);
+                    log.report(Who::Mac(node.mac), Stage::Script, detail);
                 }
                 Response::text(200, text)
             }
@@ -417,12 +388,11 @@ struct Caller {
 impl HttpServer {
     /// Whether `who` is `node`: its static address, the address bootd's
     /// DHCP leased its MAC, or a token issued for its MAC in a boot URL.
-    fn is_the_node(&self, node: &crate::store::Node, who: &Caller) -> bool {
+    fn is_the_node(&self, node: &bootd_plan::NodePlan, who: &Caller) -> bool {
         if self.access.scripts == ScriptAccess::Open {
             return true;
         }
-        let static_ip = node.ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());
-        if static_ip.is_some_and(|ip| ip.to_canonical() == who.peer) {
+        if node.ip.is_some_and(|ip| ip.to_canonical() == who.peer) {
             return true;
         }
         self.access

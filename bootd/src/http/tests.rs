@@ -2,6 +2,7 @@
 //! HEAD, refused methods and a stored template that no longer renders.
 
 use super::HttpServer;
+use crate::fleet::{Registry, Watcher};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{NewImage, NewNode, NodeState, Store};
 use std::sync::Arc;
@@ -20,11 +21,11 @@ async fn ask(port: u16, request: &str) -> Result<String> {
 fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
     NewNode {
         name: "a".into(),
-        mac: "02:00:00:00:00:0a".into(),
+        mac: bootd_plan::Mac::new([2, 0, 0, 0, 0, 0x0a]),
         image_id,
         template: template.map(Into::into),
         // The address the tests fetch from: the node's own.
-        ip: Some("127.0.0.1".into()),
+        ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
         target_iqn: "iqn.t:a".into(),
         initiator_iqn: "iqn.i:a".into(),
         chap_user: "a".into(),
@@ -33,14 +34,20 @@ fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
     }
 }
 
-async fn start() -> Result<(Arc<HttpServer>, u16, i64)> {
+/// The registry the server's fleet view follows.
+struct Fleet {
+    registry: Registry,
+    watcher: Watcher,
+}
+
+async fn start() -> Result<(Fleet, u16, i64)> {
     start_with(Arc::new(crate::tftp::Root::at(
         "/nonexistent-boot-dir".into(),
     )))
     .await
 }
 
-async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Arc<HttpServer>, u16, i64)> {
+async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Fleet, u16, i64)> {
     let mut store = SqliteStore::open_in_memory()?;
     let img = store.add_image(&NewImage {
         name: "deb".into(),
@@ -51,21 +58,18 @@ async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Arc<HttpServer>, u
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let server = HttpServer::new(
-        Box::new(store),
-        files,
-        port,
-        3260,
-        None,
-        super::Access::default(),
-    );
-    tokio::spawn(server.clone().serve(listener));
-    Ok((server, port, img.id))
+    let registry = Registry::new(Box::new(store));
+    let (watcher, view) = Watcher::start(registry.clone())?;
+    let server = HttpServer::new(view, files, port, 3260, None, super::Access::default());
+    tokio::spawn(server.serve(listener));
+    Ok((Fleet { registry, watcher }, port, img.id))
 }
 
-fn with_store<T>(server: &HttpServer, f: impl FnOnce(&mut dyn Store) -> T) -> T {
-    let mut s = server.store.lock().unwrap_or_else(|e| e.into_inner());
-    f(s.as_mut())
+/// A registry change, and the watcher's reload that follows it.
+fn with_store<T>(fleet: &Fleet, f: impl FnOnce(&mut dyn Store) -> T) -> T {
+    let out = fleet.registry.with(f);
+    fleet.watcher.reload();
+    out
 }
 
 #[tokio::test]

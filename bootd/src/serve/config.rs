@@ -50,15 +50,7 @@ pub enum ScriptAccess {
 }
 
 /// What a PXE client whose MAC is not registered gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnknownPolicy {
-    /// No boot offer (full mode still gives an address).
-    Ignore,
-    /// No boot offer; the MAC is recorded for `node list --discovered`.
-    Discover,
-    /// Registered on the spot from this template, then booted like any node.
-    Default(String),
-}
+pub use crate::fleet::enrol::Policy as UnknownPolicy;
 
 impl FromStr for UnknownPolicy {
     type Err = ConfigError;

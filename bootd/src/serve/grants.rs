@@ -8,6 +8,7 @@
 //! Shared by the DHCP threads (which grant) and the HTTP tasks (which
 //! admit); a plain mutex, held for a map lookup at a time.
 
+use bootd_plan::Mac;
 use rand::RngCore;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -48,7 +49,7 @@ impl Entry {
 
 #[derive(Default)]
 pub struct Grants {
-    macs: Mutex<HashMap<String, Entry>>,
+    macs: Mutex<HashMap<Mac, Entry>>,
 }
 
 impl Grants {
@@ -56,10 +57,10 @@ impl Grants {
         Self::default()
     }
 
-    /// A fresh token for `mac` (lower-case colon form), good for
+    /// A fresh token for `mac`, good for
     /// [`TOKEN_TTL`] and one fetch; `None` when the table is full of live
     /// grants (the client then gets no script URL and retries).
-    pub fn issue(&self, mac: &str, now: Instant) -> Option<String> {
+    pub fn issue(&self, mac: &Mac, now: Instant) -> Option<String> {
         let mut bytes = [0u8; TOKEN_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = hex::encode(bytes);
@@ -74,7 +75,7 @@ impl Grants {
     }
 
     /// `mac` holds `ip` until `until`; no other MAC does any more.
-    pub fn lease(&self, mac: &str, ip: IpAddr, until: Instant, now: Instant) {
+    pub fn lease(&self, mac: &Mac, ip: IpAddr, until: Instant, now: Instant) {
         let mut macs = self.macs.lock().unwrap_or_else(|e| e.into_inner());
         for e in macs.values_mut() {
             if e.lease.is_some_and(|(held, _)| held == ip) {
@@ -87,7 +88,7 @@ impl Grants {
     }
 
     /// `mac` no longer holds an address (RELEASE, DECLINE).
-    pub fn end_lease(&self, mac: &str) {
+    pub fn end_lease(&self, mac: &Mac) {
         let mut macs = self.macs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = macs.get_mut(mac) {
             e.lease = None;
@@ -100,7 +101,7 @@ impl Grants {
     /// with a token from the same DHCP exchange is someone else's).
     pub fn admit(
         &self,
-        mac: &str,
+        mac: &Mac,
         peer: IpAddr,
         token: Option<&str>,
         now: Instant,
@@ -127,12 +128,23 @@ impl Grants {
     }
 }
 
+impl Grants {
+    /// The MAC holding a live lease on `ip`: who a TFTP client is, as
+    /// bootd's DHCP knows it.
+    pub fn leased_to(&self, ip: IpAddr) -> Option<Mac> {
+        let now = Instant::now();
+        let macs = self.macs.lock().unwrap_or_else(|e| e.into_inner());
+        macs.iter()
+            .find(|(_, e)| {
+                e.lease
+                    .is_some_and(|(held, until)| held == ip && until > now)
+            })
+            .map(|(mac, _)| *mac)
+    }
+}
+
 /// The entry for `mac`, made if needed; `None` when the table is full.
-fn entry<'a>(
-    macs: &'a mut HashMap<String, Entry>,
-    mac: &str,
-    now: Instant,
-) -> Option<&'a mut Entry> {
+fn entry<'a>(macs: &'a mut HashMap<Mac, Entry>, mac: &Mac, now: Instant) -> Option<&'a mut Entry> {
     if !macs.contains_key(mac) && macs.len() >= MAX_MACS {
         macs.retain(|_, e| e.live(now));
         if macs.len() >= MAX_MACS {
@@ -140,7 +152,7 @@ fn entry<'a>(
             return None;
         }
     }
-    Some(macs.entry(mac.to_string()).or_default())
+    Some(macs.entry(*mac).or_default())
 }
 
 /// Constant-time equality of two byte strings of the same length.
@@ -152,7 +164,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const MAC: &str = "52:54:00:12:34:56";
+    const MAC: &Mac = &Mac::new([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    const OTHER: &Mac = &Mac::new([0x52, 0x54, 0, 0x12, 0x34, 0x57]);
 
     fn ip(s: &str) -> IpAddr {
         s.parse()
@@ -165,7 +178,7 @@ mod tests {
         let now = Instant::now();
         let t = g.issue(MAC, now).unwrap_or_default();
         assert_eq!(t.len(), 2 * TOKEN_BYTES);
-        let other = "52:54:00:12:34:57";
+        let other = OTHER;
         g.issue(other, now);
         assert_eq!(g.admit(other, ip("192.0.2.9"), Some(&t), now), None);
         assert_eq!(g.admit(MAC, ip("192.0.2.9"), Some("00"), now), None);
@@ -206,8 +219,10 @@ mod tests {
         assert_eq!(g.admit(MAC, ip("192.0.2.10"), None, now), None);
         g.lease(MAC, ip("192.0.2.10"), until, now);
         // The address goes to another MAC: the first loses it.
-        g.lease("52:54:00:12:34:57", ip("192.0.2.10"), until, now);
+        g.lease(OTHER, ip("192.0.2.10"), until, now);
         assert_eq!(g.admit(MAC, ip("192.0.2.10"), None, now), None);
+        assert_eq!(g.leased_to(ip("192.0.2.10")), Some(*OTHER));
+        assert_eq!(g.leased_to(ip("192.0.2.11")), None);
         assert_eq!(g.admit(MAC, ip("192.0.2.10"), None, until), None);
     }
 
@@ -215,12 +230,14 @@ mod tests {
     fn the_table_is_bounded() {
         let g = Grants::new();
         let now = Instant::now();
+        let mac = |i: usize| Mac::new([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
         for i in 0..MAX_MACS {
-            assert!(g.issue(&format!("m{i}"), now).is_some());
+            assert!(g.issue(&mac(i), now).is_some());
         }
-        assert!(g.issue("one-more", now).is_none());
+        let one_more = mac(MAX_MACS);
+        assert!(g.issue(&one_more, now).is_none());
         // Once the old grants expire, there is room again.
-        assert!(g.issue("one-more", now + TOKEN_TTL * 2).is_some());
+        assert!(g.issue(&one_more, now + TOKEN_TTL * 2).is_some());
         let macs = g.macs.lock().map(|m| m.len()).unwrap_or(0);
         assert_eq!(macs, 1);
     }

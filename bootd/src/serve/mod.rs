@@ -6,10 +6,11 @@
 //! DHCP (crate::dhcp) points the firmware at them.
 
 pub mod config;
-mod fleet;
 pub mod grants;
+mod targets;
 
 use crate::datadir::DataDir;
+use crate::fleet::{Registry, Watcher};
 use anyhow::{Context, Result};
 use clap::Args;
 use config::{DhcpMode, EfiBinary, FileConfig, ScriptAccess, Settings, UnknownPolicy};
@@ -17,6 +18,7 @@ use iscsi_target::{Server, ServerConfig};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +35,9 @@ const DEFAULT_UNKNOWN_CAP: u32 = 256;
 /// HTTP connections and TFTP transfers per client address.
 const DEFAULT_PER_SOURCE: u32 = 16;
 
-/// How often the registry's generation is checked.
-const POLL: Duration = Duration::from_secs(1);
+/// How often free space is checked, failed targets retried and the I/O
+/// trace flushed (registry changes arrive from the fleet view at once).
+const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -257,7 +260,20 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> Result<()> {
 
 async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) -> Result<()> {
     let server = Server::new(ServerConfig::default());
-    let bootlog = crate::bootlog::BootLog::start(dd.store()?).context("starting the boot log")?;
+    // The one registry connection and the one fleet view every server reads.
+    let registry = Registry::new(store);
+    let (watcher, mut view) = Watcher::start(registry.clone())?;
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let watch_thread = {
+        let (w, stop) = (watcher.clone(), watch_stop.clone());
+        std::thread::Builder::new()
+            .name("registry".into())
+            .spawn(move || w.run(stop))
+            .context("starting the registry watcher")?
+    };
+    let grants = Arc::new(grants::Grants::new());
+    let bootlog = crate::bootlog::BootLog::start(registry.clone(), view.clone(), grants.clone())
+        .context("starting the boot log")?;
     let recorder = match &s.record_io {
         Some(dir) => Some(Arc::new(
             IoRecorder::new(dir, 512).with_context(|| format!("--record-io {}", dir.display()))?,
@@ -267,15 +283,14 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     server.observe(session_reporter(bootlog.clone(), recorder.clone()));
     server.observe_commands(command_counter(recorder.clone()));
     let tick_recorder = recorder.clone();
-    let http_store = dd.store()?;
     // Beside the registry in the data directory's root.
     let lease_file = dd.overlays().with_file_name("dhcp-leases");
-    let mut fleet = fleet::Fleet::new(server.clone(), dd.clone(), store).with_space(
+    let mut targets = targets::Targets::new(server.clone(), dd.clone()).with_space(
         s.node_quota,
         s.reserve_free,
         s.warn_free,
     )?;
-    fleet.tick().await?;
+    targets.tick(&view.current()).await;
     let addr = SocketAddr::new(s.listen_ip, s.iscsi_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -298,10 +313,26 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
-    let grants = Arc::new(grants::Grants::new());
+    let enroller = match (&s.dhcp, &s.unknown) {
+        (DhcpMode::Off, _) | (_, UnknownPolicy::Ignore) => None,
+        (_, policy) => {
+            if let UnknownPolicy::Default(template) = policy {
+                // Refuse a template that does not exist now, not at the first boot.
+                registry.with(|r| r.template(template))?;
+            }
+            Some(crate::fleet::enrol::start(
+                policy.clone(),
+                s.unknown_cap,
+                dd.clone(),
+                registry.clone(),
+                watcher.clone(),
+            )?)
+        }
+    };
     let dhcp = crate::dhcp::start(
         &s,
-        &dd,
+        view.clone(),
+        enroller,
         lease_file,
         http_local.port(),
         bootlog.clone(),
@@ -309,7 +340,7 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     )?;
     let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
     let http = crate::http::HttpServer::new(
-        http_store,
+        view.clone(),
         boot_files,
         http_local.port(),
         local.port(),
@@ -326,11 +357,11 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     out.write_all(lines.as_bytes())?;
     out.flush()?;
     drop(out);
-    tracing::info!(listen = %local, nodes = fleet.len(), "serving");
+    tracing::info!(listen = %local, nodes = targets.len(), "serving");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(async move {
-        let mut timer = tokio::time::interval(POLL);
+    let reconciler = tokio::spawn(async move {
+        let mut timer = tokio::time::interval(TICK);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -338,16 +369,17 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
                     if let Some(r) = &tick_recorder {
                         r.flush(false);
                     }
-                    if let Err(e) = fleet.tick().await {
-                        // The registry may be busy or briefly unreadable; the
-                        // targets already served keep running.
-                        tracing::warn!("registry: {e:#}");
+                }
+                alive = view.changed() => {
+                    if !alive {
+                        break;
                     }
                 }
                 _ = stop_rx.changed() => break,
             }
+            targets.tick(&view.current()).await;
         }
-        fleet
+        targets
     });
     let srv = server.clone();
     tokio::spawn(async move {
@@ -362,8 +394,10 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
         let _ = tokio::task::spawn_blocking(move || d.stop()).await;
     }
     let _ = stop_tx.send(true);
-    let mut fleet = watcher.await.context("registry watcher")?;
-    let unflushed = fleet.close_all().await;
+    let mut targets = reconciler.await.context("target reconciler")?;
+    watch_stop.store(true, Relaxed);
+    let _ = tokio::task::spawn_blocking(move || watch_thread.join()).await;
+    let unflushed = targets.close_all().await;
     if let Some(r) = &recorder {
         r.flush(true);
     }

@@ -12,6 +12,8 @@ pub mod sqlite;
 
 pub use records::{BootStage, Discovered, Records};
 
+use bootd_plan::Mac;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// One stored version of a golden image.
@@ -49,44 +51,18 @@ pub struct Template {
 }
 
 /// Where a node's overlay is in its life; `serve` only serves `Ready` nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeState {
-    /// The row exists, the overlay is being written.
-    Creating,
-    Ready,
-    /// The overlay is about to be recreated or deleted: `serve` drops the
-    /// node's target (ending its sessions) and closes the overlay.
-    Releasing,
-}
-
-impl NodeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Creating => "creating",
-            Self::Ready => "ready",
-            Self::Releasing => "releasing",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "creating" => Some(Self::Creating),
-            "ready" => Some(Self::Ready),
-            "releasing" => Some(Self::Releasing),
-            _ => None,
-        }
-    }
-}
+/// One enum for a node's life, shared with the fleet view.
+pub use bootd_plan::NodeState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub id: i64,
     pub name: String,
-    pub mac: String,
+    pub mac: Mac,
     /// The image version the overlay sits on, with its name, version, file and size.
     pub image: Image,
     pub template: Option<String>,
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     pub target_iqn: String,
     pub initiator_iqn: String,
     pub chap_user: String,
@@ -134,10 +110,10 @@ impl MutualChap {
 #[derive(Debug, Clone)]
 pub struct NewNode {
     pub name: String,
-    pub mac: String,
+    pub mac: Mac,
     pub image_id: i64,
     pub template: Option<String>,
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     pub target_iqn: String,
     pub initiator_iqn: String,
     pub chap_user: String,
@@ -172,13 +148,24 @@ pub enum StoreError {
     },
     #[error("database")]
     Db(#[from] rusqlite::Error),
+    #[error("watching the database for changes")]
+    Watch(#[source] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The registry's operations; each write is one transaction that also bumps
 /// the generation.
+/// Wakes a registry watcher when the registry may have changed.
+pub trait ChangeFeed: Send {
+    /// Blocks until the registry may have changed (true) or `timeout`
+    /// passes (false).
+    fn wait(&mut self, timeout: std::time::Duration) -> bool;
+}
+
 pub trait Store: Records + Send {
+    /// A feed of change notifications from this registry.
+    fn changes(&self) -> Result<Box<dyn ChangeFeed>>;
     /// Changes so far; moves on every committed write.
     fn generation(&self) -> Result<u64>;
 

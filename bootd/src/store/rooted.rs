@@ -43,6 +43,10 @@ impl Rooted {
 }
 
 impl Store for Rooted {
+    fn changes(&self) -> Result<Box<dyn super::ChangeFeed>> {
+        self.inner.changes()
+    }
+
     fn generation(&self) -> Result<u64> {
         self.inner.generation()
     }

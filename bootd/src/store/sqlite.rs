@@ -140,6 +140,24 @@ fn image_at(row: &Row<'_>, base: usize) -> rusqlite::Result<Image> {
     })
 }
 
+/// Column `idx` as text, parsed: a stored value that does not parse is an
+/// error naming the column, never a row silently dropped.
+pub(crate) fn parsed<T>(
+    row: &Row<'_>,
+    idx: usize,
+    parse: impl FnOnce(&str) -> Option<T>,
+    what: &str,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("{what} {text:?}").into(),
+        )
+    })
+}
+
 fn node_row(row: &Row<'_>) -> rusqlite::Result<Node> {
     let state: String = row.get(10)?;
     let state = NodeState::parse(&state).ok_or_else(|| {
@@ -152,9 +170,17 @@ fn node_row(row: &Row<'_>) -> rusqlite::Result<Node> {
     Ok(Node {
         id: row.get(0)?,
         name: row.get(1)?,
-        mac: row.get(2)?,
+        mac: parsed(row, 2, |s: &str| s.parse::<bootd_plan::Mac>().ok(), "MAC")?,
         template: row.get(3)?,
-        ip: row.get(4)?,
+        ip: match row.get::<_, Option<String>>(4)? {
+            Some(_) => Some(parsed(
+                row,
+                4,
+                |s: &str| s.parse::<std::net::IpAddr>().ok(),
+                "address",
+            )?),
+            None => None,
+        },
         target_iqn: row.get(5)?,
         initiator_iqn: row.get(6)?,
         chap_user: row.get(7)?,
@@ -207,6 +233,15 @@ fn exists(conn: &Connection, sql: &str, value: &str) -> Result<bool> {
 }
 
 impl Store for SqliteStore {
+    fn changes(&self) -> Result<Box<dyn crate::store::ChangeFeed>> {
+        match self.conn.path().filter(|p| !p.is_empty()) {
+            Some(p) => notify::FileChanges::new(Path::new(p))
+                .map(|f| Box::new(f) as Box<dyn crate::store::ChangeFeed>)
+                .map_err(StoreError::Watch),
+            None => Ok(Box::new(notify::Timer)),
+        }
+    }
+
     fn generation(&self) -> Result<u64> {
         let v: i64 = self
             .conn
@@ -398,9 +433,13 @@ impl Store for SqliteStore {
     fn add_node(&mut self, node: &NewNode) -> Result<Node> {
         let tx = self.write()?;
         let overlay = path_text(&node.overlay_path)?;
+        // Stored as text: the MAC in lower-case colon form, the address as
+        // `IpAddr` prints it; rows are parsed back into these types.
+        let mac = node.mac.to_string();
+        let ip = node.ip.map(|i| i.to_string());
         let checks: [(&str, &'static str, &str); 5] = [
             ("SELECT 1 FROM nodes WHERE name = ?1", "name", &node.name),
-            ("SELECT 1 FROM nodes WHERE mac = ?1", "MAC", &node.mac),
+            ("SELECT 1 FROM nodes WHERE mac = ?1", "MAC", &mac),
             (
                 "SELECT 1 FROM nodes WHERE target_iqn = ?1",
                 "target IQN",
@@ -426,7 +465,7 @@ impl Store for SqliteStore {
                 });
             }
         }
-        if let Some(ip) = &node.ip {
+        if let Some(ip) = &ip {
             if exists(&tx, "SELECT 1 FROM nodes WHERE ip = ?1", ip)? {
                 return Err(StoreError::Duplicate {
                     kind: "node",
@@ -441,10 +480,10 @@ impl Store for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12)",
             params![
                 node.name,
-                node.mac,
+                mac,
                 node.image_id,
                 node.template,
-                node.ip,
+                ip,
                 node.target_iqn,
                 node.initiator_iqn,
                 node.chap_user,
@@ -455,7 +494,7 @@ impl Store for SqliteStore {
             ],
         )?;
         // Adopted: no longer waiting in the discovered list.
-        tx.execute("DELETE FROM discovered WHERE mac = ?1", [&node.mac])?;
+        tx.execute("DELETE FROM discovered WHERE mac = ?1", [&mac])?;
         let n = node_by_name(&tx, &node.name)?;
         bump(&tx)?;
         tx.commit()?;
@@ -566,6 +605,7 @@ fn describe(kind: &str, names: &[String]) -> String {
     s
 }
 
+pub mod notify;
 mod records;
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,8 @@
 
 use crate::datadir::DataDir;
 use crate::metrics::METRICS;
-use crate::store::{Node, NodeState, Store};
 use anyhow::{Context, Result};
+use bootd_plan::{NodePlan, Snapshot};
 use imagestore::qcow2::overlay::Limits;
 use imagestore::qcow2::Overlay;
 use iscsi_proto::conn::ChapCredentials;
@@ -17,7 +17,7 @@ use iscsi_target::raw::RawFile;
 use iscsi_target::{Server, Target};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A node the server is serving now.
 struct Served {
@@ -29,10 +29,9 @@ struct Served {
     failure_logged: bool,
 }
 
-pub struct Fleet {
+pub struct Targets {
     server: Arc<Server>,
     dd: DataDir,
-    store: Arc<Mutex<Box<dyn Store>>>,
     served: HashMap<String, Served>,
     goldens: HashMap<i64, Arc<RawFile>>,
     /// Nodes that failed to open, by name, at the revision that failed: tried
@@ -46,12 +45,11 @@ pub struct Fleet {
     watermark: crate::space::Watermark,
 }
 
-impl Fleet {
-    pub fn new(server: Arc<Server>, dd: DataDir, store: Box<dyn Store>) -> Self {
+impl Targets {
+    pub fn new(server: Arc<Server>, dd: DataDir) -> Self {
         Self {
             server,
             dd,
-            store: Arc::new(Mutex::new(store)),
             served: HashMap::new(),
             goldens: HashMap::new(),
             failed: HashMap::new(),
@@ -123,35 +121,20 @@ impl Fleet {
         self.served.len()
     }
 
-    fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T>> {
-        let store = self.store.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let s = store.lock().unwrap_or_else(|e| e.into_inner());
-                f(s.as_ref())
-            })
-            .await
-            .context("registry reader")?
-            .map_err(Into::into)
-        }
-    }
-
-    /// One reconciliation: cheap when the generation has not moved and
-    /// nothing is waiting for a retry.
-    pub async fn tick(&mut self) -> Result<()> {
+    /// One reconciliation with `snap`, the fleet view's current snapshot:
+    /// cheap when it is the one already served and nothing is waiting for
+    /// a retry.
+    pub async fn tick(&mut self, snap: &Snapshot) {
         self.watch();
-        let generation = self.with_store(|s| s.generation()).await?;
+        let generation = snap.generation();
         if self.seen == Some(generation) && self.failed.is_empty() {
-            return Ok(());
+            return;
         }
-        let nodes = self.with_store(|s| s.nodes()).await?;
-        let wanted: HashMap<String, Node> = nodes
-            .into_iter()
-            .filter(|n| n.state == NodeState::Ready)
-            .map(|n| (n.name.clone(), n))
+        let wanted: HashMap<&str, &Arc<NodePlan>> = snap
+            .nodes()
+            .iter()
+            .filter(|n| n.ready())
+            .map(|n| (n.name.as_str(), n))
             .collect();
 
         // Drop first: a reset node's old target goes before its new one comes.
@@ -160,7 +143,7 @@ impl Fleet {
             .iter()
             .filter(|(name, s)| {
                 wanted
-                    .get(*name)
+                    .get(name.as_str())
                     .is_none_or(|n| n.id != s.id || n.revision != s.revision)
             })
             .map(|(name, _)| name.clone())
@@ -170,20 +153,21 @@ impl Fleet {
                 self.drop_target(&name, s).await;
             }
         }
-        self.failed.retain(|name, _| wanted.contains_key(name));
+        self.failed
+            .retain(|name, _| wanted.contains_key(name.as_str()));
 
         for (name, node) in &wanted {
-            if self.served.contains_key(name) {
+            if self.served.contains_key(*name) {
                 continue;
             }
             match self.open(node).await {
                 Ok(s) => {
                     tracing::info!(node = %name, iqn = %node.target_iqn, image = %node.image.name, version = node.image.version, "serving");
-                    self.failed.remove(name);
-                    self.served.insert(name.clone(), s);
+                    self.failed.remove(*name);
+                    self.served.insert(name.to_string(), s);
                 }
                 Err(e) => {
-                    if self.failed.insert(name.clone(), node.revision) != Some(node.revision) {
+                    if self.failed.insert(name.to_string(), node.revision) != Some(node.revision) {
                         tracing::error!(node = %name, "cannot serve: {e:#}");
                     }
                 }
@@ -192,7 +176,6 @@ impl Fleet {
         let used: Vec<i64> = self.served.values().map(|s| s.image_id).collect();
         self.goldens.retain(|id, _| used.contains(id));
         self.seen = Some(generation);
-        Ok(())
     }
 
     /// Removes the target (ending its sessions) and commits the overlay.
@@ -204,7 +187,7 @@ impl Fleet {
         tracing::info!(node = %name, "stopped serving");
     }
 
-    async fn open(&mut self, node: &Node) -> Result<Served> {
+    async fn open(&mut self, node: &NodePlan) -> Result<Served> {
         let golden = match self.goldens.get(&node.image.id) {
             Some(g) => g.clone(),
             None => {
@@ -224,12 +207,12 @@ impl Fleet {
                 g
             }
         };
-        let path = node.overlay_path.clone();
+        let path = node.overlay.clone();
         let backing: Arc<dyn BlockDevice> = golden;
         let overlay =
             tokio::task::spawn_blocking(move || Overlay::open(&path, Some(backing), false))
                 .await?
-                .with_context(|| format!("overlay {}", node.overlay_path.display()))?;
+                .with_context(|| format!("overlay {}", node.overlay.display()))?;
         let r = overlay.recovered();
         if r.replayed > 0 {
             tracing::warn!(node = %node.name, records = r.replayed, "recovered writes acknowledged before a crash from the write-ahead log");
@@ -257,12 +240,12 @@ impl Fleet {
             luns: BTreeMap::from([(0, Arc::new(lun))]),
             allowed_initiators: Some(vec![node.initiator_iqn.clone()]),
             chap: Some(ChapCredentials {
-                user: node.chap_user.clone(),
-                secret: node.chap_secret.as_bytes().to_vec(),
+                user: node.chap.user.clone(),
+                secret: node.chap.secret.expose().as_bytes().to_vec(),
                 mutual: node
                     .mutual_chap
                     .as_ref()
-                    .map(|m| (m.user.clone(), m.secret.as_bytes().to_vec())),
+                    .map(|m| (m.user.clone(), m.secret.expose().as_bytes().to_vec())),
             }),
         })?;
         Ok(Served {

@@ -59,13 +59,6 @@ fn split_chap(s: &str) -> Result<(String, Vec<u8>)> {
     Ok((user.to_string(), secret.as_bytes().to_vec()))
 }
 
-/// A stable 64-bit id for VPD designators: FNV-1a of the text.
-pub(crate) fn stable_id(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn default_iqn(file: &Path) -> String {
     let name: String = file
         .file_name()
@@ -102,7 +95,7 @@ pub fn run(data_dir: &Path, args: ExportArgs) -> Result<()> {
     let path = std::fs::canonicalize(&args.file)
         .with_context(|| format!("{}: cannot open", args.file.display()))?;
     let (device, overlay) = open_image(&path, args.backing.as_deref(), args.read_only)?;
-    let id = stable_id(&format!("{}\0{}", iqn, path.display()));
+    let id = crate::names::stable_id(&format!("{}\0{}", iqn, path.display()));
     let pr_dir = data_dir.join("pr");
     let pr_state = match std::fs::create_dir_all(&pr_dir) {
         Ok(()) => Some(pr_dir.join(format!("{id:016x}-lun0"))),
@@ -229,7 +222,7 @@ async fn serve(args: &ExportArgs, path: &Path, target: Target) -> Result<()> {
     };
     // Handlers go in before the ready lines: a SIGTERM right after them
     // must still shut down cleanly.
-    let signal = shutdown_signal()?;
+    let signal = crate::service::signal()?;
     // stdout carries exactly these two lines so scripts can wait for them.
     let mut out = std::io::stdout().lock();
     writeln!(out, "iscsi://{host}:{}/{iqn}/0", local.port())?;
@@ -247,18 +240,4 @@ async fn serve(args: &ExportArgs, path: &Path, target: Target) -> Result<()> {
     server.serve(listener).await?;
     tracing::info!("flushed; bye");
     Ok(())
-}
-
-/// Resolves at the first SIGINT or SIGTERM. The handlers are installed when
-/// this is called, not when it is first polled.
-pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
 }

@@ -19,6 +19,7 @@ mod names;
 mod output;
 mod progress;
 mod serve;
+mod service;
 mod space;
 mod store;
 mod tftp;

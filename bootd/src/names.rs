@@ -14,6 +14,14 @@ pub fn normalize_mac(input: &str) -> Result<String> {
     Ok(input.parse::<bootd_plan::Mac>()?.to_string())
 }
 
+/// A stable 64-bit id for VPD designators (serial, NAA): FNV-1a of the
+/// text, so a node's disk keeps its identity across restarts.
+pub fn stable_id(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Node names end up in IQNs, file names and host names: a DNS label.
 pub fn check_node_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

@@ -14,6 +14,7 @@ use crate::fleet::FleetView;
 use crate::metrics::METRICS;
 use crate::serve::config::ScriptAccess;
 use crate::serve::grants::Grants;
+use crate::service::Shutdown;
 use crate::tftp::Root;
 use bootd_ipxe::{BootPlan, Renderer};
 use bootd_plan::urls::{self, Refusal, Route};
@@ -157,12 +158,17 @@ impl HttpServer {
         })
     }
 
-    /// Accepts until the task is dropped. Accepting never waits for a
-    /// slot: a connection over its source's share is closed at once, and
-    /// when all slots are taken an unfinished one is evicted (slots.rs).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts until `shutdown`; connections under way finish within their
+    /// own time limits. Accepting never waits for a slot: a connection over
+    /// its source's share is closed at once, and when all slots are taken
+    /// an unfinished one is evicted (slots.rs).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: Shutdown) {
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.wait() => return,
+            };
+            let (stream, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of descriptors and the like: back off, keep serving.

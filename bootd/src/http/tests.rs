@@ -38,6 +38,8 @@ fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
 struct Fleet {
     registry: Registry,
     watcher: Watcher,
+    /// Held for the test's length: dropping it would stop the server.
+    _stop: crate::service::Trigger,
 }
 
 async fn start() -> Result<(Fleet, u16, i64)> {
@@ -61,8 +63,17 @@ async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Fleet, u16, i64)> 
     let registry = Registry::new(Box::new(store));
     let (watcher, view) = Watcher::start(registry.clone())?;
     let server = HttpServer::new(view, files, port, 3260, None, super::Access::default());
-    tokio::spawn(server.serve(listener));
-    Ok((Fleet { registry, watcher }, port, img.id))
+    let (stop, shutdown) = crate::service::channel();
+    tokio::spawn(server.serve(listener, shutdown));
+    Ok((
+        Fleet {
+            registry,
+            watcher,
+            _stop: stop,
+        },
+        port,
+        img.id,
+    ))
 }
 
 /// A registry change, and the watcher's reload that follows it.

@@ -22,6 +22,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
 
 use crate::iotrace::IoRecorder;
 use crate::metrics::METRICS;
@@ -305,10 +306,12 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     )
     .await?;
     let tftp_local = tftp_socket.local_addr()?;
-    let tftp_task = tokio::spawn(tftp.with_bootlog(bootlog.clone()).serve(tftp_socket));
+    let tftp = tftp.with_bootlog(bootlog.clone());
     // Handlers go in before the ready line: a SIGTERM right after it must
     // still shut down cleanly.
-    let signal = crate::export::shutdown_signal()?;
+    let signal = crate::service::signal()?;
+    let (trigger, shutdown) = crate::service::channel();
+    let trigger = Arc::new(trigger);
     // Ready lines on stdout so scripts can wait for them and learn the
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
@@ -352,14 +355,15 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
             per_source: s.per_source,
         },
     );
-    let http_task = tokio::spawn(http.serve(http_listener));
     let mut out = std::io::stdout().lock();
     out.write_all(lines.as_bytes())?;
     out.flush()?;
     drop(out);
     tracing::info!(listen = %local, nodes = targets.len(), "serving");
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // Registry changes reach the targets as they come; the timer checks
+    // free space, retries failed targets and flushes the I/O trace.
+    let mut stop = shutdown.clone();
     let reconciler = tokio::spawn(async move {
         let mut timer = tokio::time::interval(TICK);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -375,25 +379,65 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
                         break;
                     }
                 }
-                _ = stop_rx.changed() => break,
+                _ = stop.wait() => break,
             }
             targets.tick(&view.current()).await;
         }
         targets
     });
-    let srv = server.clone();
+
+    // Every server is a driver in one set with the one shutdown; the first
+    // to fail stops the others.
+    let mut drivers: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+    let sd = shutdown.clone();
+    drivers.spawn(async move {
+        tftp.serve(tftp_socket, sd).await;
+        ("tftp", Ok(()))
+    });
+    let sd = shutdown.clone();
+    drivers.spawn(async move {
+        http.serve(http_listener, sd).await;
+        ("http", Ok(()))
+    });
+    if let Some(d) = dhcp {
+        let mut sd = shutdown.clone();
+        drivers.spawn(async move {
+            sd.wait().await;
+            let stopped = tokio::task::spawn_blocking(move || d.stop()).await;
+            ("dhcp", stopped.context("DHCP threads"))
+        });
+    }
+    let (srv, mut sd) = (server.clone(), shutdown.clone());
+    drivers.spawn(async move {
+        // The iSCSI server drains its sessions and flushes its LUNs on its
+        // own shutdown, which follows the one shutdown.
+        let stopper = tokio::spawn(async move {
+            sd.wait().await;
+            srv.shutdown();
+        });
+        let served = server.serve(listener).await;
+        stopper.abort();
+        ("iscsi", served.map_err(Into::into))
+    });
+    let on_signal = trigger.clone();
     tokio::spawn(async move {
         signal.await;
         tracing::info!("shutting down");
-        srv.shutdown();
+        on_signal.fire();
     });
-    let served = server.serve(listener).await;
-    http_task.abort();
-    tftp_task.abort();
-    if let Some(d) = dhcp {
-        let _ = tokio::task::spawn_blocking(move || d.stop()).await;
+    let mut failed = None;
+    while let Some(done) = drivers.join_next().await {
+        let (name, result) = done.context("a server task panicked")?;
+        if let Err(e) = result {
+            tracing::error!("{name}: {e:#}");
+            failed.get_or_insert(e.context(name));
+        }
+        if !shutdown.started() {
+            // A server ended on its own: nothing should run half a server.
+            tracing::warn!("{name} stopped; shutting down");
+            trigger.fire();
+        }
     }
-    let _ = stop_tx.send(true);
     let mut targets = reconciler.await.context("target reconciler")?;
     watch_stop.store(true, Relaxed);
     let _ = tokio::task::spawn_blocking(move || watch_thread.join()).await;
@@ -401,7 +445,9 @@ async fn serve(s: Settings, dd: DataDir, store: Box<dyn crate::store::Store>) ->
     if let Some(r) = &recorder {
         r.flush(true);
     }
-    served?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if unflushed > 0 {
         // Logged per node above; the exit status tells scripts too.
         anyhow::bail!("{unflushed} overlay(s) could not be flushed at shutdown");

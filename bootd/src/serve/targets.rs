@@ -222,7 +222,7 @@ impl Targets {
         }
         overlay.set_limits(self.limits);
         let overlay = Arc::new(overlay);
-        let id = crate::export::stable_id(&node.target_iqn);
+        let id = crate::names::stable_id(&node.target_iqn);
         let lun = Lun::new(
             overlay.clone(),
             LunConfig {

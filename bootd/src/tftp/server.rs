@@ -103,9 +103,9 @@ impl TftpServer {
         self
     }
 
-    /// Answers requests on `socket` (bound by the caller) until the task is
-    /// dropped or aborted.
-    pub async fn serve(self, socket: UdpSocket) {
+    /// Answers requests on `socket` (bound by the caller) until `shutdown`;
+    /// transfers under way end on their own time limits.
+    pub async fn serve(self, socket: UdpSocket, mut shutdown: crate::service::Shutdown) {
         let local_ip = match socket.local_addr() {
             Ok(a) => a.ip(),
             Err(e) => {
@@ -115,7 +115,11 @@ impl TftpServer {
         };
         let mut buf = vec![0u8; 2048];
         loop {
-            let (n, peer) = match socket.recv_from(&mut buf).await {
+            let received = tokio::select! {
+                r = socket.recv_from(&mut buf) => r,
+                _ = shutdown.wait() => return,
+            };
+            let (n, peer) = match received {
                 Ok(r) => r,
                 Err(e) => {
                     // Transient (an ICMP error surfacing, a full buffer):
@@ -306,7 +310,8 @@ mod tests {
         let server = TftpServer::new(Arc::new(Root::new(dir.path())?), Limits::default(), max);
         let listen = UdpSocket::bind("127.0.0.1:0").await?;
         let port = listen.local_addr()?.port();
-        let task = tokio::spawn(server.serve(listen));
+        let (stop, shutdown) = crate::service::channel();
+        let task = tokio::spawn(server.serve(listen, shutdown));
         // The flood: every slot's worth of requests from 127.0.0.2, with
         // the longest timeout it may ask for; nothing is ever acknowledged.
         let flood = UdpSocket::bind("127.0.0.2:0").await?;
@@ -332,7 +337,9 @@ mod tests {
                 data: b"hello"
             })
         );
-        task.abort();
+        // The one way a server stops: its shutdown, and it returns.
+        stop.fire();
+        task.await?;
         Ok(())
     }
 
@@ -344,7 +351,8 @@ mod tests {
         let server = TftpServer::new(Arc::new(Root::new(dir.path())?), Limits::default(), 4);
         let listen = UdpSocket::bind("127.0.0.1:0").await?;
         let port = listen.local_addr()?.port();
-        let task = tokio::spawn(server.serve(listen));
+        let (stop, shutdown) = crate::service::channel();
+        let task = tokio::spawn(server.serve(listen, shutdown));
 
         let client = UdpSocket::bind("127.0.0.1:0").await?;
         let mut buf = vec![0u8; 2048];
@@ -414,7 +422,9 @@ mod tests {
             }
         }
         assert_eq!(received, content);
-        task.abort();
+        // The one way a server stops: its shutdown, and it returns.
+        stop.fire();
+        task.await?;
         Ok(())
     }
 }

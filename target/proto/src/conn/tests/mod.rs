@@ -4,7 +4,7 @@
 use super::*;
 use crate::initiator::{Event as InitiatorEvent, Initiator, InitiatorConfig};
 use crate::login::chap_response;
-use crate::pdu::{op, LoginRequest, LogoutPdu, Response, BHS_LEN};
+use crate::pdu::{op, LoginRequest, LogoutPdu, PduError, Response, BHS_LEN};
 
 struct Dir {
     chap: Option<ChapCredentials>,
@@ -438,7 +438,16 @@ fn rejects_unknown_opcodes_and_snack() -> Result<(), ConnError> {
     bhs[0] = op::NOP_OUT;
     bhs[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
     buf.extend_from_slice(&bhs);
-    assert!(h.send_bytes(buf).is_err());
+    // The cause stays typed, and the log line's text is unchanged.
+    let err = h.send_bytes(buf).err();
+    assert!(matches!(
+        err,
+        Some(ConnError::Protocol(PduError::SegmentTooLong { .. }))
+    ));
+    assert_eq!(
+        err.map(|e| e.to_string()).as_deref(),
+        Some("protocol error: data segment of 16777215 bytes exceeds the limit of 65536")
+    );
     Ok(())
 }
 

@@ -17,3 +17,4 @@ mod session;
 
 pub use events::{CommandDone, CommandObserver, SessionEvent, SessionObserver};
 pub use server::{Server, ServerConfig, ServerError, Target};
+pub use session::SessionError;

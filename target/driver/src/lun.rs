@@ -59,7 +59,9 @@ const LBA_STATUS_SPANS: usize = 64;
 
 mod pr_file;
 
-const PR_OUT: u8 = 0x5F;
+use iscsi_proto::scsi::opcode::{
+    EXTENDED_COPY, PERSISTENT_RESERVE_OUT as PR_OUT, SANITIZE, START_STOP_UNIT,
+};
 
 pub struct Lun {
     device: Arc<dyn BlockDevice>,
@@ -140,7 +142,7 @@ impl Lun {
         // Ejecting writes cached data first (NO_FLUSH 0), before the medium
         // is gone.
         if self.removable
-            && cdb::Cdb(&cmd.cdb).opcode() == 0x1B
+            && cdb::Cdb(&cmd.cdb).opcode() == START_STOP_UNIT
             && removable::eject_flushes(&cmd.cdb)
         {
             if let Err(e) = self.device.flush().await {
@@ -183,8 +185,8 @@ impl Lun {
             Spc::Block => {}
         }
         match cdb::Cdb(&cmd.cdb).opcode() {
-            0x48 => return self.sanitize(&cmd.cdb, &cmd.data_out, &geo).await,
-            0x83 => {
+            SANITIZE => return self.sanitize(&cmd.cdb, &cmd.data_out, &geo).await,
+            EXTENDED_COPY => {
                 return self
                     .extended_copy(nexus, &cmd.cdb, &cmd.data_out, &geo, write_through)
                     .await

@@ -7,7 +7,7 @@ use crate::events::SessionEvent;
 use crate::outbox::Outbox;
 use crate::server::{Directory, Server, SessionEntry, SessionKey, Target};
 use bytes::BytesMut;
-use iscsi_proto::conn::{Connection, Event, SessionInfo, SessionType, TmfRequest};
+use iscsi_proto::conn::{ConnError, Connection, Event, SessionInfo, SessionType, TmfRequest};
 use iscsi_proto::scsi::spc;
 use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, TmfResponse};
 use std::future::Future;
@@ -44,6 +44,18 @@ struct State {
     observer: Option<crate::events::CommandObserver>,
 }
 
+/// Why a connection ended other than by the initiator closing it. Its
+/// text is what the log line and [`SessionEvent::Ended`]'s reason say.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("read: {0}")]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("ended by the server (reinstated, target removed, or evicted before login)")]
+    EndedByServer,
+}
+
 pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, ticket: Ticket) {
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -73,7 +85,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
     let mut stop = st.server.shutdown_signal();
     let mut stopping = false;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let result: Result<(), String> = loop {
+    let result: Result<(), SessionError> = loop {
         let deadline = st.conn.poll_timeout();
         let sleep = async {
             match deadline {
@@ -89,7 +101,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
             r = rd.read_buf(&mut buf), if reading => match r {
                 Ok(0) => break Ok(()),
                 Ok(_) => {}
-                Err(e) => break Err(format!("read: {e}")),
+                Err(e) => break Err(SessionError::Read(e)),
             },
             _ = out.drained(), if draining => {}
             Some((itt, res)) = done_rx.recv() => {
@@ -101,12 +113,12 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
             }
             _ = sleep => {
                 if let Err(e) = st.conn.handle_timeout(Instant::now()) {
-                    break Err(e.to_string());
+                    break Err(e.into());
                 }
             }
             _ = st.kill.notified() => {
                 st.conn.close();
-                break Err("ended by the server (reinstated, target removed, or evicted before login)".into());
+                break Err(SessionError::EndedByServer);
             }
             _ = async { stop.wait_for(|s| *s).await.map(|_| ()) }, if !stopping => {
                 stopping = true;
@@ -128,7 +140,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
             };
             if let Err(e) = st.conn.handle_input(&mut buf, &dir, Instant::now()) {
                 flush_out(&mut st.conn, &out);
-                break Err(e.to_string());
+                break Err(e.into());
             }
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_CHUNK);
@@ -149,7 +161,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
         let reason = match &result {
             _ if st.logged_out => "logout".to_string(),
             Ok(()) => "closed".to_string(),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         };
         st.server.notify(&SessionEvent::Ended {
             initiator: info.initiator_name.clone(),

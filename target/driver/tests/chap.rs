@@ -117,8 +117,9 @@ async fn login_answers_do_not_reveal_which_targets_exist() -> Res<()> {
     // same status (authentication failure) and no keys.
     let mut answers = Vec::new();
     for name in [IQN, "iqn.2026-11.test:no-such-target"] {
-        let mut s = TcpStream::connect(addr).await?;
-        answers.push(login_as(&mut s, INITIATOR, Some(name), [0x80, 0, 0, 0, 0, 1]).await?);
+        let s = TcpStream::connect(addr).await?;
+        let (_conn, status) = login_as(s, INITIATOR, Some(name), [0x80, 0, 0, 0, 0, 1]).await?;
+        answers.push(status);
     }
     assert_eq!(answers, vec![(2, 1), (2, 1)]);
     Ok(())

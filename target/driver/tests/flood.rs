@@ -8,6 +8,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use iscsi_proto::pdu::{Digests, NopOutPdu, Request, RESERVED_TAG};
+use iscsi_proto::scsi::opcode as op;
 use iscsi_target::ServerConfig;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -39,9 +40,9 @@ type Make = fn(u32) -> Request;
 /// Logs in a flooding connection (normal or discovery) that accepts large
 /// segments, so that echoes are as large as the target allows.
 async fn attacker(addr: std::net::SocketAddr, n: u8, discovery: bool) -> Res<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
-    let status = login_keys(
-        &mut s,
+    let s = TcpStream::connect(addr).await?;
+    let (c, status) = login_keys(
+        s,
         &format!("iqn.2026-11.test:attacker-{n}"),
         (!discovery).then_some(IQN),
         [0x80, 0, 0, 0, 9, n],
@@ -49,7 +50,7 @@ async fn attacker(addr: std::net::SocketAddr, n: u8, discovery: bool) -> Res<Tcp
     )
     .await?;
     assert_eq!(status, (0, 0));
-    Ok(s)
+    Ok(c.stream)
 }
 
 /// Sends `count` PDUs made by `make` until done or [`FLOOD_TIME`] is up;
@@ -70,21 +71,18 @@ async fn flood(mut s: TcpStream, count: u32, make: Make) -> (TcpStream, u64) {
 }
 
 /// The victim keeps working while a flood runs: TURs and 32 KiB reads.
-async fn victim_io(victim: &mut TcpStream, sn: &mut u32, rounds: u32) -> Res<Duration> {
+async fn victim_io(victim: &mut Client, rounds: u32) -> Res<Duration> {
     let t = Instant::now();
     for _ in 0..rounds {
-        assert_eq!(tur(victim, *sn, *sn).await?, 0, "victim TUR");
-        *sn += 1;
-        assert_eq!(read10(victim, *sn, *sn, 64).await?, 32 << 10, "victim read");
-        *sn += 1;
+        assert_eq!(tur(victim).await?, 0, "victim TUR");
+        assert_eq!(read10(victim, 64).await?, 32 << 10, "victim read");
     }
     Ok(t.elapsed())
 }
 
 async fn phase(
     name: &str,
-    victim: &mut TcpStream,
-    sn: &mut u32,
+    victim: &mut Client,
     floods: Vec<(TcpStream, u32, Make)>,
     bound: u64,
     keep: &mut Vec<TcpStream>,
@@ -95,7 +93,7 @@ async fn phase(
         .map(|(s, n, make)| tokio::spawn(flood(s, n, make)))
         .collect();
     // The victim works during the flood ...
-    let during = victim_io(victim, sn, 20).await?;
+    let during = victim_io(victim, 20).await?;
     let mut sent = 0;
     for t in tasks {
         let (s, n) = t.await?;
@@ -105,7 +103,7 @@ async fn phase(
     // ... and after it, with the flooders still connected and unread.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = rss();
-    let after_io = victim_io(victim, sn, 5).await?;
+    let after_io = victim_io(victim, 5).await?;
     let grew = after.saturating_sub(before);
     println!(
         "{name}: flooders sent {} KiB; RSS {} MiB -> {} MiB (+{} MiB, bound {} MiB); \
@@ -129,9 +127,7 @@ async fn floods_by_initiators_that_never_read_keep_memory_bounded() -> Res<()> {
     // 16 MiB in memory: reads of 4 MiB.
     let (_server, addr, _task) = start_with(config, vec![target(IQN, 32768)?]).await?;
     let mut victim = login(addr, [0x80, 0, 0, 0, 0, 1]).await?;
-    let mut sn = 1;
-    assert_eq!(tur(&mut victim, 100, sn).await?, 0x02, "power-on UA");
-    sn += 1;
+    assert_eq!(tur(&mut victim).await?, 0x02, "power-on UA");
     let mut keep = Vec::new();
 
     // 1. Immediate NOP-Outs of 256 KiB, echoed in full: 4 connections, up
@@ -145,7 +141,6 @@ async fn floods_by_initiators_that_never_read_keep_memory_bounded() -> Res<()> {
     phase(
         "NOP-Out flood",
         &mut victim,
-        &mut sn,
         floods,
         4 * per_conn + 32 * MIB,
         &mut keep,
@@ -161,7 +156,7 @@ async fn floods_by_initiators_that_never_read_keep_memory_bounded() -> Res<()> {
             scsi(
                 i + 1,
                 i + 1,
-                &[0x28, 0, 0, 0, 0, 0, 0, 0x08, 0, 0],
+                &[op::READ_10, 0, 0, 0, 0, 0, 0, 0x08, 0, 0],
                 1 << 20,
                 false,
             )
@@ -170,7 +165,6 @@ async fn floods_by_initiators_that_never_read_keep_memory_bounded() -> Res<()> {
     phase(
         "READ flood",
         &mut victim,
-        &mut sn,
         floods,
         2 * (per_conn + MIB) + 16 * MIB,
         &mut keep,
@@ -187,7 +181,6 @@ async fn floods_by_initiators_that_never_read_keep_memory_bounded() -> Res<()> {
     phase(
         "ahead-of-window flood",
         &mut victim,
-        &mut sn,
         floods,
         24 * MIB,
         &mut keep,

@@ -18,38 +18,40 @@ async fn discovery_or_foreign_target_login_does_not_end_a_session() -> Res<()> {
     )
     .await?;
     let mut victim = login(addr, VICTIM_ISID).await?;
-    assert_eq!(tur(&mut victim, 1, 1).await?, 0x02, "power-on UA");
-    assert_eq!(tur(&mut victim, 2, 2).await?, 0x00);
+    assert_eq!(tur(&mut victim).await?, 0x02, "power-on UA");
+    assert_eq!(tur(&mut victim).await?, 0x00);
 
     // A discovery login (no credentials needed) with the victim's
     // initiator name and the well-known open-iscsi ISID.
-    let mut attacker = TcpStream::connect(addr).await?;
-    assert_eq!(
-        login_as(&mut attacker, INITIATOR, None, VICTIM_ISID).await?,
-        (0, 0)
-    );
+    let (attacker, status) = login_as(
+        TcpStream::connect(addr).await?,
+        INITIATOR,
+        None,
+        VICTIM_ISID,
+    )
+    .await?;
+    assert_eq!(status, (0, 0));
     // A normal login to another target with the same name and ISID: a
     // different I_T nexus, so no reinstatement either.
-    let mut other = TcpStream::connect(addr).await?;
-    assert_eq!(
-        login_as(&mut other, INITIATOR, Some(OTHER), VICTIM_ISID).await?,
-        (0, 0)
-    );
-    assert_eq!(tur(&mut other, 1, 1).await?, 0x02);
+    let (mut other, status) = login_as(
+        TcpStream::connect(addr).await?,
+        INITIATOR,
+        Some(OTHER),
+        VICTIM_ISID,
+    )
+    .await?;
+    assert_eq!(status, (0, 0));
+    assert_eq!(tur(&mut other).await?, 0x02);
 
     // The victim's I/O goes on.
     for i in 0..4 {
-        assert_eq!(
-            tur(&mut victim, 3 + i, 3 + i).await?,
-            0x00,
-            "victim TUR {i}"
-        );
+        assert_eq!(tur(&mut victim).await?, 0x00, "victim TUR {i}");
     }
-    assert_eq!(read10(&mut victim, 10, 7, 8).await?, 4096);
+    assert_eq!(read10(&mut victim, 8).await?, 4096);
     assert_eq!(server.session_count(), 3);
     drop(attacker);
     drop(other);
-    assert_eq!(tur(&mut victim, 11, 8).await?, 0x00);
+    assert_eq!(tur(&mut victim).await?, 0x00);
     Ok(())
 }
 
@@ -62,11 +64,11 @@ async fn idle_sockets_from_one_source_do_not_stop_another_sources_login() -> Res
         idle.push(connect_from("127.0.0.1", addr).await?);
     }
     // Another machine (127.0.0.2) logs in and uses its disk.
-    let mut victim = connect_from("127.0.0.2", addr).await?;
-    let status = login_as(&mut victim, INITIATOR, Some(IQN), VICTIM_ISID).await?;
+    let victim = connect_from("127.0.0.2", addr).await?;
+    let (mut victim, status) = login_as(victim, INITIATOR, Some(IQN), VICTIM_ISID).await?;
     assert_eq!(status, (0, 0), "login from another source");
-    assert_eq!(tur(&mut victim, 1, 1).await?, 0x02);
-    assert_eq!(read10(&mut victim, 2, 2, 8).await?, 4096);
+    assert_eq!(tur(&mut victim).await?, 0x02);
+    assert_eq!(read10(&mut victim, 8).await?, 4096);
     // The flooding source keeps at most its share: all but 64 of its
     // sockets were closed, and it can still log in itself (its oldest idle
     // socket makes room).
@@ -80,8 +82,8 @@ async fn idle_sockets_from_one_source_do_not_stop_another_sources_login() -> Res
     }
     println!("idle sockets still open: {open} of 1024");
     assert!(open <= 64, "{open} idle sockets from one source kept");
-    let mut same = connect_from("127.0.0.1", addr).await?;
-    let status = login_as(&mut same, INITIATOR, Some(IQN), [0x80, 0, 0, 0, 0, 9]).await?;
+    let same = connect_from("127.0.0.1", addr).await?;
+    let (_same, status) = login_as(same, INITIATOR, Some(IQN), [0x80, 0, 0, 0, 0, 9]).await?;
     assert_eq!(status, (0, 0), "login from the flooding source");
     Ok(())
 }

@@ -1,11 +1,12 @@
-//! The server over real TCP on 127.0.0.1 with a minimal initiator built
-//! from the protocol crate's own encoder: session reinstatement, isolation
+//! The server over real TCP on 127.0.0.1 with the protocol crate's sans-IO
+//! initiator: session reinstatement, isolation
 //! of a hostile connection, the connection cap and orderly shutdown.
 
 mod common;
 
 use common::*;
-use iscsi_proto::pdu::{self, Request};
+use iscsi_proto::initiator::Event;
+use iscsi_proto::pdu::Response;
 use iscsi_target::ServerConfig;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -17,18 +18,18 @@ async fn same_isid_reinstates_new_isid_coexists() -> Res<()> {
     let (server, addr, _task) = start(ServerConfig::default()).await?;
     let mut a = login(addr, [0x80, 0, 0, 0, 0, 1]).await?;
     // The first command of a new nexus reports the power-on unit attention.
-    assert_eq!(tur(&mut a, 10, 1).await?, 0x02);
-    assert_eq!(tur(&mut a, 11, 2).await?, 0x00);
+    assert_eq!(tur(&mut a).await?, 0x02);
+    assert_eq!(tur(&mut a).await?, 0x00);
     // Another ISID (the OS initiator after iPXE): both sessions live on.
     let mut b = login(addr, [0x80, 0, 0, 0, 0, 2]).await?;
-    assert_eq!(tur(&mut b, 10, 1).await?, 0x02);
-    assert_eq!(tur(&mut a, 12, 3).await?, 0x00);
+    assert_eq!(tur(&mut b).await?, 0x02);
+    assert_eq!(tur(&mut a).await?, 0x00);
     assert_eq!(server.session_count(), 2);
     // Same ISID as `a`: reinstatement ends `a`.
     let mut c = login(addr, [0x80, 0, 0, 0, 0, 1]).await?;
-    assert!(closed(&mut a).await, "old session must end");
-    assert_eq!(tur(&mut c, 10, 1).await?, 0x02);
-    assert_eq!(tur(&mut b, 11, 2).await?, 0x00);
+    assert!(a.closed().await, "old session must end");
+    assert_eq!(tur(&mut c).await?, 0x02);
+    assert_eq!(tur(&mut b).await?, 0x00);
     Ok(())
 }
 
@@ -36,7 +37,7 @@ async fn same_isid_reinstates_new_isid_coexists() -> Res<()> {
 async fn hostile_connection_does_not_disturb_others() -> Res<()> {
     let (_server, addr, _task) = start(ServerConfig::default()).await?;
     let mut good = login(addr, [0x80, 0, 0, 0, 0, 3]).await?;
-    assert_eq!(tur(&mut good, 1, 1).await?, 0x02);
+    assert_eq!(tur(&mut good).await?, 0x02);
     // Garbage before login, and an oversized segment after login.
     let mut bad = TcpStream::connect(addr).await?;
     bad.write_all(&[0xffu8; 4096]).await?;
@@ -44,9 +45,9 @@ async fn hostile_connection_does_not_disturb_others() -> Res<()> {
     let mut bad = login(addr, [0x80, 0, 0, 0, 0, 4]).await?;
     let mut bhs = [0u8; 48];
     bhs[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
-    bad.write_all(&bhs).await?;
-    assert!(closed(&mut bad).await);
-    assert_eq!(tur(&mut good, 2, 2).await?, 0x00);
+    bad.stream.write_all(&bhs).await?;
+    assert!(bad.closed().await);
+    assert_eq!(tur(&mut good).await?, 0x00);
     Ok(())
 }
 
@@ -60,20 +61,21 @@ async fn connection_cap_and_shutdown() -> Res<()> {
     let mut first = login(addr, [0x80, 0, 0, 0, 0, 5]).await?;
     let mut second = TcpStream::connect(addr).await?;
     assert!(closed(&mut second).await, "over the cap: closed at once");
-    assert_eq!(tur(&mut first, 1, 1).await?, 0x02);
+    assert_eq!(tur(&mut first).await?, 0x02);
     // Shutdown asks the initiator to log out (Async Message), then closes.
     server.shutdown();
-    let msg = read_pdu(&mut first).await?;
-    assert_eq!(msg.opcode(), pdu::op::ASYNC);
-    assert_eq!(msg.bhs[36], 1, "logout requested");
-    assert!(closed(&mut first).await);
+    let msg = first.next_event().await?;
+    assert!(
+        matches!(msg, Event::Pdu(Response::Async { event: 1, .. })),
+        "logout requested: {msg:?}"
+    );
+    assert!(first.closed().await);
     timeout(LIMIT, task).await??;
     Ok(())
 }
 
 #[tokio::test]
 async fn the_observer_sees_logins_and_their_end() -> Res<()> {
-    use iscsi_proto::pdu::LogoutPdu;
     use iscsi_target::SessionEvent;
     let (server, addr, _task) = start(ServerConfig::default()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -97,19 +99,12 @@ async fn the_observer_sees_logins_and_their_end() -> Res<()> {
         }
         other => panic!("expected a login, got {other:?}"),
     }
-    send(
-        &mut s,
-        &Request::Logout(LogoutPdu {
-            immediate: true,
-            reason: 0,
-            itt: 2,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 1,
-        }),
-    )
-    .await?;
-    assert!(closed(&mut s).await);
+    s.ini.logout();
+    assert!(matches!(
+        s.next_event().await?,
+        Event::LoggedOut { response: 0, .. }
+    ));
+    assert!(s.closed().await);
     match timeout(LIMIT, rx.recv()).await?.ok_or("no event")? {
         SessionEvent::Ended { reason, .. } => assert_eq!(reason, "logout"),
         other => panic!("expected the end, got {other:?}"),

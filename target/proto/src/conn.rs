@@ -13,8 +13,8 @@
 use crate::login::{self, Login, Step};
 use crate::negotiate::{self, Answer, Limits, Params};
 use crate::pdu::{
-    self, reject, DataOutPdu, Digests, NopOutPdu, RawPdu, Request, Response, ScsiCommandPdu,
-    SeqNums, TaskMgmtPdu, TextPdu, RESERVED_TAG,
+    self, reject, DataOutPdu, Digests, NopOutPdu, PduError, RawPdu, Request, Response,
+    ScsiCommandPdu, SeqNums, TaskMgmtPdu, TextPdu, RESERVED_TAG,
 };
 use crate::scsi::sense::Sense;
 use crate::task::{ScsiCommand, ScsiResult, ScsiStatus, TaskAttr, TmfFunction, TmfResponse};
@@ -160,8 +160,9 @@ pub enum Event {
 /// Why a connection must be dropped. The driver logs it and closes the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    /// A PDU that cannot be framed or decoded (the cause is kept).
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(#[from] PduError),
     #[error("login failed: {0}")]
     Login(String),
     #[error("timed out: {0}")]
@@ -346,12 +347,11 @@ impl Connection {
             let len = match pdu::frame_len(buf, self.digests, max) {
                 Ok(Some(len)) => len,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(ConnError::Protocol(e.to_string())),
+                Err(e) => return Err(e.into()),
             };
             let frame = buf.split_to(len).freeze();
-            let raw = RawPdu::parse(frame, self.digests)
-                .map_err(|e| ConnError::Protocol(e.to_string()))?;
-            let req = Request::decode(&raw).map_err(|e| ConnError::Protocol(e.to_string()))?;
+            let raw = RawPdu::parse(frame, self.digests)?;
+            let req = Request::decode(&raw)?;
             self.last_rx = now;
             match self.phase {
                 Phase::Login => self.on_login_pdu(req, dir, now)?,

@@ -10,6 +10,7 @@ pub mod task;
 
 pub mod conn;
 pub mod digest;
+pub mod initiator;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;

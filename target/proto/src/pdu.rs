@@ -62,6 +62,8 @@ pub enum PduError {
     HeaderDigest,
     #[error("data digest mismatch")]
     DataDigest,
+    #[error("opcode {0:#04x} is not one a target sends")]
+    NotATargetPdu(u8),
     #[error("malformed PDU: {0}")]
     Malformed(&'static str),
 }
@@ -207,6 +209,7 @@ pub use crate::scsi::spc::encode_lun;
 
 mod request;
 mod response;
+mod response_decode;
 
 pub use request::{
     DataOutPdu, LoginRequest, LogoutPdu, NopOutPdu, Request, ScsiCommandPdu, TaskMgmtPdu, TextPdu,
@@ -241,5 +244,7 @@ pub(crate) fn finish(
     }
 }
 
+#[cfg(test)]
+mod response_tests;
 #[cfg(test)]
 mod tests;

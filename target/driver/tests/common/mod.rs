@@ -1,10 +1,11 @@
-//! A minimal initiator built from the protocol crate's own encoder, and a
+//! The protocol crate's sans-IO initiator on a TCP stream, and a
 //! server with one in-memory target, shared by the server tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use bytes::{Bytes, BytesMut};
-use iscsi_proto::pdu::{self, Digests, LoginRequest, RawPdu, Request, ScsiCommandPdu};
-use iscsi_proto::text::Pairs;
+use iscsi_proto::initiator::{Event, Initiator, InitiatorConfig, Outcome};
+use iscsi_proto::pdu::{Request, Response, ScsiCommandPdu};
+use iscsi_proto::scsi::opcode as op;
 use iscsi_target::lun::{Lun, LunConfig};
 use iscsi_target::mem::MemDevice;
 use iscsi_target::{Server, ServerConfig, Target};
@@ -67,92 +68,109 @@ pub async fn start_with(
     Ok((server, addr, task))
 }
 
-/// Reads exactly one target PDU (never past it, so PDUs that arrive
-/// together are all seen).
-pub async fn read_pdu(s: &mut TcpStream) -> Res<RawPdu> {
-    let mut bhs = [0u8; 48];
-    timeout(LIMIT, s.read_exact(&mut bhs)).await??;
-    let ahs = usize::from(bhs[4]) * 4;
-    let data = usize::from(bhs[5]) << 16 | usize::from(bhs[6]) << 8 | usize::from(bhs[7]);
-    let mut rest = vec![0u8; ahs + data.div_ceil(4) * 4];
-    timeout(LIMIT, s.read_exact(&mut rest)).await??;
-    let mut buf = BytesMut::from(&bhs[..]);
-    buf.extend_from_slice(&rest);
-    let len = pdu::frame_len(&buf, Digests::default(), 1 << 24)?.ok_or("short PDU")?;
-    Ok(RawPdu::parse(
-        buf.split_to(len).freeze(),
-        Digests::default(),
-    )?)
+/// A connection driven by the protocol crate's sans-IO initiator: this
+/// wrapper only moves bytes between it and the socket.
+pub struct Client {
+    pub stream: TcpStream,
+    pub ini: Initiator,
+    buf: BytesMut,
 }
 
-pub async fn send(s: &mut TcpStream, req: &Request) -> Res<()> {
-    let mut out = BytesMut::new();
-    req.encode(&mut out, Digests::default());
-    s.write_all(&out).await?;
-    Ok(())
+impl Client {
+    pub fn new(stream: TcpStream, config: InitiatorConfig) -> Self {
+        Self {
+            stream,
+            ini: Initiator::new(config),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Sends whatever the initiator has queued.
+    pub async fn flush(&mut self) -> Res<()> {
+        if let Some(out) = self.ini.poll_transmit() {
+            self.stream.write_all(&out).await?;
+        }
+        Ok(())
+    }
+
+    /// The initiator's next event, reading from the target as needed.
+    pub async fn next_event(&mut self) -> Res<Event> {
+        loop {
+            self.flush().await?;
+            if let Some(ev) = self.ini.poll_event() {
+                return Ok(ev);
+            }
+            self.buf.reserve(64 << 10);
+            if timeout(LIMIT, self.stream.read_buf(&mut self.buf)).await?? == 0 {
+                return Err("target closed the connection".into());
+            }
+            self.ini.handle_input(&mut self.buf)?;
+        }
+    }
+
+    /// Runs one command to its end (NOP-In pings are answered on the way).
+    pub async fn command(&mut self, cdb: &[u8], read_len: u32) -> Res<Outcome> {
+        let want = self.ini.command(cdb, read_len, Bytes::new())?;
+        loop {
+            match self.next_event().await? {
+                Event::CommandDone { itt, outcome } if itt == want => return Ok(outcome),
+                Event::Pdu(Response::NopIn { .. }) => {}
+                other => return Err(format!("unexpected {other:?}").into()),
+            }
+        }
+    }
+
+    /// True once the target closed the connection (within [`LIMIT`]).
+    pub async fn closed(&mut self) -> bool {
+        closed(&mut self.stream).await
+    }
 }
 
-/// One login request/response from the operational stage straight to full
-/// feature phase; returns the response's status (class, detail).
+/// One login from the operational stage straight to full feature phase;
+/// returns the connection and the login status (class, detail).
 pub async fn login_as(
-    s: &mut TcpStream,
+    stream: TcpStream,
     initiator: &str,
     target: Option<&str>,
     isid: [u8; 6],
-) -> Res<(u8, u8)> {
-    login_keys(s, initiator, target, isid, &[]).await
+) -> Res<(Client, (u8, u8))> {
+    login_keys(stream, initiator, target, isid, &[]).await
 }
 
 /// [`login_as`] with more keys (e.g. MaxRecvDataSegmentLength).
 pub async fn login_keys(
-    s: &mut TcpStream,
+    stream: TcpStream,
     initiator: &str,
     target: Option<&str>,
     isid: [u8; 6],
     extra: &[(&str, &str)],
-) -> Res<(u8, u8)> {
-    let mut keys = Pairs::default();
-    for (k, v) in extra {
-        keys.push(*k, *v);
-    }
-    keys.push("InitiatorName", initiator);
-    match target {
-        Some(t) => {
-            keys.push("TargetName", t);
-            keys.push("SessionType", "Normal");
-        }
-        None => keys.push("SessionType", "Discovery"),
-    }
-    send(
-        s,
-        &Request::Login(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: 1,
-            nsg: 3,
-            version_max: 0,
-            version_min: 0,
+) -> Res<(Client, (u8, u8))> {
+    let mut c = Client::new(
+        stream,
+        InitiatorConfig {
             isid,
-            tsih: 0,
-            itt: 1,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: keys.encode(),
-        }),
-    )
-    .await?;
-    let r = read_pdu(s).await?;
-    assert_eq!(r.opcode(), pdu::op::LOGIN_RESPONSE);
-    Ok((r.bhs[36], r.bhs[37]))
+            offer: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..InitiatorConfig::new(initiator, target)
+        },
+    );
+    c.ini.login();
+    let status = match c.next_event().await? {
+        Event::LoggedIn { .. } => (0, 0),
+        Event::LoginFailed { class, detail } => (class, detail),
+        other => return Err(format!("unexpected {other:?} during login").into()),
+    };
+    Ok((c, status))
 }
 
 /// Logs in to a normal session of [`IQN`] as [`INITIATOR`].
-pub async fn login(addr: SocketAddr, isid: [u8; 6]) -> Res<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
-    let status = login_as(&mut s, INITIATOR, Some(IQN), isid).await?;
+pub async fn login(addr: SocketAddr, isid: [u8; 6]) -> Res<Client> {
+    let stream = TcpStream::connect(addr).await?;
+    let (c, status) = login_as(stream, INITIATOR, Some(IQN), isid).await?;
     assert_eq!(status, (0, 0), "login status");
-    Ok(s)
+    Ok(c)
 }
 
 /// Connects from a chosen local address (another loopback address stands
@@ -183,47 +201,21 @@ pub fn scsi(itt: u32, cmd_sn: u32, cdb: &[u8], read_len: u32, immediate: bool) -
 }
 
 /// TEST UNIT READY; returns the SCSI status.
-pub async fn tur(s: &mut TcpStream, itt: u32, cmd_sn: u32) -> Res<u8> {
-    send(s, &scsi(itt, cmd_sn, &[0x00], 0, false)).await?;
-    let r = read_pdu(s).await?;
-    assert_eq!(r.opcode(), pdu::op::SCSI_RESPONSE);
-    Ok(r.bhs[3])
+pub async fn tur(c: &mut Client) -> Res<u8> {
+    Ok(c.command(&[op::TEST_UNIT_READY], 0).await?.status)
 }
 
 /// READ(10) of `blocks` 512-byte blocks at LBA 0; returns the bytes read.
-pub async fn read10(s: &mut TcpStream, itt: u32, cmd_sn: u32, blocks: u16) -> Res<usize> {
-    let len = u32::from(blocks) * 512;
+pub async fn read10(c: &mut Client, blocks: u16) -> Res<usize> {
     let b = blocks.to_be_bytes();
-    send(
-        s,
-        &scsi(
-            itt,
-            cmd_sn,
-            &[0x28, 0, 0, 0, 0, 0, 0, b[0], b[1], 0],
-            len,
-            false,
-        ),
-    )
-    .await?;
-    let mut got = 0;
-    loop {
-        let r = read_pdu(s).await?;
-        match r.opcode() {
-            pdu::op::DATA_IN => {
-                got += r.data.len();
-                // S bit: status in the last Data-In.
-                if r.bhs[1] & 0x01 != 0 {
-                    assert_eq!(r.bhs[3], 0, "read status");
-                    return Ok(got);
-                }
-            }
-            pdu::op::SCSI_RESPONSE => {
-                assert_eq!(r.bhs[3], 0, "read status");
-                return Ok(got);
-            }
-            op => return Err(format!("unexpected opcode {op:#x}").into()),
-        }
-    }
+    let o = c
+        .command(
+            &[op::READ_10, 0, 0, 0, 0, 0, 0, b[0], b[1], 0],
+            u32::from(blocks) * 512,
+        )
+        .await?;
+    assert_eq!(o.status, 0, "read status");
+    Ok(o.data_len())
 }
 
 pub async fn closed(s: &mut TcpStream) -> bool {

@@ -315,6 +315,7 @@ impl Connection {
             let seq = self.seq(true);
             self.send(&Response::ScsiResponse {
                 itt,
+                response: 0,
                 status: result.status.0,
                 overflow,
                 underflow,

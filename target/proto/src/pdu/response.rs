@@ -37,6 +37,8 @@ pub enum Response {
     },
     ScsiResponse {
         itt: u32,
+        /// iSCSI response code (11.4.3): 0 = command completed at target.
+        response: u8,
         status: u8,
         overflow: bool,
         underflow: bool,
@@ -159,6 +161,7 @@ impl Response {
             }
             Self::ScsiResponse {
                 itt,
+                response,
                 status,
                 overflow,
                 underflow,
@@ -169,6 +172,7 @@ impl Response {
             } => {
                 h[0] = op::SCSI_RESPONSE;
                 h[1] = 0x80 | (u8::from(*overflow) << 2) | (u8::from(*underflow) << 1);
+                h[2] = *response;
                 h[3] = *status;
                 put32(&mut h, 16, *itt);
                 put_seq(&mut h, seq);

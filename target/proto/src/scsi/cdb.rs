@@ -1,6 +1,8 @@
 //! Reading CDB fields without trusting the CDB's length: every accessor
 //! reads missing bytes as zero, so a short or hostile CDB can never panic.
 
+use super::opcode::*;
+
 /// A borrowed CDB with zero-extending big-endian accessors.
 #[derive(Debug, Clone, Copy)]
 pub struct Cdb<'a>(pub &'a [u8]);
@@ -63,42 +65,42 @@ pub fn transfer_len(cdb: &[u8], block_size: u32) -> u32 {
     let blocks = |n: u64| u32::try_from(n.saturating_mul(bs)).unwrap_or(u32::MAX);
     match c.opcode() {
         // INQUIRY, MODE SENSE(6), REQUEST SENSE: 1- or 2-byte allocation length.
-        0x12 => u32::from(c.u16(3)),
-        0x1A | 0x03 => u32::from(c.b(4)),
+        INQUIRY => u32::from(c.u16(3)),
+        MODE_SENSE_6 | REQUEST_SENSE => u32::from(c.b(4)),
         // MODE SELECT(6)
-        0x15 => u32::from(c.b(4)),
+        MODE_SELECT_6 => u32::from(c.b(4)),
         // MODE SENSE(10), MODE SELECT(10), PERSISTENT RESERVE IN/OUT (PROUT: bytes 5..9)
-        0x5A | 0x55 | 0x5E => u32::from(c.u16(7)),
-        0x5F => c.u32(5),
-        0x25 => 8,
-        0x37 => u32::from(c.u16(7)),
-        0xB7 => c.u32(6),
+        MODE_SENSE_10 | MODE_SELECT_10 | PERSISTENT_RESERVE_IN => u32::from(c.u16(7)),
+        PERSISTENT_RESERVE_OUT => c.u32(5),
+        READ_CAPACITY_10 => 8,
+        READ_DEFECT_DATA_10 => u32::from(c.u16(7)),
+        READ_DEFECT_DATA_12 => c.u32(6),
         // REPORT LUNS, MAINTENANCE IN (RSOC)
-        0xA0 | 0xA3 => c.u32(6),
+        REPORT_LUNS | MAINTENANCE_IN => c.u32(6),
         // SERVICE ACTION IN(16): READ CAPACITY(16), GET LBA STATUS
-        0x9E => c.u32(10),
+        SERVICE_ACTION_IN_16 => c.u32(10),
         // READ(6)/WRITE(6): 0 blocks means 256.
-        0x08 | 0x0A => {
+        READ_6 | WRITE_6 => {
             let n = if c.b(4) == 0 { 256 } else { u64::from(c.b(4)) };
             blocks(n)
         }
-        0x28 | 0x2A | 0x2E => blocks(u64::from(c.u16(7))),
-        0xA8 | 0xAA | 0xAE => blocks(u64::from(c.u32(6))),
-        0x88 | 0x8A | 0x8E | 0x8B => blocks(u64::from(c.u32(10))),
+        READ_10 | WRITE_10 | WRITE_AND_VERIFY_10 => blocks(u64::from(c.u16(7))),
+        READ_12 | WRITE_12 | WRITE_AND_VERIFY_12 => blocks(u64::from(c.u32(6))),
+        READ_16 | WRITE_16 | WRITE_AND_VERIFY_16 | ORWRITE_16 => blocks(u64::from(c.u32(10))),
         // WRITE ATOMIC(16): 2-byte transfer length in bytes 12..14.
-        0x9C => blocks(u64::from(c.u16(12))),
+        WRITE_ATOMIC_16 => blocks(u64::from(c.u16(12))),
         // EXTENDED COPY: parameter list length; RECEIVE COPY RESULTS:
         // allocation length.
-        0x83 | 0x84 => c.u32(10),
+        EXTENDED_COPY | RECEIVE_COPY_RESULTS => c.u32(10),
         // SANITIZE: parameter list length.
-        0x48 => u32::from(c.u16(7)),
+        SANITIZE => u32::from(c.u16(7)),
         // VERIFY: data only with BYTCHK.
-        0x2F => verify_bytes(c.b(1), u64::from(c.u16(7)), bs),
-        0xAF => verify_bytes(c.b(1), u64::from(c.u32(6)), bs),
-        0x8F => verify_bytes(c.b(1), u64::from(c.u32(10)), bs),
+        VERIFY_10 => verify_bytes(c.b(1), u64::from(c.u16(7)), bs),
+        VERIFY_12 => verify_bytes(c.b(1), u64::from(c.u32(6)), bs),
+        VERIFY_16 => verify_bytes(c.b(1), u64::from(c.u32(10)), bs),
         // WRITE SAME: one block unless NDOB.
-        0x41 => block_size,
-        0x93 => {
+        WRITE_SAME_10 => block_size,
+        WRITE_SAME_16 => {
             if c.b(1) & 0x01 != 0 {
                 0
             } else {
@@ -106,9 +108,9 @@ pub fn transfer_len(cdb: &[u8], block_size: u32) -> u32 {
             }
         }
         // COMPARE AND WRITE: compare and write data.
-        0x89 => blocks(u64::from(c.b(13)) * 2),
+        COMPARE_AND_WRITE => blocks(u64::from(c.b(13)) * 2),
         // UNMAP
-        0x42 => u32::from(c.u16(7)),
+        UNMAP => u32::from(c.u16(7)),
         _ => 0,
     }
 }
@@ -162,9 +164,15 @@ pub enum Access {
 pub fn access(cdb: &[u8]) -> Access {
     let c = Cdb(cdb);
     match c.opcode() {
-        0x12 | 0xA0 | 0x03 | 0x5E | 0x5F | 0x25 | 0x00 => Access::Exempt,
-        0xA3 => Access::Exempt,
-        0x9E if c.sa() == 0x10 => Access::Exempt,
+        INQUIRY
+        | REPORT_LUNS
+        | REQUEST_SENSE
+        | PERSISTENT_RESERVE_IN
+        | PERSISTENT_RESERVE_OUT
+        | READ_CAPACITY_10
+        | TEST_UNIT_READY => Access::Exempt,
+        MAINTENANCE_IN => Access::Exempt,
+        SERVICE_ACTION_IN_16 if c.sa() == sai::READ_CAPACITY_16 => Access::Exempt,
         0x08 | 0x28 | 0xA8 | 0x88 | 0x2F | 0xAF | 0x8F | 0x9E | 0x1A | 0x5A | 0x34 | 0x90
         | 0x37 | 0xB7 | 0x84 => Access::Read,
         _ => Access::Write,
@@ -192,15 +200,20 @@ pub fn read_write(cdb: &[u8]) -> Option<(bool, u64, u32, u8)> {
     let c = Cdb(cdb);
     let op = c.opcode();
     match op {
-        0x08 | 0x0A => {
+        READ_6 | WRITE_6 => {
             let lba = u64::from(c.u24(1) & 0x1F_FFFF);
             // READ(6)/WRITE(6): a length of 0 means 256 blocks.
             let n = if c.b(4) == 0 { 256 } else { u32::from(c.b(4)) };
-            Some((op == 0x0A, lba, n, 0u8))
+            Some((op == WRITE_6, lba, n, 0u8))
         }
-        0x28 | 0x2A => Some((op == 0x2A, u64::from(c.u32(2)), u32::from(c.u16(7)), c.b(1))),
-        0xA8 | 0xAA => Some((op == 0xAA, u64::from(c.u32(2)), c.u32(6), c.b(1))),
-        0x88 | 0x8A => Some((op == 0x8A, c.u64(2), c.u32(10), c.b(1))),
+        READ_10 | WRITE_10 => Some((
+            op == WRITE_10,
+            u64::from(c.u32(2)),
+            u32::from(c.u16(7)),
+            c.b(1),
+        )),
+        READ_12 | WRITE_12 => Some((op == WRITE_12, u64::from(c.u32(2)), c.u32(6), c.b(1))),
+        READ_16 | WRITE_16 => Some((op == WRITE_16, c.u64(2), c.u32(10), c.b(1))),
         _ => None,
     }
 }

@@ -6,6 +6,7 @@
 use super::cdb::{access, Access, Cdb};
 use super::inquiry::{self, Identity, Limits};
 use super::mode::ModeState;
+use super::opcode::*;
 use super::pr::PrState;
 use super::removable::Medium;
 use super::sanitize;
@@ -128,7 +129,7 @@ impl LogicalUnit {
             q.insert(0, Sense::POWER_ON_RESET);
         }
         // INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear UAs.
-        let ua_exempt = matches!(op, 0x12 | 0xA0 | 0x03);
+        let ua_exempt = matches!(op, INQUIRY | REPORT_LUNS | REQUEST_SENSE);
         if !ua_exempt {
             if let Some(q) = self.uas.get_mut(n) {
                 if !q.is_empty() {
@@ -153,12 +154,12 @@ impl LogicalUnit {
             return done(conflict());
         }
         match op {
-            0x00 => self.with_medium(|| good(Bytes::new(), 0)),
-            0x03 => self.request_sense(n, cdb),
-            0x12 => done(inquiry::inquiry(cdb, &self.id, &self.geo, &self.limits, n)),
-            0xA0 => done(super::spc::report_luns(&[lun], cdb)),
-            0x1A | 0x5A => done(self.mode.sense(cdb, &self.current_geo())),
-            0x15 | 0x55 => match self.mode.select(cdb, data, &self.geo) {
+            TEST_UNIT_READY => self.with_medium(|| good(Bytes::new(), 0)),
+            REQUEST_SENSE => self.request_sense(n, cdb),
+            INQUIRY => done(inquiry::inquiry(cdb, &self.id, &self.geo, &self.limits, n)),
+            REPORT_LUNS => done(super::spc::report_luns(&[lun], cdb)),
+            MODE_SENSE_6 | MODE_SENSE_10 => done(self.mode.sense(cdb, &self.current_geo())),
+            MODE_SELECT_6 | MODE_SELECT_10 => match self.mode.select(cdb, data, &self.geo) {
                 Ok(changed) => {
                     if changed {
                         self.ua_all(Sense::MODE_PARAMETERS_CHANGED, Some(n));
@@ -167,15 +168,15 @@ impl LogicalUnit {
                 }
                 Err(r) => done(r),
             },
-            0x16 | 0x56 => self.reserve(n, cdb),
-            0x17 | 0x57 => {
+            RESERVE_6 | RESERVE_10 => self.reserve(n, cdb),
+            RELEASE_6 | RELEASE_10 => {
                 if self.reserved_by.as_ref() == Some(n) {
                     self.reserved_by = None;
                 }
                 done(good(Bytes::new(), 0))
             }
-            0x5E => done(self.pr.prin(cdb)),
-            0x5F => match self.pr.prout(n, cdb, data) {
+            PERSISTENT_RESERVE_IN => done(self.pr.prin(cdb)),
+            PERSISTENT_RESERVE_OUT => match self.pr.prout(n, cdb, data) {
                 Ok(out) => {
                     for (who, s) in out.uas {
                         self.add_ua(&who, s);
@@ -187,8 +188,8 @@ impl LogicalUnit {
                 }
                 Err(r) => done(r),
             },
-            0xA3 => done(opcodes::report(cdb, self.geo.thin)),
-            0x84 => {
+            MAINTENANCE_IN => done(opcodes::report(cdb, self.geo.thin)),
+            RECEIVE_COPY_RESULTS => {
                 let held = self.copy_results.get(n);
                 done(xcopy::receive_copy_results(cdb, |id| {
                     held.and_then(|h| h.iter().rev().find(|(i, _)| *i == id))
@@ -197,15 +198,15 @@ impl LogicalUnit {
             }
             // Loading puts the same image back, so no nexus is told the
             // medium may have changed: while it was out they saw NOT READY.
-            0x1B => match self.medium.start_stop(cdb) {
+            START_STOP_UNIT => match self.medium.start_stop(cdb) {
                 Ok(()) => done(good(Bytes::new(), 0)),
                 Err(s) => done(s.into_result()),
             },
-            0x1E => match self.medium.prevent_allow(n, cdb) {
+            PREVENT_ALLOW_MEDIUM_REMOVAL => match self.medium.prevent_allow(n, cdb) {
                 Ok(()) => done(good(Bytes::new(), 0)),
                 Err(s) => done(s.into_result()),
             },
-            0x37 | 0xB7 => self.with_medium(|| defect_data(cdb)),
+            READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => self.with_medium(|| defect_data(cdb)),
             // Block commands all need the medium.
             _ => match self.medium.not_ready() {
                 Some(s) => done(s.into_result()),
@@ -227,14 +228,25 @@ impl LogicalUnit {
         if let Some(holder) = &self.reserved_by {
             // SPC-2: a reserved LU refuses other nexuses except for commands
             // that report state or release (a no-op for non-holders).
-            let allowed = matches!(op, 0x12 | 0xA0 | 0x03 | 0x17 | 0x57 | 0xA3 | 0x5E | 0x25);
+            let allowed = matches!(
+                op,
+                INQUIRY
+                    | REPORT_LUNS
+                    | REQUEST_SENSE
+                    | RELEASE_6
+                    | RELEASE_10
+                    | MAINTENANCE_IN
+                    | PERSISTENT_RESERVE_IN
+                    | READ_CAPACITY_10
+            );
             if holder != n && !allowed {
                 return true;
             }
         }
         // SPC-2 RESERVE/RELEASE are refused while anyone holds a persistent
         // registration (SPC-4 persistent reservations, SPC-2 compatibility).
-        if matches!(op, 0x16 | 0x17 | 0x56 | 0x57) && !self.pr.regs.is_empty() {
+        if matches!(op, RESERVE_6 | RELEASE_6 | RESERVE_10 | RELEASE_10) && !self.pr.regs.is_empty()
+        {
             return true;
         }
         let a = access(cdb);

@@ -13,6 +13,7 @@ pub mod cdb;
 pub mod inquiry;
 pub mod lu;
 pub mod mode;
+pub mod opcode;
 pub mod opcodes;
 pub mod pr;
 pub mod removable;

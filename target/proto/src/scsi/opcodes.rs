@@ -2,6 +2,7 @@
 //! (SPC-4 6.35) built from the same table.
 
 use super::cdb::Cdb;
+use super::opcode::*;
 use super::sense::Sense;
 use crate::task::ScsiResult;
 
@@ -40,7 +41,7 @@ const XCOPY: [u8; 16] = [
 const COPY_RESULTS: [u8; 16] = [
     0x84, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
 ];
-const SANITIZE: [u8; 10] = [0x48, 0xA0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0];
+const SANITIZE_USAGE: [u8; 10] = [0x48, 0xA0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0];
 const PROUT: [u8; 10] = [0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0];
 
 macro_rules! with_op {
@@ -80,103 +81,112 @@ const WV16: [u8; 16] = [
 ];
 
 static OPS: &[Op] = &[
-    op(0x00, &[0x00, 0, 0, 0, 0, 0]),
-    op(0x03, &[0x03, 0, 0, 0, 0xFF, 0]),
-    op(0x08, &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0]),
-    op(0x0A, &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0]),
-    op(0x12, &[0x12, 0x01, 0xFF, 0xFF, 0xFF, 0]),
-    op(0x15, &[0x15, 0x11, 0, 0, 0xFF, 0]),
-    op(0x16, &[0x16, 0, 0, 0, 0, 0]),
-    op(0x17, &[0x17, 0, 0, 0, 0, 0]),
-    op(0x1A, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0]),
-    op(0x1B, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
-    op(0x1E, &[0x1E, 0, 0, 0, 0x03, 0]),
-    op(0x25, &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0]),
-    op(0x28, with_op!(RW10, 0x28)),
-    op(0x2A, with_op!(W10, 0x2A)),
-    op(0x2E, with_op!(WV10, 0x2E)),
-    op(0x2F, with_op!(V10, 0x2F)),
+    op(TEST_UNIT_READY, &[0x00, 0, 0, 0, 0, 0]),
+    op(REQUEST_SENSE, &[0x03, 0, 0, 0, 0xFF, 0]),
+    op(READ_6, &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0]),
+    op(WRITE_6, &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0]),
+    op(INQUIRY, &[0x12, 0x01, 0xFF, 0xFF, 0xFF, 0]),
+    op(MODE_SELECT_6, &[0x15, 0x11, 0, 0, 0xFF, 0]),
+    op(RESERVE_6, &[0x16, 0, 0, 0, 0, 0]),
+    op(RELEASE_6, &[0x17, 0, 0, 0, 0, 0]),
+    op(MODE_SENSE_6, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0]),
+    op(START_STOP_UNIT, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
+    op(PREVENT_ALLOW_MEDIUM_REMOVAL, &[0x1E, 0, 0, 0, 0x03, 0]),
     op(
-        0x34,
+        READ_CAPACITY_10,
+        &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0],
+    ),
+    op(READ_10, with_op!(RW10, READ_10)),
+    op(WRITE_10, with_op!(W10, WRITE_10)),
+    op(WRITE_AND_VERIFY_10, with_op!(WV10, WRITE_AND_VERIFY_10)),
+    op(VERIFY_10, with_op!(V10, VERIFY_10)),
+    op(
+        PRE_FETCH_10,
         &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0],
     ),
     op(
-        0x35,
+        SYNCHRONIZE_CACHE_10,
         &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0],
     ),
-    op(0x37, &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
     op(
-        0x41,
+        READ_DEFECT_DATA_10,
+        &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0],
+    ),
+    op(
+        WRITE_SAME_10,
         &[0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0],
     ),
-    op(0x42, &[0x42, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(UNMAP, &[0x42, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
     // SANITIZE: IMMED, AUSE, service action, parameter list length.
     // OVERWRITE (0x01) is carried out but deliberately not listed: a
     // listed OVERWRITE makes libiscsi's Sanitize.Reset run, and in a
     // two-path run that test inherits the other path's RESERVE(6) from
     // Sanitize.Reservations, so it fails on any conforming target.
-    sa(0x48, 0x02, &SANITIZE),
-    sa(0x48, 0x1F, &SANITIZE),
-    op(0x55, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
-    op(0x56, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-    op(0x57, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-    op(0x5A, &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0]),
-    sa(0x5E, 0, &PRIN),
-    sa(0x5E, 1, &PRIN),
-    sa(0x5E, 2, &PRIN),
-    sa(0x5E, 3, &PRIN),
-    sa(0x5F, 0, &PROUT),
-    sa(0x5F, 1, &PROUT),
-    sa(0x5F, 2, &PROUT),
-    sa(0x5F, 3, &PROUT),
-    sa(0x5F, 4, &PROUT),
-    sa(0x5F, 5, &PROUT),
-    sa(0x5F, 6, &PROUT),
-    // EXTENDED COPY (LID1), RECEIVE COPY RESULTS: list id, length.
-    sa(0x83, 0x00, &XCOPY),
-    sa(0x84, 0x00, &COPY_RESULTS),
-    sa(0x84, 0x03, &COPY_RESULTS),
-    op(0x88, with_op!(RW16, 0x88)),
+    sa(SANITIZE, 0x02, &SANITIZE_USAGE),
+    sa(SANITIZE, 0x1F, &SANITIZE_USAGE),
+    op(MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    op(RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     op(
-        0x89,
+        MODE_SENSE_10,
+        &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0],
+    ),
+    sa(PERSISTENT_RESERVE_IN, 0, &PRIN),
+    sa(PERSISTENT_RESERVE_IN, 1, &PRIN),
+    sa(PERSISTENT_RESERVE_IN, 2, &PRIN),
+    sa(PERSISTENT_RESERVE_IN, 3, &PRIN),
+    sa(PERSISTENT_RESERVE_OUT, 0, &PROUT),
+    sa(PERSISTENT_RESERVE_OUT, 1, &PROUT),
+    sa(PERSISTENT_RESERVE_OUT, 2, &PROUT),
+    sa(PERSISTENT_RESERVE_OUT, 3, &PROUT),
+    sa(PERSISTENT_RESERVE_OUT, 4, &PROUT),
+    sa(PERSISTENT_RESERVE_OUT, 5, &PROUT),
+    sa(PERSISTENT_RESERVE_OUT, 6, &PROUT),
+    // EXTENDED COPY (LID1), RECEIVE COPY RESULTS: list id, length.
+    sa(EXTENDED_COPY, 0x00, &XCOPY),
+    sa(RECEIVE_COPY_RESULTS, 0x00, &COPY_RESULTS),
+    sa(RECEIVE_COPY_RESULTS, 0x03, &COPY_RESULTS),
+    op(READ_16, with_op!(RW16, READ_16)),
+    op(
+        COMPARE_AND_WRITE,
         &[
             0x89, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0, 0,
         ],
     ),
-    op(0x8A, with_op!(W16, 0x8A)),
-    op(0x8B, with_op!(RW16, 0x8B)),
-    op(0x8E, with_op!(WV16, 0x8E)),
-    op(0x8F, with_op!(V16, 0x8F)),
+    op(WRITE_16, with_op!(W16, WRITE_16)),
+    op(ORWRITE_16, with_op!(RW16, ORWRITE_16)),
+    op(WRITE_AND_VERIFY_16, with_op!(WV16, WRITE_AND_VERIFY_16)),
+    op(VERIFY_16, with_op!(V16, VERIFY_16)),
     op(
-        0x90,
+        PRE_FETCH_16,
         &[
             0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
             0x3F, 0,
         ],
     ),
     op(
-        0x91,
+        SYNCHRONIZE_CACHE_16,
         &[
             0x91, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
             0,
         ],
     ),
     op(
-        0x93,
+        WRITE_SAME_16,
         &[
             0x93, 0x09, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
             0,
         ],
     ),
     op(
-        0x9C,
+        WRITE_ATOMIC_16,
         &[
             0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
             0,
         ],
     ),
     sa(
-        0x9E,
+        SERVICE_ACTION_IN_16,
         0x10,
         &[
             0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
@@ -184,7 +194,7 @@ static OPS: &[Op] = &[
         ],
     ),
     sa(
-        0x9E,
+        SERVICE_ACTION_IN_16,
         0x12,
         &[
             0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
@@ -192,22 +202,22 @@ static OPS: &[Op] = &[
         ],
     ),
     op(
-        0xA0,
+        REPORT_LUNS,
         &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
     ),
     sa(
-        0xA3,
+        MAINTENANCE_IN,
         0x0C,
         &[
             0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
         ],
     ),
-    op(0xA8, with_op!(RW12, 0xA8)),
-    op(0xAA, with_op!(W12, 0xAA)),
-    op(0xAE, with_op!(WV12, 0xAE)),
-    op(0xAF, with_op!(V12, 0xAF)),
+    op(READ_12, with_op!(RW12, READ_12)),
+    op(WRITE_12, with_op!(W12, WRITE_12)),
+    op(WRITE_AND_VERIFY_12, with_op!(WV12, WRITE_AND_VERIFY_12)),
+    op(VERIFY_12, with_op!(V12, VERIFY_12)),
     op(
-        0xB7,
+        READ_DEFECT_DATA_12,
         &[0xB7, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
     ),
 ];

@@ -5,6 +5,7 @@
 
 use super::cdb::{be32, be64, Cdb};
 use super::inquiry::Limits;
+use super::opcode::*;
 use super::sense::Sense;
 use crate::task::ScsiResult;
 use bytes::Bytes;
@@ -114,7 +115,7 @@ pub fn decode(
     }
     match op {
         // WRITE AND VERIFY 10/12/16
-        0x2E | 0xAE | 0x8E => {
+        WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16 => {
             let (lba, blocks) = lba_len(&c);
             if c.b(1) & 0xE0 != 0 {
                 return Err(Sense::INVALID_FIELD_IN_CDB
@@ -142,7 +143,7 @@ pub fn decode(
             }))
         }
         // ORWRITE(16)
-        0x8B => {
+        ORWRITE_16 => {
             let (lba, blocks) = (c.u64(2), c.u32(10));
             if c.b(1) & 0xE0 != 0 {
                 return Err(Sense::INVALID_FIELD_IN_CDB
@@ -164,9 +165,9 @@ pub fn decode(
                 fua: c.b(1) & 0x08 != 0,
             }))
         }
-        0x9C => decode_atomic(geo, limits, &c, data_out).map(Some),
+        WRITE_ATOMIC_16 => decode_atomic(geo, limits, &c, data_out).map(Some),
         // PRE-FETCH 10/16: there is no cache to load; GOOD (SBC-3 5.9).
-        0x34 | 0x90 => {
+        PRE_FETCH_10 | PRE_FETCH_16 => {
             let (lba, blocks) = if op == 0x34 {
                 (u64::from(c.u32(2)), u64::from(c.u16(7)))
             } else {
@@ -176,7 +177,7 @@ pub fn decode(
             Ok(Some(BlockOp::Nothing))
         }
         // VERIFY 10/12/16
-        0x2F | 0xAF | 0x8F => {
+        VERIFY_10 | VERIFY_12 | VERIFY_16 => {
             let (lba, blocks) = lba_len(&c);
             if c.b(1) & 0xE0 != 0 {
                 return Err(Sense::INVALID_FIELD_IN_CDB
@@ -215,7 +216,7 @@ pub fn decode(
             }))
         }
         // WRITE SAME 10/16
-        0x41 | 0x93 => {
+        WRITE_SAME_10 | WRITE_SAME_16 => {
             let (lba, mut blocks) = if op == 0x41 {
                 (u64::from(c.u32(2)), u64::from(c.u16(7)))
             } else {
@@ -273,7 +274,7 @@ pub fn decode(
             }))
         }
         // COMPARE AND WRITE
-        0x89 => {
+        COMPARE_AND_WRITE => {
             let lba = c.u64(2);
             let blocks = u32::from(c.b(13));
             if c.b(1) & 0xE0 != 0 {
@@ -312,7 +313,7 @@ pub fn decode(
                 fua: c.b(1) & 0x08 != 0,
             }))
         }
-        0x25 => {
+        READ_CAPACITY_10 => {
             // PMI = 0 requires LBA = 0.
             if c.b(8) & 0x01 == 0 && c.u32(2) != 0 {
                 return Err(Sense::INVALID_FIELD_IN_CDB.cdb_field(2, None).into_result());
@@ -322,7 +323,7 @@ pub fn decode(
                 alloc: 8,
             }))
         }
-        0x35 | 0x91 => {
+        SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 => {
             let (lba, n) = if op == 0x35 {
                 (u64::from(c.u32(2)), u64::from(c.u16(7)))
             } else {
@@ -331,9 +332,9 @@ pub fn decode(
             check_range(geo, lba, n)?;
             Ok(Some(BlockOp::Flush))
         }
-        0x42 => decode_unmap(geo, limits, &c, data_out).map(Some),
-        0x9E => match c.sa() {
-            0x10 => {
+        UNMAP => decode_unmap(geo, limits, &c, data_out).map(Some),
+        SERVICE_ACTION_IN_16 => match c.sa() {
+            sai::READ_CAPACITY_16 => {
                 let alloc = c.u32(10);
                 let mut d = read_capacity16(geo).to_vec();
                 d.truncate(alloc as usize);
@@ -342,7 +343,7 @@ pub fn decode(
                     alloc,
                 }))
             }
-            0x12 => {
+            sai::GET_LBA_STATUS => {
                 let lba = c.u64(2);
                 if lba >= geo.num_blocks {
                     return Err(Sense::LBA_OUT_OF_RANGE.into_result());

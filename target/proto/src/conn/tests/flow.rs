@@ -29,7 +29,7 @@ fn in_order_commands_past_max_cmd_sn_are_dropped() -> Result<(), ConnError> {
     let mut h = Harness::new(None);
     let r = h.full_login(&[])?;
     // Window 16: MaxCmdSN = ExpCmdSN + 15.
-    assert_eq!(r.u32(32).wrapping_sub(r.u32(28)), 15);
+    assert_eq!(r.seq().max_cmd_sn.wrapping_sub(r.seq().exp_cmd_sn), 15);
     h.conn.poll_event();
     // An initiator that never reads blindly sends 40 commands in order.
     for itt in 1..=40 {
@@ -40,7 +40,7 @@ fn in_order_commands_past_max_cmd_sn_are_dropped() -> Result<(), ConnError> {
     // sequence (CmdSN 17) is taken, the ones sent past it before were lost.
     h.conn.complete_command(1, good(&[], 0));
     let out = h.drain();
-    assert_eq!(out.last().map(|p| p.u32(32)), Some(17), "MaxCmdSN");
+    assert_eq!(out.last().map(|p| p.seq().max_cmd_sn), Some(17), "MaxCmdSN");
     h.cmd_sn = 17;
     h.scsi(41, &[0x00], false, false, 0, Bytes::new(), true)?;
     assert_eq!(commands(&mut h), vec![41]);
@@ -96,12 +96,11 @@ fn unread_replies_stop_input_and_hold_the_window() -> Result<(), ConnError> {
     h.conn.set_unsent(0, usize::MAX);
     let out = h.drain();
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].opcode(), op::NOP_IN);
-    assert_eq!(
-        (out[0].u32(16), out[0].u32(20)),
-        (RESERVED_TAG, RESERVED_TAG)
-    );
-    assert_eq!(out[0].u32(32), held.wrapping_add(1), "MaxCmdSN grew");
+    let Response::NopIn { itt, ttt, seq, .. } = &out[0] else {
+        panic!("expected a NOP-In, got {:?}", out[0]);
+    };
+    assert_eq!((*itt, *ttt), (RESERVED_TAG, RESERVED_TAG));
+    assert_eq!(seq.max_cmd_sn, held.wrapping_add(1), "MaxCmdSN grew");
     assert!(h.conn.wants_input() && !h.conn.waits_for_drain());
     Ok(())
 }
@@ -127,7 +126,7 @@ fn discovery_sessions_hold_nothing_ahead() -> Result<(), ConnError> {
         true,
         &[("InitiatorName", "iqn.i"), ("SessionType", "Discovery")],
     )?;
-    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
+    assert_eq!(login_status(&r), (0, 0));
     for i in 0..8 {
         h.send(&nop(false, 10 + i, h.cmd_sn + 1 + i, 8192))?;
     }

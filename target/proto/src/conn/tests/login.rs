@@ -12,9 +12,9 @@ fn login_without_auth_answers_only_offered_keys() -> Result<(), ConnError> {
         ("X-com.example", "1"),
     ])?;
     assert_eq!(r.opcode(), op::LOGIN_RESPONSE);
-    assert_eq!(r.bhs[1] & 0x83, 0x83, "T bit and NSG=3");
-    assert_eq!(u16::from_be_bytes([r.bhs[14], r.bhs[15]]), 5, "TSIH");
-    let keys = r.keys();
+    assert_eq!(login_flags(&r) & 0x83, 0x83, "T bit and NSG=3");
+    assert!(matches!(r, Response::Login { tsih: 5, .. }), "TSIH");
+    let keys = keys(&r);
     assert_eq!(keys.get("TargetPortalGroupTag"), Some("1"));
     assert_eq!(keys.get("ImmediateData"), Some("No"));
     assert_eq!(keys.get("MaxRecvDataSegmentLength"), Some("65536"));
@@ -66,13 +66,13 @@ fn login_failures_have_the_right_status() -> Result<(), ConnError> {
         .encode(&mut buf, Digests::default());
         assert!(h.conn.handle_input(&mut buf, &h.dir, h.now).is_err());
         let pdus = h.drain();
-        assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), status, "{keys:?}");
+        assert_eq!(login_status(&pdus[0]), status, "{keys:?}");
         assert!(h.conn.is_closed());
     }
     Ok(())
 }
 
-fn creds(mutual: bool) -> ChapCredentials {
+pub(super) fn creds(mutual: bool) -> ChapCredentials {
     ChapCredentials {
         user: "alice".into(),
         secret: b"secretsecret".to_vec(),
@@ -80,7 +80,11 @@ fn creds(mutual: bool) -> ChapCredentials {
     }
 }
 
-fn chap_login(h: &mut Harness, secret: &[u8], mutual: Option<&[u8]>) -> Result<Pdu, ConnError> {
+fn chap_login(
+    h: &mut Harness,
+    secret: &[u8],
+    mutual: Option<&[u8]>,
+) -> Result<Response, ConnError> {
     chap_login_as(h, "iqn.i", "iqn.t", secret, mutual)
 }
 
@@ -90,7 +94,7 @@ fn chap_login_as(
     target: &str,
     secret: &[u8],
     mutual: Option<&[u8]>,
-) -> Result<Pdu, ConnError> {
+) -> Result<Response, ConnError> {
     let r = h.login(
         0,
         1,
@@ -101,10 +105,10 @@ fn chap_login_as(
             ("AuthMethod", "CHAP,None"),
         ],
     )?;
-    assert_eq!(r.keys().get("AuthMethod"), Some("CHAP"));
-    assert_eq!(r.bhs[1] & 0x80, 0, "no transit before CHAP");
+    assert_eq!(keys(&r).get("AuthMethod"), Some("CHAP"));
+    assert_eq!(login_flags(&r) & 0x80, 0, "no transit before CHAP");
     let r = h.login(0, 1, false, &[("CHAP_A", "7,5")])?;
-    let k = r.keys();
+    let k = keys(&r);
     assert_eq!(k.get("CHAP_A"), Some("5"));
     let id: u8 = k
         .get("CHAP_I")
@@ -125,12 +129,12 @@ fn chap_login_as(
 fn chap_one_way_and_mutual() -> Result<(), ConnError> {
     let mut h = Harness::new(Some(creds(false)));
     let r = chap_login(&mut h, b"secretsecret", None)?;
-    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
-    assert_eq!(r.bhs[1] & 0x83, 0x81, "transit to operational");
+    assert_eq!(login_status(&r), (0, 0));
+    assert_eq!(login_flags(&r) & 0x83, 0x81, "transit to operational");
 
     let mut h = Harness::new(Some(creds(true)));
     let r = chap_login(&mut h, b"secretsecret", Some(b"targetsecret"))?;
-    let k = r.keys();
+    let k = keys(&r);
     assert_eq!(k.get("CHAP_N"), Some("target"));
     let want = chap_response(77, b"targetsecret", &[1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(
@@ -138,7 +142,7 @@ fn chap_one_way_and_mutual() -> Result<(), ConnError> {
         Some(want.to_vec())
     );
     let r = h.login(1, 3, true, &[])?;
-    assert_eq!(r.bhs[1] & 0x83, 0x83);
+    assert_eq!(login_flags(&r) & 0x83, 0x83);
     Ok(())
 }
 
@@ -147,7 +151,7 @@ fn chap_wrong_secret_or_skipped_is_refused() {
     let mut h = Harness::new(Some(creds(false)));
     assert!(chap_login(&mut h, b"wrongwrongwr", None).is_err());
     let pdus = h.drain();
-    assert!(pdus.is_empty() || (pdus[0].bhs[36], pdus[0].bhs[37]) == (2, 1));
+    assert!(pdus.is_empty() || login_status(&pdus[0]) == (2, 1));
 
     // Going straight to the operational stage without CHAP.
     let mut h = Harness::new(Some(creds(false)));
@@ -159,7 +163,7 @@ fn chap_wrong_secret_or_skipped_is_refused() {
     );
     assert!(r.is_err());
     let pdus = h.drain();
-    assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), (2, 1));
+    assert_eq!(login_status(&pdus[0]), (2, 1));
 }
 
 #[test]
@@ -174,12 +178,8 @@ fn unknown_targets_look_like_wrong_credentials() -> Result<(), ConnError> {
         let mut h = Harness::new(Some(creds(false)));
         assert!(chap_login_as(&mut h, initiator, target, secret, None).is_err());
         let pdus = h.drain();
-        assert_eq!(
-            (pdus[0].bhs[36], pdus[0].bhs[37]),
-            (2, 1),
-            "{initiator} {target}"
-        );
-        assert!(pdus[0].data.is_empty());
+        assert_eq!(login_status(&pdus[0]), (2, 1), "{initiator} {target}");
+        assert!(keys(&pdus[0]).is_empty());
     }
     // Without CHAP offered: the answer a CHAP target gives.
     for target in ["iqn.t", "iqn.nope"] {
@@ -196,7 +196,7 @@ fn unknown_targets_look_like_wrong_credentials() -> Result<(), ConnError> {
         );
         assert!(r.is_err());
         let pdus = h.drain();
-        assert_eq!((pdus[0].bhs[36], pdus[0].bhs[37]), (2, 1), "{target}");
+        assert_eq!(login_status(&pdus[0]), (2, 1), "{target}");
     }
     Ok(())
 }

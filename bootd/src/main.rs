@@ -52,7 +52,7 @@ enum Command {
     /// Serve one raw file as LUN 0 of one iSCSI target until SIGINT/SIGTERM.
     Export(export::ExportArgs),
     /// Serve every node's disk (its overlay) as LUN 0 of its own target.
-    Serve(serve::ServeArgs),
+    Serve(serve::config::ServeConfig),
     /// Golden images.
     #[command(subcommand)]
     Image(cmd_image::ImageCmd),

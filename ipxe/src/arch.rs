@@ -45,11 +45,30 @@ impl ClientArch {
 /// Which EFI build an x64 UEFI client gets: `snponly.efi` drives the NIC
 /// through the firmware's own driver (works on every NIC the firmware
 /// knows); `ipxe.efi` brings iPXE's drivers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Spelled `snponly` and `ipxe` in flags and config files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 pub enum EfiFlavour {
     #[default]
+    #[serde(rename = "snponly")]
     SnpOnly,
+    #[serde(rename = "ipxe")]
     Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an iPXE EFI build: use snponly or ipxe")]
+pub struct UnknownFlavour(pub String);
+
+impl std::str::FromStr for EfiFlavour {
+    type Err = UnknownFlavour;
+
+    fn from_str(s: &str) -> Result<Self, UnknownFlavour> {
+        match s {
+            "snponly" => Ok(Self::SnpOnly),
+            "ipxe" => Ok(Self::Full),
+            _ => Err(UnknownFlavour(s.to_string())),
+        }
+    }
 }
 
 /// The iPXE file a client of `arch` should be sent, by its usual name.

@@ -9,7 +9,7 @@ use super::socket::DhcpSocket;
 use crate::bootlog::BootLog;
 use crate::fleet::enrol::Enroller;
 use crate::fleet::FleetView;
-use crate::serve::config::{DhcpMode, Settings};
+use crate::serve::config::{DhcpMode, ServeConfig};
 use crate::serve::grants::Grants;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
@@ -35,7 +35,7 @@ impl Running {
 
 /// `None` with `--dhcp off`. `http_port` is the port actually bound.
 pub fn start(
-    s: &Settings,
+    s: &ServeConfig,
     view: FleetView,
     enroller: Option<Enroller>,
     lease_file: PathBuf,
@@ -43,12 +43,12 @@ pub fn start(
     bootlog: BootLog,
     grants: Arc<Grants>,
 ) -> Result<Option<Running>> {
-    let mode = match s.dhcp {
+    let mode = match s.dhcp() {
         DhcpMode::Off => return Ok(None),
         DhcpMode::Proxy => Mode::Proxy,
         DhcpMode::Full => Mode::Full,
     };
-    let want = match s.listen_ip {
+    let want = match s.listen_ip() {
         IpAddr::V4(a) if !a.is_unspecified() => Some(a),
         IpAddr::V4(_) => None,
         IpAddr::V6(_) => bail!("DHCP needs an IPv4 --listen-ip"),
@@ -65,7 +65,7 @@ pub fn start(
                 s.interface.as_deref().unwrap_or("(any)")
             )
         })?;
-    let leases = match (mode, s.pool) {
+    let leases = match (mode, s.pool.map(|p| (p.first, p.last))) {
         (Mode::Full, Some(pool)) => Some(Mutex::new(
             Leases::open(pool, Box::new(FileLeaseStore::new(lease_file.clone())))
                 .with_context(|| format!("reading leases {}", lease_file.display()))?,
@@ -88,10 +88,10 @@ pub fn start(
             subnet_mask: found.netmask,
             router: s.router,
             dns: s.dns.clone(),
-            lease_secs: s.lease_secs,
+            lease_secs: s.lease_secs(),
             http_port,
             tftp_server: server,
-            efi: s.efi,
+            efi: s.efi(),
             boot_dir: Some(boot_dir),
             relays: s.relays.clone(),
         },
@@ -115,7 +115,7 @@ pub fn start(
                 .context("starting DHCP")?,
         );
     }
-    tracing::info!(?mode, %server, interface = %ifname, unknown = ?s.unknown, "DHCP serving");
+    tracing::info!(?mode, %server, interface = %ifname, unknown = ?s.unknown(), "DHCP serving");
     Ok(Some(Running { shared, threads }))
 }
 

@@ -1,5 +1,7 @@
-//! `serve` settings: an optional TOML file, overridden by command-line flags.
+//! `serve`'s configuration: one type for the command line, the
+//! environment (`BOOTD_*`) and the TOML file, and the defaults.
 
+use anyhow::Context;
 use bootd_ipxe::arch::EfiFlavour;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,25 +17,6 @@ pub enum DhcpMode {
     Proxy,
     /// A full DHCP server handing out the pool.
     Full,
-}
-
-/// Which iPXE build x64 UEFI clients get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum EfiBinary {
-    /// `snponly.efi`: iPXE over the firmware's own NIC driver.
-    Snponly,
-    /// `ipxe.efi`: iPXE with its own NIC drivers.
-    Ipxe,
-}
-
-impl From<EfiBinary> for EfiFlavour {
-    fn from(b: EfiBinary) -> Self {
-        match b {
-            EfiBinary::Snponly => EfiFlavour::SnpOnly,
-            EfiBinary::Ipxe => EfiFlavour::Full,
-        }
-    }
 }
 
 /// Who may fetch a node's boot script (it carries the node's CHAP secret).
@@ -67,32 +50,130 @@ impl FromStr for UnknownPolicy {
     }
 }
 
-/// The config file; every key is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen_ip: Option<IpAddr>,
-    pub iscsi_port: Option<u16>,
-    pub dhcp: Option<DhcpMode>,
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(after_help = "\
+Changes made with `bootd node|image` take effect within a second. \
+`node reset` and `node rm` end the node's live sessions first: serve drops the \
+node's target (closing its sessions) and its overlay, the CLI waits until the \
+overlay is released, then replaces or deletes it.")]
+pub struct ServeConfig {
+    /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
+    /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
+    /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
+    /// per_source, node_quota, reserve_free, warn_free (sizes as strings,
+    /// e.g. "20G"). Unknown keys are an error. Flags (and BOOTD_* variables)
+    /// override it.
+    #[arg(long, env = "BOOTD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Network interface DHCP answers on (SO_BINDTODEVICE); its IPv4
+    /// address is the server address unless --listen-ip names one.
+    #[arg(long, env = "BOOTD_INTERFACE")]
     pub interface: Option<String>,
-    pub pool: Option<String>,
-    pub http_port: Option<u16>,
-    pub tftp_port: Option<u16>,
-    pub tftp_dir: Option<PathBuf>,
+    /// Address iSCSI, HTTP and TFTP listen on [default: the address of
+    /// --interface]. One of the two is needed; 0.0.0.0 serves on every
+    /// address of the machine.
+    #[arg(long, env = "BOOTD_LISTEN_IP")]
+    pub listen_ip: Option<IpAddr>,
+    /// off, proxy (boot offers beside the site's DHCP server, ports 67 and
+    /// 4011) or full (addresses from --pool too) [default: off].
+    #[arg(long, value_enum, env = "BOOTD_DHCP")]
+    pub dhcp: Option<DhcpMode>,
+    /// Address pool for --dhcp full, FIRST-LAST.
+    #[arg(long, env = "BOOTD_POOL")]
+    #[serde(deserialize_with = "from_text")]
+    pub pool: Option<Pool>,
+    /// Default gateway handed out with --dhcp full (option 3) [default: none].
+    #[arg(long, env = "BOOTD_ROUTER")]
     pub router: Option<Ipv4Addr>,
-    pub dns: Option<Vec<Ipv4Addr>>,
+    /// DNS server handed out with --dhcp full (option 6); repeat for more.
+    #[arg(long, env = "BOOTD_DNS", value_delimiter = ',')]
+    pub dns: Vec<Ipv4Addr>,
+    /// Lease time in seconds for --dhcp full, at least 60 [default: 3600].
+    #[arg(long, env = "BOOTD_LEASE_SECS")]
     pub lease_secs: Option<u32>,
-    pub efi_binary: Option<EfiBinary>,
-    pub unknown: Option<String>,
-    pub record_io: Option<PathBuf>,
-    pub relays: Option<Vec<Ipv4Addr>>,
-    pub script_access: Option<ScriptAccess>,
-    pub metrics_from: Option<Vec<IpAddr>>,
+    /// iPXE build for x64 UEFI clients: snponly (snponly.efi, the firmware's
+    /// NIC driver) or ipxe (ipxe.efi, iPXE's own drivers) [default: snponly].
+    #[arg(long, env = "BOOTD_EFI_BINARY", value_name = "BUILD")]
+    pub efi_binary: Option<EfiFlavour>,
+    /// PXE clients whose MAC is not registered: ignore (no boot offer),
+    /// discover (recorded for `node list --discovered`, then `node adopt`)
+    /// or default=TEMPLATE (registered from TEMPLATE and booted)
+    /// [default: ignore].
+    #[arg(long, value_name = "POLICY", env = "BOOTD_UNKNOWN")]
+    #[serde(deserialize_with = "from_text")]
+    pub unknown: Option<UnknownPolicy>,
+    /// At most this many discovered MACs are recorded, and --unknown
+    /// default=TEMPLATE registers no more nodes once the registry holds
+    /// this many [default: 256].
+    #[arg(long, value_name = "N", env = "BOOTD_UNKNOWN_CAP")]
     pub unknown_cap: Option<u32>,
+    /// A DHCP relay agent (giaddr) to answer; repeat for more. Relayed
+    /// requests from any other giaddr are dropped [default: none].
+    #[arg(
+        long = "relay",
+        value_name = "IP",
+        env = "BOOTD_RELAYS",
+        value_delimiter = ','
+    )]
+    pub relays: Vec<Ipv4Addr>,
+    /// Who gets a node's boot script, which carries its CHAP secret:
+    /// bound (only the node: its leased or static address, or the one-time
+    /// token in the boot URL bootd's DHCP gave it) or open (anyone)
+    /// [default: bound].
+    #[arg(long, value_enum, env = "BOOTD_SCRIPT_ACCESS")]
+    pub script_access: Option<ScriptAccess>,
+    /// HTTP connections and TFTP transfers one client address may hold at
+    /// once [default: 16]. A machine needs one; raise it for load tests
+    /// that play many machines from one address.
+    #[arg(long, value_name = "N", env = "BOOTD_PER_SOURCE")]
     pub per_source: Option<u32>,
-    pub node_quota: Option<String>,
-    pub reserve_free: Option<String>,
-    pub warn_free: Option<String>,
+    /// An address that may read /metrics besides the server itself;
+    /// repeat for more [default: none].
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "BOOTD_METRICS_FROM",
+        value_delimiter = ','
+    )]
+    pub metrics_from: Vec<IpAddr>,
+    /// Record every node's reads, writes and flushes to DIR/NODE.trace
+    /// (for bootd-storm to replay); off by default.
+    #[arg(long, value_name = "DIR", env = "BOOTD_RECORD_IO")]
+    pub record_io: Option<PathBuf>,
+    /// HTTP port for iPXE scripts (/boot.ipxe, /boot/MAC.ipxe) and, for
+    /// UEFI HTTP boot, the iPXE binaries (/ipxe/NAME); 0 picks a free one
+    /// [default: 8080]. A port that cannot be bound is an error.
+    #[arg(long, env = "BOOTD_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// TFTP port for PXE firmware; 0 picks a free one [default: 69].
+    /// Port 69 needs root (or CAP_NET_BIND_SERVICE); failing to bind is an error.
+    #[arg(long, env = "BOOTD_TFTP_PORT")]
+    pub tftp_port: Option<u16>,
+    /// Directory served over TFTP (read-only, octet mode; names cannot
+    /// leave it) [default: /usr/lib/ipxe].
+    #[arg(long, env = "BOOTD_TFTP_DIR")]
+    pub tftp_dir: Option<PathBuf>,
+    /// iSCSI port; 0 picks a free one [default: 3260].
+    #[arg(long, env = "BOOTD_ISCSI_PORT")]
+    pub iscsi_port: Option<u16>,
+    /// Most space one node's overlay may take (e.g. 20G); writes that
+    /// need more fail with SPACE ALLOCATION FAILED [default: no limit].
+    #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size, env = "BOOTD_NODE_QUOTA")]
+    #[serde(deserialize_with = "size_text")]
+    pub node_quota: Option<u64>,
+    /// Free space kept on the overlays' filesystem: writes that need new
+    /// space fail below it, before the disk itself is full
+    /// [default: 1% of the filesystem, at most 256M].
+    #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size, env = "BOOTD_RESERVE_FREE")]
+    #[serde(deserialize_with = "size_text")]
+    pub reserve_free: Option<u64>,
+    /// Free space below which serve logs a warning and
+    /// bootd_data_low_space is 1 [default: 10% of the filesystem, at most 10G].
+    #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size, env = "BOOTD_WARN_FREE")]
+    #[serde(deserialize_with = "size_text")]
+    pub warn_free: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +203,33 @@ pub enum ConfigError {
     NoAddress(String),
 }
 
-impl FileConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+impl ServeConfig {
+    /// The flags (and their environment variables) over the file they
+    /// name, if any; then checked, and the address to serve on worked out.
+    pub fn load(flags: ServeConfig) -> anyhow::Result<Self> {
+        let mut c = match &flags.config {
+            Some(p) => Self::read(p)?,
+            None => Self::default(),
+        };
+        c.overlay(flags);
+        c.check()?;
+        if c.listen_ip.is_none() {
+            c.listen_ip = Some(match &c.interface {
+                // The boot network's address, not every address of the
+                // machine: the site's other networks never see bootd's ports.
+                Some(name) => crate::dhcp::iface::find(Some(name), None)
+                    .with_context(|| format!("reading the address of {name}"))?
+                    .map(|f| IpAddr::V4(f.ip))
+                    .ok_or_else(|| ConfigError::NoAddress(name.clone()))?,
+                None => return Err(ConfigError::NoNetwork.into()),
+            });
+        }
+        Ok(c)
+    }
+
+    /// A config file: the same keys as the flags, with `_` for `-`
+    /// (`relays` for `--relay`); an unknown key is an error.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -144,102 +250,251 @@ impl FileConfig {
             message: e.message().lines().collect::<Vec<_>>().join(" "),
         })
     }
-}
 
-/// What `serve` runs with.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub listen_ip: IpAddr,
-    pub iscsi_port: u16,
-    pub dhcp: DhcpMode,
-    pub interface: Option<String>,
-    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
-    pub http_port: u16,
-    pub tftp_port: u16,
-    /// Where TFTP files come from; `None`: Debian's iPXE directory.
-    pub tftp_dir: Option<PathBuf>,
-    /// Given to DHCP clients in full mode (options 3 and 6).
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub lease_secs: u32,
-    pub efi: EfiFlavour,
-    pub unknown: UnknownPolicy,
-    /// Where each node's I/O trace goes (`--record-io`).
-    pub record_io: Option<PathBuf>,
-    /// DHCP relay agents (giaddr) answered; relayed requests from any
-    /// other giaddr are dropped.
-    pub relays: Vec<Ipv4Addr>,
-    pub script_access: ScriptAccess,
-    /// Besides the server itself, who may read /metrics.
-    pub metrics_from: Vec<IpAddr>,
-    /// Discovered MACs recorded, and nodes in the registry up to which
-    /// `--unknown default=` registers more, at most.
-    pub unknown_cap: u32,
-    /// HTTP connections and TFTP transfers one client address may hold.
-    pub per_source: usize,
-    /// Bytes one overlay may take.
-    pub node_quota: Option<u64>,
-    /// Free bytes kept on the overlays' filesystem (default: derived from its size).
-    pub reserve_free: Option<u64>,
-    /// Free bytes below which serve warns (default: derived from its size).
-    pub warn_free: Option<u64>,
-}
-
-pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
-    let bad = || ConfigError::Pool(s.to_string());
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-    let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
-    if a > b {
-        return Err(bad());
+    /// Whatever `over` sets replaces what `self` has; a list given at all
+    /// replaces the whole list.
+    fn overlay(&mut self, over: ServeConfig) {
+        macro_rules! take {
+            ($($f:ident),*) => {$(
+                if over.$f.is_some() {
+                    self.$f = over.$f;
+                }
+            )*};
+        }
+        macro_rules! take_list {
+            ($($f:ident),*) => {$(
+                if !over.$f.is_empty() {
+                    self.$f = over.$f;
+                }
+            )*};
+        }
+        take!(
+            config,
+            interface,
+            listen_ip,
+            dhcp,
+            pool,
+            router,
+            lease_secs,
+            efi_binary,
+            unknown,
+            unknown_cap,
+            script_access,
+            per_source,
+            record_io,
+            http_port,
+            tftp_port,
+            tftp_dir,
+            iscsi_port,
+            node_quota,
+            reserve_free,
+            warn_free
+        );
+        take_list!(dns, relays, metrics_from);
     }
-    Ok((a, b))
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.per_source == Some(0) {
+            return Err(ConfigError::PerSource(0));
+        }
+        if let Some(l) = self.lease_secs.filter(|&l| l < 60) {
+            return Err(ConfigError::LeaseTime(l));
+        }
+        Ok(())
+    }
+
+    /// Where iSCSI, HTTP and TFTP listen; set by [`ServeConfig::load`].
+    pub fn listen_ip(&self) -> IpAddr {
+        self.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    pub fn iscsi_port(&self) -> u16 {
+        self.iscsi_port.unwrap_or(3260)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port.unwrap_or(DEFAULT_HTTP_PORT)
+    }
+
+    pub fn tftp_port(&self) -> u16 {
+        self.tftp_port.unwrap_or(69)
+    }
+
+    pub fn dhcp(&self) -> DhcpMode {
+        self.dhcp.unwrap_or(DhcpMode::Off)
+    }
+
+    pub fn lease_secs(&self) -> u32 {
+        self.lease_secs.unwrap_or(3600)
+    }
+
+    pub fn efi(&self) -> EfiFlavour {
+        self.efi_binary.unwrap_or_default()
+    }
+
+    pub fn unknown(&self) -> UnknownPolicy {
+        self.unknown.clone().unwrap_or(UnknownPolicy::Ignore)
+    }
+
+    pub fn unknown_cap(&self) -> u32 {
+        self.unknown_cap.unwrap_or(DEFAULT_UNKNOWN_CAP)
+    }
+
+    pub fn script_access(&self) -> ScriptAccess {
+        self.script_access.unwrap_or(ScriptAccess::Bound)
+    }
+
+    /// HTTP connections and TFTP transfers one client address may hold.
+    pub fn per_source(&self) -> usize {
+        usize::try_from(self.per_source.unwrap_or(DEFAULT_PER_SOURCE)).unwrap_or(usize::MAX)
+    }
+}
+
+/// Where iPXE scripts are served unless told otherwise.
+const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Discovered MACs kept, and the registry size auto-registration stops at.
+const DEFAULT_UNKNOWN_CAP: u32 = 256;
+/// HTTP connections and TFTP transfers per client address.
+const DEFAULT_PER_SOURCE: u32 = 16;
+
+/// A DHCP address pool, `FIRST-LAST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
+impl FromStr for Pool {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Pool(s.to_string());
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let last: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+        if first > last {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+/// A config-file string parsed as the flag would be.
+fn from_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A size in a config file: a string like `"20G"`, as on the command line.
+fn size_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::space::parse_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    /// The flags as `bootd serve` parses them.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        c: ServeConfig,
+    }
+
+    fn flags(args: &[&str]) -> Result<ServeConfig, clap::Error> {
+        Flags::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|f| f.c)
+    }
 
     #[test]
-    fn config_file_and_pool() -> Result<(), Box<dyn std::error::Error>> {
-        let c: FileConfig = toml::from_str(
+    fn config_file_keys_are_the_flags() -> R {
+        let c: ServeConfig = toml::from_str(
             "listen_ip = \"127.0.0.1\"\niscsi_port = 3261\ndhcp = \"off\"\npool = \"192.0.2.10-192.0.2.20\"\ntftp_dir = \"/srv/tftp\"\n",
         )?;
-        assert_eq!(c.iscsi_port, Some(3261));
+        assert_eq!(c.iscsi_port(), 3261);
         assert_eq!(c.tftp_dir.as_deref(), Some(Path::new("/srv/tftp")));
-        assert_eq!(c.dhcp, Some(DhcpMode::Off));
-        assert!(toml::from_str::<FileConfig>("bogus = 1\n").is_err());
-        assert_eq!(
-            parse_pool("192.0.2.10-192.0.2.20")?,
-            ("192.0.2.10".parse()?, "192.0.2.20".parse()?)
-        );
-        assert!(parse_pool("192.0.2.20-192.0.2.10").is_err());
-        assert!(parse_pool("192.0.2.10").is_err());
-        let c: FileConfig = toml::from_str(
-            "router = \"192.0.2.254\"\ndns = [\"192.0.2.53\"]\nlease_secs = 600\nefi_binary = \"ipxe\"\nunknown = \"default=lab\"\n",
+        assert_eq!(c.dhcp(), DhcpMode::Off);
+        let pool = Pool {
+            first: "192.0.2.10".parse()?,
+            last: "192.0.2.20".parse()?,
+        };
+        assert_eq!(c.pool, Some(pool));
+        assert!(toml::from_str::<ServeConfig>("bogus = 1\n").is_err());
+        assert!(toml::from_str::<ServeConfig>("config = \"x\"\n").is_err());
+        assert!("192.0.2.20-192.0.2.10".parse::<Pool>().is_err());
+        assert!("192.0.2.10".parse::<Pool>().is_err());
+        let c: ServeConfig = toml::from_str(
+            "router = \"192.0.2.254\"\ndns = [\"192.0.2.53\"]\nlease_secs = 600\nefi_binary = \"ipxe\"\nunknown = \"default=lab\"\nnode_quota = \"20G\"\n",
         )?;
-        assert_eq!(c.dns, Some(vec![Ipv4Addr::new(192, 0, 2, 53)]));
-        assert_eq!(c.efi_binary, Some(EfiBinary::Ipxe));
-        assert_eq!(
-            c.unknown
-                .as_deref()
-                .map(str::parse::<UnknownPolicy>)
-                .transpose()?,
-            Some(UnknownPolicy::Default("lab".into()))
-        );
+        assert_eq!(c.dns, vec![Ipv4Addr::new(192, 0, 2, 53)]);
+        assert_eq!(c.efi(), EfiFlavour::Full);
+        assert_eq!(c.unknown(), UnknownPolicy::Default("lab".into()));
+        assert_eq!(c.node_quota, Some(20 << 30));
+        assert!(toml::from_str::<ServeConfig>("unknown = \"boot\"\n").is_err());
+        assert!(toml::from_str::<ServeConfig>("efi_binary = \"full\"\n").is_err());
         assert_eq!(
             "discover".parse::<UnknownPolicy>()?,
             UnknownPolicy::Discover
         );
         assert!("default=".parse::<UnknownPolicy>().is_err());
-        assert!("boot".parse::<UnknownPolicy>().is_err());
-        assert!(toml::from_str::<FileConfig>("router = \"fe80::1\"\n").is_err());
-        let c: FileConfig = toml::from_str(
+        assert!(toml::from_str::<ServeConfig>("router = \"fe80::1\"\n").is_err());
+        let c: ServeConfig = toml::from_str(
             "relays = [\"192.0.2.254\"]\nscript_access = \"open\"\nmetrics_from = [\"192.0.2.9\"]\nunknown_cap = 10\n",
         )?;
-        assert_eq!(c.relays, Some(vec![Ipv4Addr::new(192, 0, 2, 254)]));
-        assert_eq!(c.script_access, Some(ScriptAccess::Open));
-        assert_eq!(c.unknown_cap, Some(10));
+        assert_eq!(c.relays, vec![Ipv4Addr::new(192, 0, 2, 254)]);
+        assert_eq!(c.script_access(), ScriptAccess::Open);
+        assert_eq!(c.unknown_cap(), 10);
+        Ok(())
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() -> R {
+        let mut c: ServeConfig = toml::from_str(
+            "iscsi_port = 3261\nlease_secs = 600\ndns = [\"192.0.2.53\"]\nefi_binary = \"ipxe\"\n",
+        )?;
+        c.overlay(flags(&[
+            "--iscsi-port",
+            "3262",
+            "--dns",
+            "192.0.2.1,192.0.2.2",
+            "--unknown",
+            "discover",
+            "--node-quota",
+            "1G",
+            "--pool",
+            "192.0.2.10-192.0.2.20",
+        ])?);
+        assert_eq!(c.iscsi_port(), 3262);
+        assert_eq!(c.lease_secs(), 600);
+        assert_eq!(
+            c.dns,
+            [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)]
+        );
+        assert_eq!(c.efi(), EfiFlavour::Full);
+        assert_eq!(c.unknown(), UnknownPolicy::Discover);
+        assert_eq!(c.node_quota, Some(1 << 30));
+        assert_eq!(
+            (c.http_port(), c.tftp_port(), c.per_source()),
+            (8080, 69, 16)
+        );
+        assert!(flags(&["--unknown", "boot"]).is_err());
+        assert!(flags(&["--pool", "192.0.2.20-192.0.2.10"]).is_err());
+        assert!(flags(&["--efi-binary", "full"]).is_err());
+        let mut short = flags(&["--lease-secs", "30"])?;
+        assert!(matches!(short.check(), Err(ConfigError::LeaseTime(30))));
+        short.lease_secs = None;
+        short.per_source = Some(0);
+        assert!(matches!(short.check(), Err(ConfigError::PerSource(0))));
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! The image store's error type.
 
-use iscsi_target::block::BlockError;
+use blockdev::BlockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -7,7 +7,7 @@
 #![no_main]
 
 use imagestore::qcow2::Overlay;
-use iscsi_target::block::BlockDevice;
+use blockdev::BlockDevice;
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 

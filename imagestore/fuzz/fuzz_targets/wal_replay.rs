@@ -6,7 +6,7 @@
 
 use imagestore::qcow2::wal::{self, Op, Record, REC};
 use imagestore::qcow2::Overlay;
-use iscsi_target::block::BlockDevice;
+use blockdev::BlockDevice;
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::fs::FileExt;
 

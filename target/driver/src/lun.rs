@@ -5,7 +5,7 @@
 //! for the moment a decision takes, does the block I/O, and persists
 //! persistent-reservation state.
 
-use crate::block::{Allocation, BlockDevice, BlockError};
+use blockdev::{Allocation, BlockDevice, BlockError};
 use bytes::{Bytes, BytesMut};
 use iscsi_proto::scsi::cdb;
 use iscsi_proto::scsi::inquiry::{Identity, Limits};
@@ -463,9 +463,8 @@ fn block_error(e: &BlockError, write: bool) -> ScsiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{Capabilities, Extent};
-    use crate::mem::MemDevice;
     use async_trait::async_trait;
+    use blockdev::{Capabilities, Extent, MemDevice};
     use iscsi_proto::scsi::cdb::{be32, be64};
     use iscsi_proto::task::{ScsiStatus, TaskAttr};
     use proptest::prelude::*;

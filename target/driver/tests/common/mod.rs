@@ -2,11 +2,11 @@
 //! server with one in-memory target, shared by the server tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use blockdev::MemDevice;
 use bytes::{Bytes, BytesMut};
 use iscsi_proto::pdu::{self, Digests, LoginRequest, RawPdu, Request, ScsiCommandPdu};
 use iscsi_proto::text::Pairs;
 use iscsi_target::lun::{Lun, LunConfig};
-use iscsi_target::mem::MemDevice;
 use iscsi_target::{Server, ServerConfig, Target};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -61,6 +61,11 @@ pub enum BlockError {
     NoSpace,
     #[error("operation not supported by this device")]
     Unsupported,
+    /// The device's own layer refused the request, e.g. a qcow2 overlay whose
+    /// tables turned out corrupt; the cause keeps its type (downcast it). The
+    /// SCSI layer reports it like [`BlockError::Io`].
+    #[error("I/O error: {0}")]
+    Device(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 #[async_trait]

@@ -1,13 +1,12 @@
 //! `bootd export`: one raw file as LUN 0 of one target.
 
 use anyhow::{bail, Context, Result};
+use blockdev::{BlockDevice, RawFile};
 use clap::Args;
 use imagestore::format::{probe, ImageFormat, PROBE_LEN};
 use imagestore::Overlay;
 use iscsi_proto::conn::ChapCredentials;
-use iscsi_target::block::BlockDevice;
 use iscsi_target::lun::{Lun, LunConfig};
-use iscsi_target::raw::RawFile;
 use iscsi_target::{Server, ServerConfig, Target};
 use std::collections::BTreeMap;
 use std::io::Write;

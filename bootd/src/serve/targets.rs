@@ -7,13 +7,12 @@
 use crate::datadir::DataDir;
 use crate::metrics::METRICS;
 use anyhow::{Context, Result};
+use blockdev::{BlockDevice, RawFile};
 use bootd_plan::{NodePlan, Snapshot};
 use imagestore::qcow2::overlay::Limits;
 use imagestore::qcow2::Overlay;
 use iscsi_proto::conn::ChapCredentials;
-use iscsi_target::block::BlockDevice;
 use iscsi_target::lun::{Lun, LunConfig};
-use iscsi_target::raw::RawFile;
 use iscsi_target::{Server, Target};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;

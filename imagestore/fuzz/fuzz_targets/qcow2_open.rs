@@ -6,8 +6,8 @@
 //! L1, L2 and refcount checks are all reached.
 #![no_main]
 
+use blockdev::BlockDevice;
 use imagestore::qcow2::Overlay;
-use iscsi_target::block::BlockDevice;
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 

@@ -4,9 +4,9 @@
 //! panic, never an image that no longer opens.
 #![no_main]
 
+use blockdev::BlockDevice;
 use imagestore::qcow2::wal::{self, Op, Record, REC};
 use imagestore::qcow2::Overlay;
-use iscsi_target::block::BlockDevice;
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::fs::FileExt;
 

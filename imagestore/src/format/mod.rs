@@ -1,22 +1,23 @@
 //! Image format detection from the first bytes of a file.
 //!
-//! qcow2 headers are parsed in full (they decide how an overlay is opened);
-//! other formats are only recognised, so that import can convert them with
-//! `qemu-img convert` instead of serving a VHD's metadata as disk blocks.
+//! qcow2 headers are parsed in full (they decide how an overlay is opened),
+//! decoded by the overlay engine's [`crate::qcow2::header::fields`] and judged
+//! here by import's rules; other formats are only recognised, so that import
+//! can convert them with `qemu-img convert` instead of serving a VHD's
+//! metadata as disk blocks.
+
+use crate::qcow2::header::fields::{
+    backing_name, be32, extensions, Fields, NameOutside, V2_LEN, V3_LEN,
+};
+use crate::qcow2::header::{
+    EXT_BACKING_FORMAT, MAGIC as QCOW2_MAGIC, MAX_BACKING_NAME, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS,
+};
 
 /// How many leading bytes [`probe`] wants to see: a qcow2 header with its
 /// extensions and backing file name fits in the first 64 KiB cluster in every
 /// image qemu-img writes.
 pub const PROBE_LEN: usize = 64 * 1024;
 
-const QCOW2_MAGIC: u32 = 0x5146_49fb;
-/// qemu's limits on cluster_bits (block/qcow2.h MIN/MAX_CLUSTER_BITS).
-const QCOW2_MIN_CLUSTER_BITS: u32 = 9;
-const QCOW2_MAX_CLUSTER_BITS: u32 = 21;
-/// qemu refuses backing file names longer than this.
-const QCOW2_MAX_BACKING_NAME: u32 = 1023;
-const QCOW2_EXT_END: u32 = 0;
-const QCOW2_EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const VDI_SIGNATURE: u32 = 0xbeda_107f;
 
 /// What an image file is.
@@ -106,120 +107,72 @@ pub fn probe(head: &[u8]) -> Result<ImageFormat, ProbeError> {
 }
 
 fn parse_qcow2(h: &[u8]) -> Result<Qcow2Header, ProbeError> {
-    let need = |n: usize| {
-        if h.len() < n {
-            Err(ProbeError::Truncated {
-                need: n,
-                have: h.len(),
-            })
-        } else {
-            Ok(())
-        }
+    let truncated = |need: usize| ProbeError::Truncated {
+        need,
+        have: h.len(),
     };
-    need(72)?;
-    let field32 = |off| be32(h, off).unwrap_or(0);
-    let field64 = |off| be64(h, off).unwrap_or(0);
-    let version = field32(4);
+    // The caller saw the magic, so only a short header is refused here.
+    let f = Fields::read(h).ok_or(truncated(V2_LEN))?;
+    let version = f.version;
     if version != 2 && version != 3 {
         return Err(ProbeError::Version(version));
     }
-    let backing_offset = field64(8);
-    let backing_len = field32(16);
-    let cluster_bits = field32(20);
-    if !(QCOW2_MIN_CLUSTER_BITS..=QCOW2_MAX_CLUSTER_BITS).contains(&cluster_bits) {
+    let cluster_bits = f.cluster_bits;
+    if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
         return Err(ProbeError::ClusterBits(cluster_bits));
     }
     let (incompatible_features, refcount_order, header_length) = if version == 3 {
-        need(104)?;
-        let len = field32(100);
+        let v3 = f.v3.ok_or(truncated(V3_LEN))?;
+        let len = v3.header_length;
         // The v3 header is at least 104 bytes, a multiple of 8, inside the first cluster.
         if len < 104 || len % 8 != 0 || u64::from(len) > 1u64 << cluster_bits {
             return Err(ProbeError::HeaderLength(len));
         }
-        let order = field32(96);
+        let order = v3.refcount_order;
         if order > 6 {
             return Err(ProbeError::RefcountOrder(order));
         }
-        (field64(72), order, len)
+        (v3.incompatible_features, order, len)
     } else {
         (0, 4, 72)
     };
 
+    let backing_offset = f.backing_file_offset;
+    let backing_len = f.backing_file_size;
     let backing_file = if backing_offset == 0 || backing_len == 0 {
         None
     } else {
-        if backing_len > QCOW2_MAX_BACKING_NAME {
+        if backing_len as usize > MAX_BACKING_NAME {
             return Err(ProbeError::BackingNameLength(backing_len));
         }
-        let start = usize::try_from(backing_offset).map_err(|_| ProbeError::Truncated {
-            need: usize::MAX,
-            have: h.len(),
+        let bytes = backing_name(h, backing_offset, backing_len).map_err(|e| match e {
+            NameOutside::Offset => truncated(usize::MAX),
+            NameOutside::Past { end } => truncated(end),
         })?;
-        let end = start.saturating_add(backing_len as usize);
-        need(end)?;
-        let name =
-            std::str::from_utf8(&h[start..end]).map_err(|_| ProbeError::BackingNameEncoding)?;
+        let name = std::str::from_utf8(bytes).map_err(|_| ProbeError::BackingNameEncoding)?;
         Some(name.to_owned())
     };
 
-    let backing_format = read_backing_format(h, header_length as usize, backing_offset)?;
+    let mut backing_format = None;
+    for ext in extensions(h, header_length as usize, backing_offset) {
+        let ext = ext.map_err(ProbeError::Extension)?;
+        if ext.kind == EXT_BACKING_FORMAT {
+            let name =
+                std::str::from_utf8(ext.data).map_err(|_| ProbeError::BackingNameEncoding)?;
+            backing_format = Some(name.to_owned());
+        }
+    }
     Ok(Qcow2Header {
         version,
-        size: field64(24),
+        size: f.size,
         cluster_bits,
         backing_file,
         backing_format,
-        encrypted: field32(32) != 0,
+        encrypted: f.crypt_method != 0,
         incompatible_features,
         refcount_order,
         header_length,
     })
-}
-
-/// Walks the header extensions (type, length, data padded to 8) that follow
-/// the fixed header, up to the backing file name or the end of what we have.
-fn read_backing_format(
-    h: &[u8],
-    mut pos: usize,
-    backing_offset: u64,
-) -> Result<Option<String>, ProbeError> {
-    let limit = match usize::try_from(backing_offset) {
-        Ok(off) if off != 0 => off.min(h.len()),
-        _ => h.len(),
-    };
-    let mut format = None;
-    while pos + 8 <= limit {
-        let (Some(kind), Some(len)) = (be32(h, pos), be32(h, pos + 4)) else {
-            break;
-        };
-        if kind == QCOW2_EXT_END {
-            break;
-        }
-        let data = pos + 8;
-        let end = data
-            .checked_add(len as usize)
-            .ok_or(ProbeError::Extension(pos))?;
-        if end > limit {
-            return Err(ProbeError::Extension(pos));
-        }
-        if kind == QCOW2_EXT_BACKING_FORMAT {
-            let name =
-                std::str::from_utf8(&h[data..end]).map_err(|_| ProbeError::BackingNameEncoding)?;
-            format = Some(name.to_owned());
-        }
-        pos = end.div_ceil(8) * 8;
-    }
-    Ok(format)
-}
-
-fn be32(b: &[u8], off: usize) -> Option<u32> {
-    let bytes = b.get(off..off.checked_add(4)?)?;
-    Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
-fn be64(b: &[u8], off: usize) -> Option<u64> {
-    let bytes = b.get(off..off.checked_add(8)?)?;
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Positional syscalls on the overlay file. Everything here may sleep except
 //! [`read_nowait`], so the engine runs it on tokio's blocking pool.
 
+use blockdev::fileio::{off_t, read_into, write_all, write_durable, PastEnd};
+use blockdev::BlockError;
 use bytes::BytesMut;
-use iscsi_target::block::BlockError;
-use iscsi_target::fileio::{off_t, read_into, write_all, write_durable, PastEnd};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;

@@ -1,5 +1,5 @@
 //! qcow2 copy-on-write overlays over a raw golden image, served as a
-//! [`iscsi_target::block::BlockDevice`].
+//! [`blockdev::BlockDevice`].
 //!
 //! Our own engine rather than the imago crate: imago's futures are not `Send`
 //! (a tokio multi-threaded runtime cannot hold them across awaits in a

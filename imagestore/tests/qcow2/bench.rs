@@ -3,9 +3,8 @@
 //! `cargo test --release -p imagestore --test qcow2 bench -- --ignored --nocapture`.
 
 use crate::common::*;
+use blockdev::{BlockDevice, BlockError, RawFile};
 use imagestore::Overlay;
-use iscsi_target::block::{BlockDevice, BlockError};
-use iscsi_target::raw::RawFile;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,8 @@
 //! Shared helpers: golden images, qemu tools, patterns.
 
+use blockdev::{BlockDevice, RawFile};
 use bytes::Bytes;
 use imagestore::Overlay;
-use iscsi_target::block::BlockDevice;
-use iscsi_target::raw::RawFile;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -5,8 +5,8 @@
 //! qemu-img and that every completed write is intact, flushed or not.
 
 use crate::common::*;
+use blockdev::BlockDevice;
 use imagestore::Overlay;
-use iscsi_target::block::BlockDevice;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -70,7 +70,7 @@ async fn crash_child() -> TestResult {
                     dev.flush().await?;
                 }
             }
-            Ok::<_, iscsi_target::block::BlockError>(())
+            Ok::<_, blockdev::BlockError>(())
         }));
     }
     for h in handles {

@@ -1,8 +1,8 @@
 //! Engine behaviour: allocation state, space, concurrency, durability, hostile files.
 
 use crate::common::*;
+use blockdev::{Allocation, BlockDevice, BlockError, Extent};
 use imagestore::Overlay;
-use iscsi_target::block::{Allocation, BlockDevice, BlockError, Extent};
 use proptest::prelude::*;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;

@@ -14,13 +14,13 @@
 //! Ours runs on a 2-worker multi-thread runtime, as in bootd.
 
 use crate::common::*;
+use blockdev::BlockDevice;
 use bytes::Bytes;
 use imagestore::Overlay;
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Storage, StorageOpenOptions};
-use iscsi_target::block::BlockDevice;
 use std::error::Error;
 use std::future::Future;
 use std::os::unix::fs::FileExt;

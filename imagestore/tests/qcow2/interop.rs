@@ -1,8 +1,8 @@
 //! Interoperation with qemu-img and qemu-io, both directions.
 
 use crate::common::*;
+use blockdev::BlockDevice;
 use imagestore::Overlay;
-use iscsi_target::block::BlockDevice;
 
 const SIZE: u64 = 8 << 20;
 

@@ -3,8 +3,8 @@
 //! after a kill every completed request is still there.
 
 use crate::common::*;
+use blockdev::BlockDevice;
 use imagestore::Overlay;
-use iscsi_target::block::BlockDevice;
 use proptest::prelude::*;
 use std::path::PathBuf;
 use std::sync::OnceLock;

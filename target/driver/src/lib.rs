@@ -1,17 +1,13 @@
 //! Tokio driver for bootd's iSCSI target.
 //!
 //! Runs [`iscsi_proto::conn::Connection`]s over TCP, one task per connection,
-//! and executes their SCSI commands against [`block::BlockDevice`]s through
+//! and executes their SCSI commands against [`blockdev::BlockDevice`]s through
 //! [`lun::Lun`]. The caller binds the listener and passes it in.
 
 mod admission;
-pub mod block;
 pub mod events;
-pub mod fileio;
 pub mod lun;
-pub mod mem;
 mod outbox;
-pub mod raw;
 pub mod server;
 mod session;
 

@@ -5,7 +5,7 @@
 //! for the moment a decision takes, does the block I/O, and persists
 //! persistent-reservation state.
 
-use crate::block::{Allocation, BlockDevice, BlockError};
+use blockdev::{Allocation, BlockDevice, BlockError};
 use bytes::{Bytes, BytesMut};
 use iscsi_proto::scsi::cdb;
 use iscsi_proto::scsi::inquiry::{Identity, Limits};
@@ -453,8 +453,12 @@ fn miscompare(at: usize) -> ScsiResult {
 /// Maps a device error to its sense data.
 fn block_error(e: &BlockError, write: bool) -> ScsiResult {
     let sense = match e {
-        BlockError::Io(_) | BlockError::Unsupported if write => Sense::WRITE_ERROR,
-        BlockError::Io(_) | BlockError::Unsupported => Sense::UNRECOVERED_READ_ERROR,
+        BlockError::Io(_) | BlockError::Device(_) | BlockError::Unsupported if write => {
+            Sense::WRITE_ERROR
+        }
+        BlockError::Io(_) | BlockError::Device(_) | BlockError::Unsupported => {
+            Sense::UNRECOVERED_READ_ERROR
+        }
         BlockError::NoSpace => Sense::SPACE_ALLOCATION_FAILED,
         BlockError::ReadOnly => Sense::WRITE_PROTECTED,
         BlockError::OutOfRange { .. } => Sense::LBA_OUT_OF_RANGE,
@@ -465,9 +469,8 @@ fn block_error(e: &BlockError, write: bool) -> ScsiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{Capabilities, Extent};
-    use crate::mem::MemDevice;
     use async_trait::async_trait;
+    use blockdev::{Capabilities, Extent, MemDevice};
     use iscsi_proto::scsi::cdb::{be32, be64};
     use iscsi_proto::task::{ScsiStatus, TaskAttr};
     use proptest::prelude::*;
@@ -522,6 +525,20 @@ mod tests {
 
     async fn run(l: &Lun, n: &Nexus, cdb: &[u8], data: &[u8]) -> ScsiResult {
         l.execute(n, &cmd(cdb, data)).await
+    }
+
+    #[test]
+    fn a_device_layer_error_is_reported_as_a_medium_error() {
+        let io = || BlockError::Io(std::io::Error::other("x"));
+        let dev = || BlockError::Device("corrupt qcow2 image: x".into());
+        for write in [false, true] {
+            assert_eq!(
+                sense(&block_error(&dev(), write)),
+                sense(&block_error(&io(), write))
+            );
+        }
+        assert_eq!(sense(&block_error(&dev(), true)), Some((3, 0x0C, 0x00)));
+        assert_eq!(sense(&block_error(&dev(), false)), Some((3, 0x11, 0x00)));
     }
 
     /// Consumes the power-on unit attention a new nexus gets.

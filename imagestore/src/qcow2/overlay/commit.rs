@@ -9,7 +9,7 @@ use crate::qcow2::meta::{Dirty, LogCursor, Meta};
 use crate::qcow2::refcount::Write;
 use crate::qcow2::wal::Wal;
 use crate::qcow2::CLUSTER_SIZE;
-use iscsi_target::block::BlockError;
+use blockdev::BlockError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

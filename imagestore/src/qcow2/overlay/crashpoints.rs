@@ -7,9 +7,8 @@
 
 use super::Overlay;
 use crate::qcow2::{io::crash, wal};
+use blockdev::{BlockDevice, RawFile};
 use bytes::Bytes;
-use iscsi_target::block::BlockDevice;
-use iscsi_target::raw::RawFile;
 use proptest::prelude::*;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -188,7 +187,7 @@ async fn a_failed_sync_fails_the_overlay_until_reopened() -> Result<(), String> 
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let ov = dir.path().join("node.qcow2");
     Overlay::create(&ov, SIZE, "none").map_err(|e| e.to_string())?;
-    let e = |e: iscsi_target::block::BlockError| e.to_string();
+    let e = |e: blockdev::BlockError| e.to_string();
     {
         let dev = Overlay::open(&ov, None, false).map_err(|e| e.to_string())?;
         dev.write(0, Bytes::from(vec![1u8; 4096]), false)
@@ -228,7 +227,7 @@ async fn a_failed_sync_fails_the_overlay_until_reopened() -> Result<(), String> 
 #[tokio::test]
 async fn quota_refuses_new_space_and_loses_nothing() -> Result<(), String> {
     use super::Limits;
-    use iscsi_target::block::BlockError;
+    use blockdev::BlockError;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let ov = dir.path().join("node.qcow2");
     Overlay::create(&ov, SIZE, "none").map_err(|e| e.to_string())?;

@@ -4,8 +4,8 @@
 use super::{Overlay, Src, MAX_EXTENTS};
 use crate::qcow2::CLUSTER_SIZE;
 use async_trait::async_trait;
+use blockdev::{Allocation, BlockDevice, BlockError, Capabilities, Extent};
 use bytes::{Bytes, BytesMut};
-use iscsi_target::block::{Allocation, BlockDevice, BlockError, Capabilities, Extent};
 
 #[async_trait]
 impl BlockDevice for Overlay {

@@ -138,7 +138,7 @@ impl Overlay {
         &self,
         ops: Vec<(u64, Bytes)>,
         publish: Publish,
-    ) -> Result<(), iscsi_target::block::BlockError> {
+    ) -> Result<(), blockdev::BlockError> {
         let _permit = self.writers.acquire().await;
         io::blocking(&self.file, move |f| publish.run(f, &ops)).await
     }

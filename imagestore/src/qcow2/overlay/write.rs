@@ -12,8 +12,8 @@ use crate::qcow2::meta::Meta;
 use crate::qcow2::wal::Op;
 use crate::qcow2::CLUSTER_SIZE;
 use crate::qcow2::RB_ENTRIES;
+use blockdev::BlockError;
 use bytes::{Bytes, BytesMut};
-use iscsi_target::block::BlockError;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -8,7 +8,7 @@
 //! chunks and reports progress through REQUEST SENSE.
 
 use super::{block_error, lock_state, Lun};
-use crate::block::{BlockDevice, BlockError};
+use blockdev::{BlockDevice, BlockError};
 use bytes::{Bytes, BytesMut};
 use iscsi_proto::scsi::lu::LogicalUnit;
 use iscsi_proto::scsi::sanitize::{self, Action, State};
@@ -155,7 +155,7 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use crate::lun::{Lun, LunConfig};
-    use crate::mem::MemDevice;
+    use blockdev::MemDevice;
     use bytes::Bytes;
     use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, ScsiStatus, TaskAttr};
     use std::sync::Arc;

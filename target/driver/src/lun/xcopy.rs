@@ -3,7 +3,7 @@
 //! like a write, so other commands interleave between chunks.
 
 use super::{block_error, Lun};
-use crate::block::BlockError;
+use blockdev::BlockError;
 use bytes::Bytes;
 use iscsi_proto::scsi::inquiry::naa_designator;
 use iscsi_proto::scsi::sbc::{self, Geometry};
@@ -85,7 +85,7 @@ impl Lun {
 #[cfg(test)]
 mod tests {
     use crate::lun::{Lun, LunConfig};
-    use crate::mem::MemDevice;
+    use blockdev::MemDevice;
     use bytes::Bytes;
     use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, ScsiStatus, TaskAttr};
     use std::sync::Arc;

@@ -2,12 +2,12 @@
 //! server with one in-memory target, shared by the server tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use blockdev::MemDevice;
 use bytes::{Bytes, BytesMut};
 use iscsi_proto::initiator::{Event, Initiator, InitiatorConfig, Outcome};
 use iscsi_proto::pdu::{Request, Response, ScsiCommandPdu};
 use iscsi_proto::scsi::opcode as op;
 use iscsi_target::lun::{Lun, LunConfig};
-use iscsi_target::mem::MemDevice;
 use iscsi_target::{Server, ServerConfig, Target};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

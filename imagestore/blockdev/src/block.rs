@@ -1,10 +1,10 @@
 //! The block-device trait the target serves LUNs from.
 //!
-//! Implementations: [`crate::raw::RawFile`] here; the image store adds
-//! copy-on-write qcow2 overlays behind the same trait. Offsets and lengths are
-//! in bytes and always multiples of the device's block size (the SCSI layer
-//! checks ranges against [`Capabilities`] before calling). Implementations
-//! must never block a runtime worker thread.
+//! Implementations: [`crate::raw::RawFile`] and [`crate::mem::MemDevice`]
+//! here; the image store adds copy-on-write qcow2 overlays behind the same
+//! trait. Offsets and lengths are in bytes and always multiples of the
+//! device's block size (the SCSI layer checks ranges against [`Capabilities`]
+//! before calling). Implementations must never block a runtime worker thread.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -61,6 +61,11 @@ pub enum BlockError {
     NoSpace,
     #[error("operation not supported by this device")]
     Unsupported,
+    /// The device's own layer refused the request, e.g. a qcow2 overlay whose
+    /// tables turned out corrupt; the cause keeps its type (downcast it). The
+    /// SCSI layer reports it like [`BlockError::Io`].
+    #[error("I/O error: {0}")]
+    Device(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 #[async_trait]

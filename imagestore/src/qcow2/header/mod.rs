@@ -1,7 +1,10 @@
 //! qcow2 v3 header: encode for images we create, decode (with bounds checks on
 //! every field a hostile file controls) for images we open.
 
+pub mod fields;
+
 use super::{ImageError, CLUSTER_BITS, CLUSTER_SIZE, REFCOUNT_ORDER};
+use fields::{backing_name, extensions, Fields, NameOutside, V3_LEN};
 
 pub const MAGIC: u32 = 0x5146_49fb;
 /// Fixed v3 header length we write (no compression-type field: zlib default).
@@ -21,8 +24,12 @@ pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 /// Byte offset of the autoclear feature field (cleared on read-write open).
 pub const AUTOCLEAR_OFFSET: u64 = 88;
 
+/// qemu's limits on cluster_bits (block/qcow2.h MIN/MAX_CLUSTER_BITS).
+pub const MIN_CLUSTER_BITS: u32 = 9;
+pub const MAX_CLUSTER_BITS: u32 = 21;
+
 /// qemu refuses longer backing file names.
-const MAX_BACKING_NAME: usize = 1023;
+pub const MAX_BACKING_NAME: usize = 1023;
 
 /// The header fields the engine uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,70 +126,76 @@ impl Header {
     /// the caller checks which features the engine supports ([`Self::check_supported`]).
     pub fn decode(h: &[u8]) -> Result<Self, ImageError> {
         let corrupt = |what: String| ImageError::Corrupt(format!("qcow2 header: {what}"));
-        if h.len() < 72 || be32(h, 0) != Some(MAGIC) {
-            return Err(corrupt("not a qcow2 image".into()));
-        }
-        let f32_ = |off| be32(h, off).unwrap_or(0);
-        let f64_ = |off| be64(h, off).unwrap_or(0);
-        let version = f32_(4);
+        let f = Fields::read(h).ok_or_else(|| corrupt("not a qcow2 image".into()))?;
+        let version = f.version;
         if version != 3 {
             return Err(ImageError::Unsupported(format!(
                 "qcow2 version {version} (only v3, compat=1.1)"
             )));
         }
-        if h.len() < 104 {
-            return Err(corrupt("truncated v3 header".into()));
-        }
-        let cluster_bits = f32_(20);
-        if !(9..=21).contains(&cluster_bits) {
+        let v3 = f.v3.ok_or_else(|| corrupt("truncated v3 header".into()))?;
+        let cluster_bits = f.cluster_bits;
+        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(corrupt(format!("cluster_bits {cluster_bits}")));
         }
-        let header_length = f32_(100);
-        if header_length < 104
+        let header_length = v3.header_length;
+        if (header_length as usize) < V3_LEN
             || header_length % 8 != 0
             || header_length as usize > h.len()
             || u64::from(header_length) > 1u64 << cluster_bits
         {
             return Err(corrupt(format!("header_length {header_length}")));
         }
-        let backing_offset = f64_(8);
-        let backing_len = f32_(16) as usize;
+        let backing_offset = f.backing_file_offset;
+        let backing_len = f.backing_file_size as usize;
         let backing_file = if backing_offset == 0 {
             None
         } else {
             if backing_len == 0 || backing_len > MAX_BACKING_NAME {
                 return Err(corrupt(format!("backing file name length {backing_len}")));
             }
-            let start = usize::try_from(backing_offset)
-                .ok()
-                .filter(|&s| s >= header_length as usize)
-                .ok_or_else(|| corrupt("backing file name offset".into()))?;
-            let bytes = h
-                .get(start..start.saturating_add(backing_len))
-                .ok_or_else(|| corrupt("backing file name outside the first cluster".into()))?;
+            if backing_offset < u64::from(header_length) {
+                return Err(corrupt("backing file name offset".into()));
+            }
+            let bytes =
+                backing_name(h, backing_offset, f.backing_file_size).map_err(|e| match e {
+                    NameOutside::Offset => corrupt("backing file name offset".into()),
+                    NameOutside::Past { .. } => {
+                        corrupt("backing file name outside the first cluster".into())
+                    }
+                })?;
             let name = std::str::from_utf8(bytes)
                 .map_err(|_| corrupt("backing file name is not UTF-8".into()))?;
             Some(name.to_owned())
         };
-        let ext_limit = match usize::try_from(backing_offset) {
-            Ok(off) if off != 0 => off.min(h.len()),
-            _ => h.len(),
-        };
-        let (backing_format, data_file) = read_extensions(h, header_length as usize, ext_limit)?;
+        let bad = |pos: usize| ImageError::Corrupt(format!("qcow2 header extension at byte {pos}"));
+        let (mut backing_format, mut data_file) = (None, false);
+        for ext in extensions(h, header_length as usize, backing_offset) {
+            let ext = ext.map_err(bad)?;
+            match ext.kind {
+                EXT_BACKING_FORMAT => {
+                    let name = std::str::from_utf8(ext.data).map_err(|_| bad(ext.at))?;
+                    backing_format = Some(name.to_owned());
+                }
+                EXT_DATA_FILE => data_file = true,
+                // Unknown extensions are to be ignored (qcow2 spec).
+                _ => {}
+            }
+        }
         Ok(Self {
             version,
-            size: f64_(24),
+            size: f.size,
             cluster_bits,
-            crypt_method: f32_(32),
-            l1_size: f32_(36),
-            l1_table_offset: f64_(40),
-            refcount_table_offset: f64_(48),
-            refcount_table_clusters: f32_(56),
-            nb_snapshots: f32_(60),
-            incompatible_features: f64_(72),
-            compatible_features: f64_(80),
-            autoclear_features: f64_(88),
-            refcount_order: f32_(96),
+            crypt_method: f.crypt_method,
+            l1_size: f.l1_size,
+            l1_table_offset: f.l1_table_offset,
+            refcount_table_offset: f.refcount_table_offset,
+            refcount_table_clusters: f.refcount_table_clusters,
+            nb_snapshots: f.nb_snapshots,
+            incompatible_features: v3.incompatible_features,
+            compatible_features: v3.compatible_features,
+            autoclear_features: v3.autoclear_features,
+            refcount_order: v3.refcount_order,
             header_length,
             backing_file,
             backing_format,
@@ -249,42 +262,6 @@ impl Header {
     }
 }
 
-/// Walks the header extensions from `pos` up to `limit`; returns the backing
-/// format name and whether an external data file is named.
-fn read_extensions(
-    h: &[u8],
-    mut pos: usize,
-    limit: usize,
-) -> Result<(Option<String>, bool), ImageError> {
-    let bad = |pos: usize| ImageError::Corrupt(format!("qcow2 header extension at byte {pos}"));
-    let mut format = None;
-    let mut data_file = false;
-    while pos + 8 <= limit {
-        let (Some(kind), Some(len)) = (be32(h, pos), be32(h, pos + 4)) else {
-            break;
-        };
-        if kind == EXT_END {
-            break;
-        }
-        let data = pos + 8;
-        let end = data.checked_add(len as usize).ok_or_else(|| bad(pos))?;
-        if end > limit {
-            return Err(bad(pos));
-        }
-        match kind {
-            EXT_BACKING_FORMAT => {
-                let name = std::str::from_utf8(&h[data..end]).map_err(|_| bad(pos))?;
-                format = Some(name.to_owned());
-            }
-            EXT_DATA_FILE => data_file = true,
-            // Unknown extensions are to be ignored (qcow2 spec).
-            _ => {}
-        }
-        pos = end.div_ceil(8) * 8;
-    }
-    Ok((format, data_file))
-}
-
 /// The feature name table: lets `qemu-img info` name the bits.
 fn feature_names() -> Vec<u8> {
     let names: [(u8, u8, &str); 8] = [
@@ -323,119 +300,5 @@ fn put64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_be_bytes());
 }
 
-pub fn be32(b: &[u8], off: usize) -> Option<u32> {
-    let bytes = b.get(off..off.checked_add(4)?)?;
-    Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
-pub fn be64(b: &[u8], off: usize) -> Option<u64> {
-    let bytes = b.get(off..off.checked_add(8)?)?;
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn sample() -> Header {
-        let mut h = Header::new(1 << 30, 2, 0x10000, 0x20000, 1);
-        h.backing_file = Some("golden-7.raw".into());
-        h.backing_format = Some("raw".into());
-        h
-    }
-
-    #[test]
-    fn round_trip() -> Result<(), ImageError> {
-        let h = sample();
-        let b = h.encode()?;
-        assert_eq!(be32(&b, 0), Some(MAGIC));
-        let back = Header::decode(&b)?;
-        assert_eq!(back, h);
-        back.check_supported()?;
-        // The image store's own probe agrees.
-        let crate::format::ImageFormat::Qcow2(p) =
-            crate::format::probe(&b).map_err(|e| ImageError::Corrupt(e.to_string()))?
-        else {
-            panic!("probe did not see qcow2");
-        };
-        assert_eq!(p.backing_file.as_deref(), Some("golden-7.raw"));
-        assert_eq!(p.backing_format.as_deref(), Some("raw"));
-        Ok(())
-    }
-
-    #[test]
-    fn no_backing_round_trip() -> Result<(), ImageError> {
-        let h = Header::new(64 << 20, 1, 0x10000, 0x20000, 1);
-        assert_eq!(Header::decode(&h.encode()?)?, h);
-        Ok(())
-    }
-
-    #[test]
-    fn unsupported_features_are_refused() -> Result<(), ImageError> {
-        let b = sample().encode()?;
-        let patch = |off: usize, v: &[u8]| {
-            let mut c = b.clone();
-            c[off..off + v.len()].copy_from_slice(v);
-            Header::decode(&c).and_then(|h| h.check_supported())
-        };
-        let unsupported = |r: Result<(), ImageError>, what: &str| match r {
-            Err(ImageError::Unsupported(m)) => assert!(m.contains(what), "{m}"),
-            other => panic!("{what}: {other:?}"),
-        };
-        unsupported(patch(72, &1u64.to_be_bytes()), "dirty");
-        unsupported(patch(72, &2u64.to_be_bytes()), "corrupt");
-        unsupported(patch(72, &4u64.to_be_bytes()), "external data");
-        unsupported(patch(72, &8u64.to_be_bytes()), "compression");
-        // Extended L2 entries are supported.
-        let ext = Header::decode(&{
-            let mut c = b.clone();
-            c[72..80].copy_from_slice(&16u64.to_be_bytes());
-            c
-        })?;
-        ext.check_supported()?;
-        assert!(ext.extended_l2() && !sample().extended_l2());
-        unsupported(patch(72, &(16u64 | 1 << 40).to_be_bytes()), "unknown");
-        unsupported(patch(72, &(1u64 << 40).to_be_bytes()), "unknown");
-        unsupported(patch(20, &12u32.to_be_bytes()), "cluster size");
-        unsupported(patch(96, &5u32.to_be_bytes()), "refcount_order");
-        unsupported(patch(32, &1u32.to_be_bytes()), "encryption");
-        unsupported(patch(60, &1u32.to_be_bytes()), "snapshots");
-        unsupported(patch(4, &2u32.to_be_bytes()), "version");
-        assert!(patch(24, &1000u64.to_be_bytes()).is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn hostile_headers_are_errors() -> Result<(), ImageError> {
-        let b = sample().encode()?;
-        let decode = |off: usize, v: &[u8]| {
-            let mut c = b.clone();
-            c[off..off + v.len()].copy_from_slice(v);
-            Header::decode(&c)
-        };
-        assert!(decode(8, &u64::MAX.to_be_bytes()).is_err());
-        assert!(decode(16, &5000u32.to_be_bytes()).is_err());
-        assert!(decode(100, &7u32.to_be_bytes()).is_err());
-        assert!(decode(100, &(1u32 << 30).to_be_bytes()).is_err());
-        assert!(decode(20, &40u32.to_be_bytes()).is_err());
-        // An extension claiming more bytes than exist.
-        assert!(decode(108, &u32::MAX.to_be_bytes()).is_err());
-        assert!(Header::decode(&b[..50]).is_err());
-        assert!(Header::decode(&b[..103]).is_err());
-        Ok(())
-    }
-
-    proptest! {
-        #[test]
-        fn decode_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
-            if bytes.len() >= 8 {
-                bytes[0..4].copy_from_slice(&MAGIC.to_be_bytes());
-                bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
-            }
-            if let Ok(h) = Header::decode(&bytes) {
-                let _ = h.check_supported();
-            }
-        }
-    }
-}
+mod tests;

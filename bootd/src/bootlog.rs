@@ -6,6 +6,7 @@
 //! for `node show`. Reporting never blocks serving: when the queue is full
 //! a stage is dropped from the record (it was still served).
 
+use crate::events::{Event, Subscriber};
 use crate::fleet::{FleetView, Registry};
 use crate::serve::grants::Grants;
 use crate::store::BootStage;
@@ -105,6 +106,59 @@ impl BootLog {
         };
         if let Err(TrySendError::Full(_)) = self.tx.try_send(r) {
             tracing::debug!("boot log queue full: a stage goes unrecorded");
+        }
+    }
+}
+
+/// The boot events that are stages of a node's boot, as the emitting
+/// server knew the node (a MAC, a client address, a target); the recorder
+/// thread resolves them to nodes.
+impl Subscriber for BootLog {
+    fn on(&self, event: &Event<'_>) {
+        match event {
+            Event::DhcpReply { boot: Some(b), .. } => {
+                let stage = if b.ipxe { Stage::IpxeDhcp } else { Stage::Dhcp };
+                let detail = match b.leased {
+                    Some(ip) => format!("{} to {ip}", b.file),
+                    None => format!("{} (proxy)", b.file),
+                };
+                self.report(Who::Mac(b.mac), stage, detail);
+            }
+            Event::TftpSent {
+                peer,
+                file,
+                bytes,
+                secs,
+                blksize,
+            } => {
+                let detail = format!("{file} {bytes} bytes in {secs:.2} s (blksize {blksize})");
+                self.report(Who::Addr(*peer), Stage::Tftp, detail);
+            }
+            Event::ScriptServed { mac, template } => {
+                self.report(
+                    Who::Mac(*mac),
+                    Stage::Script,
+                    format!("template {template}"),
+                );
+            }
+            Event::IscsiLogin {
+                target,
+                initiator,
+                isid,
+                peer,
+            } => {
+                let d = format!("{} {initiator} from {peer}", hex::encode(isid));
+                self.report(Who::Target(target.to_string()), Stage::IscsiLogin, d);
+            }
+            Event::IscsiEnded {
+                target,
+                isid,
+                reason,
+            } => {
+                let d = format!("{} {reason}", hex::encode(isid));
+                self.report(Who::Target(target.to_string()), Stage::IscsiLogout, d);
+            }
+            _ => {}
         }
     }
 }

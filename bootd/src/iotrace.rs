@@ -5,7 +5,8 @@
 //! as comments. The I/O path only queues an entry; one thread writes the
 //! files, flushed every second and at exit.
 
-use iscsi_proto::scsi::cdb::BlockIo;
+use crate::events::{Event, Subscriber};
+use iscsi_proto::scsi::cdb::{block_io, BlockIo};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -77,6 +78,35 @@ impl IoRecorder {
         let (done_tx, done_rx) = sync_channel(1);
         if self.tx.send(Entry::Flush(done_tx)).is_ok() && wait {
             let _ = done_rx.recv();
+        }
+    }
+}
+
+/// Reads, writes and flushes from the command events; logins and logouts
+/// as notes.
+impl Subscriber for IoRecorder {
+    fn on(&self, event: &Event<'_>) {
+        match event {
+            Event::Command(c) => {
+                if let Some(io) = block_io(c.cdb) {
+                    self.command(c.target, io);
+                }
+            }
+            Event::IscsiLogin {
+                target,
+                initiator,
+                isid,
+                peer,
+            } => {
+                let d = format!("login {} {initiator} from {peer}", hex::encode(isid));
+                self.note(target, &d);
+            }
+            Event::IscsiEnded {
+                target,
+                isid,
+                reason,
+            } => self.note(target, &format!("logout {} {reason}", hex::encode(isid))),
+            _ => {}
         }
     }
 }

@@ -8,6 +8,7 @@ mod cmd_node;
 mod cmd_template;
 mod datadir;
 mod dhcp;
+mod events;
 mod export;
 mod fleet;
 mod http;

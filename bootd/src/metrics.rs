@@ -1,12 +1,14 @@
-//! Counters for `GET /metrics` (Prometheus text format 0.0.4). One process
-//! has one set, updated with relaxed atomics on the serving paths: cheap
-//! enough to leave on during a boot storm. Per-node series are keyed by the
-//! node's target and created on its first command.
+//! Counters for `GET /metrics` (Prometheus text format 0.0.4): a subscriber
+//! to serve's boot events, updated with relaxed atomics in the emitting
+//! thread, cheap enough to leave on during a boot storm. Per-node series are
+//! keyed by the node's target and created on its first command.
 
+use crate::events::{DhcpKind, Event, Subscriber};
+use iscsi_proto::scsi::cdb::{block_io, BlockIo};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Upper bounds of the command latency buckets, in seconds.
@@ -51,60 +53,99 @@ impl Histogram {
 /// One node's iSCSI traffic.
 #[derive(Default)]
 pub struct NodeIo {
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
-    pub other: AtomicU64,
-    pub read_bytes: AtomicU64,
-    pub write_bytes: AtomicU64,
-    pub errors: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    other: AtomicU64,
+    read_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    errors: AtomicU64,
 }
 
 #[derive(Default)]
 pub struct Metrics {
     /// By mode (0 proxy, 1 full) and kind (offer, ack, nak).
     dhcp: [[AtomicU64; 3]; 2],
-    pub dhcp_requests: AtomicU64,
-    pub tftp_transfers: AtomicU64,
-    pub tftp_failed: AtomicU64,
-    pub tftp_bytes: AtomicU64,
-    pub scripts: AtomicU64,
+    dhcp_requests: AtomicU64,
+    tftp_transfers: AtomicU64,
+    tftp_failed: AtomicU64,
+    tftp_bytes: AtomicU64,
+    scripts: AtomicU64,
     /// Script fetches refused: not the node's address, no valid token.
-    pub scripts_refused: AtomicU64,
+    scripts_refused: AtomicU64,
     /// HTTP connections closed at once: over their source's share, or
     /// every slot busy answering.
-    pub http_refused: AtomicU64,
+    http_refused: AtomicU64,
     /// TFTP requests refused: over their source's share, or no slot.
-    pub tftp_refused: AtomicU64,
-    pub binaries: AtomicU64,
-    pub iscsi_logins: AtomicU64,
-    pub iscsi_ends: AtomicU64,
-    pub read_latency: Histogram,
-    pub write_latency: Histogram,
+    tftp_refused: AtomicU64,
+    binaries: AtomicU64,
+    iscsi_logins: AtomicU64,
+    iscsi_ends: AtomicU64,
+    read_latency: Histogram,
+    write_latency: Histogram,
     /// Free bytes on the overlays' filesystem.
-    pub data_free_bytes: AtomicU64,
+    data_free_bytes: AtomicU64,
     /// 1 while free space is below serve's warning watermark.
-    pub data_low_space: AtomicU64,
+    data_low_space: AtomicU64,
     /// Overlays failed by a write-back error.
-    pub overlays_failed: AtomicU64,
+    overlays_failed: AtomicU64,
     nodes: RwLock<HashMap<String, Arc<NodeIo>>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub enum DhcpKind {
-    Offer,
-    Ack,
-    Nak,
+impl Subscriber for Metrics {
+    fn on(&self, event: &Event<'_>) {
+        let add = |c: &AtomicU64, n: u64| {
+            c.fetch_add(n, Relaxed);
+        };
+        match event {
+            Event::DhcpRequest => add(&self.dhcp_requests, 1),
+            Event::DhcpReply { full, kind, .. } => self.dhcp_sent(*full, *kind),
+            Event::TftpRefused => add(&self.tftp_refused, 1),
+            Event::TftpSent { bytes, .. } => {
+                add(&self.tftp_transfers, 1);
+                add(&self.tftp_bytes, *bytes);
+            }
+            Event::TftpFailed => add(&self.tftp_failed, 1),
+            Event::HttpRefused => add(&self.http_refused, 1),
+            Event::BinaryServed => add(&self.binaries, 1),
+            Event::ScriptRefused => add(&self.scripts_refused, 1),
+            Event::ScriptServed { .. } => add(&self.scripts, 1),
+            Event::IscsiLogin { .. } => add(&self.iscsi_logins, 1),
+            Event::IscsiEnded { .. } => add(&self.iscsi_ends, 1),
+            Event::Command(c) => {
+                let node = self.node(c.target);
+                match block_io(c.cdb) {
+                    Some(BlockIo::Read { .. }) => {
+                        add(&node.reads, 1);
+                        self.read_latency.observe(c.elapsed);
+                    }
+                    Some(BlockIo::Write { .. }) => {
+                        add(&node.writes, 1);
+                        self.write_latency.observe(c.elapsed);
+                    }
+                    _ => add(&node.other, 1),
+                }
+                add(&node.read_bytes, c.data_in);
+                add(&node.write_bytes, c.data_out);
+                if !c.good {
+                    add(&node.errors, 1);
+                }
+            }
+            Event::Space { free, low } => {
+                self.data_free_bytes.store(*free, Relaxed);
+                self.data_low_space.store(u64::from(*low), Relaxed);
+            }
+            Event::OverlaysFailed(n) => self.overlays_failed.store(*n, Relaxed),
+        }
+    }
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
-
 impl Metrics {
-    pub fn dhcp_sent(&self, full: bool, kind: DhcpKind) {
+    fn dhcp_sent(&self, full: bool, kind: DhcpKind) {
         self.dhcp[usize::from(full)][kind as usize].fetch_add(1, Relaxed);
     }
 
     /// The counters of the node behind `target`.
-    pub fn node(&self, target: &str) -> Arc<NodeIo> {
+    fn node(&self, target: &str) -> Arc<NodeIo> {
         if let Some(n) = self
             .nodes
             .read()
@@ -309,31 +350,53 @@ mod tests {
     #[test]
     fn exposition_has_counters_histograms_and_nodes() {
         let m = Metrics::default();
-        m.dhcp_sent(true, DhcpKind::Ack);
-        m.read_latency.observe(Duration::from_micros(300));
-        m.read_latency.observe(Duration::from_secs(1));
-        let n = m.node("iqn.2026-11.io.bootd:node.web1");
-        n.reads.fetch_add(3, Relaxed);
-        n.read_bytes.fetch_add(12_288, Relaxed);
+        m.on(&Event::DhcpReply {
+            full: true,
+            kind: DhcpKind::Ack,
+            boot: None,
+        });
+        // READ(10) of 8 blocks; WRITE(10) counts apart.
+        let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        for (i, elapsed) in [
+            Duration::from_micros(300),
+            Duration::from_secs(1),
+            Duration::from_micros(20),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.on(&Event::Command(crate::events::Command {
+                target: "iqn.2026-11.io.bootd:node.web1",
+                cdb: &read,
+                elapsed,
+                data_in: 4096,
+                data_out: 0,
+                good: i != 2,
+            }));
+        }
         let text = m.render(&[("web\"1".into(), 4096)]);
         assert!(
             text.contains("bootd_dhcp_replies_total{mode=\"full\",type=\"ack\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("bootd_iscsi_command_seconds_bucket{op=\"read\",le=\"0.0005\"} 1\n"),
+            text.contains("bootd_iscsi_command_seconds_bucket{op=\"read\",le=\"0.0005\"} 2\n"),
             "{text}"
         );
         assert!(
-            text.contains("bootd_iscsi_command_seconds_bucket{op=\"read\",le=\"+Inf\"} 2\n"),
+            text.contains("bootd_iscsi_command_seconds_bucket{op=\"read\",le=\"+Inf\"} 3\n"),
             "{text}"
         );
         assert!(
-            text.contains("bootd_iscsi_command_seconds_count{op=\"read\"} 2\n"),
+            text.contains("bootd_iscsi_command_seconds_count{op=\"read\"} 3\n"),
             "{text}"
         );
         assert!(
             text.contains("bootd_node_commands_total{op=\"read\",node=\"web1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bootd_node_command_errors_total{node=\"web1\"} 1\n"),
             "{text}"
         );
         assert!(

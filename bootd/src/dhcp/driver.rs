@@ -10,13 +10,11 @@ use super::reply::{Destination, Reply};
 use super::server::{handle_with_token, Mode, NodeLookup, Params};
 use super::socket::DhcpSocket;
 use super::{Request, CLIENT_PORT};
-use crate::bootlog::{BootLog, Stage, Who};
-use crate::metrics::{DhcpKind, METRICS};
+use crate::events::{BootOffer, DhcpKind, Event, Events};
 use crate::serve::grants::Grants;
 use bootd_plan::Mac;
 use dhcproto::v4::{MessageType, OptionCode};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +28,8 @@ pub struct Shared {
     pub leases: Option<Mutex<Leases>>,
     pub nodes: Mutex<Nodes>,
     pub stop: AtomicBool,
-    pub bootlog: Option<BootLog>,
+    /// Requests decoded and replies sent, as boot events.
+    pub events: Events,
     /// Who may fetch which node's script: tokens issued here, leases
     /// recorded here, checked by the HTTP server.
     pub grants: Arc<Grants>,
@@ -87,10 +86,7 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
         for p in out.drain(..) {
             grant_lease(&shared, &p);
             send(&sock, &p);
-            count(&p.reply, shared.params.mode);
-            if let Some(log) = &shared.bootlog {
-                report(log, &p, shared.params.mode);
-            }
+            emit(&shared.events, &p, shared.params.mode);
         }
     }
 }
@@ -120,7 +116,7 @@ fn decide(
         let Some(req) = bufs.get(*i).and_then(|b| Request::decode(b.get(..a.len)?)) else {
             continue;
         };
-        METRICS.dhcp_requests.fetch_add(1, Relaxed);
+        shared.events.emit(Event::DhcpRequest);
         let Some(mac) = Mac::from_hardware(req.msg.chaddr()) else {
             continue;
         };
@@ -194,40 +190,38 @@ fn send(sock: &DhcpSocket, p: &Pending) {
     }
 }
 
-fn count(r: &Reply, mode: Mode) {
-    let kind = match r.msg.opts().msg_type() {
+/// A reply sent, and the boot file in it when the client will act on it
+/// (the ACK in full mode, the proxy's OFFER or ACK): a boot stage.
+fn emit(events: &Events, p: &Pending, mode: Mode) {
+    let m = &p.reply.msg;
+    let kind = match m.opts().msg_type() {
         Some(MessageType::Offer) => DhcpKind::Offer,
         Some(MessageType::Ack) => DhcpKind::Ack,
         Some(MessageType::Nak) => DhcpKind::Nak,
         _ => return,
     };
-    METRICS.dhcp_sent(mode == Mode::Full, kind);
-}
-
-/// A boot offer the client will act on (the ACK in full mode, the proxy's
-/// OFFER or ACK) is a boot stage of the node.
-fn report(log: &BootLog, p: &Pending, mode: Mode) {
-    let m = &p.reply.msg;
     let acted_on = matches!(
-        (mode, m.opts().msg_type()),
-        (_, Some(MessageType::Ack)) | (Mode::Proxy, Some(MessageType::Offer))
+        (mode, kind),
+        (_, DhcpKind::Ack) | (Mode::Proxy, DhcpKind::Offer)
     );
-    let Some(dhcproto::v4::DhcpOption::BootfileName(file)) = m.opts().get(OptionCode::BootfileName)
-    else {
-        return;
+    // The token is a credential for one fetch: never in a boot event.
+    let file = match m.opts().get(OptionCode::BootfileName) {
+        Some(dhcproto::v4::DhcpOption::BootfileName(f)) if acted_on => {
+            Some(super::boot::redact(&String::from_utf8_lossy(f)))
+        }
+        _ => None,
     };
-    if !acted_on {
-        return;
-    }
-    let stage = if p.ipxe { Stage::IpxeDhcp } else { Stage::Dhcp };
-    // The token is a credential for one fetch: never in the boot log.
-    let file = super::boot::redact(&String::from_utf8_lossy(file));
-    let detail = if m.yiaddr().is_unspecified() {
-        format!("{file} (proxy)")
-    } else {
-        format!("{file} to {}", m.yiaddr())
-    };
-    log.report(Who::Mac(p.mac), stage, detail);
+    let leased = Some(m.yiaddr()).filter(|ip| !ip.is_unspecified());
+    events.emit(Event::DhcpReply {
+        full: mode == Mode::Full,
+        kind,
+        boot: file.as_deref().map(|file| BootOffer {
+            mac: p.mac,
+            ipxe: p.ipxe,
+            file,
+            leased,
+        }),
+    });
 }
 
 /// Mode::Proxy listens on 4011 as well.

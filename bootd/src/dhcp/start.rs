@@ -6,7 +6,7 @@ use super::lease::{FileLeaseStore, Leases};
 use super::nodes::Nodes;
 use super::server::{Mode, Params};
 use super::socket::DhcpSocket;
-use crate::bootlog::BootLog;
+use crate::events::Events;
 use crate::fleet::enrol::Enroller;
 use crate::fleet::FleetView;
 use crate::serve::config::{DhcpMode, ServeConfig};
@@ -40,7 +40,7 @@ pub fn start(
     enroller: Option<Enroller>,
     lease_file: PathBuf,
     http_port: u16,
-    bootlog: BootLog,
+    events: Events,
     grants: Arc<Grants>,
 ) -> Result<Option<Running>> {
     let mode = match s.dhcp() {
@@ -98,7 +98,7 @@ pub fn start(
         leases,
         nodes: Mutex::new(Nodes::new(view, enroller)),
         stop: Default::default(),
-        bootlog: Some(bootlog),
+        events,
         grants,
     });
     // Without --interface, the interface holding --listen-ip is the one served.

@@ -722,7 +722,7 @@ fn driver_answers_inform_over_udp() -> R {
             None,
         )),
         stop: Default::default(),
-        bootlog: None,
+        events: Default::default(),
         grants: Default::default(),
     });
     let sh = shared.clone();

@@ -9,9 +9,9 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
-use crate::bootlog::{BootLog, Stage, Who};
+use crate::events::{Event, Events};
 use crate::fleet::FleetView;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 use crate::serve::config::ScriptAccess;
 use crate::serve::grants::Grants;
 use crate::service::Shutdown;
@@ -21,7 +21,6 @@ use bootd_plan::urls::{self, Refusal, Route};
 use bootd_plan::NodeState;
 use request::{Method, ParseError};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,7 +50,10 @@ pub struct HttpServer {
     iscsi_port: u16,
     slots: Arc<slots::Slots>,
     /// Scripts served are reported as boot stages.
-    bootlog: Option<BootLog>,
+    /// Served and refused requests go out as boot events.
+    events: Events,
+    /// What `/metrics` renders.
+    metrics: Arc<Metrics>,
     access: Access,
 }
 
@@ -143,7 +145,8 @@ impl HttpServer {
         files: Arc<Root>,
         http_port: u16,
         iscsi_port: u16,
-        bootlog: Option<BootLog>,
+        events: Events,
+        metrics: Arc<Metrics>,
         access: Access,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -153,7 +156,8 @@ impl HttpServer {
             http_port,
             iscsi_port,
             slots: slots::Slots::new(slots::MAX_CONNECTIONS, access.per_source.max(1)),
-            bootlog,
+            events,
+            metrics,
             access,
         })
     }
@@ -180,7 +184,7 @@ impl HttpServer {
             let slot = match self.slots.take(peer.ip()) {
                 Ok(s) => s,
                 Err(why) => {
-                    METRICS.http_refused.fetch_add(1, Relaxed);
+                    self.events.emit(Event::HttpRefused);
                     tracing::debug!(%peer, ?why, "http: connection refused");
                     drop(stream);
                     continue;
@@ -293,7 +297,7 @@ impl HttpServer {
         match overlays {
             Ok(o) => Response {
                 status: 200,
-                body: Body::Metrics(METRICS.render(&o)),
+                body: Body::Metrics(self.metrics.render(&o)),
             },
             Err(e) => {
                 tracing::error!("metrics: {e}");
@@ -306,7 +310,7 @@ impl HttpServer {
         let files = self.files.clone();
         match tokio::task::spawn_blocking(move || files.load(&name)).await {
             Ok(Ok(bytes)) => {
-                METRICS.binaries.fetch_add(1, Relaxed);
+                self.events.emit(Event::BinaryServed);
                 Response {
                     status: 200,
                     body: Body::Binary(bytes),
@@ -335,7 +339,7 @@ impl HttpServer {
             return Response::text(503, "the node's disk is being recreated\n");
         }
         if !self.is_the_node(node, &who) {
-            METRICS.scripts_refused.fetch_add(1, Relaxed);
+            self.events.emit(Event::ScriptRefused);
             tracing::warn!(peer = %who.peer, node = %node.name, token = who.token.is_some(), "http: script refused: not the node's address and no valid token");
             return Response::text(403, "this script is served to its node only\n");
         }
@@ -367,12 +371,10 @@ impl HttpServer {
         };
         match self.renderer.render(node.script.as_deref(), &plan) {
             Ok(text) => {
-                METRICS.scripts.fetch_add(1, Relaxed);
-                if let Some(log) = &self.bootlog {
-                    let detail =
-                        format!("template {}", node.template.as_deref().unwrap_or("sanboot"));
-                    log.report(Who::Mac(node.mac), Stage::Script, detail);
-                }
+                self.events.emit(Event::ScriptServed {
+                    mac: node.mac,
+                    template: node.template.as_deref().unwrap_or("sanboot"),
+                });
                 Response::text(200, text)
             }
             Err(e) => {

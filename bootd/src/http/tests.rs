@@ -62,7 +62,15 @@ async fn start_with(files: Arc<crate::tftp::Root>) -> Result<(Fleet, u16, i64)> 
     let port = listener.local_addr()?.port();
     let registry = Registry::new(Box::new(store));
     let (watcher, view) = Watcher::start(registry.clone())?;
-    let server = HttpServer::new(view, files, port, 3260, None, super::Access::default());
+    let server = HttpServer::new(
+        view,
+        files,
+        port,
+        3260,
+        Default::default(),
+        Default::default(),
+        super::Access::default(),
+    );
     let (stop, shutdown) = crate::service::channel();
     tokio::spawn(server.serve(listener, shutdown));
     Ok((

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+use crate::events::{Command, Event, Events, Subscriber};
 use crate::iotrace::IoRecorder;
-use crate::metrics::METRICS;
+use crate::metrics::Metrics;
 
 /// How often free space is checked, failed targets retried and the I/O
 /// trace flushed (registry changes arrive from the fleet view at once).
@@ -71,16 +72,21 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
         )),
         None => None,
     };
-    server.observe(session_reporter(bootlog.clone(), recorder.clone()));
-    server.observe_commands(command_counter(recorder.clone()));
+    // Metrics, the boot timeline and the I/O recorder follow the servers
+    // through one stream of boot events.
+    let metrics = Arc::new(Metrics::default());
+    let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![metrics.clone(), Arc::new(bootlog)];
+    if let Some(r) = &recorder {
+        subscribers.push(r.clone());
+    }
+    let events = Events::new(subscribers);
+    server.observe(session_events(events.clone()));
+    server.observe_commands(command_events(events.clone()));
     let tick_recorder = recorder.clone();
     // Beside the registry in the data directory's root.
     let lease_file = dd.overlays().with_file_name("dhcp-leases");
-    let mut targets = targets::Targets::new(server.clone(), dd.clone()).with_space(
-        s.node_quota,
-        s.reserve_free,
-        s.warn_free,
-    )?;
+    let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
+        .with_space(s.node_quota, s.reserve_free, s.warn_free)?;
     targets.tick(&view.current()).await;
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
     let listener = tokio::net::TcpListener::bind(addr)
@@ -96,7 +102,7 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
     )
     .await?;
     let tftp_local = tftp_socket.local_addr()?;
-    let tftp = tftp.with_bootlog(bootlog.clone());
+    let tftp = tftp.with_events(events.clone());
     // Handlers go in before the ready line: a SIGTERM right after it must
     // still shut down cleanly.
     let signal = crate::service::signal()?;
@@ -128,7 +134,7 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
         enroller,
         lease_file,
         http_local.port(),
-        bootlog.clone(),
+        events.clone(),
         grants.clone(),
     )?;
     let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
@@ -137,7 +143,8 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
         boot_files,
         http_local.port(),
         local.port(),
-        Some(bootlog),
+        events,
+        metrics,
         crate::http::Access {
             scripts: s.script_access(),
             grants,
@@ -279,79 +286,45 @@ fn raise_open_file_limit() {
     tracing::debug!(from = was, to = lim.rlim_max, "open-file limit raised");
 }
 
-/// iSCSI logins and logouts as boot stages; the ISID comes first in the
-/// detail so that a logout is matched with its login.
-fn session_reporter(
-    log: crate::bootlog::BootLog,
-    recorder: Option<Arc<IoRecorder>>,
-) -> iscsi_target::SessionObserver {
-    use crate::bootlog::{Stage, Who};
+/// iSCSI logins and logouts as boot events.
+fn session_events(events: Events) -> iscsi_target::SessionObserver {
     use iscsi_target::SessionEvent;
-    Arc::new(move |ev: &SessionEvent| {
-        let (target, stage, detail) = match ev {
-            SessionEvent::LoggedIn {
-                initiator,
-                target,
-                isid,
-                peer,
-            } => {
-                METRICS.iscsi_logins.fetch_add(1, Relaxed);
-                let d = format!("{} {initiator} from {peer}", hex::encode(isid));
-                (target, Stage::IscsiLogin, d)
-            }
-            SessionEvent::Ended {
-                target,
-                isid,
-                reason,
-                ..
-            } => {
-                METRICS.iscsi_ends.fetch_add(1, Relaxed);
-                (
-                    target,
-                    Stage::IscsiLogout,
-                    format!("{} {reason}", hex::encode(isid)),
-                )
-            }
-        };
-        if let Some(r) = &recorder {
-            let what = if stage == Stage::IscsiLogin {
-                "login"
-            } else {
-                "logout"
-            };
-            r.note(target, &format!("{what} {detail}"));
-        }
-        log.report(Who::Target(target.clone()), stage, detail);
+    Arc::new(move |ev: &SessionEvent| match ev {
+        SessionEvent::LoggedIn {
+            initiator,
+            target,
+            isid,
+            peer,
+        } => events.emit(Event::IscsiLogin {
+            target,
+            initiator,
+            isid: *isid,
+            peer: *peer,
+        }),
+        SessionEvent::Ended {
+            target,
+            isid,
+            reason,
+            ..
+        } => events.emit(Event::IscsiEnded {
+            target,
+            isid: *isid,
+            reason: format_args!("{reason}"),
+        }),
     })
 }
 
-/// Per-node counters and latency for /metrics, and the I/O trace when asked.
-fn command_counter(recorder: Option<Arc<IoRecorder>>) -> iscsi_target::CommandObserver {
-    use iscsi_proto::scsi::cdb::{block_io, BlockIo};
+/// Every SCSI command, for per-node counters, latency and the I/O trace.
+fn command_events(events: Events) -> iscsi_target::CommandObserver {
     Arc::new(move |c: &iscsi_target::CommandDone<'_>| {
-        let node = METRICS.node(c.target);
-        let io = block_io(c.cdb);
-        match io {
-            Some(BlockIo::Read { .. }) => {
-                node.reads.fetch_add(1, Relaxed);
-                METRICS.read_latency.observe(c.elapsed);
-            }
-            Some(BlockIo::Write { .. }) => {
-                node.writes.fetch_add(1, Relaxed);
-                METRICS.write_latency.observe(c.elapsed);
-            }
-            _ => {
-                node.other.fetch_add(1, Relaxed);
-            }
-        }
-        node.read_bytes.fetch_add(c.data_in, Relaxed);
-        node.write_bytes.fetch_add(c.data_out, Relaxed);
-        if !c.good {
-            node.errors.fetch_add(1, Relaxed);
-        }
-        if let (Some(r), Some(io)) = (&recorder, io) {
-            r.command(c.target, io);
-        }
+        events.emit(Event::Command(Command {
+            target: c.target,
+            cdb: c.cdb,
+            elapsed: c.elapsed,
+            data_in: c.data_in,
+            data_out: c.data_out,
+            good: c.good,
+        }))
     })
 }
 

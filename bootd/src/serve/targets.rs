@@ -5,7 +5,7 @@
 //! shared by every overlay on them.
 
 use crate::datadir::DataDir;
-use crate::metrics::METRICS;
+use crate::events::{Event, Events};
 use anyhow::{Context, Result};
 use blockdev::{BlockDevice, RawFile};
 use bootd_plan::{NodePlan, Snapshot};
@@ -15,7 +15,6 @@ use iscsi_proto::conn::ChapCredentials;
 use iscsi_target::lun::{Lun, LunConfig};
 use iscsi_target::{Server, Target};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// A node the server is serving now.
@@ -31,6 +30,8 @@ struct Served {
 pub struct Targets {
     server: Arc<Server>,
     dd: DataDir,
+    /// Free space and failed overlays go out as events (for /metrics).
+    events: Events,
     served: HashMap<String, Served>,
     goldens: HashMap<i64, Arc<RawFile>>,
     /// Nodes that failed to open, by name, at the revision that failed: tried
@@ -45,10 +46,11 @@ pub struct Targets {
 }
 
 impl Targets {
-    pub fn new(server: Arc<Server>, dd: DataDir) -> Self {
+    pub fn new(server: Arc<Server>, dd: DataDir, events: Events) -> Self {
         Self {
             server,
             dd,
+            events,
             served: HashMap::new(),
             goldens: HashMap::new(),
             failed: HashMap::new(),
@@ -83,7 +85,6 @@ impl Targets {
     fn watch(&mut self) {
         let overlays = self.dd.overlays();
         if let Ok((free, _)) = crate::space::filesystem(&overlays) {
-            METRICS.data_free_bytes.store(free, Relaxed);
             match self.watermark.update(free, self.warn_free) {
                 Some(true) => tracing::warn!(
                     free = free,
@@ -94,9 +95,10 @@ impl Targets {
                 Some(false) => tracing::info!(free = free, "disk space for overlays recovered"),
                 None => {}
             }
-            METRICS
-                .data_low_space
-                .store(u64::from(self.watermark.low()), Relaxed);
+            self.events.emit(Event::Space {
+                free,
+                low: self.watermark.low(),
+            });
         }
         let mut failed = 0;
         for (name, s) in &mut self.served {
@@ -112,7 +114,7 @@ impl Targets {
                 }
             }
         }
-        METRICS.overlays_failed.store(failed, Relaxed);
+        self.events.emit(Event::OverlaysFailed(failed));
     }
 
     /// Targets being served.

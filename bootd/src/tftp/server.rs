@@ -5,11 +5,9 @@
 use super::files::Root;
 use super::packet::{self, ErrorCode, Packet, Request};
 use super::transfer::{Limits, Outcome, Transfer};
-use crate::bootlog::{BootLog, Stage, Who};
-use crate::metrics::METRICS;
+use crate::events::{Event, Events};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -27,7 +25,7 @@ pub struct TftpServer {
     limits: Limits,
     slots: Arc<Semaphore>,
     sources: Arc<Sources>,
-    bootlog: Option<BootLog>,
+    events: Events,
 }
 
 /// Transfers running per client address.
@@ -84,7 +82,7 @@ impl TftpServer {
                 running: Mutex::new(HashMap::new()),
                 per_source: PER_SOURCE_TRANSFERS,
             }),
-            bootlog: None,
+            events: Events::default(),
         }
     }
 
@@ -97,9 +95,9 @@ impl TftpServer {
         self
     }
 
-    /// Completed transfers are reported as boot stages.
-    pub fn with_bootlog(mut self, log: BootLog) -> Self {
-        self.bootlog = Some(log);
+    /// Transfers and refusals are emitted as boot events.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
         self
     }
 
@@ -131,7 +129,7 @@ impl TftpServer {
             let reply = match Packet::decode(&buf[..n]) {
                 Ok(Packet::Rrq(req)) => {
                     let Some(mine) = self.sources.take(peer.ip()) else {
-                        METRICS.tftp_refused.fetch_add(1, Relaxed);
+                        self.events.emit(Event::TftpRefused);
                         tracing::debug!(%peer, "tftp: source over its share; request dropped");
                         continue;
                     };
@@ -139,16 +137,16 @@ impl TftpServer {
                         Ok(permit) => {
                             let root = self.root.clone();
                             let limits = self.limits;
-                            let log = self.bootlog.clone();
+                            let events = self.events.clone();
                             tokio::spawn(async move {
-                                run_transfer(root, limits, req, peer, local_ip, log).await;
+                                run_transfer(root, limits, req, peer, local_ip, events).await;
                                 drop(permit);
                                 drop(mine);
                             });
                             None
                         }
                         Err(_) => {
-                            METRICS.tftp_refused.fetch_add(1, Relaxed);
+                            self.events.emit(Event::TftpRefused);
                             Some(packet::error(ErrorCode::NotDefined, "server busy"))
                         }
                     }
@@ -174,7 +172,7 @@ async fn run_transfer(
     req: Request,
     peer: SocketAddr,
     local_ip: IpAddr,
-    bootlog: Option<BootLog>,
+    events: Events,
 ) {
     let began = std::time::Instant::now();
     let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
@@ -238,22 +236,18 @@ async fn run_transfer(
     }
     match t.outcome() {
         Some(Outcome::Complete) => {
-            METRICS.tftp_transfers.fetch_add(1, Relaxed);
-            METRICS.tftp_bytes.fetch_add(size as u64, Relaxed);
             tracing::debug!(%peer, file = %req.filename, bytes = size,
                 blksize = t.blksize(), window = t.window(), "tftp sent");
-            if let Some(log) = bootlog {
-                let detail = format!(
-                    "{} {size} bytes in {:.2} s (blksize {})",
-                    req.filename,
-                    began.elapsed().as_secs_f64(),
-                    t.blksize()
-                );
-                log.report(Who::Addr(peer.ip()), Stage::Tftp, detail);
-            }
+            events.emit(Event::TftpSent {
+                peer: peer.ip(),
+                file: &req.filename,
+                bytes: size as u64,
+                secs: began.elapsed().as_secs_f64(),
+                blksize: t.blksize(),
+            });
         }
         Some(o) => {
-            METRICS.tftp_failed.fetch_add(1, Relaxed);
+            events.emit(Event::TftpFailed);
             tracing::info!(%peer, file = %req.filename, outcome = ?o, "tftp ended")
         }
         None => {}

@@ -126,13 +126,13 @@ fn decide(
         {
             // The address is no longer the node's: neither is the script
             // fetched from it.
-            shared.grants.end_lease(&req.mac());
+            shared.grants.end_lease(&req.mac().to_string());
         }
         // In proxy mode bootd never learns the address a node will fetch
         // its script from: the boot URL carries a one-time token instead.
         let token = match (&node, shared.params.mode) {
             (NodeLookup::Known { .. }, Mode::Proxy) if req.is_ipxe() => {
-                shared.grants.issue(&req.mac(), Instant::now())
+                shared.grants.issue(&req.mac().to_string(), Instant::now())
             }
             _ => None,
         };
@@ -151,7 +151,7 @@ fn decide(
             out.push(Pending {
                 reply,
                 ifindex: a.ifindex,
-                mac: req.mac(),
+                mac: req.mac().to_string(),
                 ipxe: req.is_ipxe(),
             });
         }

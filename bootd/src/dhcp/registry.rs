@@ -105,7 +105,7 @@ impl Registry {
     /// The node `req` comes from; for an unregistered MAC that asks to
     /// boot, applies the `--unknown` policy first.
     pub fn lookup(&mut self, req: &Request, now_secs: u64) -> NodeLookup {
-        let mac = req.mac();
+        let mac = req.mac().to_string();
         if let Some(n) = self.nodes.get(&mac) {
             return n.clone();
         }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Captures the DHCP requests real network-boot firmware and busybox udhcpc send, as
-# hex test fixtures for bootd's DHCP decoder (bootd/tests/fixtures/dhcp, one packet a file).
+# hex test fixtures for bootd's DHCP decoder (bootd/dhcp/tests/fixtures, one packet a file).
 # Everything runs in network namespaces of its own on 192.0.2.0/24: a bridge at 192.0.2.1
 # with a tap for qemu and a veth to a client namespace for udhcpc, and a UDP listener on
 # port 67 that saves each datagram. It answers a DISCOVER with an OFFER (an address only for
@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${1:-$ROOT/bootd/tests/fixtures/dhcp}
+OUT=${1:-$ROOT/bootd/dhcp/tests/fixtures}
 LIMIT=${QEMU_LIMIT:-90}
 NS=bootd-dhcpcap-$$
 CNS=bootd-dhcpcli-$$

@@ -3,20 +3,11 @@
 //! clock jumps never panics nor sends more than its window allows.
 #![no_main]
 
-// At the crate root, as in bootd's `tftp` module: transfer.rs reaches the
-// packet code as `super::packet`.
-#[allow(dead_code)]
-#[path = "../../src/tftp/packet.rs"]
-mod packet;
-#[allow(dead_code)]
-#[path = "../../src/tftp/transfer.rs"]
-mod transfer;
-
+use bootd_tftp::packet::{self, Packet};
+use bootd_tftp::transfer::{Limits, Transfer};
 use libfuzzer_sys::fuzz_target;
-use packet::Packet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use transfer::{Limits, Transfer};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else {

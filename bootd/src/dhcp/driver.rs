@@ -117,9 +117,7 @@ fn decide(
             continue;
         };
         shared.events.emit(Event::DhcpRequest);
-        let Some(mac) = Mac::from_hardware(req.msg.chaddr()) else {
-            continue;
-        };
+        let mac = req.mac();
         let node = nodes.lookup(&snap, &req, now);
         if shared.params.mode == Mode::Full
             && matches!(req.msg_type, MessageType::Release | MessageType::Decline)

@@ -1,28 +1,18 @@
-//! DHCP for network boot, sans-IO: a decoded request plus what the server
-//! knows (mode, pool, leases, the node registry's answer) in, the reply and
-//! where to send it out. The UDP driver only moves datagrams.
+//! DHCP for network boot. The protocol core (crate `bootd-dhcp`: decoding,
+//! leases, the decision, replies) is sans-IO; here are its drivers: the
+//! UDP sockets, the lease file, the boot directory and the registry.
 
-pub mod boot;
-pub mod decode;
+pub mod binaries;
 pub mod driver;
 pub mod iface;
-pub mod lease;
+pub mod lease_file;
 pub mod nodes;
-pub mod reply;
-pub mod server;
 pub mod socket;
 pub mod start;
 
 #[cfg(test)]
-mod fixtures;
-#[cfg(test)]
 mod tests;
 
-pub use decode::Request;
+pub use bootd_dhcp::{boot, lease, reply, server};
+pub use bootd_dhcp::{Request, CLIENT_PORT, PXE_PORT, SERVER_PORT};
 pub use start::start;
-
-/// Where servers listen (RFC 2131) and where PXE clients ask a boot server
-/// (PXE 2.1, proxyDHCP on the boot-server port).
-pub const SERVER_PORT: u16 = 67;
-pub const CLIENT_PORT: u16 = 68;
-pub const PXE_PORT: u16 = 4011;

@@ -58,9 +58,7 @@ impl Nodes {
     /// The node `req` comes from; an unregistered MAC that asks to boot is
     /// handed to the enroller and gets no boot answer this time.
     pub fn lookup(&mut self, snap: &Snapshot, req: &Request, now_secs: u64) -> NodeLookup {
-        let Some(mac) = Mac::from_hardware(req.msg.chaddr()) else {
-            return NodeLookup::Unknown;
-        };
+        let mac = req.mac();
         if let Some(n) = snap.by_mac(&mac).filter(|n| n.ready()) {
             return NodeLookup::Known {
                 static_ip: n.static_v4(),

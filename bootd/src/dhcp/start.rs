@@ -1,8 +1,10 @@
 //! Starts DHCP for `serve`: works out the server's address and netmask,
 //! opens the lease table and runs one driver thread per port.
 
+use super::binaries::BootDir;
 use super::driver::{self, Shared};
-use super::lease::{FileLeaseStore, Leases};
+use super::lease::Leases;
+use super::lease_file::FileLeaseStore;
 use super::nodes::Nodes;
 use super::server::{Mode, Params};
 use super::socket::DhcpSocket;
@@ -92,7 +94,7 @@ pub fn start(
             http_port,
             tftp_server: server,
             efi: s.efi(),
-            boot_dir: Some(boot_dir),
+            binaries: Some(Arc::new(BootDir(boot_dir))),
             relays: s.relays.clone(),
         },
         leases,
@@ -128,9 +130,6 @@ fn seed_grants(leases: &Mutex<Leases>, grants: &Grants) {
     let l = leases.lock().unwrap_or_else(|e| e.into_inner());
     for (mac, ip, expires) in l.active(now) {
         let left = std::time::Duration::from_secs(expires.saturating_sub(now));
-        // The lease file holds MACs in the form `Mac` prints.
-        if let Ok(mac) = mac.parse::<bootd_plan::Mac>() {
-            grants.lease(&mac, IpAddr::V4(ip), instant + left, instant);
-        }
+        grants.lease(&mac, IpAddr::V4(ip), instant + left, instant);
     }
 }

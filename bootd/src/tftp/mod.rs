@@ -1,11 +1,11 @@
-//! TFTP for PXE firmware: a sans-IO protocol core (`packet`, `transfer`),
-//! file lookup confined to the boot directory (`files`) and a tokio driver
-//! (`server`). Read-only; octet mode only.
+//! TFTP for PXE firmware: the sans-IO protocol core (crate `bootd-tftp`:
+//! `packet`, `transfer`), file lookup confined to the boot directory
+//! (`files`) and a tokio driver (`server`). Read-only; octet mode only.
 
 pub mod files;
-pub mod packet;
 pub mod server;
-pub mod transfer;
+
+pub use bootd_tftp::{packet, transfer};
 
 pub use files::Root;
 pub use server::{TftpServer, DEFAULT_MAX_TRANSFERS};

@@ -7,7 +7,7 @@ use super::{Request, PXE_PORT, SERVER_PORT};
 use bootd_ipxe::arch::EfiFlavour;
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -31,12 +31,18 @@ pub struct Params {
     pub tftp_server: Ipv4Addr,
     /// Which iPXE build x64 UEFI clients get.
     pub efi: EfiFlavour,
-    /// When set, a binary missing from this directory is not offered (an
-    /// arm64 client gets nothing until the operator provides its build):
-    /// one `stat` per boot offer.
-    pub boot_dir: Option<PathBuf>,
+    /// When set, a binary it does not have is not offered (an arm64
+    /// client gets nothing until the operator provides its build).
+    pub binaries: Option<Arc<dyn Binaries>>,
     /// Relay agents (giaddr) answered; other relayed requests are dropped.
     pub relays: Vec<Ipv4Addr>,
+}
+
+/// Which iPXE binaries the boot directory holds, asked once per boot offer
+/// (bootd's answer is one `stat`): a binary added while the server runs is
+/// offered at the next request. The core itself touches no files.
+pub trait Binaries: std::fmt::Debug + Send + Sync {
+    fn has(&self, name: &str) -> bool;
 }
 
 /// The registry's answer for the request's MAC, looked up by the caller.
@@ -56,7 +62,6 @@ const PXE_OPTION_43: [u8; 4] = [6, 1, 8, 255];
 /// The reply to `req`, which arrived on `local_port` from `source`. Lease
 /// changes are recorded in `leases`; the caller commits them before it
 /// sends any reply.
-#[cfg(test)]
 pub fn handle(
     req: &Request,
     local_port: u16,
@@ -121,16 +126,16 @@ fn full(
     let ours = |id: Option<Ipv4Addr>| id.is_none_or(|id| id == p.server);
     match req.msg_type {
         MessageType::Discover => {
-            let Some(ip) = leases.choose(&mac, static_ip(node), req.requested_ip(), now) else {
+            let Some(ip) = leases.choose(mac, static_ip(node), req.requested_ip(), now) else {
                 tracing::warn!(%mac, "DHCP pool exhausted");
                 return None;
             };
             // Hold the address for the REQUEST without cutting a live lease short.
             let held = leases
-                .get(&mac)
+                .get(mac)
                 .filter(|l| l.ip == ip)
                 .map_or(0, |l| l.expires);
-            leases.bind(&mac, ip, held.max(now + OFFER_HOLD_SECS), false);
+            leases.bind(mac, ip, held.max(now + OFFER_HOLD_SECS), false);
             let mut m = reply::skeleton(req, MessageType::Offer, p.server);
             m.set_yiaddr(ip);
             network_options(&mut m, p, true);
@@ -150,10 +155,10 @@ fn full(
                 (Some(_), None) if !ciaddr.is_unspecified() => ciaddr,
                 _ => return None,
             };
-            if leases.choose(&mac, static_ip(node), Some(want), now) != Some(want) {
+            if leases.choose(mac, static_ip(node), Some(want), now) != Some(want) {
                 return Some(reply::nak(req, p.server));
             }
-            leases.bind(&mac, want, now + u64::from(p.lease_secs), true);
+            leases.bind(mac, want, now + u64::from(p.lease_secs), true);
             let mut m = reply::skeleton(req, MessageType::Ack, p.server);
             m.set_yiaddr(want);
             network_options(&mut m, p, true);
@@ -162,13 +167,13 @@ fn full(
             Some(Reply { msg: m, dest })
         }
         MessageType::Release if ours(req.server_id()) => {
-            leases.release(&mac, req.msg.ciaddr(), now);
+            leases.release(mac, req.msg.ciaddr(), now);
             None
         }
         MessageType::Decline if ours(req.server_id()) => {
             if let Some(ip) = req.requested_ip() {
                 tracing::warn!(%mac, %ip, "address declined: in use by another host");
-                leases.decline(&mac, ip, now);
+                leases.decline(mac, ip, now);
             }
             None
         }
@@ -269,8 +274,8 @@ fn boot_options(
     let Some(file) = boot::choose(req, p.server, p.http_port, p.efi, token) else {
         return false;
     };
-    if let (Some(dir), Some(name)) = (&p.boot_dir, file.binary()) {
-        if !dir.join(name).is_file() {
+    if let (Some(binaries), Some(name)) = (&p.binaries, file.binary()) {
+        if !binaries.has(name) {
             tracing::debug!(mac = %req.mac(), name, "no such iPXE binary: no boot offer");
             return false;
         }

@@ -1,11 +1,11 @@
 //! The lease table: which MAC holds which address until when, which
 //! addresses were declined, and allocation from the pool. Persisted through
-//! [`LeaseStore`] so that a restarted server gives a MAC the same address.
+//! [`LeaseStore`] (bootd's is a file) so that a restarted server gives a
+//! MAC the same address.
 
+use bootd_plan::Mac;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 /// How long an offered address is held for the client's REQUEST.
 pub const OFFER_HOLD_SECS: u64 = 60;
@@ -21,127 +21,26 @@ pub struct Lease {
 }
 
 /// A change to one MAC's lease: the new lease, or `None` once forgotten.
-pub type Change = (String, Option<Lease>);
+pub type Change = (Mac, Option<Lease>);
 
 /// Where leases survive a restart.
 pub trait LeaseStore: Send {
-    fn load(&mut self) -> std::io::Result<HashMap<String, Lease>>;
+    fn load(&mut self) -> std::io::Result<HashMap<Mac, Lease>>;
     /// Makes `changes` durable (they are replayed in order by `load`).
     fn append(&mut self, changes: &[Change]) -> std::io::Result<()>;
     /// Replaces everything with `all`: compacts the history `append` grew.
-    fn rewrite(&mut self, all: &HashMap<String, Lease>) -> std::io::Result<()>;
-}
-
-/// A text log, one line per change (`MAC IP EXPIRES`, or `MAC -` once the
-/// lease is forgotten); later lines win. Appending and one fdatasync per
-/// batch of answers lets many ACKs share one disk flush; the log is
-/// rewritten atomically when it grows well past the live leases.
-pub struct FileLeaseStore {
-    path: PathBuf,
-    log: Option<std::fs::File>,
+    fn rewrite(&mut self, all: &HashMap<Mac, Lease>) -> std::io::Result<()>;
 }
 
 /// Compaction starts when the log holds this many lines beyond twice the leases.
 const COMPACT_SLACK: usize = 4096;
 
-impl FileLeaseStore {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path, log: None }
-    }
-
-    fn line(mac: &str, lease: Option<&Lease>) -> String {
-        match lease {
-            Some(l) => format!("{mac} {} {}\n", l.ip, l.expires),
-            None => format!("{mac} -\n"),
-        }
-    }
-}
-
-impl LeaseStore for FileLeaseStore {
-    fn load(&mut self) -> std::io::Result<HashMap<String, Lease>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e),
-        };
-        // Only whole lines count: a last line cut short by a crash could
-        // still parse (an expiry cut to its first digits) and win.
-        let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
-        let mut out = HashMap::new();
-        for line in whole.lines() {
-            let mut f = line.split_whitespace();
-            match (f.next(), f.next(), f.next().map(str::parse)) {
-                (Some(mac), Some("-"), None) => {
-                    out.remove(mac);
-                }
-                (Some(mac), Some(ip), Some(Ok(expires))) => {
-                    // A damaged line (a torn last write) loses one change, not the table.
-                    if let Ok(ip) = ip.parse() {
-                        out.insert(mac.to_string(), Lease { ip, expires });
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Start from a compact file: the log then only holds this run's changes.
-        self.rewrite(&out)?;
-        Ok(out)
-    }
-
-    fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
-        if self.log.is_none() {
-            self.log = Some(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(&self.path)?,
-            );
-        }
-        let Some(f) = self.log.as_mut() else {
-            return Ok(());
-        };
-        let mut text = String::new();
-        for (mac, lease) in changes {
-            text.push_str(&Self::line(mac, lease.as_ref()));
-        }
-        let done = f.write_all(text.as_bytes()).and_then(|()| f.sync_data());
-        if done.is_err() {
-            // Part of the text may be in the file, and a retried fsync can
-            // claim success for data that never reached the disk: the
-            // caller rewrites the whole table instead of appending again.
-            self.log = None;
-        }
-        done
-    }
-
-    fn rewrite(&mut self, all: &HashMap<String, Lease>) -> std::io::Result<()> {
-        let mut rows: Vec<_> = all.iter().collect();
-        rows.sort_by_key(|(_, l)| l.ip);
-        let mut text = String::new();
-        for (mac, l) in rows {
-            text.push_str(&Self::line(mac, Some(l)));
-        }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        // Appends go to the new file from now on, whatever happens next.
-        self.log = None;
-        if let Some(dir) = self.path.parent() {
-            // The rename itself must survive a power cut.
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-}
-
 pub struct Leases {
     first: u32,
     last: u32,
-    by_mac: HashMap<String, Lease>,
+    by_mac: HashMap<Mac, Lease>,
     /// Who holds each address: keeps allocation linear in the pool size.
-    by_ip: HashMap<Ipv4Addr, String>,
+    by_ip: HashMap<Ipv4Addr, Mac>,
     declined: HashMap<Ipv4Addr, u64>,
     /// Static addresses of registered nodes: never handed to anyone else.
     reserved: HashSet<Ipv4Addr>,
@@ -166,7 +65,7 @@ impl Leases {
         let mut by_mac = store.load()?;
         let mut by_ip = HashMap::new();
         for (mac, l) in &by_mac {
-            by_ip.insert(l.ip, mac.clone());
+            by_ip.insert(l.ip, *mac);
         }
         // A file naming one address twice keeps one holder.
         by_mac.retain(|mac, l| by_ip.get(&l.ip) == Some(mac));
@@ -220,8 +119,8 @@ impl Leases {
         self.reserved = reserved;
     }
 
-    pub fn get(&self, mac: &str) -> Option<&Lease> {
-        self.by_mac.get(mac)
+    pub fn get(&self, mac: Mac) -> Option<&Lease> {
+        self.by_mac.get(&mac)
     }
 
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
@@ -230,12 +129,12 @@ impl Leases {
 
     /// Whether `mac` may have `ip` now: nobody else holds it unexpired, it
     /// is not declined and not another node's static address.
-    fn free_for(&self, mac: &str, ip: Ipv4Addr, now: u64, take_expired: bool) -> bool {
+    fn free_for(&self, mac: Mac, ip: Ipv4Addr, now: u64, take_expired: bool) -> bool {
         if self.reserved.contains(&ip) || self.declined.get(&ip).is_some_and(|&t| t > now) {
             return false;
         }
         match self.by_ip.get(&ip) {
-            Some(m) if m != mac => {
+            Some(m) if *m != mac => {
                 let live = self.by_mac.get(m).is_some_and(|l| l.expires > now);
                 take_expired && !live
             }
@@ -248,7 +147,7 @@ impl Leases {
     /// (never-used before expired ones). `None` when the pool is exhausted.
     pub fn choose(
         &self,
-        mac: &str,
+        mac: Mac,
         static_ip: Option<Ipv4Addr>,
         requested: Option<Ipv4Addr>,
         now: u64,
@@ -256,7 +155,7 @@ impl Leases {
         if static_ip.is_some() {
             return static_ip;
         }
-        if let Some(l) = self.by_mac.get(mac) {
+        if let Some(l) = self.by_mac.get(&mac) {
             if self.in_pool(l.ip) && self.free_for(mac, l.ip, now, true) {
                 return Some(l.ip);
             }
@@ -287,53 +186,52 @@ impl Leases {
     /// Records that `mac` holds `ip` until `expires`; made durable by the
     /// next [`Leases::commit`] when `durable` (an ACK), kept in memory only
     /// otherwise (an OFFER's hold).
-    pub fn bind(&mut self, mac: &str, ip: Ipv4Addr, expires: u64, durable: bool) {
+    pub fn bind(&mut self, mac: Mac, ip: Ipv4Addr, expires: u64, durable: bool) {
         let n = u32::from(ip);
         if n == self.cursor {
             self.cursor = n.saturating_add(1);
         }
         // Another MAC's expired claim on the address ends here.
-        if let Some(prev) = self.by_ip.insert(ip, mac.to_string()) {
+        if let Some(prev) = self.by_ip.insert(ip, mac) {
             if prev != mac {
                 self.by_mac.remove(&prev);
             }
         }
-        if let Some(old) = self.by_mac.insert(mac.to_string(), Lease { ip, expires }) {
+        if let Some(old) = self.by_mac.insert(mac, Lease { ip, expires }) {
             if old.ip != ip {
                 self.by_ip.remove(&old.ip);
             }
         }
         if durable {
-            self.pending
-                .push((mac.to_string(), Some(Lease { ip, expires })));
+            self.pending.push((mac, Some(Lease { ip, expires })));
         }
     }
 
     /// Leases running at `now` (Unix seconds): MAC, address, expiry.
-    pub fn active(&self, now: u64) -> impl Iterator<Item = (&str, Ipv4Addr, u64)> + '_ {
+    pub fn active(&self, now: u64) -> impl Iterator<Item = (Mac, Ipv4Addr, u64)> + '_ {
         self.by_mac
             .iter()
             .filter(move |(_, l)| l.expires > now)
-            .map(|(mac, l)| (mac.as_str(), l.ip, l.expires))
+            .map(|(mac, l)| (*mac, l.ip, l.expires))
     }
 
     /// RELEASE: the lease ends now; the MAC keeps its claim for next time.
-    pub fn release(&mut self, mac: &str, ip: Ipv4Addr, now: u64) {
-        if let Some(l) = self.by_mac.get_mut(mac).filter(|l| l.ip == ip) {
+    pub fn release(&mut self, mac: Mac, ip: Ipv4Addr, now: u64) {
+        if let Some(l) = self.by_mac.get_mut(&mac).filter(|l| l.ip == ip) {
             l.expires = l.expires.min(now);
             let l = l.clone();
-            self.pending.push((mac.to_string(), Some(l)));
+            self.pending.push((mac, Some(l)));
         }
     }
 
     /// DECLINE: the address is in use by someone else; forget the lease and
     /// keep the address out of the pool for a while.
-    pub fn decline(&mut self, mac: &str, ip: Ipv4Addr, now: u64) {
-        if self.by_mac.get(mac).is_some_and(|l| l.ip == ip) {
-            self.by_mac.remove(mac);
+    pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr, now: u64) {
+        if self.by_mac.get(&mac).is_some_and(|l| l.ip == ip) {
+            self.by_mac.remove(&mac);
             self.by_ip.remove(&ip);
             self.declined.insert(ip, now + DECLINE_HOLD_SECS);
-            self.pending.push((mac.to_string(), None));
+            self.pending.push((mac, None));
         }
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! dhcproto asserts on some option lengths in debug builds and indexes
 //! `chaddr` by `hlen`; a peer controls both, so such datagrams are refused
-//! here instead.
+//! here instead. So is a `chaddr` shorter than a MAC address: every node
+//! and every lease is keyed by one.
 
+use bootd_plan::Mac;
 use dhcproto::v4::{Message, MessageType, Opcode};
 use dhcproto::{Decodable, Decoder};
 use std::collections::BTreeMap;
@@ -19,6 +21,8 @@ const FIXED_LEN: usize = 236;
 pub struct Request {
     pub msg: Message,
     pub msg_type: MessageType,
+    /// The first six bytes of `chaddr`, read once here.
+    mac: Mac,
     /// Option data by code; repeated codes concatenated (RFC 3396).
     pub raw: BTreeMap<u8, Vec<u8>>,
 }
@@ -78,17 +82,19 @@ impl Request {
             return None;
         }
         let msg_type = msg.opts().msg_type()?;
-        Some(Self { msg, msg_type, raw })
+        let mac = Mac::from_hardware(msg.chaddr())?;
+        Some(Self {
+            msg,
+            msg_type,
+            mac,
+            raw,
+        })
     }
 
-    /// The client's hardware address as `aa:bb:...`, the registry's key.
-    pub fn mac(&self) -> String {
-        self.msg
-            .chaddr()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+    /// The client's hardware address, the registry's and the lease table's
+    /// key (shown as `aa:bb:...`).
+    pub fn mac(&self) -> Mac {
+        self.mac
     }
 
     pub fn opt(&self, code: u8) -> Option<&[u8]> {

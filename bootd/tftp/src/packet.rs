@@ -159,7 +159,7 @@ pub fn encode_data(out: &mut Vec<u8>, block: u16, data: &[u8]) {
     out.extend_from_slice(data);
 }
 
-#[cfg(test)]
+/// Clients send these (the tests and the load tool play client).
 pub fn encode_ack(out: &mut Vec<u8>, block: u16) {
     out.extend_from_slice(&OP_ACK.to_be_bytes());
     out.extend_from_slice(&block.to_be_bytes());
@@ -183,7 +183,6 @@ pub fn encode_oack(out: &mut Vec<u8>, options: &[(String, String)]) {
 }
 
 /// Encodes a request (clients send these; the tests play client).
-#[cfg(test)]
 pub fn encode_request(out: &mut Vec<u8>, write: bool, req: &Request) {
     let op = if write { OP_WRQ } else { OP_RRQ };
     out.extend_from_slice(&op.to_be_bytes());

@@ -14,8 +14,8 @@ pub enum BootFile {
     Http { url: String, http_client: bool },
 }
 
+use bootd_plan::urls;
 pub use bootd_plan::urls::redact;
-use bootd_plan::{urls, Mac};
 
 impl BootFile {
     /// The iPXE binary this names, if it names one (not the script URL).
@@ -43,10 +43,10 @@ pub fn choose(
     let base = urls::http_base(&server.to_string(), http_port);
     if req.is_ipxe() {
         // Already iPXE: hand it the script, not iPXE again (the chainload loop).
-        let url = match (token, Mac::from_hardware(req.msg.chaddr())) {
+        let url = match token {
             // Straight to the MAC's own script: the token is for it alone.
-            (Some(t), Some(mac)) => urls::node_url(&base, mac, Some(t)),
-            _ => urls::chain_url(&base),
+            Some(t) => urls::node_url(&base, req.mac(), Some(t)),
+            None => urls::chain_url(&base),
         };
         return Some(BootFile::Http {
             url,

@@ -1,0 +1,70 @@
+//! The lease table against a store that fails.
+
+use super::*;
+
+/// After a failed append (a fragment may be in the file), the next commit
+/// rewrites the whole table instead of appending after the fragment.
+#[test]
+fn a_failed_append_is_repaired_by_a_rewrite() -> R {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    #[derive(Clone, Default)]
+    struct Flaky {
+        mem: Mem,
+        fail: Arc<AtomicBool>,
+        rewrites: Arc<AtomicUsize>,
+    }
+    impl LeaseStore for Flaky {
+        fn load(&mut self) -> std::io::Result<HashMap<Mac, Lease>> {
+            Mem::load(&self.mem)
+        }
+        fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
+            if self.fail.swap(false, Relaxed) {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.mem.append(changes)
+        }
+        fn rewrite(&mut self, all: &HashMap<Mac, Lease>) -> std::io::Result<()> {
+            self.rewrites.fetch_add(1, Relaxed);
+            self.mem.rewrite(all)
+        }
+    }
+    let store = Flaky::default();
+    let mut l = Leases::open(
+        (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 102)),
+        Box::new(store.clone()),
+    )?;
+    let opened = store.rewrites.load(Relaxed);
+    store.fail.store(true, Relaxed);
+    l.bind(
+        Mac::new([2, 0, 0, 0, 0, 0xa]),
+        Ipv4Addr::new(192, 0, 2, 100),
+        NOW + 60,
+        true,
+    );
+    assert!(l.commit().is_err(), "the failed append is reported");
+    l.bind(
+        Mac::new([2, 0, 0, 0, 0, 0xb]),
+        Ipv4Addr::new(192, 0, 2, 101),
+        NOW + 60,
+        true,
+    );
+    l.commit()?;
+    assert_eq!(
+        store.rewrites.load(Relaxed),
+        opened + 1,
+        "repaired by a rewrite"
+    );
+    let saved = Mem::load(&store.mem)?;
+    assert_eq!(saved.len(), 2, "both leases durable: {saved:?}");
+    // Then appends again.
+    l.bind(
+        Mac::new([2, 0, 0, 0, 0, 0xc]),
+        Ipv4Addr::new(192, 0, 2, 102),
+        NOW + 60,
+        true,
+    );
+    l.commit()?;
+    assert_eq!(store.rewrites.load(Relaxed), opened + 1);
+    assert_eq!(Mem::load(&store.mem)?.len(), 3);
+    Ok(())
+}

@@ -166,7 +166,19 @@ pub enum ConnError {
     #[error("login failed: {0}")]
     Login(#[from] LoginError),
     #[error("timed out: {0}")]
-    Timeout(&'static str),
+    Timeout(Deadline),
+}
+
+/// Which of the connection's deadlines passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Deadline {
+    /// Login did not complete in time.
+    #[error("login")]
+    Login,
+    /// Full feature phase: nothing received from the initiator for the
+    /// idle limit.
+    #[error("idle")]
+    Idle,
 }
 
 /// How many early-ended tasks we remember, to drop their late Data-Out.

@@ -65,7 +65,7 @@ pub type CommandObserver = Arc<dyn Fn(&CommandDone<'_>) + Send + Sync>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iscsi_proto::conn::ConnError;
+    use iscsi_proto::conn::{ConnError, Deadline};
     use iscsi_proto::login::LoginError;
 
     /// bootd writes `{reason}` into boot records: the texts stay these.
@@ -78,7 +78,12 @@ mod tests {
             EndReason::Error(Arc::new(e)).to_string(),
             "login failed: no TargetName"
         );
-        let e = SessionError::Conn(ConnError::Timeout("idle"));
+        let e = SessionError::Conn(ConnError::Timeout(Deadline::Idle));
         assert_eq!(EndReason::Error(Arc::new(e)).to_string(), "timed out: idle");
+        let e = SessionError::Conn(ConnError::Timeout(Deadline::Login));
+        assert_eq!(
+            EndReason::Error(Arc::new(e)).to_string(),
+            "timed out: login"
+        );
     }
 }

@@ -48,6 +48,8 @@ pub enum LunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("persistent reservation state {path}: malformed persistent reservation state")]
+    PrStateMalformed { path: PathBuf },
     #[error("block size {0} is not a multiple of 512")]
     BlockSize(u32),
 }
@@ -209,14 +211,13 @@ impl Lun {
 
     /// Writes the PR state file (tmp + fsync + rename); the caller holds
     /// `pr_persist`.
-    async fn save_pr(&self) -> std::io::Result<()> {
+    async fn save_pr(&self) -> Result<(), pr_file::SaveError> {
         let Some(path) = self.pr_file.clone() else {
             return Ok(());
         };
         let bytes = self.lock().pr.encode();
-        tokio::task::spawn_blocking(move || pr_file::write_atomic(&path, &bytes))
-            .await
-            .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || pr_file::write_atomic(&path, &bytes)).await??;
+        Ok(())
     }
 
     /// Carries out a task management function's effect on this LU.

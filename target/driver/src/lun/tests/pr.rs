@@ -229,3 +229,23 @@ async fn a_reservation_that_cannot_be_saved_fails_and_is_undone() -> TestResult 
     assert!(path.exists());
     Ok(())
 }
+
+#[test]
+fn a_malformed_state_file_is_refused_with_its_path() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("pr");
+    std::fs::write(&path, b"not a reservation state")?;
+    let dev = Arc::new(MemDevice::new(512, 64, false));
+    match Lun::new(dev, config(Some(path.clone()))) {
+        Err(e @ LunError::PrStateMalformed { .. }) => assert_eq!(
+            e.to_string(),
+            format!(
+                "persistent reservation state {}: malformed persistent reservation state",
+                path.display()
+            )
+        ),
+        Err(e) => panic!("expected a malformed state, got {e}"),
+        Ok(_) => panic!("a malformed state file was accepted"),
+    }
+    Ok(())
+}

@@ -11,6 +11,6 @@ mod outbox;
 pub mod server;
 mod session;
 
-pub use events::{CommandDone, CommandObserver, SessionEvent, SessionObserver};
+pub use events::{CommandDone, CommandObserver, EndReason, SessionEvent, SessionObserver};
 pub use server::{Server, ServerConfig, ServerError, Target};
 pub use session::SessionError;

@@ -3,7 +3,7 @@
 //! keeps the session registry current.
 
 use crate::admission::Ticket;
-use crate::events::SessionEvent;
+use crate::events::{EndReason, SessionEvent};
 use crate::outbox::Outbox;
 use crate::server::{Directory, Server, SessionEntry, SessionKey, Target};
 use bytes::BytesMut;
@@ -158,10 +158,10 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
         tracing::info!(%peer, initiator = st.info.as_ref().map(|i| i.initiator_name.as_str()), "connection ended: {e}");
     }
     if let (Some(info), Some(bound)) = (&st.info, &st.bound) {
-        let reason = match &result {
-            _ if st.logged_out => "logout".to_string(),
-            Ok(()) => "closed".to_string(),
-            Err(e) => e.to_string(),
+        let reason = match result {
+            _ if st.logged_out => EndReason::Logout,
+            Ok(()) => EndReason::Closed,
+            Err(e) => EndReason::Error(Arc::new(e)),
         };
         st.server.notify(&SessionEvent::Ended {
             initiator: info.initiator_name.clone(),

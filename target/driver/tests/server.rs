@@ -106,7 +106,13 @@ async fn the_observer_sees_logins_and_their_end() -> Res<()> {
     ));
     assert!(s.closed().await);
     match timeout(LIMIT, rx.recv()).await?.ok_or("no event")? {
-        SessionEvent::Ended { reason, .. } => assert_eq!(reason, "logout"),
+        SessionEvent::Ended { reason, .. } => {
+            assert!(
+                matches!(reason, iscsi_target::EndReason::Logout),
+                "{reason:?}"
+            );
+            assert_eq!(reason.to_string(), "logout");
+        }
         other => panic!("expected the end, got {other:?}"),
     }
     Ok(())

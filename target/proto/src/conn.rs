@@ -10,7 +10,7 @@
 //! A connection carries exactly one session (MaxConnections=1), so session
 //! state (CmdSN window, StatSN, negotiated parameters) lives here too.
 
-use crate::login::{self, Login, Step};
+use crate::login::{self, Login, LoginError, Step};
 use crate::negotiate::{self, Answer, Limits, Params};
 use crate::pdu::{
     self, reject, DataOutPdu, Digests, NopOutPdu, PduError, RawPdu, Request, Response,
@@ -164,9 +164,21 @@ pub enum ConnError {
     #[error("protocol error: {0}")]
     Protocol(#[from] PduError),
     #[error("login failed: {0}")]
-    Login(String),
+    Login(#[from] LoginError),
     #[error("timed out: {0}")]
-    Timeout(&'static str),
+    Timeout(Deadline),
+}
+
+/// Which of the connection's deadlines passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Deadline {
+    /// Login did not complete in time.
+    #[error("login")]
+    Login,
+    /// Full feature phase: nothing received from the initiator for the
+    /// idle limit.
+    #[error("idle")]
+    Idle,
 }
 
 /// How many early-ended tasks we remember, to drop their late Data-Out.

@@ -11,6 +11,9 @@ use crate::text::{self, Pairs};
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
 
+mod error;
+pub use error::LoginError;
+
 /// Login status classes and details (RFC 7143 11.13.5).
 pub mod status {
     pub const SUCCESS: (u8, u8) = (0x00, 0x00);
@@ -44,8 +47,8 @@ pub enum Step {
     },
     /// The final response (T=1, NSG=3) with these keys: login succeeded.
     Done { csg: u8, data: Bytes },
-    /// Answer with this status and close the connection.
-    Fail { status: (u8, u8), reason: String },
+    /// Answer with [`LoginError::status`] and close the connection.
+    Fail(LoginError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,17 +113,10 @@ impl Login {
         }
     }
 
-    fn fail(status: (u8, u8), reason: impl Into<String>) -> Step {
-        Step::Fail {
-            status,
-            reason: reason.into(),
-        }
-    }
-
     /// Handles one Login request.
     pub fn handle(&mut self, req: &LoginRequest, dir: &dyn TargetDirectory) -> Step {
         if self.pending.len() + req.data.len() > text::MAX_TEXT_LEN {
-            return Self::fail(status::INITIATOR_ERROR, "login text too long");
+            return Step::Fail(LoginError::TextTooLong);
         }
         self.pending.extend_from_slice(&req.data);
         if req.cont {
@@ -135,23 +131,23 @@ impl Login {
         let raw = std::mem::take(&mut self.pending);
         let keys = match text::parse(&raw) {
             Ok(k) => k,
-            Err(e) => return Self::fail(status::INITIATOR_ERROR, e.to_string()),
+            Err(e) => return Step::Fail(e.into()),
         };
         if req.csg == 2 || req.csg == STAGE_FULL_FEATURE || req.csg < self.stage {
-            return Self::fail(status::INITIATOR_ERROR, format!("invalid CSG {}", req.csg));
+            return Step::Fail(LoginError::InvalidCsg(req.csg));
         }
         let mut out = Pairs::default();
         if self.first {
-            if let Err(step) = self.first_pdu(req, &keys, dir, &mut out) {
-                return step;
+            if let Err(e) = self.first_pdu(req, &keys, dir, &mut out) {
+                return Step::Fail(e);
             }
-        } else if let Err(step) = self.check_identity(&keys) {
-            return step;
+        } else if let Err(e) = self.check_identity(&keys) {
+            return Step::Fail(e);
         }
         if req.csg == STAGE_OPERATIONAL && self.stage == STAGE_SECURITY {
             // Skipping the security stage is only allowed without CHAP.
             if !matches!(self.auth, Auth::Open | Auth::Done) {
-                return Self::fail(status::AUTH_FAILURE, "CHAP required");
+                return Step::Fail(LoginError::ChapRequired);
             }
             self.stage = STAGE_OPERATIONAL;
         }
@@ -161,19 +157,13 @@ impl Login {
                 "InitiatorAlias" => self.initiator_alias = Some(v.clone()),
                 "AuthMethod" => {
                     if req.csg != STAGE_SECURITY {
-                        return Self::fail(
-                            status::INITIATOR_ERROR,
-                            "AuthMethod outside security stage",
-                        );
+                        return Step::Fail(LoginError::AuthMethodOutsideSecurity);
                     }
                     let offered: Vec<&str> = v.split(',').collect();
                     match &self.auth {
                         Auth::ChapRequired(creds) => {
                             if !offered.contains(&"CHAP") {
-                                return Self::fail(
-                                    status::AUTH_FAILURE,
-                                    "CHAP required but not offered",
-                                );
+                                return Step::Fail(LoginError::ChapNotOffered);
                             }
                             self.auth = Auth::ChapAgreed(creds.clone());
                             out.push("AuthMethod", "CHAP");
@@ -194,8 +184,8 @@ impl Login {
             }
         }
         if req.csg == STAGE_SECURITY {
-            if let Err(step) = self.chap(&keys, &mut out) {
-                return step;
+            if let Err(e) = self.chap(&keys, &mut out) {
+                return Step::Fail(e);
             }
         }
         self.params.settle();
@@ -204,12 +194,12 @@ impl Login {
         let mut transit = false;
         if req.transit {
             if req.nsg <= req.csg || req.nsg == 2 {
-                return Self::fail(status::INITIATOR_ERROR, format!("invalid NSG {}", req.nsg));
+                return Step::Fail(LoginError::InvalidNsg(req.nsg));
             }
             match &self.auth {
                 Auth::Open | Auth::Done => transit = true,
                 Auth::ChapRequired(_) => {
-                    return Self::fail(status::AUTH_FAILURE, "no authentication offered");
+                    return Step::Fail(LoginError::NoAuthentication);
                 }
                 // Authentication still in progress: answer without T.
                 Auth::ChapAgreed(_) | Auth::ChallengeSent { .. } => {}
@@ -236,39 +226,31 @@ impl Login {
         keys: &Pairs,
         dir: &dyn TargetDirectory,
         out: &mut Pairs,
-    ) -> Result<(), Step> {
+    ) -> Result<(), LoginError> {
         if req.version_min > 0 {
-            return Err(Self::fail(status::UNSUPPORTED_VERSION, "version above 0"));
+            return Err(LoginError::UnsupportedVersion);
         }
         self.isid = req.isid;
         self.tsih = req.tsih;
         self.cid = req.cid;
         let Some(initiator) = keys.get("InitiatorName").filter(|n| !n.is_empty()) else {
-            return Err(Self::fail(status::MISSING_PARAMETER, "no InitiatorName"));
+            return Err(LoginError::NoInitiatorName);
         };
         self.initiator_name = initiator.to_string();
         self.session_type = match keys.get("SessionType").unwrap_or("Normal") {
             "Normal" => SessionType::Normal,
             "Discovery" => SessionType::Discovery,
-            other => {
-                return Err(Self::fail(
-                    status::SESSION_TYPE_UNSUPPORTED,
-                    format!("session type {other:?}"),
-                ))
-            }
+            other => return Err(LoginError::SessionType(other.to_string())),
         };
         let target = match self.session_type {
             SessionType::Discovery => None,
             SessionType::Normal => match keys.get("TargetName").filter(|n| !n.is_empty()) {
                 Some(t) => Some(t.to_string()),
-                None => return Err(Self::fail(status::MISSING_PARAMETER, "no TargetName")),
+                None => return Err(LoginError::NoTargetName),
             },
         };
         if req.tsih != 0 && !dir.session_exists(initiator, &req.isid, target.as_deref(), req.tsih) {
-            return Err(Self::fail(
-                status::SESSION_DOES_NOT_EXIST,
-                format!("no session with TSIH {}", req.tsih),
-            ));
+            return Err(LoginError::NoSession(req.tsih));
         }
         match dir.authorize(initiator, target.as_deref()) {
             // An unknown target, or one this initiator may not use, looks
@@ -298,26 +280,23 @@ impl Login {
     }
 
     /// Names given again later in the login must not change.
-    fn check_identity(&self, keys: &Pairs) -> Result<(), Step> {
+    fn check_identity(&self, keys: &Pairs) -> Result<(), LoginError> {
         let same = |k: &str, v: Option<&str>| keys.get(k).is_none_or(|x| Some(x) == v);
         if !same("InitiatorName", Some(&self.initiator_name))
             || !same("TargetName", self.target_name.as_deref())
         {
-            return Err(Self::fail(
-                status::INITIATOR_ERROR,
-                "name changed during login",
-            ));
+            return Err(LoginError::NameChanged);
         }
         Ok(())
     }
 
-    fn chap(&mut self, keys: &Pairs, out: &mut Pairs) -> Result<(), Step> {
+    fn chap(&mut self, keys: &Pairs, out: &mut Pairs) -> Result<(), LoginError> {
         if let Some(algs) = keys.get("CHAP_A") {
             let Auth::ChapAgreed(creds) = &self.auth else {
-                return Err(Self::fail(status::INITIATOR_ERROR, "CHAP_A out of order"));
+                return Err(LoginError::ChapAOutOfOrder);
             };
             if !algs.split(',').any(|a| a == CHAP_MD5) {
-                return Err(Self::fail(status::AUTH_FAILURE, "CHAP without MD5"));
+                return Err(LoginError::ChapWithoutMd5);
             }
             let id: u8 = rand::random();
             let challenge: Vec<u8> = (0..CHAP_CHALLENGE_LEN).map(|_| rand::random()).collect();
@@ -340,7 +319,7 @@ impl Login {
             challenge,
         } = &self.auth
         else {
-            return Err(Self::fail(status::INITIATOR_ERROR, "CHAP_R out of order"));
+            return Err(LoginError::ChapROutOfOrder);
         };
         let expect = chap_response(*id, &creds.secret, challenge);
         let answer = decode_binary(resp).unwrap_or_default();
@@ -349,10 +328,7 @@ impl Login {
         let name_ok = ct_eq(name.as_bytes(), creds.user.as_bytes());
         let response_ok = ct_eq(&answer, &expect);
         if self.decoy || !(name_ok & response_ok) {
-            return Err(Self::fail(
-                status::AUTH_FAILURE,
-                format!("CHAP failed for {name:?}"),
-            ));
+            return Err(LoginError::ChapFailed(name.to_string()));
         }
         // Mutual CHAP: the initiator challenges us in the same PDU.
         match (keys.get("CHAP_I"), keys.get("CHAP_C")) {
@@ -362,11 +338,11 @@ impl Login {
                     negotiate::parse_number(i).and_then(|i| u8::try_from(i).ok()),
                     decode_binary(c),
                 ) else {
-                    return Err(Self::fail(status::AUTH_FAILURE, "mutual CHAP not possible"));
+                    return Err(LoginError::MutualChapImpossible);
                 };
                 // A reflected challenge would let an attacker use us as an oracle.
                 if c == *challenge || c.is_empty() {
-                    return Err(Self::fail(status::AUTH_FAILURE, "reflected CHAP challenge"));
+                    return Err(LoginError::ReflectedChallenge);
                 }
                 out.push("CHAP_N", user);
                 out.push(
@@ -375,7 +351,7 @@ impl Login {
                 );
             }
             (None, None) => {}
-            _ => return Err(Self::fail(status::INITIATOR_ERROR, "CHAP_I without CHAP_C")),
+            _ => return Err(LoginError::ChapIWithoutC),
         }
         self.auth = Auth::Done;
         Ok(())

@@ -9,23 +9,29 @@ use std::path::{Path, PathBuf};
 /// Loads PR state; a missing file is an empty state. State saved without
 /// APTPL does not survive a restart (SPC-4 5.9.4).
 pub(super) fn load_pr(path: &Path) -> Result<PrState, LunError> {
-    let err = |source| LunError::PrState {
-        path: path.to_path_buf(),
-        source,
-    };
     match std::fs::read(path) {
         Ok(b) => {
-            let st = PrState::decode(&b).ok_or_else(|| {
-                err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "malformed persistent reservation state",
-                ))
+            let st = PrState::decode(&b).ok_or_else(|| LunError::PrStateMalformed {
+                path: path.to_path_buf(),
             })?;
             Ok(if st.aptpl { st } else { PrState::default() })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
-        Err(e) => Err(err(e)),
+        Err(source) => Err(LunError::PrState {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
+}
+
+/// Why the PR state file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SaveError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The blocking write task panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
 }
 
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

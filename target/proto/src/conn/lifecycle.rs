@@ -36,11 +36,11 @@ impl Connection {
             return Ok(());
         }
         match self.phase {
-            Phase::Login if now >= self.login_deadline => Err(ConnError::Timeout("login")),
+            Phase::Login if now >= self.login_deadline => Err(ConnError::Timeout(Deadline::Login)),
             Phase::Login => Ok(()),
             Phase::FullFeature => {
                 if now >= self.last_rx + self.config.idle_timeout {
-                    return Err(ConnError::Timeout("idle"));
+                    return Err(ConnError::Timeout(Deadline::Idle));
                 }
                 if !self.config.nop_interval.is_zero()
                     && self.ping.is_none()

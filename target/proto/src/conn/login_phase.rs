@@ -10,10 +10,10 @@ impl Connection {
         now: Instant,
     ) -> Result<(), ConnError> {
         let Request::Login(req) = req else {
-            return Err(ConnError::Login("non-login PDU during login".into()));
+            return Err(LoginError::NotLoginPdu.into());
         };
         let Some(login) = self.login.as_mut() else {
-            return Err(ConnError::Login("login state missing".into()));
+            return Err(LoginError::StateMissing.into());
         };
         let first = login.initiator_name.is_empty();
         if first {
@@ -46,7 +46,8 @@ impl Connection {
                 });
                 Ok(())
             }
-            Step::Fail { status, reason } => {
+            Step::Fail(e) => {
+                let status = e.status();
                 self.send(&Response::Login {
                     transit: false,
                     cont: false,
@@ -61,11 +62,11 @@ impl Connection {
                     data: Bytes::new(),
                 });
                 self.closing = true;
-                Err(ConnError::Login(reason))
+                Err(e.into())
             }
             Step::Done { csg, data } => {
                 let Some(login) = self.login.take() else {
-                    return Err(ConnError::Login("login state missing".into()));
+                    return Err(LoginError::StateMissing.into());
                 };
                 let tsih = if login.tsih != 0 {
                     login.tsih

@@ -101,7 +101,7 @@ impl Initiator {
             return Ok(());
         }
         if cont {
-            return Err(InitiatorError::Login("continued login responses"));
+            return Err(InitiatorError::ContinuedLogin);
         }
         let keys = text::parse(&data)?;
         match step {
@@ -124,7 +124,7 @@ impl Initiator {
             Step::ChapResponse => {
                 self.check_target_proof(&keys)?;
                 if !transit || nsg != OPERATIONAL {
-                    return Err(InitiatorError::Login("target stayed in the security stage"));
+                    return Err(InitiatorError::StayedInSecurity);
                 }
                 let mut out = Pairs::default();
                 for (k, v) in &self.config.offer {
@@ -135,9 +135,7 @@ impl Initiator {
             }
             Step::Operational => {
                 if !transit || nsg != FULL_FEATURE {
-                    return Err(InitiatorError::Login(
-                        "target did not move to full feature phase",
-                    ));
+                    return Err(InitiatorError::NoFullFeature);
                 }
                 self.apply_operational(&keys)?;
                 self.tsih = tsih;
@@ -152,20 +150,18 @@ impl Initiator {
     /// challenge when we want the target to prove itself.
     fn chap_answer(&mut self, keys: &Pairs) -> Result<Pairs, InitiatorError> {
         if keys.get("CHAP_A") != Some(CHAP_MD5) {
-            return Err(InitiatorError::Login(
-                "target did not agree to CHAP with MD5",
-            ));
+            return Err(InitiatorError::NoChapMd5);
         }
         let id: u8 = parse_key(keys, "CHAP_I")?;
         let challenge = keys
             .get("CHAP_C")
             .and_then(decode_binary)
-            .ok_or(InitiatorError::Login("no CHAP_C from the target"))?;
+            .ok_or(InitiatorError::NoChapChallenge)?;
         let (user, secret) = self
             .config
             .chap
             .as_ref()
-            .ok_or(InitiatorError::Login("CHAP without credentials"))?;
+            .ok_or(InitiatorError::NoCredentials)?;
         let mut out = Pairs::default();
         out.push("CHAP_N", user.clone());
         out.push(

@@ -93,8 +93,18 @@ pub enum InitiatorError {
     Pdu(#[from] PduError),
     #[error("text from the target: {0}")]
     Text(#[from] TextError),
-    #[error("login: {0}")]
-    Login(&'static str),
+    #[error("login: continued login responses")]
+    ContinuedLogin,
+    #[error("login: target stayed in the security stage")]
+    StayedInSecurity,
+    #[error("login: target did not move to full feature phase")]
+    NoFullFeature,
+    #[error("login: target did not agree to CHAP with MD5")]
+    NoChapMd5,
+    #[error("login: no CHAP_C from the target")]
+    NoChapChallenge,
+    #[error("login: CHAP without credentials")]
+    NoCredentials,
     #[error("login: target chose AuthMethod {0:?}, not CHAP")]
     AuthMethod(Option<String>),
     #[error("login: the target did not prove the mutual CHAP secret")]

@@ -200,3 +200,28 @@ fn unknown_targets_look_like_wrong_credentials() -> Result<(), ConnError> {
     }
     Ok(())
 }
+
+/// The reason reaches the driver typed, with the wire status it implies.
+#[test]
+fn login_failures_keep_their_reason() {
+    let mut h = Harness::new(None);
+    let e = h.login(
+        1,
+        3,
+        true,
+        &[("InitiatorName", "iqn.i"), ("SessionType", "Boot")],
+    );
+    match e {
+        Err(ConnError::Login(LoginError::SessionType(t))) => assert_eq!(t, "Boot"),
+        other => panic!("expected an unsupported session type, got {other:?}"),
+    }
+    assert_eq!(login_status(&h.drain()[0]), (2, 9));
+
+    let mut h = Harness::new(None);
+    let e = h.login(1, 3, true, &[("InitiatorName", "iqn.i")]);
+    let Err(e) = e else {
+        panic!("a login without TargetName succeeded")
+    };
+    assert!(matches!(e, ConnError::Login(LoginError::NoTargetName)));
+    assert_eq!(e.to_string(), "login failed: no TargetName");
+}

@@ -49,9 +49,12 @@ if [[ -z "${BOOTD:-}" ]]; then
     BOOTD="$ROOT/build/release/bootd"
 fi
 
-# bootd: ready once it prints its `tftp ADDR` line.
+# bootd: ready once it prints its `tftp ADDR` line. All N clients come from 127.0.0.1 but
+# play N machines: --per-source lets each have its transfer, as N real machines would
+# (the default of 16 per address would queue them behind bootd's flood protection).
 BOOTD_LOG=warn "$BOOTD" --data-dir "$WORK/data" serve --listen-ip 127.0.0.1 --iscsi-port 0 \
-    --http-port 0 --tftp-port "$BOOTD_TFTP_PORT" --tftp-dir "$WORK/srv" >"$WORK/bootd.out" 2>"$WORK/bootd.err" &
+    --http-port 0 --tftp-port "$BOOTD_TFTP_PORT" --tftp-dir "$WORK/srv" --per-source "$N" \
+    >"$WORK/bootd.out" 2>"$WORK/bootd.err" &
 PIDS+=($!)
 # tftpd-hpa in the foreground (-L), secure mode (-s) on its own port.
 in.tftpd -L -s "$WORK/srv" -a "127.0.0.1:$HPA_PORT" 2>"$WORK/hpa.err" &

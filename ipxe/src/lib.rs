@@ -3,6 +3,7 @@
 //! each node from templates.
 
 pub mod arch;
+mod plan;
 pub mod render;
 
 pub use render::{chain_script, uri_host, validate, BootPlan, RenderError, Renderer};

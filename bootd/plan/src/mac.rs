@@ -30,18 +30,21 @@ impl Mac {
 
     /// `52-54-00-12-34-56`: the spelling in boot URLs (iPXE's `hexhyp`).
     pub fn hyphenated(&self) -> String {
-        self.join('-')
+        let mut s = String::with_capacity(17);
+        // Writing to a String cannot fail.
+        let _ = self.write(&mut s, '-');
+        s
     }
 
-    fn join(&self, sep: char) -> String {
-        let mut s = String::with_capacity(17);
+    /// Six lower-case hex pairs joined by `sep`, with no allocation.
+    fn write(&self, out: &mut impl fmt::Write, sep: char) -> fmt::Result {
         for (i, b) in self.0.iter().enumerate() {
             if i > 0 {
-                s.push(sep);
+                out.write_char(sep)?;
             }
-            s.push_str(&format!("{b:02x}"));
+            write!(out, "{b:02x}")?;
         }
-        s
+        Ok(())
     }
 
     /// The strict spelling accepted in URL paths: six hex pairs, bare or
@@ -110,7 +113,7 @@ impl FromStr for Mac {
 /// Lower-case colon form, as stored in the registry and shown to operators.
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.join(':'))
+        self.write(f, ':')
     }
 }
 

@@ -11,7 +11,7 @@ use super::socket::DhcpSocket;
 use crate::events::Events;
 use crate::fleet::enrol::Enroller;
 use crate::fleet::FleetView;
-use crate::serve::config::{DhcpMode, ServeConfig};
+use crate::serve::config::ServeConfig;
 use crate::serve::grants::Grants;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
@@ -45,10 +45,8 @@ pub fn start(
     events: Events,
     grants: Arc<Grants>,
 ) -> Result<Option<Running>> {
-    let mode = match s.dhcp() {
-        DhcpMode::Off => return Ok(None),
-        DhcpMode::Proxy => Mode::Proxy,
-        DhcpMode::Full => Mode::Full,
+    let Some(mode) = s.dhcp() else {
+        return Ok(None);
     };
     let want = match s.listen_ip() {
         IpAddr::V4(a) if !a.is_unspecified() => Some(a),

@@ -268,7 +268,7 @@ impl HttpServer {
                     peer,
                     token: req.token.clone(),
                 };
-                self.node_script(mac, host, http_base, who).await
+                self.node_script(mac, &host, who).await
             }
             Ok(Route::Binary(name)) => self.binary(name).await,
             // Node names (by default made from MACs) and load figures are
@@ -324,13 +324,7 @@ impl HttpServer {
         }
     }
 
-    async fn node_script(
-        &self,
-        mac: bootd_plan::Mac,
-        host: String,
-        http_base: String,
-        who: Caller,
-    ) -> Response {
+    async fn node_script(&self, mac: bootd_plan::Mac, host: &str, who: Caller) -> Response {
         let snap = self.view.current();
         let Some(node) = snap.by_mac(&mac) else {
             return Response::text(404, "no node has this MAC\n");
@@ -343,32 +337,7 @@ impl HttpServer {
             tracing::warn!(peer = %who.peer, node = %node.name, token = who.token.is_some(), "http: script refused: not the node's address and no valid token");
             return Response::text(403, "this script is served to its node only\n");
         }
-        let plan = BootPlan {
-            node_name: node.name.clone(),
-            mac: node.mac.to_string(),
-            ip: node.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            server: host.clone(),
-            http_base,
-            portal: format!("{host}:{}", self.iscsi_port),
-            iscsi_host: host,
-            iscsi_port: self.iscsi_port,
-            target_iqn: node.target_iqn.clone(),
-            initiator_iqn: node.initiator_iqn.clone(),
-            chap_user: node.chap.user.clone(),
-            chap_secret: node.chap.secret.expose().to_string(),
-            mutual_chap_user: node
-                .mutual_chap
-                .as_ref()
-                .map(|m| m.user.clone())
-                .unwrap_or_default(),
-            mutual_chap_secret: node
-                .mutual_chap
-                .as_ref()
-                .map(|m| m.secret.expose().to_string())
-                .unwrap_or_default(),
-            image_name: node.image.name.clone(),
-            image_version: node.image.version,
-        };
+        let plan = BootPlan::for_node(node, host, self.http_port, self.iscsi_port);
         match self.renderer.render(node.script.as_deref(), &plan) {
             Ok(text) => {
                 self.events.emit(Event::ScriptServed {

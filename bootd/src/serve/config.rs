@@ -2,21 +2,28 @@
 //! environment (`BOOTD_*`) and the TOML file, and the defaults.
 
 use anyhow::Context;
+use bootd_dhcp::server::Mode;
 use bootd_ipxe::arch::EfiFlavour;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DhcpMode {
-    /// No DHCP: machines are pointed at their targets some other way.
-    Off,
-    /// proxyDHCP beside the site's DHCP server.
-    Proxy,
-    /// A full DHCP server handing out the pool.
-    Full,
+/// `--dhcp`: off, or the mode the DHCP core runs in (the one enum for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhcpSetting(pub Option<Mode>);
+
+impl FromStr for DhcpSetting {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "off" => Ok(Self(None)),
+            "proxy" => Ok(Self(Some(Mode::Proxy))),
+            "full" => Ok(Self(Some(Mode::Full))),
+            _ => Err(ConfigError::Dhcp(s.to_string())),
+        }
+    }
 }
 
 /// Who may fetch a node's boot script (it carries the node's CHAP secret).
@@ -78,8 +85,9 @@ pub struct ServeConfig {
     pub listen_ip: Option<IpAddr>,
     /// off, proxy (boot offers beside the site's DHCP server, ports 67 and
     /// 4011) or full (addresses from --pool too) [default: off].
-    #[arg(long, value_enum, env = "BOOTD_DHCP")]
-    pub dhcp: Option<DhcpMode>,
+    #[arg(long, value_name = "MODE", env = "BOOTD_DHCP")]
+    #[serde(deserialize_with = "from_text")]
+    pub dhcp: Option<DhcpSetting>,
     /// Address pool for --dhcp full, FIRST-LAST.
     #[arg(long, env = "BOOTD_POOL")]
     #[serde(deserialize_with = "from_text")]
@@ -189,6 +197,8 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
+    #[error("DHCP mode {0:?} is not off, proxy or full")]
+    Dhcp(String),
     #[error("pool {0:?} is not FIRST-LAST (two IPv4 addresses, first <= last)")]
     Pool(String),
     #[error("unknown-MAC policy {0:?} is not ignore, discover or default=TEMPLATE")]
@@ -320,8 +330,9 @@ impl ServeConfig {
         self.tftp_port.unwrap_or(69)
     }
 
-    pub fn dhcp(&self) -> DhcpMode {
-        self.dhcp.unwrap_or(DhcpMode::Off)
+    /// The DHCP mode; `None` with `--dhcp off` (the default).
+    pub fn dhcp(&self) -> Option<Mode> {
+        self.dhcp.and_then(|d| d.0)
     }
 
     pub fn lease_secs(&self) -> u32 {
@@ -423,7 +434,8 @@ mod tests {
         )?;
         assert_eq!(c.iscsi_port(), 3261);
         assert_eq!(c.tftp_dir.as_deref(), Some(Path::new("/srv/tftp")));
-        assert_eq!(c.dhcp(), DhcpMode::Off);
+        assert_eq!(c.dhcp(), None);
+        assert!(toml::from_str::<ServeConfig>("dhcp = \"on\"\n").is_err());
         let pool = Pool {
             first: "192.0.2.10".parse()?,
             last: "192.0.2.20".parse()?,
@@ -473,7 +485,10 @@ mod tests {
             "1G",
             "--pool",
             "192.0.2.10-192.0.2.20",
+            "--dhcp",
+            "proxy",
         ])?);
+        assert_eq!(c.dhcp(), Some(Mode::Proxy));
         assert_eq!(c.iscsi_port(), 3262);
         assert_eq!(c.lease_secs(), 600);
         assert_eq!(

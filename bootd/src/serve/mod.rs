@@ -12,7 +12,7 @@ mod targets;
 use crate::datadir::DataDir;
 use crate::fleet::{Registry, Watcher};
 use anyhow::{Context, Result};
-use config::{DhcpMode, ServeConfig, UnknownPolicy};
+use config::{ServeConfig, UnknownPolicy};
 use iscsi_target::{Server, ServerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 pub fn run(data_dir: &Path, args: ServeConfig) -> Result<()> {
     let s = ServeConfig::load(args)?;
-    if s.dhcp() == DhcpMode::Off && (s.interface.is_some() || s.pool.is_some()) {
+    if s.dhcp().is_none() && (s.interface.is_some() || s.pool.is_some()) {
         tracing::warn!("--interface and --pool are not used with --dhcp off");
     }
     let dd = DataDir::open(data_dir)?;
@@ -113,7 +113,7 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
     let enroller = match (s.dhcp(), s.unknown()) {
-        (DhcpMode::Off, _) | (_, UnknownPolicy::Ignore) => None,
+        (None, _) | (_, UnknownPolicy::Ignore) => None,
         (_, policy) => {
             if let UnknownPolicy::Default(template) = &policy {
                 // Refuse a template that does not exist now, not at the first boot.

@@ -64,3 +64,93 @@ fn node_show_reports_the_last_boot() -> Result {
     serve.stop()?;
     Ok(())
 }
+
+/// A node added while serve runs reaches every server from the one fleet
+/// view: its script over HTTP, its TFTP fetch recorded as its boot stage
+/// (known by its address, with no look at the kernel's neighbour table),
+/// its disk over iSCSI; removed, it is gone from all of them.
+#[test]
+fn a_node_added_while_serving_is_seen_by_http_tftp_and_iscsi() -> Result {
+    let env = Env::new()?;
+    let raw = env.path("g.raw");
+    golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
+    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    let dir = env.path("boot");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("snponly.efi"), b"not really iPXE")?;
+    let serve = Serve::start_with(&env, &["--tftp-dir", &dir.to_string_lossy()])?;
+    let script = |serve: &Serve| -> Result<String> {
+        let url = format!(
+            "http://127.0.0.1:{}/boot/52-54-00-ab-cd-02.ipxe",
+            serve.http
+        );
+        tool(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                &url,
+            ],
+        )
+    };
+    assert_eq!(script(&serve)?, "404");
+
+    env.ok(&[
+        "node",
+        "add",
+        "52:54:00:ab:cd:02",
+        "--image",
+        "deb",
+        "--name",
+        "n1",
+        "--ip",
+        "127.0.0.1",
+    ])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while script(&serve)? != "200" {
+        assert!(Instant::now() < deadline, "HTTP never saw the new node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tftp = format!("tftp://127.0.0.1:{}/snponly.efi", serve.tftp);
+    tool(
+        "curl",
+        &["-sf", "--max-time", "10", "-o", "/dev/null", &tftp],
+    )?;
+    let n1 = env.json(&["node", "show", "n1", "--json"])?;
+    let field = |k: &str| n1[k].as_str().unwrap_or_default().to_string();
+    let (target, initiator) = (field("target_iqn"), field("initiator_iqn"));
+    let (user, secret) = (field("chap_user"), field("chap_secret"));
+    let login = Login {
+        target: &target,
+        initiator: &initiator,
+        chap: Some((&user, &secret)),
+    };
+    io_eventually(serve.port, &login, &["read -P 0x5a 0 4k"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = stages(&env)?;
+        if got.iter().any(|s| s == "iscsi-logout-1") || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(got, ["script", "tftp", "iscsi-login-1", "iscsi-logout-1"]);
+
+    env.ok(&["node", "rm", "n1"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while script(&serve)? != "404" {
+        assert!(
+            Instant::now() < deadline,
+            "HTTP still serves a removed node"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(io_ok(serve.port, &login, &["read 0 512"]).is_err());
+    serve.stop()?;
+    Ok(())
+}

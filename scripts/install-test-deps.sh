@@ -29,12 +29,14 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #   dnsmasq-base       the site's DHCP server beside proxy mode, and the DHCP benchmark's peer
 #                      (the binary only: no service that would answer on the host)
 #   kea-admin          perfdhcp, the DHCP load generator
+#   ndisc6             rdisc6: solicits an IPv6 router and prints the advertisement
+#                      (serve --ipv6-ra)
 #   syslinux syslinux-common mtools dosfstools fdisk systemd-boot-efi
 #                      building the bootable golden test image (BIOS and UEFI loaders, FAT)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
-    dosfstools fdisk systemd-boot-efi python3-fusepy
+    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 

@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod decode;
 pub mod lease;
+pub mod ra;
 pub mod reply;
 pub mod server;
 

@@ -7,6 +7,7 @@ pub mod driver;
 pub mod iface;
 pub mod lease_file;
 pub mod nodes;
+pub mod ra;
 pub mod socket;
 pub mod start;
 

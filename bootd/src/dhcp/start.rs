@@ -115,6 +115,17 @@ pub fn start(
                 .context("starting DHCP")?,
         );
     }
+    if s.ipv6_ra(mode) {
+        let ra = super::ra::Responder::bind(&ifname)
+            .with_context(|| format!("cannot answer IPv6 router solicitations on {ifname} (--ipv6-ra off turns this off)"))?;
+        let sh = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("ipv6-ra".into())
+                .spawn(move || ra.run(sh))
+                .context("starting the router-advertisement responder")?,
+        );
+    }
     tracing::info!(?mode, %server, interface = %ifname, unknown = ?s.unknown(), "DHCP serving");
     Ok(Some(Running { shared, threads }))
 }

@@ -9,6 +9,28 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+/// `--ipv6-ra`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaMode {
+    /// With `--dhcp full`: bootd owns the boot network.
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for RaMode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(ConfigError::Ra(s.to_string())),
+        }
+    }
+}
+
 /// `--dhcp`: off, or the mode the DHCP core runs in (the one enum for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DhcpSetting(pub Option<Mode>);
@@ -65,7 +87,7 @@ Changes made with `bootd node|image` take effect within a second. \
 node's target (closing its sessions) and its overlay, the CLI waits until the \
 overlay is released, then replaces or deletes it.")]
 pub struct ServeConfig {
-    /// TOML file with any of: listen_ip, iscsi_port, dhcp, interface, pool,
+    /// TOML file with any of: listen_ip, iscsi_port, dhcp, ipv6_ra, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
     /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
     /// per_source, node_quota, reserve_free, warn_free (sizes as strings,
@@ -88,6 +110,14 @@ pub struct ServeConfig {
     #[arg(long, value_name = "MODE", env = "BOOTD_DHCP")]
     #[serde(deserialize_with = "from_text")]
     pub dhcp: Option<DhcpSetting>,
+    /// Answer IPv6 router solicitations on the boot interface with an
+    /// advertisement that configures nothing, so iPXE does not wait ~13 s
+    /// for an IPv6 router before it boots: auto (with --dhcp full), on
+    /// (also with --dhcp proxy, on a network with no IPv6 router) or off
+    /// [default: auto].
+    #[arg(long, value_name = "MODE", env = "BOOTD_IPV6_RA")]
+    #[serde(deserialize_with = "from_text")]
+    pub ipv6_ra: Option<RaMode>,
     /// Address pool for --dhcp full, FIRST-LAST.
     #[arg(long, env = "BOOTD_POOL")]
     #[serde(deserialize_with = "from_text")]
@@ -197,6 +227,8 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
+    #[error("--ipv6-ra {0:?} is not auto, on or off")]
+    Ra(String),
     #[error("DHCP mode {0:?} is not off, proxy or full")]
     Dhcp(String),
     #[error("pool {0:?} is not FIRST-LAST (two IPv4 addresses, first <= last)")]
@@ -283,6 +315,7 @@ impl ServeConfig {
             interface,
             listen_ip,
             dhcp,
+            ipv6_ra,
             pool,
             router,
             lease_secs,
@@ -333,6 +366,15 @@ impl ServeConfig {
     /// The DHCP mode; `None` with `--dhcp off` (the default).
     pub fn dhcp(&self) -> Option<Mode> {
         self.dhcp.and_then(|d| d.0)
+    }
+
+    /// Whether DHCP in `mode` also answers IPv6 router solicitations.
+    pub fn ipv6_ra(&self, mode: Mode) -> bool {
+        match self.ipv6_ra.unwrap_or(RaMode::Auto) {
+            RaMode::Auto => mode == Mode::Full,
+            RaMode::On => true,
+            RaMode::Off => false,
+        }
     }
 
     pub fn lease_secs(&self) -> u32 {
@@ -489,6 +531,12 @@ mod tests {
             "proxy",
         ])?);
         assert_eq!(c.dhcp(), Some(Mode::Proxy));
+        assert!(!c.ipv6_ra(Mode::Proxy) && c.ipv6_ra(Mode::Full));
+        c.overlay(flags(&["--ipv6-ra", "on"])?);
+        assert!(c.ipv6_ra(Mode::Proxy));
+        let off: ServeConfig = toml::from_str("ipv6_ra = \"off\"\n")?;
+        assert!(!off.ipv6_ra(Mode::Full));
+        assert!(flags(&["--ipv6-ra", "yes"]).is_err());
         assert_eq!(c.iscsi_port(), 3262);
         assert_eq!(c.lease_secs(), 600);
         assert_eq!(

@@ -100,12 +100,25 @@ fn ipxe_gets_script_url_by_user_class_or_option_175() -> R {
             d.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
         }
         let r = run(&d, &params(Mode::Full), &mut l, &KNOWN)?.ok_or("no offer")?;
+        let m = wire(&r)?;
         assert_eq!(
-            boot_file(&wire(&r)?).as_deref(),
+            boot_file(&m).as_deref(),
             Some("http://192.0.2.1:8080/boot.ipxe")
         );
+        // no-pxedhcp: iPXE takes the offer without waiting for ProxyDHCP.
+        assert_eq!(m.opts().get(175.into()), Some(&no_pxedhcp()));
     }
+    // The firmware's own PXE ROM is told nothing of iPXE's options.
+    let mut l = leases(Mem::default())?;
+    let mut d = msg(MessageType::Discover, MAC);
+    pxe(&mut d, 0);
+    let r = run(&d, &params(Mode::Full), &mut l, &KNOWN)?.ok_or("no offer")?;
+    assert_eq!(wire(&r)?.opts().get(175.into()), None);
     Ok(())
+}
+
+fn no_pxedhcp() -> DhcpOption {
+    DhcpOption::Unknown(UnknownOption::new(175.into(), vec![176, 1, 1]))
 }
 
 #[test]

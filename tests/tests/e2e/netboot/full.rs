@@ -38,7 +38,14 @@ struct Files {
 #[test]
 fn full_dhcp_tftp_http_on_a_bridge() -> Result<()> {
     let test = "full_dhcp_tftp_http_on_a_bridge";
-    if !lab::can_run(test, &[("curl", "curl"), ("iscsi-inq", "libiscsi-bin")]) {
+    if !lab::can_run(
+        test,
+        &[
+            ("curl", "curl"),
+            ("iscsi-inq", "libiscsi-bin"),
+            ("rdisc6", "ndisc6"),
+        ],
+    ) {
         return Ok(());
     }
     let start = Instant::now();
@@ -159,6 +166,11 @@ fn full_dhcp_tftp_http_on_a_bridge() -> Result<()> {
     );
     println!("{test}: hostile datagrams to 67 and 69 (seed {seed}): {arrived:?}; still answering");
 
+    // udhcpc's script flushed the NIC's addresses, the IPv6 link-local one too: down
+    // and up again (set_mac) makes a new one to solicit from.
+    lab::set_mac(&machine, NODE_MAC)?;
+    router_advertisement(&machine).with_context(|| serve.log())?;
+
     // A restart reads the lease file: the stranger asks first, so an empty table
     // would hand it the node's old address.
     serve.stop()?;
@@ -198,6 +210,54 @@ fn in_pool(lease: &Lease) -> Result<Ipv4Addr> {
 /// The registered machine as each firmware it may run: BIOS PXE and UEFI x64 PXE
 /// get an iPXE binary over TFTP from this server, UEFI HTTP boot gets its URL (which
 /// serves the same binary), iPXE gets the script URL; always the same address.
+/// `--ipv6-ra` (on with `--dhcp full`): a router solicitation from the machine gets the
+/// advertisement that configures nothing, which is what ends iPXE's wait for an IPv6
+/// router. rdisc6 (ndisc6) solicits and prints what came back.
+fn router_advertisement(machine: &NetNs) -> Result<()> {
+    // A fresh namespace's link-local address is tentative for a second or
+    // two (duplicate address detection); rdisc6 cannot solicit before.
+    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    let out = loop {
+        let out = machine
+            .command("rdisc6")
+            .args(["-1", "-w", "1500", "-r", "2", lab::NIC])
+            .output()
+            .context("running rdisc6")?;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "no router advertisement: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.split_whitespace().next().unwrap_or_default().to_string())
+    };
+    for (name, want) in [
+        ("Stateful address conf.", "No"),
+        ("Stateful other conf.", "No"),
+        ("Router lifetime", "0"),
+    ] {
+        ensure!(
+            field(name).as_deref() == Some(want),
+            "{name} is not {want} in: {text}"
+        );
+    }
+    ensure!(
+        !text.contains("Prefix"),
+        "the advertisement carries a prefix: {text}"
+    );
+    println!("router solicitation answered: not a router, nothing to configure");
+    Ok(())
+}
+
 fn firmware_stages(lab: &Lab, machine: &NetNs, serve: &Serve) -> Result<Ipv4Addr> {
     let bios = lab.udhcpc(machine, "pxe-bios", lab::PXE_BIOS)?;
     let node_ip = in_pool(&bios)?;

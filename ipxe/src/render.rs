@@ -67,6 +67,11 @@ pub enum RenderError {
     NotIpxe,
     #[error("rendered script is {0} bytes; at most {MAX_SCRIPT_BYTES} are allowed")]
     TooLarge(usize),
+    #[error(
+        "user-data is {0} bytes; at most {max} are allowed",
+        max = crate::user_data::MAX_USER_DATA_BYTES
+    )]
+    UserDataTooLarge(usize),
 }
 
 impl From<minijinja::Error> for RenderError {

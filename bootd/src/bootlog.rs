@@ -306,6 +306,7 @@ mod tests {
             chap_user: "n1".into(),
             chap_secret: "0123456789abcdef".into(),
             overlay_path: "/data/overlays/n1.qcow2".into(),
+            user_data: None,
         })?;
         store.set_node_state("n1", NodeState::Ready)?;
         let registry = Registry::new(Box::new(store));

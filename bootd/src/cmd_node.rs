@@ -4,7 +4,7 @@ mod discovered;
 mod stages;
 
 use crate::datadir::{allocated_bytes, DataDir};
-use crate::lifecycle::Source;
+use crate::lifecycle::{AddOptions, Source};
 use crate::names;
 use crate::output;
 use crate::store::{MutualChap, Node, Store, StoreError};
@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use clap::{ArgGroup, Subcommand, ValueEnum};
 use serde_json::json;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
@@ -33,6 +34,10 @@ pub enum NodeCmd {
         /// the OS initiator refuse a target without the node's target secret).
         #[arg(long)]
         mutual_chap: bool,
+        /// The node's own cloud-init user-data, which wins over its
+        /// template's (see `template add --user-data`).
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
     },
     /// Every node with its image version, overlay size and state.
     List {
@@ -62,6 +67,10 @@ pub enum NodeCmd {
         /// Mutual CHAP for every adopted node (see `node add --mutual-chap`).
         #[arg(long)]
         mutual_chap: bool,
+        /// cloud-init user-data of every adopted node's own (see `node add
+        /// --user-data`).
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
     },
     /// Everything about one node, including its iSCSI credentials and the
     /// stages of its last boot.
@@ -117,17 +126,12 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             name,
             ip,
             mutual_chap,
+            user_data,
         } => {
             let source = source(image, template)?;
-            let node = crate::lifecycle::add_with(
-                dd,
-                store.as_mut(),
-                &mac,
-                &source,
-                name,
-                ip,
-                mutual_chap,
-            )?;
+            let opts = add_options(mutual_chap, user_data)?;
+            let node =
+                crate::lifecycle::add_with(dd, store.as_mut(), &mac, &source, name, ip, &opts)?;
             println!(
                 "added node {} ({}) on {} version {}: {}{}",
                 node.name,
@@ -151,6 +155,7 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             image,
             template,
             mutual_chap,
+            user_data,
         } => {
             let which = match (all, yes) {
                 (false, _) => discovered::Which::Macs(&macs),
@@ -158,17 +163,21 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
                 (true, false) => discovered::Which::AllIfConfirmed,
             };
             let source = source(image, template)?;
-            discovered::adopt(dd, store.as_mut(), which, &source, mutual_chap)?
+            let opts = add_options(mutual_chap, user_data)?;
+            discovered::adopt(dd, store.as_mut(), which, &source, &opts)?
         }
         NodeCmd::Show { node, json } => {
             let n = lookup(store.as_ref(), &node)?;
             let last_boot = store.boot_stages(&n.mac.to_string())?;
+            let user_data = user_data_source(store.as_ref(), &n)?;
             if json {
                 let mut v = node_json(&n);
+                v["user_data"] = json!(user_data);
+                v["overlay_generation"] = json!(n.overlay_generation);
                 v["last_boot"] = stages::to_json(&last_boot);
                 return output::json(&v);
             }
-            show(&n);
+            show(&n, user_data);
             stages::print(&last_boot);
         }
         NodeCmd::Chap { node, mutual } => set_mutual(store.as_mut(), &node, mutual)?,
@@ -189,6 +198,32 @@ fn source(image: Option<String>, template: Option<String>) -> Result<Source> {
         (None, Some(t)) => Source::Template(t),
         (None, None) => bail!("give --image or --template"),
     })
+}
+
+/// Reads and checks `--user-data` before anything is stored.
+fn add_options(mutual_chap: bool, user_data: Option<PathBuf>) -> Result<AddOptions> {
+    Ok(AddOptions {
+        mutual_chap,
+        user_data: user_data
+            .as_deref()
+            .map(crate::cmd_template::read_user_data)
+            .transpose()?,
+    })
+}
+
+/// Where the node's cloud-init user-data comes from: its `own`, its
+/// `template`'s, or bootd's `default`. Only that, never the text (it may
+/// hold secrets).
+fn user_data_source(store: &dyn Store, n: &Node) -> Result<&'static str> {
+    if n.user_data.is_some() {
+        return Ok("own");
+    }
+    if let Some(t) = &n.template {
+        if store.template(t)?.user_data.is_some() {
+            return Ok("template");
+        }
+    }
+    Ok("default")
 }
 
 fn move_node(dd: &DataDir, store: &mut dyn Store, key: &str, latest: bool) -> Result<()> {
@@ -306,7 +341,7 @@ fn list(store: &dyn Store, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn show(n: &Node) {
+fn show(n: &Node, user_data: &str) {
     let rows = [
         ("name", n.name.clone()),
         ("mac", n.mac.to_string()),
@@ -341,7 +376,9 @@ fn show(n: &Node) {
                 output::bytes(n.image.bytes)
             ),
         ),
+        ("overlay_generation", n.overlay_generation.to_string()),
         ("state", n.state.as_str().into()),
+        ("user_data", user_data.into()),
     ];
     for (k, v) in rows {
         println!("{k:<18} {v}");

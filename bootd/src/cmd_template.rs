@@ -1,13 +1,14 @@
-//! `bootd template add|list|rm`. Scripts are stored as text, after a trial
-//! render against a sample node so that a broken one is refused here, not
-//! at boot.
+//! `bootd template add|list|rm`. Scripts and cloud-init user-data are
+//! stored as text, after a trial render against a sample node so that a
+//! broken one is refused here, not at boot.
 
 use crate::datadir::DataDir;
 use crate::output;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum TemplateCmd {
@@ -21,6 +22,13 @@ pub enum TemplateCmd {
         /// built-ins sanboot.ipxe, linux-iscsi.ipxe and windows-sanboot.ipxe.
         #[arg(long)]
         script: Option<PathBuf>,
+        /// cloud-init user-data for the template's nodes (cloud-config text,
+        /// at most 64 KiB, minijinja syntax with the node's name, mac, ip,
+        /// image and version; cloud-init's own `{{ }}` go in `{% raw %}`).
+        /// A node's own `node add --user-data` wins; without either, nodes
+        /// get a default that sets the hostname.
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
     },
     /// Every template with its image.
     List {
@@ -38,27 +46,30 @@ pub fn run(dd: &DataDir, cmd: TemplateCmd) -> Result<()> {
             name,
             image,
             script,
+            user_data,
         } => {
             crate::names::check_image_name("template", &name)?;
             let text = match &script {
                 Some(p) => {
                     let raw = std::fs::read(p)
                         .with_context(|| format!("{}: cannot read", p.display()))?;
-                    Some(String::from_utf8(raw).map_err(|e| {
-                        anyhow::anyhow!(
-                            "{}: not UTF-8 text (invalid byte at {})",
-                            p.display(),
-                            e.utf8_error().valid_up_to()
-                        )
-                    })?)
+                    Some(utf8(p, raw)?)
                 }
                 None => None,
             };
             if let (Some(p), Some(t)) = (&script, &text) {
                 bootd_ipxe::validate(t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             }
-            store.add_template(&name, &image, text.as_deref())?;
-            println!("added template {name} (image {image})");
+            let user_data = user_data.as_deref().map(read_user_data).transpose()?;
+            store.add_template(&name, &image, text.as_deref(), user_data.as_deref())?;
+            println!(
+                "added template {name} (image {image}{})",
+                if user_data.is_some() {
+                    ", with user-data"
+                } else {
+                    ""
+                }
+            );
         }
         TemplateCmd::List { json } => {
             let list = store.templates()?;
@@ -70,6 +81,8 @@ pub fn run(dd: &DataDir, cmd: TemplateCmd) -> Result<()> {
                             "name": t.name,
                             "image": t.image,
                             "script": t.script,
+                            // Whether it has one: the text may hold secrets.
+                            "user_data": t.user_data.is_some(),
                             "created": t.created,
                         })
                     })
@@ -97,4 +110,36 @@ pub fn run(dd: &DataDir, cmd: TemplateCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn utf8(p: &Path, raw: Vec<u8>) -> Result<String> {
+    String::from_utf8(raw).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (invalid byte at {})",
+            p.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Reads and checks a cloud-init user-data template (`template add` and
+/// `node add --user-data`): at most 64 KiB of UTF-8 that renders against a
+/// sample node. Errors are one line naming the file, never its content
+/// (user-data may hold secrets).
+pub fn read_user_data(p: &Path) -> Result<String> {
+    const MAX: usize = bootd_ipxe::MAX_USER_DATA_BYTES;
+    let mut raw = Vec::new();
+    std::fs::File::open(p)
+        .and_then(|f| f.take(MAX as u64 + 1).read_to_end(&mut raw))
+        .with_context(|| format!("{}: cannot read", p.display()))?;
+    if raw.len() > MAX {
+        anyhow::bail!(
+            "{}: user-data is larger than {MAX} bytes, the most allowed",
+            p.display()
+        );
+    }
+    let text = utf8(p, raw)?;
+    bootd_ipxe::validate_user_data(&text)
+        .map_err(|e| anyhow::anyhow!("{}: user-data {e}", p.display()))?;
+    Ok(text)
 }

@@ -99,8 +99,12 @@ fn claim(dd: &DataDir, name: &str, wait: bool) -> Result<Option<File>> {
 /// finish. The overlay is whatever the command got to: the old one
 /// (nothing happened), or a fresh one (the reset happened). A fresh
 /// overlay made for another image version than the registry names is made
-/// again for the registered one, so a node never boots the wrong image.
-/// Returns the names put back.
+/// again for the registered one, so a node never boots the wrong image,
+/// and counts as a fresh overlay (its generation moves). A fresh overlay on
+/// the same version cannot be told from the old one: its generation stays,
+/// which is harmless (a fresh disk has no cloud-init state, so first boot
+/// runs anyway), where moving it for an old disk would re-run first boot on
+/// a system that had already booted. Returns the names put back.
 pub fn recover_releasing(dd: &DataDir, store: &mut dyn Store) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for n in store.nodes()? {
@@ -118,8 +122,10 @@ pub fn recover_releasing(dd: &DataDir, store: &mut dyn Store) -> Result<Vec<Stri
             write_overlay(&n.overlay_path, &n.image)?;
             remove_file(&dd.pr_file(&n.name))
                 .with_context(|| format!("{}", dd.pr_file(&n.name).display()))?;
+            store.node_overlay_ready(&n.name, n.image.id)?;
+        } else {
+            store.set_node_state(&n.name, NodeState::Ready)?;
         }
-        store.set_node_state(&n.name, NodeState::Ready)?;
         done.push(n.name);
     }
     Ok(done)
@@ -267,11 +273,20 @@ pub fn add(
     name: Option<String>,
     ip: Option<IpAddr>,
 ) -> Result<Node> {
-    add_with(dd, store, mac, source, name, ip, false)
+    add_with(dd, store, mac, source, name, ip, &AddOptions::default())
 }
 
-/// [`add`], with mutual CHAP on when `mutual_chap`: set while the node is
-/// still `creating`, so serve's first target for it already has it.
+/// What `node add` and `node adopt` may set beyond [`add`]'s arguments.
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// Mutual CHAP on: set while the node is still `creating`, so serve's
+    /// first target for it already has it.
+    pub mutual_chap: bool,
+    /// The node's own cloud-init user-data, already checked by the caller.
+    pub user_data: Option<String>,
+}
+
+/// [`add`] with [`AddOptions`].
 pub fn add_with(
     dd: &DataDir,
     store: &mut dyn Store,
@@ -279,7 +294,7 @@ pub fn add_with(
     source: &Source,
     name: Option<String>,
     ip: Option<IpAddr>,
-    mutual_chap: bool,
+    opts: &AddOptions,
 ) -> Result<Node> {
     let mac: bootd_plan::Mac = mac.parse()?;
     let name = name.unwrap_or_else(|| names::default_node_name(&mac.to_string()));
@@ -301,10 +316,13 @@ pub fn add_with(
         chap_user: name.clone(),
         chap_secret: names::chap_secret(),
         overlay_path: overlay_path.clone(),
+        user_data: opts.user_data.clone(),
     })?;
     // The row (state `creating`) claims the name and MAC; serve ignores the
     // node until the overlay exists.
-    let mutual = mutual_chap.then(|| MutualChap::generate(&node.chap_secret));
+    let mutual = opts
+        .mutual_chap
+        .then(|| MutualChap::generate(&node.chap_secret));
     let prepared = match mutual {
         Some(m) => store
             .set_mutual_chap(&node.name, Some(&m))
@@ -354,6 +372,7 @@ mod tests {
             Some("n1".into()),
             None,
         )?;
+        assert_eq!(n.overlay_generation, 1, "the first overlay is the first");
         // `add` took the newest version; put the node on v1 as if older.
         let n = store.node_overlay_ready(&n.name, imgs[0].id)?;
         write_overlay(&n.overlay_path, &imgs[0])?;
@@ -390,7 +409,10 @@ mod tests {
             recover_releasing(&dd, store.as_mut())?,
             vec!["n1".to_string()]
         );
-        assert_eq!(store.node("n1")?.state, NodeState::Ready);
+        let kept = store.node("n1")?;
+        assert_eq!(kept.state, NodeState::Ready);
+        // The overlay may be the old one: no new first boot.
+        assert_eq!(kept.overlay_generation, n.overlay_generation);
 
         // A move to v2 that died after writing the new overlay but before
         // the registry said so: the overlay is made again on v1.
@@ -399,6 +421,7 @@ mod tests {
         assert_eq!(recover_releasing(&dd, store.as_mut())?.len(), 1);
         let now = store.node("n1")?;
         assert_eq!(now.state, NodeState::Ready);
+        assert_eq!(now.overlay_generation, n.overlay_generation + 1);
         assert_eq!(
             backing(&now.overlay_path),
             Some(backing_name(&now.image.path))
@@ -418,6 +441,7 @@ mod tests {
         std::fs::write(&w1, b"old log")?;
         let moved = recreate(&dd, store.as_mut(), &n, &v2)?;
         assert_eq!(moved.image.id, v2.id);
+        assert_eq!(moved.overlay_generation, n.overlay_generation + 1);
         assert!(!pr.exists(), "the old disk's reservations went with it");
         assert!(
             !w0.exists() && !w1.exists(),

@@ -2,7 +2,7 @@
 //! while unregistered (`serve --unknown discover`) become nodes.
 
 use crate::datadir::DataDir;
-use crate::lifecycle::Source;
+use crate::lifecycle::{AddOptions, Source};
 use crate::output;
 use crate::store::{Discovered, Store};
 use anyhow::{bail, Result};
@@ -69,13 +69,13 @@ pub enum Which<'a> {
 /// Registers the given discovered MACs (or all of them) from `source`;
 /// each becomes a node as `node add` would make it. Stops at the first
 /// failure, keeping the nodes already added.
-/// `mutual_chap` turns mutual CHAP on for each.
+/// `opts` (mutual CHAP, user-data) apply to each.
 pub fn adopt(
     dd: &DataDir,
     store: &mut dyn Store,
     which: Which<'_>,
     source: &Source,
-    mutual_chap: bool,
+    opts: &AddOptions,
 ) -> Result<()> {
     let found = store.discovered()?;
     if found.is_empty() {
@@ -100,7 +100,7 @@ pub fn adopt(
         }
     };
     for mac in chosen {
-        let n = crate::lifecycle::add_with(dd, store, &mac, source, None, None, mutual_chap)?;
+        let n = crate::lifecycle::add_with(dd, store, &mac, source, None, None, opts)?;
         println!("adopted {} as node {}: {}", n.mac, n.name, n.target_iqn);
     }
     Ok(())

@@ -122,7 +122,7 @@ mod tests {
             bytes: 4096,
             sha256: "00".repeat(32),
         })?;
-        cli.add_template("lab", "golden", Some("#!ipxe\nsanboot\n"))?;
+        cli.add_template("lab", "golden", Some("#!ipxe\nsanboot\n"), None)?;
         let mac = "02:00:00:00:00:07";
         crate::lifecycle::add(
             &dd,

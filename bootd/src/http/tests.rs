@@ -31,6 +31,7 @@ fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
         chap_user: "a".into(),
         chap_secret: "0123456789abcdef".into(),
         overlay_path: "/data/overlays/a.qcow2".into(),
+        user_data: None,
     }
 }
 
@@ -132,7 +133,7 @@ async fn a_stored_template_that_fails_is_a_server_error() -> Result {
     let (server, port, image) = start().await?;
     with_store(&server, |s| {
         // Stored behind validate's back, as an older bootd might have.
-        s.add_template("old", "deb", Some("#!ipxe\necho {{ gone }}\n"))?;
+        s.add_template("old", "deb", Some("#!ipxe\necho {{ gone }}\n"), None)?;
         s.add_node(&new_node(Some("old"), image))?;
         s.set_node_state("a", NodeState::Ready)
     })?;

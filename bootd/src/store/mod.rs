@@ -47,6 +47,10 @@ pub struct Template {
     /// Image name (not version): nodes get its newest version.
     pub image: String,
     pub script: Option<String>,
+    /// cloud-init user-data (minijinja text) for the template's nodes that
+    /// have none of their own; `None` = bootd's default. May hold secrets:
+    /// never printed in listings or logs.
+    pub user_data: Option<String>,
     pub created: i64,
 }
 
@@ -74,6 +78,15 @@ pub struct Node {
     pub state: NodeState,
     /// Bumped by every change to the node; `serve` rebuilds the target when it moves.
     pub revision: i64,
+    /// The node's own cloud-init user-data (minijinja text), which wins over
+    /// its template's; `None` = none of its own. May hold secrets: never
+    /// printed in listings or logs.
+    pub user_data: Option<String>,
+    /// Fresh overlays the node has had: 1 once its first is ready, and one
+    /// more for every reset, move and image upgrade (0 while the first is
+    /// being made). Part of its cloud-init instance-id, so a fresh disk
+    /// runs first boot again.
+    pub overlay_generation: u64,
     pub created: i64,
 }
 
@@ -119,6 +132,8 @@ pub struct NewNode {
     pub chap_user: String,
     pub chap_secret: String,
     pub overlay_path: PathBuf,
+    /// The node's own cloud-init user-data; see [`Node::user_data`].
+    pub user_data: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +195,15 @@ pub trait Store: Records + Send {
     /// Removes every version of `name`; refused while a node or template uses it.
     fn remove_image(&mut self, name: &str) -> Result<Vec<Image>>;
 
-    fn add_template(&mut self, name: &str, image: &str, script: Option<&str>) -> Result<Template>;
+    /// `script`: iPXE script template; `user_data`: cloud-init user-data
+    /// template. Both checked by the caller.
+    fn add_template(
+        &mut self,
+        name: &str,
+        image: &str,
+        script: Option<&str>,
+        user_data: Option<&str>,
+    ) -> Result<Template>;
     fn templates(&self) -> Result<Vec<Template>>;
     fn template(&self, name: &str) -> Result<Template>;
     /// Refused while nodes were created from it.
@@ -192,7 +215,9 @@ pub trait Store: Records + Send {
     /// By name or by (normalised) MAC.
     fn node(&self, name_or_mac: &str) -> Result<Node>;
     fn set_node_state(&mut self, name: &str, state: NodeState) -> Result<Node>;
-    /// A fresh overlay over `image_id` is in place: the node is `Ready`.
+    /// A fresh overlay over `image_id` is in place: the node is `Ready` and
+    /// its overlay generation moves on by one. Every path that writes a new
+    /// overlay for a node ends here (add, reset, move, image upgrade).
     fn node_overlay_ready(&mut self, name: &str, image_id: i64) -> Result<Node>;
     /// Turns the node's mutual CHAP on (`Some`) or off; moves its revision,
     /// so a running serve rebuilds the node's target with the new credentials.

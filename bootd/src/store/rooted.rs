@@ -84,8 +84,14 @@ impl Store for Rooted {
             .collect())
     }
 
-    fn add_template(&mut self, name: &str, image: &str, script: Option<&str>) -> Result<Template> {
-        self.inner.add_template(name, image, script)
+    fn add_template(
+        &mut self,
+        name: &str,
+        image: &str,
+        script: Option<&str>,
+        user_data: Option<&str>,
+    ) -> Result<Template> {
+        self.inner.add_template(name, image, script, user_data)
     }
 
     fn templates(&self) -> Result<Vec<Template>> {

@@ -73,6 +73,18 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN mutual_secret TEXT
         CHECK ((mutual_secret IS NULL) = (mutual_user IS NULL));
     ",
+    // 4: cloud-init user-data (minijinja text; NULL = none) on templates and
+    // nodes (a node's own wins), and each node's overlay generation: how
+    // many fresh overlays it has had, so a reset or move gives it a new
+    // cloud-init instance-id. Nodes that already have an overlay are on
+    // their first.
+    "
+    ALTER TABLE templates ADD COLUMN user_data TEXT;
+    ALTER TABLE nodes ADD COLUMN user_data TEXT;
+    ALTER TABLE nodes ADD COLUMN overlay_generation INTEGER NOT NULL DEFAULT 0
+        CHECK (overlay_generation >= 0);
+    UPDATE nodes SET overlay_generation = 1 WHERE state <> 'creating';
+    ",
 ];
 
 /// The version a fully migrated database has.

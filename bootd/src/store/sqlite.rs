@@ -19,8 +19,10 @@ const NODE_SELECT: &str = "
     SELECT n.id, n.name, n.mac, n.template, n.ip, n.target_iqn, n.initiator_iqn,
            n.chap_user, n.chap_secret, n.overlay_path, n.state, n.revision, n.created,
            i.id, i.name, i.version, i.path, i.bytes, i.sha256, i.created,
-           n.mutual_user, n.mutual_secret
+           n.mutual_user, n.mutual_secret, n.user_data, n.overlay_generation
     FROM nodes n JOIN images i ON i.id = n.image_id";
+
+const TEMPLATE_SELECT: &str = "SELECT name, image, script, created, user_data FROM templates";
 
 const IMAGE_SELECT: &str = "SELECT id, name, version, path, bytes, sha256, created FROM images";
 
@@ -269,7 +271,13 @@ impl Store for SqliteStore {
         Ok(images)
     }
 
-    fn add_template(&mut self, name: &str, image: &str, script: Option<&str>) -> Result<Template> {
+    fn add_template(
+        &mut self,
+        name: &str,
+        image: &str,
+        script: Option<&str>,
+        user_data: Option<&str>,
+    ) -> Result<Template> {
         let tx = self.write()?;
         if exists(&tx, "SELECT 1 FROM templates WHERE name = ?1", name)? {
             return Err(StoreError::Duplicate {
@@ -285,11 +293,12 @@ impl Store for SqliteStore {
             });
         }
         tx.execute(
-            "INSERT INTO templates (name, image, script, created) VALUES (?1, ?2, ?3, ?4)",
-            params![name, image, script, now()],
+            "INSERT INTO templates (name, image, script, user_data, created)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, image, script, user_data, now()],
         )?;
         let t = tx.query_row(
-            "SELECT name, image, script, created FROM templates WHERE name = ?1",
+            &format!("{TEMPLATE_SELECT} WHERE name = ?1"),
             [name],
             template_row,
         )?;
@@ -301,7 +310,7 @@ impl Store for SqliteStore {
     fn templates(&self) -> Result<Vec<Template>> {
         let mut st = self
             .conn
-            .prepare("SELECT name, image, script, created FROM templates ORDER BY name")?;
+            .prepare(&format!("{TEMPLATE_SELECT} ORDER BY name"))?;
         let rows = st.query_map([], template_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -309,7 +318,7 @@ impl Store for SqliteStore {
     fn template(&self, name: &str) -> Result<Template> {
         self.conn
             .query_row(
-                "SELECT name, image, script, created FROM templates WHERE name = ?1",
+                &format!("{TEMPLATE_SELECT} WHERE name = ?1"),
                 [name],
                 template_row,
             )
@@ -324,7 +333,7 @@ impl Store for SqliteStore {
         let tx = self.write()?;
         let t = tx
             .query_row(
-                "SELECT name, image, script, created FROM templates WHERE name = ?1",
+                &format!("{TEMPLATE_SELECT} WHERE name = ?1"),
                 [name],
                 template_row,
             )
@@ -391,8 +400,9 @@ impl Store for SqliteStore {
         }
         tx.execute(
             "INSERT INTO nodes (name, mac, image_id, template, ip, target_iqn, initiator_iqn,
-                                chap_user, chap_secret, overlay_path, state, revision, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12)",
+                                chap_user, chap_secret, overlay_path, state, revision, created,
+                                user_data, overlay_generation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, 0)",
             params![
                 node.name,
                 mac,
@@ -405,7 +415,8 @@ impl Store for SqliteStore {
                 node.chap_secret,
                 overlay,
                 NodeState::Creating.as_str(),
-                now()
+                now(),
+                node.user_data
             ],
         )?;
         // Adopted: no longer waiting in the discovered list.
@@ -450,7 +461,9 @@ impl Store for SqliteStore {
     fn node_overlay_ready(&mut self, name: &str, image_id: i64) -> Result<Node> {
         self.update_node(
             name,
-            "UPDATE nodes SET state = ?2, image_id = ?3, revision = revision + 1 WHERE name = ?1",
+            "UPDATE nodes SET state = ?2, image_id = ?3, revision = revision + 1,
+                              overlay_generation = overlay_generation + 1
+             WHERE name = ?1",
             params![name, NodeState::Ready.as_str(), image_id],
         )
     }

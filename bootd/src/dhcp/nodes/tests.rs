@@ -42,7 +42,7 @@ fn data_dir() -> Res<(tempfile::TempDir, DataDir)> {
         bytes: 1 << 20,
         sha256: "00".repeat(32),
     })?;
-    s.add_template("lab", "golden", None)?;
+    s.add_template("lab", "golden", None, None)?;
     Ok((tmp, dd))
 }
 

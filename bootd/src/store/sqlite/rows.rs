@@ -79,6 +79,8 @@ pub(super) fn node_row(row: &Row<'_>) -> rusqlite::Result<Node> {
             (Some(user), Some(secret)) => Some(MutualChap { user, secret }),
             _ => None,
         },
+        user_data: row.get(22)?,
+        overlay_generation: u64_col(row, 23)?,
     })
 }
 
@@ -88,5 +90,6 @@ pub(super) fn template_row(row: &Row<'_>) -> rusqlite::Result<Template> {
         image: row.get(1)?,
         script: row.get(2)?,
         created: row.get(3)?,
+        user_data: row.get(4)?,
     })
 }

@@ -23,6 +23,7 @@ fn node(name: &str, mac: &str, image_id: i64) -> NewNode {
         chap_user: name.into(),
         chap_secret: "0123456789abcdef".into(),
         overlay_path: format!("/data/overlays/{name}.qcow2").into(),
+        user_data: None,
     }
 }
 
@@ -91,7 +92,7 @@ fn image_and_template_removal_is_refused_while_used() -> Result<()> {
     let mut s = SqliteStore::open_in_memory()?;
     let v1 = s.add_image(&image("deb", 1))?;
     s.add_image(&image("deb", 2))?;
-    s.add_template("t", "deb", Some("#!ipxe"))?;
+    s.add_template("t", "deb", Some("#!ipxe"), None)?;
     let mut n = node("a", "02:00:00:00:00:01", v1.id);
     n.template = Some("t".into());
     s.add_node(&n)?;
@@ -190,7 +191,7 @@ fn migration_3_leaves_existing_nodes_without_mutual_chap() -> Result<()> {
     let version: i64 = s
         .conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
-    assert_eq!(version, 3);
+    assert_eq!(version, schema::latest());
     let n = s.node("old")?;
     assert_eq!(n.mutual_chap, None);
     // Migrating is not a change serve has to act on.
@@ -266,5 +267,136 @@ fn a_stored_value_that_does_not_parse_is_an_error() -> Result<()> {
     let n = s.node("a")?;
     assert_eq!(n.ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 9).into()));
     assert_eq!(n.mac.to_string(), "02:00:00:00:00:01");
+    Ok(())
+}
+
+/// A database written by a bootd from before migration 4 (schema version
+/// 3): a template, a ready node on it and one still being created.
+fn version_3_database(path: &std::path::Path) -> Result<()> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL);
+         INSERT INTO schema_version (version) VALUES (3);",
+    )?;
+    for m in &MIGRATIONS[..3] {
+        conn.execute_batch(m)?;
+    }
+    conn.execute_batch(
+        "INSERT INTO images (name, version, path, bytes, sha256, created)
+         VALUES ('deb', 1, '/data/images/deb-v1.raw', 1048576, 'aa', 1);
+         INSERT INTO templates (name, image, script, created) VALUES ('t', 'deb', '#!ipxe', 1);
+         INSERT INTO nodes (name, mac, image_id, template, ip, target_iqn, initiator_iqn,
+                            chap_user, chap_secret, overlay_path, state, revision, created,
+                            mutual_user, mutual_secret)
+         VALUES ('old', '02:00:00:00:00:01', 1, 't', '192.0.2.7', 'iqn.t:old', 'iqn.i:old',
+                 'old', '0123456789abcdef', '/data/overlays/old.qcow2', 'ready', 4, 1,
+                 'bootd', 'fedcba9876543210'),
+                ('new', '02:00:00:00:00:02', 1, NULL, NULL, 'iqn.t:new', 'iqn.i:new',
+                 'new', 'abcdef0123456789', '/data/overlays/new.qcow2', 'creating', 0, 2,
+                 NULL, NULL);",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn migration_4_keeps_rows_and_numbers_existing_overlays() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let path = dir.path().join("bootd.db");
+    version_3_database(&path)?;
+    let mut s = SqliteStore::open(&path)?;
+    let version: i64 = s
+        .conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
+    assert_eq!(version, 4);
+    let old = s.node("old")?;
+    assert_eq!(
+        (
+            old.template.as_deref(),
+            old.revision,
+            old.chap_secret.as_str()
+        ),
+        (Some("t"), 4, "0123456789abcdef")
+    );
+    assert_eq!(old.ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 7).into()));
+    assert_eq!(
+        old.mutual_chap.map(|m| m.secret).as_deref(),
+        Some("fedcba9876543210")
+    );
+    assert_eq!(old.user_data, None);
+    // It has an overlay already: its first.
+    assert_eq!(old.overlay_generation, 1);
+    let new = s.node("new")?;
+    assert_eq!(
+        (new.state, new.overlay_generation),
+        (NodeState::Creating, 0)
+    );
+    let t = s.template("t")?;
+    assert_eq!((t.script.as_deref(), t.user_data), (Some("#!ipxe"), None));
+    // The first overlay of the node that was being made is its first.
+    assert_eq!(
+        s.node_overlay_ready("new", new.image.id)?
+            .overlay_generation,
+        1
+    );
+    assert_eq!(
+        s.node_overlay_ready("old", old.image.id)?
+            .overlay_generation,
+        2
+    );
+    Ok(())
+}
+
+#[test]
+fn user_data_is_stored_on_templates_and_nodes() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    let img = s.add_image(&image("deb", 1))?;
+    let t = s.add_template(
+        "t",
+        "deb",
+        None,
+        Some("#cloud-config\nhostname: {{ name }}\n"),
+    )?;
+    assert_eq!(
+        t.user_data.as_deref(),
+        Some("#cloud-config\nhostname: {{ name }}\n")
+    );
+    assert_eq!(s.templates()?[0], t);
+    assert_eq!(s.add_template("plain", "deb", None, None)?.user_data, None);
+    let mut n = node("a", "02:00:00:00:00:01", img.id);
+    n.template = Some("t".into());
+    n.user_data = Some("#cloud-config\n{}\n".into());
+    let a = s.add_node(&n)?;
+    assert_eq!(a.user_data.as_deref(), Some("#cloud-config\n{}\n"));
+    let b = s.add_node(&node("b", "02:00:00:00:00:02", img.id))?;
+    assert_eq!(b.user_data, None);
+    assert_eq!(s.node("a")?, a);
+    Ok(())
+}
+
+#[test]
+fn every_fresh_overlay_moves_the_overlay_generation() -> Result<()> {
+    let mut s = SqliteStore::open_in_memory()?;
+    let v1 = s.add_image(&image("deb", 1))?;
+    let v2 = s.add_image(&image("deb", 2))?;
+    let n = s.add_node(&node("a", "02:00:00:00:00:01", v1.id))?;
+    assert_eq!(n.overlay_generation, 0, "no overlay yet");
+    assert_eq!(s.node_overlay_ready("a", v1.id)?.overlay_generation, 1);
+    // Other changes leave it alone.
+    s.set_node_state("a", NodeState::Releasing)?;
+    let m = MutualChap {
+        user: "bootd".into(),
+        secret: "fedcba9876543210".into(),
+    };
+    assert_eq!(s.set_mutual_chap("a", Some(&m))?.overlay_generation, 1);
+    // Reset (same version), then move.
+    assert_eq!(s.node_overlay_ready("a", v1.id)?.overlay_generation, 2);
+    let moved = s.node_overlay_ready("a", v2.id)?;
+    assert_eq!((moved.overlay_generation, moved.image.version), (3, 2));
+    // A stored value the type refuses is an error, not a wrapped number.
+    s.conn.execute_batch(
+        "PRAGMA ignore_check_constraints = ON;
+         UPDATE nodes SET overlay_generation = -1 WHERE name = 'a';",
+    )?;
+    assert!(s.node("a").is_err(), "a negative generation read as a node");
     Ok(())
 }

@@ -9,3 +9,4 @@ mod nodes;
 mod security;
 mod serve;
 mod tftp;
+mod user_data;

@@ -34,6 +34,8 @@ pub enum Stage {
     IpxeDhcp,
     /// The node's script went out over HTTP.
     Script,
+    /// The booted OS's cloud-init fetched its user-data (first boot).
+    CloudInit,
     IscsiLogin,
     IscsiLogout,
 }
@@ -45,6 +47,7 @@ impl Stage {
             Self::Tftp => "tftp",
             Self::IpxeDhcp => "ipxe-dhcp",
             Self::Script => "script",
+            Self::CloudInit => "cloud-init",
             Self::IscsiLogin => "iscsi-login",
             Self::IscsiLogout => "iscsi-logout",
         }
@@ -134,6 +137,9 @@ impl Subscriber for BootLog {
                 let detail = format!("{file} {bytes} bytes in {secs:.2} s (blksize {blksize})");
                 self.report(Who::Addr(*peer), Stage::Tftp, detail);
             }
+            Event::MetadataServed { mac } => {
+                self.report(Who::Mac(*mac), Stage::CloudInit, "user-data");
+            }
             Event::ScriptServed { mac, template } => {
                 self.report(
                     Who::Mac(*mac),
@@ -154,6 +160,7 @@ impl Subscriber for BootLog {
                 target,
                 isid,
                 reason,
+                ..
             } => {
                 let d = format!("{} {reason}", hex::encode(isid));
                 self.report(Who::Target(target.to_string()), Stage::IscsiLogout, d);

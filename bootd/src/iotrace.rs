@@ -105,6 +105,7 @@ impl Subscriber for IoRecorder {
                 target,
                 isid,
                 reason,
+                ..
             } => self.note(target, &format!("logout {} {reason}", hex::encode(isid))),
             _ => {}
         }

@@ -78,6 +78,9 @@ pub struct Metrics {
     /// TFTP requests refused: over their source's share, or no slot.
     tftp_refused: AtomicU64,
     binaries: AtomicU64,
+    /// NoCloud user-data served, and seed requests refused.
+    metadata: AtomicU64,
+    metadata_refused: AtomicU64,
     iscsi_logins: AtomicU64,
     iscsi_ends: AtomicU64,
     read_latency: Histogram,
@@ -108,6 +111,8 @@ impl Subscriber for Metrics {
             Event::HttpRefused => add(&self.http_refused, 1),
             Event::BinaryServed => add(&self.binaries, 1),
             Event::ScriptRefused => add(&self.scripts_refused, 1),
+            Event::MetadataServed { .. } => add(&self.metadata, 1),
+            Event::MetadataRefused => add(&self.metadata_refused, 1),
             Event::ScriptServed { .. } => add(&self.scripts, 1),
             Event::IscsiLogin { .. } => add(&self.iscsi_logins, 1),
             Event::IscsiEnded { .. } => add(&self.iscsi_ends, 1),
@@ -229,6 +234,18 @@ impl Metrics {
             "bootd_tftp_refused_total",
             "TFTP requests refused (source over its share, or all slots busy).",
             self.tftp_refused.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "bootd_nocloud_user_data_total",
+            "cloud-init user-data served to nodes.",
+            self.metadata.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "bootd_nocloud_refused_total",
+            "NoCloud seed requests from an address no node boots from.",
+            self.metadata_refused.load(Relaxed),
         );
         c(
             &mut o,

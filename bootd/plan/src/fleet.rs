@@ -100,6 +100,12 @@ pub struct NodePlan {
     /// The secret the target answers the node's challenge with.
     pub mutual_chap: Option<Chap>,
     pub overlay: PathBuf,
+    /// Bumped each time the node's overlay is made anew (creation, reset,
+    /// move, upgrade): a new cloud-init instance.
+    pub overlay_generation: u64,
+    /// cloud-init user-data (a template for the node's fields): the node's
+    /// own, else its template's. It may hold secrets.
+    pub user_data: Option<Secret>,
 }
 
 impl NodePlan {
@@ -225,6 +231,8 @@ pub(crate) mod tests {
             },
             mutual_chap: None,
             overlay: format!("/var/lib/bootd/overlays/n{i}.qcow2").into(),
+            overlay_generation: 1,
+            user_data: Some(Secret::new("#cloud-config\npassword: 0123456789abcdef\n")),
         }
     }
 

@@ -12,6 +12,9 @@ pub const CHAIN_PATH: &str = "/boot.ipxe";
 pub const METRICS_PATH: &str = "/metrics";
 /// Where iPXE binaries are served for UEFI HTTP boot.
 pub const BINARY_PREFIX: &str = "/ipxe/";
+/// cloud-init's NoCloud seed (`ds=nocloud;s=http://SERVER:PORT/nocloud/`):
+/// the same URL for every node, which is told apart by its address.
+pub const NOCLOUD_PREFIX: &str = "/nocloud/";
 /// A node's own script is `NODE_PREFIX + MAC + NODE_SUFFIX`.
 const NODE_PREFIX: &str = "/boot/";
 const NODE_SUFFIX: &str = ".ipxe";
@@ -51,6 +54,11 @@ pub fn binary_url(base: &str, name: &str) -> String {
     format!("{base}{BINARY_PREFIX}{name}")
 }
 
+/// The NoCloud seed URL, with the trailing `/` cloud-init needs.
+pub fn nocloud_url(base: &str) -> String {
+    format!("{base}{NOCLOUD_PREFIX}")
+}
+
 /// The binary a URL names, if it is a binary URL.
 pub fn binary_of(url: &str) -> Option<&str> {
     url.rsplit_once(BINARY_PREFIX).map(|(_, name)| name)
@@ -74,6 +82,29 @@ pub enum Route {
     Metrics,
     /// `/ipxe/{name}`: an iPXE binary from the boot directory TFTP serves.
     Binary(String),
+    /// `/nocloud/{file}`: the asking node's cloud-init seed.
+    NoCloud(NoCloudFile),
+}
+
+/// The files of a NoCloud seed cloud-init fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoCloudFile {
+    MetaData,
+    UserData,
+    VendorData,
+    NetworkConfig,
+}
+
+impl NoCloudFile {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "meta-data" => Some(Self::MetaData),
+            "user-data" => Some(Self::UserData),
+            "vendor-data" => Some(Self::VendorData),
+            "network-config" => Some(Self::NetworkConfig),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +123,11 @@ pub fn route(path: &str) -> Result<Route, Refusal> {
     }
     if path == METRICS_PATH {
         return Ok(Route::Metrics);
+    }
+    if let Some(name) = path.strip_prefix(NOCLOUD_PREFIX) {
+        return NoCloudFile::from_name(name)
+            .map(Route::NoCloud)
+            .ok_or(Refusal::NotFound);
     }
     if let Some(name) = path.strip_prefix(BINARY_PREFIX) {
         // One plain file name: no directories, nothing hidden.
@@ -184,6 +220,21 @@ mod tests {
             assert_eq!(route(p), Err(Refusal::NotFound), "{p}");
         }
         assert_eq!(route("/ipxe/../etc/passwd"), Err(Refusal::BadRequest));
+        assert_eq!(
+            route("/nocloud/meta-data"),
+            Ok(Route::NoCloud(NoCloudFile::MetaData))
+        );
+        assert_eq!(
+            route("/nocloud/user-data"),
+            Ok(Route::NoCloud(NoCloudFile::UserData))
+        );
+        for p in ["/nocloud/", "/nocloud/meta-data/", "/nocloud/secrets"] {
+            assert_eq!(route(p), Err(Refusal::NotFound), "{p}");
+        }
+        assert_eq!(
+            nocloud_url("http://192.0.2.1:8080"),
+            "http://192.0.2.1:8080/nocloud/"
+        );
     }
 
     proptest! {

@@ -8,6 +8,8 @@
 //! emit one per command. A subscriber that must do slow work (the timeline
 //! writes to the registry) hands it to a thread of its own.
 
+pub mod sessions;
+
 use bootd_plan::Mac;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -78,6 +80,12 @@ pub enum Event<'a> {
         mac: Mac,
         template: &'a str,
     },
+    /// A node's cloud-init user-data served (its first boot is under way).
+    MetadataServed {
+        mac: Mac,
+    },
+    /// A NoCloud seed request from an address no node boots from.
+    MetadataRefused,
     IscsiLogin {
         target: &'a str,
         initiator: &'a str,
@@ -87,6 +95,7 @@ pub enum Event<'a> {
     IscsiEnded {
         target: &'a str,
         isid: [u8; 6],
+        peer: SocketAddr,
         reason: std::fmt::Arguments<'a>,
     },
     Command(Command<'a>),

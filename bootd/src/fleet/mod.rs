@@ -8,7 +8,7 @@
 pub mod enrol;
 mod watch;
 
-use crate::store::{Node, Store, StoreError};
+use crate::store::{Node, Store, StoreError, Template};
 use bootd_plan::fleet::{Chap, ImageRef, Secret};
 use bootd_plan::{NodePlan, Snapshot};
 use std::collections::HashMap;
@@ -68,26 +68,29 @@ impl FleetView {
 /// keeps the previous snapshot and says why) rather than losing a node.
 pub fn load(store: &dyn Store) -> Result<Snapshot, StoreError> {
     let generation = store.generation()?;
-    let scripts: HashMap<String, Option<String>> = store
+    let templates: HashMap<String, Template> = store
         .templates()?
         .into_iter()
-        .map(|t| (t.name, t.script))
+        .map(|t| (t.name.clone(), t))
         .collect();
     let nodes = store.nodes()?;
     let plans = nodes
         .into_iter()
         .map(|n| {
-            let script = n
-                .template
-                .as_ref()
-                .and_then(|t| scripts.get(t).cloned().flatten());
-            plan(n, script)
+            let template = n.template.as_ref().and_then(|t| templates.get(t));
+            let script = template.and_then(|t| t.script.clone());
+            // The node's own user-data wins over its template's.
+            let user_data = n
+                .user_data
+                .clone()
+                .or_else(|| template.and_then(|t| t.user_data.clone()));
+            plan(n, script, user_data)
         })
         .collect();
     Ok(Snapshot::new(generation, plans))
 }
 
-fn plan(n: Node, script: Option<String>) -> NodePlan {
+fn plan(n: Node, script: Option<String>, user_data: Option<String>) -> NodePlan {
     NodePlan {
         id: n.id,
         revision: n.revision,
@@ -115,5 +118,7 @@ fn plan(n: Node, script: Option<String>) -> NodePlan {
             secret: Secret::new(m.secret),
         }),
         overlay: n.overlay_path,
+        overlay_generation: n.overlay_generation,
+        user_data: user_data.map(Secret::new),
     }
 }

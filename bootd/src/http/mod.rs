@@ -4,11 +4,13 @@
 //! One request per connection, bounded in size, time and number; nodes
 //! come from the fleet view's current snapshot, which follows the registry.
 
+mod nocloud;
 pub mod request;
 mod slots;
 #[cfg(test)]
 mod tests;
 
+use crate::events::sessions::Sessions;
 use crate::events::{Event, Events};
 use crate::fleet::FleetView;
 use crate::metrics::Metrics;
@@ -66,6 +68,8 @@ pub struct Access {
     pub metrics_from: Vec<IpAddr>,
     /// Connections one client address may hold.
     pub per_source: usize,
+    /// Live iSCSI sessions by address: who may have a node's NoCloud seed.
+    pub sessions: Arc<Sessions>,
 }
 
 impl Default for Access {
@@ -76,6 +80,7 @@ impl Default for Access {
             grants: Arc::new(Grants::new()),
             metrics_from: Vec::new(),
             per_source: slots::PER_SOURCE,
+            sessions: Arc::default(),
         }
     }
 }
@@ -271,6 +276,7 @@ impl HttpServer {
                 self.node_script(mac, &host, who).await
             }
             Ok(Route::Binary(name)) => self.binary(name).await,
+            Ok(Route::NoCloud(file)) => self.nocloud(file, peer),
             // Node names (by default made from MACs) and load figures are
             // for the operator: the server itself and whom they named.
             // (A peer at the address we listen on is this host; another

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+use crate::events::sessions::Sessions;
 use crate::events::{Command, Event, Events, Subscriber};
 use crate::iotrace::IoRecorder;
 use crate::metrics::Metrics;
@@ -75,7 +76,9 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
     // Metrics, the boot timeline and the I/O recorder follow the servers
     // through one stream of boot events.
     let metrics = Arc::new(Metrics::default());
-    let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![metrics.clone(), Arc::new(bootlog)];
+    let sessions = Arc::new(Sessions::default());
+    let mut subscribers: Vec<Arc<dyn Subscriber>> =
+        vec![metrics.clone(), Arc::new(bootlog), sessions.clone()];
     if let Some(r) = &recorder {
         subscribers.push(r.clone());
     }
@@ -150,6 +153,7 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
             grants,
             metrics_from: s.metrics_from.clone(),
             per_source: s.per_source(),
+            sessions,
         },
     );
     let mut out = std::io::stdout().lock();
@@ -304,11 +308,13 @@ fn session_events(events: Events) -> iscsi_target::SessionObserver {
         SessionEvent::Ended {
             target,
             isid,
+            peer,
             reason,
             ..
         } => events.emit(Event::IscsiEnded {
             target,
             isid: *isid,
+            peer: *peer,
             reason: format_args!("{reason}"),
         }),
     })

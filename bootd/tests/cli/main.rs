@@ -5,6 +5,7 @@ mod boot_http;
 mod boot_stages;
 mod common;
 mod images;
+mod nocloud;
 mod nodes;
 mod security;
 mod serve;

@@ -16,4 +16,3 @@ mod tests;
 
 pub use bootd_dhcp::{boot, lease, reply, server};
 pub use bootd_dhcp::{Request, CLIENT_PORT, PXE_PORT, SERVER_PORT};
-pub use start::start;

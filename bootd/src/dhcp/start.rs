@@ -1,5 +1,6 @@
-//! Starts DHCP for `serve`: works out the server's address and netmask,
-//! opens the lease table and runs one driver thread per port.
+//! DHCP for `serve`, in the shape of every driver: `bind` works out the
+//! server's address and netmask, opens the lease table and binds the
+//! sockets; `run(sockets, context, shutdown)` answers until the shutdown.
 
 use super::binaries::BootDir;
 use super::driver::{self, Shared};
@@ -13,38 +14,33 @@ use crate::fleet::enrol::Enroller;
 use crate::fleet::FleetView;
 use crate::serve::config::ServeConfig;
 use crate::serve::grants::Grants;
+use crate::service::Shutdown;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-pub struct Running {
-    shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+/// DHCP's sockets, lease table and settings: bound before serve says it
+/// is ready, so a port that cannot be bound fails the start.
+pub struct Bound {
+    params: Params,
+    leases: Option<Mutex<Leases>>,
+    sockets: Vec<DhcpSocket>,
+    ra: Option<super::ra::Responder>,
+    interface: String,
 }
 
-impl Running {
-    /// Stops the driver threads (each within its receive timeout).
-    pub fn stop(self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
+/// What the DHCP threads share besides their sockets.
+pub struct DhcpContext {
+    pub view: FleetView,
+    pub enroller: Option<Enroller>,
+    pub events: Events,
+    pub grants: Arc<Grants>,
 }
 
 /// `None` with `--dhcp off`. `http_port` is the port actually bound.
-pub fn start(
-    s: &ServeConfig,
-    view: FleetView,
-    enroller: Option<Enroller>,
-    lease_file: PathBuf,
-    http_port: u16,
-    events: Events,
-    grants: Arc<Grants>,
-) -> Result<Option<Running>> {
+pub fn bind(s: &ServeConfig, lease_file: PathBuf, http_port: u16) -> Result<Option<Bound>> {
     let Some(mode) = s.dhcp() else {
         return Ok(None);
     };
@@ -73,15 +69,31 @@ pub fn start(
         (Mode::Full, None) => bail!("--dhcp full needs --pool FIRST-LAST"),
         (Mode::Proxy, _) => None,
     };
-    if let Some(l) = &leases {
-        seed_grants(l, &grants);
-    }
     let server = found.ip;
     let boot_dir = s
         .tftp_dir
         .clone()
         .unwrap_or_else(|| bootd_ipxe::arch::DEFAULT_BINARY_DIR.into());
-    let shared = Arc::new(Shared {
+    // Without --interface, the interface holding --listen-ip is the one served.
+    let interface = s.interface.clone().unwrap_or(found.name);
+    let mut sockets = Vec::new();
+    for &port in driver::ports(mode) {
+        sockets.push(
+            DhcpSocket::bind(port, Some(&interface), server)
+                .with_context(|| format!("cannot bind DHCP port {port} on {interface}"))?,
+        );
+    }
+    let ra = match s.ipv6_ra(mode) {
+        true => Some(super::ra::Responder::bind(&interface).with_context(|| {
+            format!(
+                "cannot answer IPv6 router solicitations on {interface} \
+                 (--ipv6-ra off turns this off)"
+            )
+        })?),
+        false => None,
+    };
+    tracing::info!(?mode, %server, %interface, unknown = ?s.unknown(), "DHCP serving");
+    Ok(Some(Bound {
         params: Params {
             mode,
             server,
@@ -96,28 +108,37 @@ pub fn start(
             relays: s.relays.clone(),
         },
         leases,
-        nodes: Mutex::new(Nodes::new(view, enroller)),
+        sockets,
+        ra,
+        interface,
+    }))
+}
+
+/// Answers on `bound`'s sockets (one blocking thread per socket: a batch
+/// of datagrams shares one lease flush) until `shutdown`.
+pub async fn run(bound: Bound, ctx: DhcpContext, mut shutdown: Shutdown) -> Result<()> {
+    if let Some(l) = &bound.leases {
+        seed_grants(l, &ctx.grants);
+    }
+    let shared = Arc::new(Shared {
+        params: bound.params,
+        leases: bound.leases,
+        nodes: Mutex::new(Nodes::new(ctx.view, ctx.enroller)),
         stop: Default::default(),
-        events,
-        grants,
+        events: ctx.events,
+        grants: ctx.grants,
     });
-    // Without --interface, the interface holding --listen-ip is the one served.
-    let ifname = s.interface.clone().unwrap_or(found.name);
     let mut threads = Vec::new();
-    for &port in driver::ports(mode) {
-        let sock = DhcpSocket::bind(port, Some(&ifname), server)
-            .with_context(|| format!("cannot bind DHCP port {port} on {ifname}"))?;
+    for sock in bound.sockets {
         let sh = shared.clone();
         threads.push(
             std::thread::Builder::new()
-                .name(format!("dhcp-{port}"))
+                .name(format!("dhcp-{}", sock.local_port()))
                 .spawn(move || driver::run(sock, sh))
                 .context("starting DHCP")?,
         );
     }
-    if s.ipv6_ra(mode) {
-        let ra = super::ra::Responder::bind(&ifname)
-            .with_context(|| format!("cannot answer IPv6 router solicitations on {ifname} (--ipv6-ra off turns this off)"))?;
+    if let Some(ra) = bound.ra {
         let sh = shared.clone();
         threads.push(
             std::thread::Builder::new()
@@ -126,8 +147,17 @@ pub fn start(
                 .context("starting the router-advertisement responder")?,
         );
     }
-    tracing::info!(?mode, %server, interface = %ifname, unknown = ?s.unknown(), "DHCP serving");
-    Ok(Some(Running { shared, threads }))
+    tracing::debug!(interface = %bound.interface, threads = threads.len(), "DHCP threads running");
+    shutdown.wait().await;
+    // Each thread sees the flag within its receive timeout.
+    shared.stop.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await
+    .context("stopping the DHCP threads")
 }
 
 /// Leases from before a restart still admit their nodes' script fetches.

@@ -131,15 +131,13 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
             )?)
         }
     };
-    let dhcp = crate::dhcp::start(
-        &s,
-        view.clone(),
+    let dhcp = crate::dhcp::start::bind(&s, lease_file, http_local.port())?;
+    let dhcp_context = crate::dhcp::start::DhcpContext {
+        view: view.clone(),
         enroller,
-        lease_file,
-        http_local.port(),
-        events.clone(),
-        grants.clone(),
-    )?;
+        events: events.clone(),
+        grants: grants.clone(),
+    };
     let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
     let http = crate::http::HttpServer::new(
         view.clone(),
@@ -200,12 +198,13 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
         http.serve(http_listener, sd).await;
         ("http", Ok(()))
     });
-    if let Some(d) = dhcp {
-        let mut sd = shutdown.clone();
+    if let Some(bound) = dhcp {
+        let sd = shutdown.clone();
         drivers.spawn(async move {
-            sd.wait().await;
-            let stopped = tokio::task::spawn_blocking(move || d.stop()).await;
-            ("dhcp", stopped.context("DHCP threads"))
+            (
+                "dhcp",
+                crate::dhcp::start::run(bound, dhcp_context, sd).await,
+            )
         });
     }
     let (srv, mut sd) = (server.clone(), shutdown.clone());

@@ -64,6 +64,9 @@ runcmd:
       f "addr=$(ip -4 -o addr show scope global | awk '{print $2, $4}' | tr '\n' ' ')"
       f "networkd=$(systemctl is-active systemd-networkd.service)"
       f "failed-units=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
+      for u in $(systemctl --failed --no-legend --plain | awk '{print $1}'); do
+        journalctl -b -u "$u" --no-pager -o cat | tail -n 15 | sed "s/^/BOOTD-FACT $u: /"
+      done
       f done
 USERDATA
 "$BOOTD" node add "$MAC" --image built --name "$NAME" --user-data "$WORK/user-data" >/dev/null

@@ -33,10 +33,12 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      (serve --ipv6-ra)
 #   syslinux syslinux-common mtools dosfstools fdisk systemd-boot-efi
 #                      building the bootable golden test image (BIOS and UEFI loaders, FAT)
+#   mmdebstrap         `bootd image build`: the Debian root file system of a real golden image
+#                      (with e2fsprogs, dosfstools, mtools, fdisk above for its disk)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
-    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6
+    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 
@@ -99,7 +101,7 @@ fi
 
 # Verify what the tests rely on.
 for tool in iscsi-test-cu iscsi-ls iscsi-perf tgtd tgtadm qemu-img qemu-io qemu-system-x86_64 \
-    iscsistart busybox cpio mkfs.ext4 ip curl pgrep dnsmasq perfdhcp mcopy mkfs.vfat sfdisk; do
+    iscsistart busybox cpio mkfs.ext4 ip curl pgrep dnsmasq perfdhcp mcopy mkfs.vfat sfdisk mmdebstrap; do
     command -v "$tool" >/dev/null || die "after install, $tool is still missing"
 done
 [[ $(installed_version qemu-utils) == "$(installed_version qemu-block-extra)" ]] ||

@@ -1,4 +1,4 @@
-//! `bootd image import|list|rm|upgrade`.
+//! `bootd image build|import|list|rm|upgrade`.
 
 use crate::datadir::DataDir;
 use crate::output;
@@ -10,6 +10,34 @@ use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
+    /// Build a Debian image that boots diskless through bootd (BIOS and UEFI,
+    /// root over the iBFT's iSCSI session, identity from serve's NoCloud seed)
+    /// with mmdebstrap, as root, and store it as the next version of NAME.
+    Build {
+        name: String,
+        /// Debian release.
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Virtual disk size (each node's disk has this size).
+        #[arg(long, default_value = "4G", value_parser = crate::space::parse_size)]
+        size: u64,
+        /// Another package to install (repeatable).
+        #[arg(long = "package", value_name = "PKG")]
+        packages: Vec<String>,
+        /// Debian archive URL (default: the host's apt sources when building
+        /// the host's release, else mmdebstrap's default).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// serve's --http-port: where the image looks for the NoCloud seed,
+        /// at the iSCSI target's address from the iBFT.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// Keep the built disk in DIR, keyed by the build's inputs, and reuse it.
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Store FILE (raw, qcow2; VHD/VHDX/VMDK/VDI through qemu-img) as the
     /// next version of golden image NAME.
     Import { name: String, file: PathBuf },
@@ -28,6 +56,51 @@ pub enum ImageCmd {
 pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
     let mut store = dd.store()?;
     match cmd {
+        ImageCmd::Build {
+            name,
+            suite,
+            size,
+            packages,
+            mirror,
+            http_port,
+            cache,
+            json,
+        } => {
+            let args = crate::imagebuild::BuildArgs {
+                suite,
+                bytes: size,
+                packages,
+                mirror,
+                http_port,
+                cache,
+            };
+            let built = crate::imagebuild::build(dd, store.as_mut(), &name, &args)?;
+            let img = &built.image;
+            if json {
+                output::json(&json!({
+                    "name": img.name,
+                    "version": img.version,
+                    "path": img.path,
+                    "bytes": img.bytes,
+                    "allocated_bytes": crate::datadir::allocated_bytes(&img.path),
+                    "sha256": img.sha256,
+                    "suite": args.suite,
+                    "seconds": built.elapsed.as_secs_f64(),
+                }))?;
+            } else {
+                println!(
+                    "built {} version {} ({} {}, {} allocated) in {:.0} s: {} (sha256 {})",
+                    img.name,
+                    img.version,
+                    args.suite,
+                    output::bytes(img.bytes),
+                    output::bytes(crate::datadir::allocated_bytes(&img.path)),
+                    built.elapsed.as_secs_f64(),
+                    img.path.display(),
+                    img.sha256
+                );
+            }
+        }
         ImageCmd::Import { name, file } => {
             let img = crate::import::import(dd, store.as_mut(), &name, &file)?;
             println!(

@@ -12,6 +12,7 @@ mod events;
 mod export;
 mod fleet;
 mod http;
+mod imagebuild;
 mod import;
 mod iotrace;
 mod lifecycle;

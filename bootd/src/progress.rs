@@ -42,3 +42,40 @@ impl Progress {
         self.0.finish_and_clear();
     }
 }
+
+/// A spinner with a changing message, for work of unknown length (image
+/// build): hidden when stderr is not a terminal, like the bars.
+pub struct Spinner(ProgressBar);
+
+impl Progress {
+    pub fn spinner(what: &str) -> Spinner {
+        if !std::io::stderr().is_terminal() {
+            return Spinner(ProgressBar::hidden());
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}") {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Spinner(bar)
+    }
+}
+
+impl Spinner {
+    pub fn visible(&self) -> bool {
+        !self.0.is_hidden()
+    }
+
+    pub fn message(&self, msg: &str) {
+        self.0.set_message(msg.to_string());
+    }
+
+    pub fn tick(&self) {
+        self.0.tick();
+    }
+
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}

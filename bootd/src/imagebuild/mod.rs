@@ -1,0 +1,340 @@
+//! `bootd image build`: a Debian golden image that boots diskless through
+//! bootd. `build.sh` does the work (mmdebstrap, GRUB for BIOS and UEFI, the
+//! iBFT login in the initramfs, the NoCloud seed finder, identity scrubbing;
+//! README.md next to it explains the design); this module runs it with its
+//! files, shows its progress and imports the result like `image import`.
+
+use crate::datadir::DataDir;
+use crate::progress::Progress;
+use crate::store::{Image, Store};
+use anyhow::{bail, Context, Result};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The script and everything it installs into the image, written out next to
+/// each other for every build (the binary is all an operator installs).
+const FILES: &[(&str, &str, u32)] = &[
+    ("build.sh", include_str!("build.sh"), 0o755),
+    ("files/scrub.sh", include_str!("files/scrub.sh"), 0o755),
+    ("files/iscsi-root", include_str!("files/iscsi-root"), 0o755),
+    (
+        "files/nocloud-seed",
+        include_str!("files/nocloud-seed"),
+        0o755,
+    ),
+    (
+        "files/bootd-iscsi-root.service",
+        include_str!("files/bootd-iscsi-root.service"),
+        0o644,
+    ),
+    (
+        "files/bootd-nocloud.service",
+        include_str!("files/bootd-nocloud.service"),
+        0o644,
+    ),
+    (
+        "files/iscsi.initramfs",
+        include_str!("files/iscsi.initramfs"),
+        0o644,
+    ),
+    ("files/cloud.cfg", include_str!("files/cloud.cfg"), 0o644),
+    ("files/grub.cfg", include_str!("files/grub.cfg"), 0o644),
+    (
+        "files/grub-early.cfg",
+        include_str!("files/grub-early.cfg"),
+        0o644,
+    ),
+    (
+        "files/ssh-hostkeys.conf",
+        include_str!("files/ssh-hostkeys.conf"),
+        0o644,
+    ),
+];
+
+/// Lines of the build's log repeated on stderr when it fails.
+const TAIL_LINES: usize = 30;
+
+pub struct BuildArgs {
+    pub suite: String,
+    pub bytes: u64,
+    pub packages: Vec<String>,
+    pub mirror: Option<String>,
+    pub http_port: u16,
+    pub cache: Option<PathBuf>,
+}
+
+pub struct Built {
+    pub image: Image,
+    pub elapsed: Duration,
+}
+
+/// Removes the build's work directory whatever happens.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Debian package names: lower case, digits, `+-.`; anything else would reach
+/// mmdebstrap's `--include` list (comma separated) unchecked.
+pub fn check_package(p: &str) -> Result<()> {
+    let mut chars = p.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !first_ok
+        || p.len() > 128
+        || !p
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+    {
+        bail!("{p:?}: not a Debian package name");
+    }
+    Ok(())
+}
+
+pub fn build(dd: &DataDir, store: &mut dyn Store, name: &str, args: &BuildArgs) -> Result<Built> {
+    // Everything that can be refused is refused before minutes of building.
+    crate::names::check_image_name("image", name)?;
+    if !args.suite.chars().all(|c| c.is_ascii_lowercase()) || args.suite.is_empty() {
+        bail!("{:?}: not a Debian suite name (e.g. bookworm)", args.suite);
+    }
+    for p in &args.packages {
+        check_package(p)?;
+    }
+    if args.bytes < 1 << 30 {
+        bail!("--size: at least 1G (the root file system holds a full Debian system)");
+    }
+    if args.http_port == 0 {
+        bail!("--http-port: 0 is not a port");
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("image build must run as root (mmdebstrap --mode=root, chroot)");
+    }
+    if which("mmdebstrap").is_none() {
+        bail!("mmdebstrap is not installed (apt-get install mmdebstrap, or scripts/install-test-deps.sh)");
+    }
+
+    let start = Instant::now();
+    let work = WorkDir(
+        dd.images()
+            .join(format!(".build-{name}-{}", std::process::id())),
+    );
+    let _ = std::fs::remove_dir_all(&work.0);
+    std::fs::create_dir_all(work.0.join("files"))
+        .with_context(|| format!("{}", work.0.display()))?;
+    for (rel, text, mode) in FILES {
+        let p = work.0.join(rel);
+        std::fs::write(&p, text).with_context(|| format!("{}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+    }
+    let out = work.0.join("disk.raw");
+    run_script(&work.0, &out, args)?;
+    let image = crate::import::import(dd, store, name, &out)?;
+    Ok(Built {
+        image,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn run_script(work: &Path, out: &Path, args: &BuildArgs) -> Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(work.join("build.sh"))
+        .arg("--out")
+        .arg(out)
+        .arg("--suite")
+        .arg(&args.suite)
+        .arg("--bytes")
+        .arg(args.bytes.to_string())
+        .arg("--http-port")
+        .arg(args.http_port.to_string());
+    if let Some(m) = &args.mirror {
+        cmd.arg("--mirror").arg(m);
+    }
+    if let Some(c) = &args.cache {
+        cmd.arg("--cache").arg(c);
+    }
+    for p in &args.packages {
+        cmd.arg("--package").arg(p);
+    }
+    // The root tree, partition images and the disk stay on the data
+    // directory's file system, not a possibly small /tmp.
+    cmd.env("TMPDIR", work)
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("cannot run bash for build.sh")?;
+    let log_path = work.with_extension("log");
+    let mut log =
+        std::fs::File::create(&log_path).with_context(|| format!("{}", log_path.display()))?;
+    let bar = Progress::spinner("building");
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines() {
+            let line = line.unwrap_or_default();
+            let _ = writeln!(log, "{line}");
+            if let Some(step) = line.strip_prefix("step: ") {
+                if bar.visible() {
+                    bar.message(step);
+                } else {
+                    eprintln!("image build: {step}");
+                }
+            } else if bar.visible() {
+                bar.tick();
+            }
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let status = child.wait()?;
+    bar.finish();
+    if !status.success() {
+        for l in &tail {
+            eprintln!("  {l}");
+        }
+        bail!(
+            "image build failed ({status}); the full log is {}",
+            log_path.display()
+        );
+    }
+    let _ = std::fs::remove_file(&log_path);
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names() {
+        for ok in ["vim", "g++", "libc6", "python3.11", "linux-image-amd64"] {
+            assert!(check_package(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Vim", "-x", "a,b", "a b", "a;rm", "../x", "+a"] {
+            assert!(check_package(bad).is_err(), "{bad}");
+        }
+    }
+
+    type Seed = (bool, Option<String>);
+
+    /// Runs the image's seed finder on a fake root: `/proc/cmdline`, the
+    /// iBFT's target address, the baked port. Returns whether it succeeded
+    /// and the seed URL it left in cloud-init's config, if any.
+    fn seed(cmdline: &str, ibft_ip: Option<&str>, conf: Option<&str>) -> Result<Seed> {
+        let root = tempfile::tempdir()?;
+        let r = root.path();
+        for d in [
+            "proc",
+            "etc/bootd",
+            "etc/cloud/cloud.cfg.d",
+            "sys/firmware/ibft/target0",
+        ] {
+            std::fs::create_dir_all(r.join(d))?;
+        }
+        std::fs::write(r.join("proc/cmdline"), cmdline)?;
+        if let Some(ip) = ibft_ip {
+            std::fs::write(
+                r.join("sys/firmware/ibft/target0/ip-addr"),
+                format!("{ip}\n"),
+            )?;
+        }
+        if let Some(c) = conf {
+            std::fs::write(r.join("etc/bootd/nocloud.conf"), c)?;
+        }
+        let out = r.join("etc/cloud/cloud.cfg.d/90_bootd_seed.cfg");
+        // A stale file from an earlier boot: every outcome must replace or remove it.
+        std::fs::write(&out, "stale")?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(include_str!("files/nocloud-seed"))
+            .env("BOOTD_TEST_ROOT", r)
+            .stderr(Stdio::null())
+            .status()?;
+        let url = std::fs::read_to_string(&out).ok().map(|t| {
+            t.lines()
+                .find_map(|l| l.trim().strip_prefix("seedfrom: ").map(str::to_string))
+                .unwrap_or(t)
+        });
+        Ok((status.success(), url))
+    }
+
+    #[test]
+    fn seed_url_from_the_ibft_target_and_the_baked_port() -> Result<()> {
+        let ok = |url: &str| (true, Some(url.to_string()));
+        let conf = Some("HTTP_PORT=8080\n");
+        assert_eq!(
+            seed("ro quiet", Some("192.0.2.1"), conf)?,
+            ok("http://192.0.2.1:8080/nocloud/")
+        );
+        assert_eq!(
+            seed("ro", Some("192.0.2.7"), Some("HTTP_PORT=9000\n"))?,
+            ok("http://192.0.2.7:9000/nocloud/")
+        );
+        // No nocloud.conf: serve's default port.
+        assert_eq!(
+            seed("ro", Some("192.0.2.7"), None)?,
+            ok("http://192.0.2.7:8080/nocloud/")
+        );
+        assert_eq!(
+            seed("ro bootd.http_port=8081", Some("192.0.2.1"), conf)?,
+            ok("http://192.0.2.1:8081/nocloud/")
+        );
+        assert_eq!(
+            seed("ro", Some("2001:db8::1"), None)?,
+            ok("http://[2001:db8::1]:8080/nocloud/")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn seed_file_removed_when_there_is_no_usable_seed() -> Result<()> {
+        let ip = Some("192.0.2.1");
+        // The operator's ds=nocloud on the command line wins: no file of ours.
+        assert_eq!(
+            seed("ro ds=nocloud;s=http://192.0.2.9:80/x/", ip, None)?,
+            (true, None)
+        );
+        // Not booted through an iBFT.
+        assert_eq!(seed("ro", None, None)?, (true, None));
+        // Garbage in the table or on the command line: refused, nothing left.
+        assert_eq!(seed("ro", Some("1.2.3.4;x"), None)?, (false, None));
+        for bad in ["99999", "8o", "0", ""] {
+            let cmdline = format!("ro bootd.http_port={bad}");
+            assert_eq!(seed(&cmdline, ip, None)?, (false, None), "{bad}");
+        }
+        Ok(())
+    }
+
+    /// Every file build.sh installs from `files/` is written out with it.
+    #[test]
+    fn script_files_are_all_embedded() {
+        let script = include_str!("build.sh");
+        for word in script.split(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+            if let Some(f) = word.strip_prefix("$FILES/") {
+                let rel = format!("files/{f}");
+                assert!(
+                    FILES.iter().any(|(p, _, _)| *p == rel),
+                    "build.sh uses {rel}, not in FILES"
+                );
+            }
+        }
+    }
+}

@@ -112,10 +112,12 @@ impl Worker {
     fn discover(&mut self, n: Newcomer) {
         let cap = self.cap;
         let mac = n.mac;
+        // The registry keeps MACs as text.
+        let text = mac.to_string();
         // A MAC already recorded is updated; a new one only below the cap,
         // or forged DISCOVERs fill the registry.
         let full = self.registry.with(|s| match s.discovered() {
-            Ok(d) => d.len() >= cap && !d.iter().any(|x| x.mac == mac.to_string()),
+            Ok(d) => d.len() >= cap && !d.iter().any(|x| x.mac == text),
             Err(e) => {
                 tracing::warn!("reading discovered machines: {e}");
                 true
@@ -144,17 +146,11 @@ impl Worker {
 
     fn enrol(&mut self, n: Newcomer, template: &str) {
         let mac = n.mac;
-        let registered = self.registry.with(|s| s.nodes().map(|v| v.len()));
-        match registered {
-            Ok(count) if count >= self.cap => {
-                self.cap_reached("nodes registered: no more unknown machines are registered");
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(%mac, "registering an unknown machine: {e}");
-                return;
-            }
+        // The snapshot counts every node in any state; this thread reloads
+        // it after each node it makes, so its own additions are never missed.
+        if self.watcher.registered() >= self.cap {
+            self.cap_reached("nodes registered: no more unknown machines are registered");
+            return;
         }
         let source = Source::Template(template.to_string());
         let dd = &self.dd;

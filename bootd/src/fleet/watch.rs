@@ -36,6 +36,11 @@ impl Watcher {
         ))
     }
 
+    /// Nodes in the current snapshot, in any state.
+    pub fn registered(&self) -> usize {
+        self.tx.borrow().len()
+    }
+
     /// Publishes a new snapshot if the generation moved. A registry that is
     /// busy or unreadable keeps the last snapshot: nodes being served keep
     /// being served.

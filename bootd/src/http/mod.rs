@@ -265,9 +265,11 @@ impl HttpServer {
         // ::ffff:a.b.c.d; iPXE wants the plain IPv4 address.
         let (local, peer) = (local.to_canonical(), peer.to_canonical());
         let host = bootd_ipxe::uri_host(local);
-        let http_base = urls::http_base(&host, self.http_port);
         match urls::route(&req.path) {
-            Ok(Route::Chain) => Response::text(200, bootd_ipxe::chain_script(&http_base)),
+            Ok(Route::Chain) => {
+                let http_base = urls::http_base(&host, self.http_port);
+                Response::text(200, bootd_ipxe::chain_script(&http_base))
+            }
             Ok(Route::Node(mac)) => {
                 let who = Caller {
                     peer,

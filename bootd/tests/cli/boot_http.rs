@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 /// GETs from a serve's HTTP port.
-trait HttpGet {
+pub(crate) trait HttpGet {
     /// GET with curl as-is (no path normalising): (status, body).
     fn get(&self, path: &str) -> Result<(u16, String)> {
         self.get_as("127.0.0.1", path)

@@ -3,6 +3,7 @@
 //! with the node's own rendered user-data and an instance-id that changes
 //! when the node's overlay is made anew.
 
+use crate::boot_http::HttpGet;
 use crate::common::*;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -10,22 +11,7 @@ use std::time::{Duration, Instant};
 
 /// GET `path` from local address `source`: (status, body).
 fn get(serve: &Serve, source: &str, path: &str) -> Result<(u16, String)> {
-    let url = format!("http://127.0.0.1:{}{path}", serve.http);
-    let out = tool(
-        "curl",
-        &[
-            "-s",
-            "--interface",
-            source,
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            &url,
-        ],
-    )?;
-    let (body, code) = out.rsplit_once('\n').ok_or("no status line")?;
-    Ok((code.trim().parse()?, body.to_string()))
+    serve.get_as(source, path)
 }
 
 /// A qemu-io process holding a session to `node`'s target from 127.0.0.1.

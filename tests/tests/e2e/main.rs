@@ -4,6 +4,7 @@
 //! `BOOTD_E2E=1` makes a missing tool a failure instead of a skip; `scripts/test.sh`
 //! installs the tools and sets it.
 
+mod capture;
 mod conformance;
 mod datasafety;
 mod diskless;

@@ -210,14 +210,25 @@ impl Held {
     }
 }
 
-/// Releases `node` like a reset does (serve ends its sessions and closes
-/// the overlay) but keeps the overlay: for reading it with
-/// `Overlay::open(.., read_only)`, which takes a shared `flock`. The
-/// writer's exclusive lock is turned into a shared one on the same file:
-/// Linux does not convert atomically, but nothing can take it in between:
-/// serve opens no overlay of a `releasing` node and other commands wait
-/// for the claim.
-pub fn hold_for_reading(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Result<Held> {
+/// Releases node `name` like a reset does (serve ends its sessions and
+/// closes the overlay) but keeps the overlay: for reading it with
+/// `Overlay::open(.., read_only)`, which takes a shared `flock`. `check`
+/// runs under the claim, just before the node is marked `releasing`, with
+/// the node as it is then: a refusal there leaves the node alone.
+///
+/// The writer's exclusive lock is turned into a shared one on the same
+/// file: Linux does not convert atomically, but nothing can take it in
+/// between: serve opens no overlay of a `releasing` node and other
+/// commands wait for the claim.
+pub fn hold_for_reading(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    name: &str,
+    check: impl FnOnce(&Node) -> Result<()>,
+) -> Result<(Held, Node)> {
+    let claim = claim(dd, name, true)?.context("claim lock")?;
+    // Read under the claim: a command that held it may have changed the node.
+    let node = store.node(name)?;
     if node.state != NodeState::Ready {
         bail!(
             "node {} is {}: another command is working on it",
@@ -225,21 +236,33 @@ pub fn hold_for_reading(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Res
             node.state.as_str()
         );
     }
-    let (lock, claim) = release(dd, store, node)?;
+    check(&node)?;
+    store.set_node_state(&node.name, NodeState::Releasing)?;
+    let put_back = |store: &mut dyn Store, e: anyhow::Error| -> anyhow::Error {
+        match store.set_node_state(&node.name, node.state) {
+            Ok(_) => e.context(format!("node {}", node.name)),
+            Err(e2) => e.context(format!("node {} (left releasing: {e2})", node.name)),
+        }
+    };
+    let lock = match wait_released(&node.overlay_path, RELEASE_TIMEOUT) {
+        Ok(l) => l,
+        Err(e) => return Err(put_back(store, e)),
+    };
     if let Some(f) = &lock {
         // SAFETY: plain syscall on a descriptor `f` keeps open.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } != 0 {
-            let e = std::io::Error::last_os_error();
-            store.set_node_state(&node.name, node.state)?;
-            return Err(e).with_context(|| format!("locking {}", node.overlay_path.display()));
+            let e = anyhow::Error::new(std::io::Error::last_os_error())
+                .context(format!("locking {}", node.overlay_path.display()));
+            return Err(put_back(store, e));
         }
     }
-    Ok(Held {
+    let held = Held {
         name: node.name.clone(),
         state: node.state,
         _overlay: lock,
         _claim: claim,
-    })
+    };
+    Ok((held, node))
 }
 
 /// Discards the node's writes: a new empty overlay over `image` (the node's
@@ -504,6 +527,32 @@ mod tests {
         );
         remove(&dd, store.as_mut(), &moved)?;
         assert!(!moved.overlay_path.exists());
+        Ok(())
+    }
+
+    #[test]
+    fn held_for_reading_keeps_writers_out_until_restored() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (dd, mut store, n, _) = fleet(dir.path())?;
+        // A refusing check leaves the node as it was.
+        let refused = hold_for_reading(&dd, store.as_mut(), &n.name, |_| bail!("no"));
+        assert!(refused.is_err());
+        assert_eq!(store.node("n1")?.state, NodeState::Ready);
+
+        let (held, node) = hold_for_reading(&dd, store.as_mut(), &n.name, |_| Ok(()))?;
+        assert_eq!(store.node("n1")?.state, NodeState::Releasing);
+        // Readers may open it; a writer (serve) may not; nor may another
+        // command take the node, nor recovery put it back.
+        let reader = Overlay::open(&node.overlay_path, None, true)?;
+        assert!(Overlay::open(&node.overlay_path, None, false).is_err());
+        assert!(claim(&dd, "n1", false)?.is_none());
+        assert!(recover_releasing(&dd, store.as_mut())?.is_empty());
+        drop(reader);
+        held.restore(store.as_mut())?;
+        let back = store.node("n1")?;
+        assert_eq!(back.state, NodeState::Ready);
+        assert_eq!(back.overlay_generation, n.overlay_generation);
+        assert!(Overlay::open(&node.overlay_path, None, false).is_ok());
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use super::flatten::{flatten, Flattened};
 use super::partitions;
 use crate::datadir::DataDir;
 use crate::progress::Progress;
-use crate::store::{Image, Store};
+use crate::store::{Image, Node, Store};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -88,15 +88,8 @@ pub fn capture(
             }
         }
     }
-    if crate::events::session_locks::live(dd, &node.name)? {
-        bail!(
-            "node {} has a live iSCSI session: shut the node down (or log it out) first; \
-             a disk in use holds a half-written file system",
-            node.name
-        );
-    }
-    // A login between this check and the release below is ended by serve
-    // like a reset would; the capture then holds everything written before.
+    // Asked here for a quick answer, and again under the claim below.
+    no_session(dd, &node)?;
     let start = Instant::now();
     let work = WorkDir(
         dd.images()
@@ -106,23 +99,20 @@ pub fn capture(
     std::fs::create_dir_all(&work.0).with_context(|| format!("{}", work.0.display()))?;
     let disk = work.0.join("disk.raw");
 
-    let held = step(&format!("releasing node {}", node.name), || {
-        crate::lifecycle::hold_for_reading(dd, store, &node)
+    // Checked under the node's claim, just before serve is asked to let go:
+    // a login after it is ended by serve like a reset would end it, and the
+    // copy then holds everything written before.
+    let (held, now) = step(&format!("releasing node {}", node.name), || {
+        crate::lifecycle::hold_for_reading(dd, store, &node.name, |n| no_session(dd, n))
     })?;
-    // Read again under the claim: a reset that finished just before may
-    // have moved the node to another image.
-    let copied = (|| -> Result<(Image, Flattened)> {
-        let now = store.node(&node.name)?;
-        announce(&format!(
-            "flattening {} ({} v{} + overlay)",
-            now.name, now.image.name, now.image.version
-        ));
-        let f = flatten(&now.overlay_path, &now.image.path, &disk)?;
-        Ok((now.image, f))
-    })();
+    announce(&format!(
+        "flattening {} ({} v{} + overlay)",
+        now.name, now.image.name, now.image.version
+    ));
+    let copied = flatten(&now.overlay_path, &now.image.path, &disk);
     // The node goes back to serve as soon as its disk is copied.
     let restored = held.restore(store);
-    let (from, flattened) = copied?;
+    let flattened = copied?;
     restored?;
 
     let scrubbed = if scrub {
@@ -135,12 +125,23 @@ pub fn capture(
     let image = crate::import::register(dd, store, name, &disk, bytes, sha256)?;
     Ok(Captured {
         image,
-        node: node.name,
-        from,
+        node: now.name,
+        from: now.image,
         flattened,
         scrubbed,
         elapsed: start.elapsed(),
     })
+}
+
+fn no_session(dd: &DataDir, n: &Node) -> Result<()> {
+    if crate::events::session_locks::live(dd, &n.name)? {
+        bail!(
+            "node {} has a live iSCSI session: shut the node down (or log it out) first; \
+             a disk in use holds a half-written file system",
+            n.name
+        );
+    }
+    Ok(())
 }
 
 /// Runs `cmd`, failing with its stderr's last lines.

@@ -3,6 +3,7 @@
 //! iBFT login in the initramfs, the NoCloud seed finder, identity scrubbing;
 //! README.md next to it explains the design); this module runs it with its
 //! files, shows its progress and imports the result like `image import`.
+//! [`capture`] stores a node's disk as an image with the same scrubbing.
 
 pub mod capture;
 mod flatten;

@@ -328,6 +328,8 @@ pub fn remove(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Result<()> {
     drop(lock);
     drop(claim);
     let _ = std::fs::remove_file(dd.claim_file(&node.name));
+    // serve ended the node's sessions when it dropped its target.
+    let _ = std::fs::remove_file(dd.session_file(&node.name));
     Ok(())
 }
 

@@ -20,7 +20,42 @@ use crate::store::{Image, Node, Store};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Set by SIGINT, SIGTERM or SIGHUP during a capture: the copy stops and
+/// everything is undone (node state, mount, work directory) as on any
+/// error, instead of the process dying with the node away from serve and
+/// a file system mounted.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted; the node is back as it was and nothing was stored");
+    }
+    Ok(())
+}
 
 pub struct Captured {
     pub image: Image,
@@ -71,6 +106,9 @@ pub fn capture(
 ) -> Result<Captured> {
     // Everything that can be refused is refused before the node is touched.
     crate::names::check_image_name("image", name)?;
+    for n in crate::lifecycle::recover_releasing(dd, store)? {
+        eprintln!("bootd: node {n}: an interrupted command had left it releasing; ready again");
+    }
     let node = store.node(node_name)?;
     if scrub {
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -90,6 +128,7 @@ pub fn capture(
     }
     // Asked here for a quick answer, and again under the claim below.
     no_session(dd, &node)?;
+    catch_signals();
     let start = Instant::now();
     let work = WorkDir(
         dd.images()
@@ -109,7 +148,7 @@ pub fn capture(
         "flattening {} ({} v{} + overlay)",
         now.name, now.image.name, now.image.version
     ));
-    let copied = flatten(&now.overlay_path, &now.image.path, &disk);
+    let copied = flatten(&now.overlay_path, &now.image.path, &disk, &interrupted);
     // The node goes back to serve as soon as its disk is copied.
     let restored = held.restore(store);
     let flattened = copied?;
@@ -120,8 +159,10 @@ pub fn capture(
     } else {
         None
     };
+    check_interrupted()?;
     announce("checksum");
     let (bytes, sha256) = crate::import::hash_file(&disk)?;
+    check_interrupted()?;
     let image = crate::import::register(dd, store, name, &disk, bytes, sha256)?;
     Ok(Captured {
         image,

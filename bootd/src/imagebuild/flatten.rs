@@ -25,8 +25,14 @@ pub struct Flattened {
 }
 
 /// Writes the disk of `overlay` (read-only; the caller holds it away from
-/// writers) over `golden` into `out`, which must not exist.
-pub fn flatten(overlay: &Path, golden: &Path, out: &Path) -> Result<Flattened> {
+/// writers) over `golden` into `out`, which must not exist. Stops with an
+/// error once `stop` says so.
+pub fn flatten(
+    overlay: &Path,
+    golden: &Path,
+    out: &Path,
+    stop: &dyn Fn() -> bool,
+) -> Result<Flattened> {
     let backing: Arc<dyn BlockDevice> = Arc::new(
         RawFile::open(golden, true)
             .with_context(|| format!("golden image {}", golden.display()))?,
@@ -45,7 +51,7 @@ pub fn flatten(overlay: &Path, golden: &Path, out: &Path) -> Result<Flattened> {
         .build()
         .context("starting a runtime for the overlay reads")?;
     let bar = Progress::bytes(size, "flattening");
-    let data_bytes = rt.block_on(copy(&disk, &dst, size, &bar))?;
+    let data_bytes = rt.block_on(copy(&disk, &dst, size, &bar, stop))?;
     dst.sync_all()
         .with_context(|| format!("{}", out.display()))?;
     bar.finish();
@@ -55,10 +61,19 @@ pub fn flatten(overlay: &Path, golden: &Path, out: &Path) -> Result<Flattened> {
     })
 }
 
-async fn copy(disk: &Overlay, dst: &std::fs::File, size: u64, bar: &Progress) -> Result<u64> {
+async fn copy(
+    disk: &Overlay,
+    dst: &std::fs::File,
+    size: u64,
+    bar: &Progress,
+    stop: &dyn Fn() -> bool,
+) -> Result<u64> {
     let mut written = 0u64;
     let mut pos = 0u64;
     while pos < size {
+        if stop() {
+            anyhow::bail!("interrupted at byte {pos} of {size}");
+        }
         let span = SPAN.min(size - pos);
         let extents = disk
             .block_status(pos, span)
@@ -143,7 +158,7 @@ mod tests {
             anyhow::Ok(())
         })?;
         let out = dir.path().join("flat.raw");
-        let got = flatten(&ov, &golden, &out)?;
+        let got = flatten(&ov, &golden, &out, &|| false)?;
         assert_eq!(got.bytes, 64 * MIB);
         let flat = std::fs::read(&out)?;
         let mut want = vec![0u8; (64 * MIB) as usize];
@@ -158,7 +173,13 @@ mod tests {
         // (the rest of its cluster reads through to the hole).
         assert_eq!(got.data_bytes, 8 * MIB + 4096);
         // The overlay is never written by a read-only open.
-        assert!(flatten(&ov, &golden, &out).is_err(), "out must not exist");
+        assert!(
+            flatten(&ov, &golden, &out, &|| false).is_err(),
+            "out must not exist"
+        );
+        let again = dir.path().join("again.raw");
+        let stopped = flatten(&ov, &golden, &again, &|| true);
+        assert!(stopped.is_err(), "a stop request stops the copy");
         Ok(())
     }
 }

@@ -109,7 +109,13 @@ fn migrate(client: &mut Client) -> Result<()> {
     loop {
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+        // Not CREATE ... IF NOT EXISTS: its NOTICE would reach the log.
+        let made: bool = tx
+            .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?
+            .try_get(0)?;
+        if !made {
+            tx.batch_execute("CREATE TABLE schema_version (version BIGINT NOT NULL)")?;
+        }
         let current: i64 = tx
             .query_one("SELECT MAX(version)::BIGINT FROM schema_version", &[])?
             .try_get::<_, Option<i64>>(0)?

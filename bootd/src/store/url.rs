@@ -70,6 +70,9 @@ impl Registry {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("bootd");
+        // The server's notices are its business; the crate's default logs
+        // them at INFO, in the middle of a command's output.
+        config.notice_callback(|n| tracing::debug!(notice = n.message(), "registry notice"));
         let shown = shown(&config, &user);
         Ok(Self::Postgres(Box::new(PgTarget { config, shown })))
     }

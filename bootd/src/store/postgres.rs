@@ -67,20 +67,72 @@ impl PgStore {
         })
     }
 
-    /// The connection, made again if the server closed it (a restart of
-    /// PostgreSQL costs the call in flight, not every call after it).
+    /// The connection, made again if the server closed it.
     fn conn(&self) -> Result<RefMut<'_, Client>> {
         let mut c = self.client.borrow_mut();
         if c.is_closed() {
-            tracing::warn!(registry = %self.target.shown, "registry connection lost; connecting again");
-            *c = connect(&self.target)?;
+            self.reconnect(&mut c)?;
         }
         Ok(c)
     }
 
-    /// Runs `f` in a write transaction and commits what it returns.
-    fn write<T>(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn reconnect(&self, c: &mut Client) -> Result<()> {
+        tracing::warn!(registry = %self.target.shown, "registry connection lost; connecting again");
+        *c = connect(&self.target)?;
+        Ok(())
+    }
+
+    /// Runs the read `f`; if the connection turns out to be lost (the
+    /// server restarted or dropped it while idle), once more on a new one:
+    /// a read is safe to repeat.
+    fn read<T>(&self, f: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
+        let mut c = self.conn()?;
+        match f(&mut c) {
+            Err(StoreError::Pg(e)) if lost(&e, &c) => {
+                self.reconnect(&mut c)?;
+                f(&mut c)
+            }
+            other => other,
+        }
+    }
+
+    /// The connection for a write, checked with an empty query first (one
+    /// round trip): a connection lost while idle is replaced before the
+    /// write begins, so nothing is run twice.
+    fn live(&self) -> Result<RefMut<'_, Client>> {
         let mut conn = self.conn()?;
+        if let Err(e) = conn.batch_execute("") {
+            if !lost(&e, &conn) {
+                return Err(e.into());
+            }
+            self.reconnect(&mut conn)?;
+        }
+        Ok(conn)
+    }
+
+    /// One write statement outside the registry's transaction (records).
+    fn write_record(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        Ok(self.live()?.execute(sql, p)?)
+    }
+
+    fn rows(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
+        self.read(|c| Ok(c.query(sql, p)?))
+    }
+
+    fn row_opt(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Option<postgres::Row>> {
+        self.read(|c| Ok(c.query_opt(sql, p)?))
+    }
+
+    fn row_one(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<postgres::Row> {
+        self.read(|c| Ok(c.query_one(sql, p)?))
+    }
+
+    /// Runs `f` in a write transaction and commits what it returns. A
+    /// connection found lost at BEGIN is replaced and the write goes ahead
+    /// (nothing of it had run); one lost later fails the write, since
+    /// whether its COMMIT took effect is unknown.
+    fn write<T>(&mut self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.live()?;
         let mut tx = conn.transaction()?;
         // Writers queue here (see the module comment).
         tx.execute("SELECT value FROM generation WHERE id = 1 FOR UPDATE", &[])?;
@@ -101,6 +153,23 @@ impl PgStore {
             node_by_name(tx, name)
         })
     }
+}
+
+/// Whether `e` says the connection is gone (rather than the statement
+/// failed): closed, reset, or the server shutting the session down.
+fn lost(e: &postgres::Error, c: &Client) -> bool {
+    use postgres::error::SqlState;
+    c.is_closed()
+        || e.is_closed()
+        || matches!(
+            e.code(),
+            Some(
+                &SqlState::ADMIN_SHUTDOWN
+                    | &SqlState::CRASH_SHUTDOWN
+                    | &SqlState::CANNOT_CONNECT_NOW
+            )
+        )
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// Applies the migrations this database lacks, each in its own transaction
@@ -185,8 +254,7 @@ impl Store for PgStore {
 
     fn generation(&self) -> Result<u64> {
         let v: i64 = self
-            .conn()?
-            .query_one("SELECT value FROM generation WHERE id = 1", &[])?
+            .row_one("SELECT value FROM generation WHERE id = 1", &[])?
             .try_get(0)?;
         u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("generation {v}")))
     }
@@ -216,15 +284,14 @@ impl Store for PgStore {
     }
 
     fn images(&self) -> Result<Vec<Image>> {
-        self.conn()?
-            .query(&format!("{IMAGE_SELECT} ORDER BY name, version"), &[])?
+        self.rows(&format!("{IMAGE_SELECT} ORDER BY name, version"), &[])?
             .iter()
             .map(|r| image_at(r, 0))
             .collect()
     }
 
     fn latest_image(&self, name: &str) -> Result<Image> {
-        match self.conn()?.query_opt(
+        match self.row_opt(
             &format!("{IMAGE_SELECT} WHERE name = $1 ORDER BY version DESC LIMIT 1"),
             &[&name],
         )? {
@@ -235,8 +302,7 @@ impl Store for PgStore {
 
     fn max_image_version(&self, name: &str) -> Result<u32> {
         let v: Option<i64> = self
-            .conn()?
-            .query_one("SELECT MAX(version) FROM images WHERE name = $1", &[&name])?
+            .row_one("SELECT MAX(version) FROM images WHERE name = $1", &[&name])?
             .try_get(0)?;
         u32::try_from(v.unwrap_or(0)).map_err(|_| StoreError::Corrupt(format!("version {v:?}")))
     }
@@ -283,18 +349,14 @@ impl Store for PgStore {
     }
 
     fn templates(&self) -> Result<Vec<Template>> {
-        self.conn()?
-            .query(&format!("{TEMPLATE_SELECT} ORDER BY name"), &[])?
+        self.rows(&format!("{TEMPLATE_SELECT} ORDER BY name"), &[])?
             .iter()
             .map(template_row)
             .collect()
     }
 
     fn template(&self, name: &str) -> Result<Template> {
-        match self
-            .conn()?
-            .query_opt(&format!("{TEMPLATE_SELECT} WHERE name = $1"), &[&name])?
-        {
+        match self.row_opt(&format!("{TEMPLATE_SELECT} WHERE name = $1"), &[&name])? {
             Some(r) => template_row(&r),
             None => Err(not_found("template", name)),
         }
@@ -353,15 +415,14 @@ impl Store for PgStore {
     }
 
     fn nodes(&self) -> Result<Vec<Node>> {
-        self.conn()?
-            .query(&format!("{NODE_SELECT} ORDER BY n.name"), &[])?
+        self.rows(&format!("{NODE_SELECT} ORDER BY n.name"), &[])?
             .iter()
             .map(node_row)
             .collect()
     }
 
     fn node(&self, name_or_mac: &str) -> Result<Node> {
-        match self.conn()?.query_opt(
+        match self.row_opt(
             &format!("{NODE_SELECT} WHERE n.name = $1 OR n.mac = $1"),
             &[&name_or_mac],
         )? {

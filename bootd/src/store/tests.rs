@@ -161,3 +161,12 @@ for_both_backends!(
     two_processes_migrating_at_once_both_succeed,
     racing_writers_get_the_same_errors,
 );
+
+/// PostgreSQL only: SQLite has no connection to lose.
+#[test]
+fn postgres_a_lost_connection_is_made_again() -> Result<()> {
+    match postgres("store::a_lost_connection_is_made_again")? {
+        Some(f) => suite::a_lost_connection_is_made_again(f),
+        None => Ok(()),
+    }
+}

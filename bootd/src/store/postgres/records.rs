@@ -12,7 +12,7 @@ impl Records for PgStore {
     fn note_discovered(&mut self, d: &Discovered) -> Result<()> {
         let arch = d.arch.map(i64::from);
         // A full table takes updates of the MACs it has, no new ones.
-        self.conn()?.execute(
+        self.write_record(
             "INSERT INTO discovered (mac, arch, vendor_class, ipxe, first_seen, last_seen, requests)
              SELECT $1, $2, $3, $4, $5, $6, 1
              WHERE (SELECT COUNT(*) FROM discovered) < $7
@@ -35,7 +35,7 @@ impl Records for PgStore {
     }
 
     fn discovered(&self) -> Result<Vec<Discovered>> {
-        let rows = self.conn()?.query(
+        let rows = self.rows(
             &format!("{DISCOVERED_SELECT} ORDER BY first_seen, mac"),
             &[],
         )?;
@@ -43,7 +43,7 @@ impl Records for PgStore {
     }
 
     fn record_stage(&mut self, mac: &str, stage: &BootStage, new_boot: bool) -> Result<()> {
-        let mut conn = self.conn()?;
+        let mut conn = self.live()?;
         let mut tx = conn.transaction()?;
         if new_boot {
             tx.execute("DELETE FROM boot_stages WHERE mac = $1", &[&mac])?;
@@ -58,7 +58,7 @@ impl Records for PgStore {
     }
 
     fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>> {
-        let rows = self.conn()?.query(
+        let rows = self.rows(
             &format!("{STAGE_SELECT} WHERE mac = $1 ORDER BY at_ms, stage"),
             &[&mac],
         )?;

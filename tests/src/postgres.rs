@@ -220,6 +220,15 @@ impl PgServer {
         format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The same database through the server's Unix socket (its directory,
+    /// percent-encoded, as the URL's host). A socket is a path, so processes
+    /// in other network namespaces (which cannot reach this 127.0.0.1) reach
+    /// the server through it too.
+    pub fn unix_url(&self, db: &str) -> String {
+        let dir = self.dir.path().to_string_lossy().replace('/', "%2F");
+        format!("postgres://{USER}@{dir}:{}/{db}", self.port)
+    }
+
     /// A connection configuration for `db`, password included.
     pub fn config(&self, db: &str) -> postgres::Config {
         let mut c = postgres::Config::new();

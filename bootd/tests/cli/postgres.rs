@@ -90,6 +90,11 @@ fn commands_work_against_a_postgres_registry() -> Result {
     let url = server.url(&db);
     let out = flag.json(&["--registry", &url, "node", "list", "--json"])?;
     assert_eq!(names(&out), ["a"]);
+    // Through the server's Unix socket (a path in the URL's host, percent-
+    // encoded): what servers in other network namespaces can share.
+    let unix = server.unix_url(&db);
+    let out = flag.json(&["--registry", &unix, "node", "list", "--json"])?;
+    assert_eq!(names(&out), ["a"]);
     Ok(())
 }
 

@@ -72,6 +72,11 @@ fn commands_work_against_a_postgres_registry() -> Result {
         "{overlay}"
     );
     tool("qemu-img", &["check", overlay])?;
+    env.ok(&["node", "reset", "a"])?;
+    let reset = env.json(&["node", "show", "a", "--json"])?;
+    assert_eq!(reset["state"], "ready");
+    let df = env.json(&["df", "--json"])?;
+    assert_eq!(df["logical_bytes"], 32u64 << 20);
 
     // The rows are in PostgreSQL, and no SQLite registry was made.
     let mut c = server.connect(&db)?;

@@ -35,10 +35,14 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      building the bootable golden test image (BIOS and UEFI loaders, FAT)
 #   mmdebstrap         `bootd image build`: the Debian root file system of a real golden image
 #                      (with e2fsprogs, dosfstools, mtools, fdisk above for its disk)
+#   postgresql-15      the shared registry's tests (`--registry postgres://`): the tests run
+#                      initdb and postgres from /usr/lib/postgresql/15/bin themselves, as the
+#                      postgres user, in a temporary directory (the package's own cluster
+#                      service is not used)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
-    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap
+    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 
@@ -107,4 +111,7 @@ done
 [[ $(installed_version qemu-utils) == "$(installed_version qemu-block-extra)" ]] ||
     die "qemu-utils $(installed_version qemu-utils) and qemu-block-extra $(installed_version qemu-block-extra) differ"
 qemu_img_has_iscsi || die "qemu-img does not list the iscsi block driver (qemu-block-extra not loaded)"
+for tool in initdb postgres; do
+    [[ -x /usr/lib/postgresql/15/bin/$tool ]] || die "after install, /usr/lib/postgresql/15/bin/$tool is missing"
+done
 log "done: qemu-img $(installed_version qemu-utils) with iscsi"

@@ -3,6 +3,7 @@
 
 use crate::store::rooted::Rooted;
 use crate::store::sqlite::SqliteStore;
+use crate::store::url::Registry;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// Where the registry is: `bootd.db` here unless `--registry` says
+    /// otherwise. Images, overlays and locks stay in the directory.
+    registry: Registry,
 }
 
 impl DataDir {
@@ -37,14 +41,27 @@ impl DataDir {
         for entry in overlays.flatten() {
             restrict(&entry.path(), PRIVATE_FILE)?;
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            registry: Registry::DataDir,
+        })
     }
 
-    /// The registry. Callers see only the [`Store`] trait, so another
-    /// backend can take SQLite's place.
+    /// The same directory with its registry elsewhere (`--registry`).
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The registry. Callers see only the [`Store`] trait: SQLite and
+    /// PostgreSQL answer alike.
     pub fn store(&self) -> Result<Box<dyn Store>> {
-        let db = SqliteStore::open(&self.root.join("bootd.db"))?;
-        Ok(Box::new(Rooted::new(Box::new(db), self.root.clone())))
+        let db: Box<dyn Store> = match &self.registry {
+            Registry::DataDir => Box::new(SqliteStore::open(&self.root.join("bootd.db"))?),
+            Registry::Sqlite(path) => Box::new(SqliteStore::open(path)?),
+            Registry::Postgres(target) => crate::store::postgres::open(target)?,
+        };
+        Ok(Box::new(Rooted::new(db, self.root.clone())))
     }
 
     /// Taken by `serve` for its lifetime: two servers on one data directory

@@ -45,6 +45,11 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
+    /// The registry: sqlite:PATH (default: bootd.db in the data directory)
+    /// or postgres://USER@HOST[:PORT]/DB (password from PGPASSWORD; no TLS).
+    /// Images and overlays stay in the data directory either way.
+    #[arg(long, env = "BOOTD_REGISTRY", hide_env_values = true, global = true)]
+    registry: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,21 +94,29 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The URL is parsed here, not by clap: clap's errors would echo it,
+    // password and all.
+    let registry = match cli.registry.as_deref() {
+        None => Ok(store::url::Registry::DataDir),
+        Some(url) => store::url::Registry::parse(url, std::env::var("PGPASSWORD").ok()),
+    };
+    let registry = match registry {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bootd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let open = |dir: &std::path::Path| {
+        datadir::DataDir::open(dir).map(|d| d.with_registry(registry.clone()))
+    };
     let result = match cli.command {
         Command::Export(args) => export::run(&cli.data_dir, args),
-        Command::Serve(args) => serve::run(&cli.data_dir, args),
-        Command::Image(cmd) => {
-            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_image::run(&d, cmd))
-        }
-        Command::Template(cmd) => {
-            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_template::run(&d, cmd))
-        }
-        Command::Node(cmd) => {
-            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_node::run(&d, cmd))
-        }
-        Command::Df { json } => {
-            datadir::DataDir::open(&cli.data_dir).and_then(|d| cmd_df::run(&d, json))
-        }
+        Command::Serve(args) => open(&cli.data_dir).and_then(|d| serve::run(d, args)),
+        Command::Image(cmd) => open(&cli.data_dir).and_then(|d| cmd_image::run(&d, cmd)),
+        Command::Template(cmd) => open(&cli.data_dir).and_then(|d| cmd_template::run(&d, cmd)),
+        Command::Node(cmd) => open(&cli.data_dir).and_then(|d| cmd_node::run(&d, cmd)),
+        Command::Df { json } => open(&cli.data_dir).and_then(|d| cmd_df::run(&d, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,6 +77,16 @@ impl Needs {
         }
     }
 
+    /// PostgreSQL's server binaries (`initdb`, `postgres`).
+    pub fn postgres(self) -> Self {
+        match crate::postgres::bin_dir() {
+            Some(_) => self,
+            None => self.missing_because(
+                "PostgreSQL's initdb not found (Debian package postgresql-15)".into(),
+            ),
+        }
+    }
+
     fn missing_because(mut self, why: String) -> Self {
         self.missing.push(why);
         self

@@ -23,6 +23,7 @@ pub mod golden;
 pub mod guest;
 pub mod netns;
 pub mod overlay;
+pub mod postgres;
 pub mod process;
 pub mod qemu_iscsi;
 pub mod serve;

@@ -16,7 +16,6 @@ use config::{ServeConfig, UnknownPolicy};
 use iscsi_target::{Server, ServerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -33,12 +32,12 @@ use crate::metrics::Metrics;
 /// trace flushed (registry changes arrive from the fleet view at once).
 const TICK: Duration = Duration::from_secs(1);
 
-pub fn run(data_dir: &Path, args: ServeConfig) -> Result<()> {
+/// `dd` is the opened data directory, with the registry `--registry` named.
+pub fn run(dd: DataDir, args: ServeConfig) -> Result<()> {
     let s = ServeConfig::load(args)?;
     if s.dhcp().is_none() && (s.interface.is_some() || s.pool.is_some()) {
         tracing::warn!("--interface and --pool are not used with --dhcp off");
     }
-    let dd = DataDir::open(data_dir)?;
     let _lock = dd.lock_serve()?;
     raise_open_file_limit();
     let mut store = dd.store()?;

@@ -1,14 +1,22 @@
-//! The node registry: images, templates and nodes, behind [`Store`] so that
-//! a shared PostgreSQL backend can serve several bootd servers later. The
-//! embedded backend is SQLite ([`sqlite::SqliteStore`]).
+//! The node registry: images, templates and nodes, behind [`Store`]. The
+//! embedded backend is SQLite ([`sqlite::SqliteStore`]) in the data
+//! directory; several bootd servers share one PostgreSQL registry
+//! ([`postgres::PgStore`]). Both keep one schema history ([`schema`]), read
+//! rows through one typing ([`rows`]) and answer with the same errors.
 //!
 //! Every change bumps one `generation` counter in the same transaction, so a
 //! running `serve` notices CLI changes by reading one integer.
 
+pub mod postgres;
 pub mod records;
 pub mod rooted;
+pub mod rows;
 pub mod schema;
+pub mod shared;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
+pub mod url;
 
 pub use records::{BootStage, Discovered, Records};
 
@@ -163,6 +171,14 @@ pub enum StoreError {
     },
     #[error("database")]
     Db(#[from] rusqlite::Error),
+    /// `registry` is the URL without its password.
+    #[error("registry {registry}")]
+    Connect {
+        registry: String,
+        source: ::postgres::Error,
+    },
+    #[error("registry")]
+    Pg(#[from] ::postgres::Error),
     #[error("watching the database for changes")]
     Watch(#[source] std::io::Error),
 }

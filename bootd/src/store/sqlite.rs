@@ -2,11 +2,12 @@
 //! writes; writes take the write lock up front (`BEGIN IMMEDIATE`) so two
 //! CLI commands queue instead of failing half-way.
 
+use super::rows::{image_at, node_row, template_row, IMAGE_SELECT, NODE_SELECT, TEMPLATE_SELECT};
 use super::schema::{self, MIGRATIONS};
+use super::shared::{self, not_found, now, path_text, NodeText};
 use super::{
     Image, MutualChap, NewImage, NewNode, Node, NodeState, Result, Store, StoreError, Template,
 };
-use rows::{image_at, node_row, template_row};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
@@ -14,17 +15,6 @@ use std::time::Duration;
 pub struct SqliteStore {
     pub(super) conn: Connection,
 }
-
-const NODE_SELECT: &str = "
-    SELECT n.id, n.name, n.mac, n.template, n.ip, n.target_iqn, n.initiator_iqn,
-           n.chap_user, n.chap_secret, n.overlay_path, n.state, n.revision, n.created,
-           i.id, i.name, i.version, i.path, i.bytes, i.sha256, i.created,
-           n.mutual_user, n.mutual_secret, n.user_data, n.overlay_generation
-    FROM nodes n JOIN images i ON i.id = n.image_id";
-
-const TEMPLATE_SELECT: &str = "SELECT name, image, script, created, user_data FROM templates";
-
-const IMAGE_SELECT: &str = "SELECT id, name, version, path, bytes, sha256, created FROM images";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
@@ -112,34 +102,17 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
 }
 
-pub(super) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn bump(tx: &Transaction<'_>) -> Result<()> {
     tx.execute("UPDATE generation SET value = value + 1 WHERE id = 1", [])?;
     Ok(())
 }
 
-fn path_text(p: &Path) -> Result<&str> {
-    p.to_str()
-        .ok_or_else(|| StoreError::Corrupt(format!("path {} is not UTF-8", p.display())))
-}
-
 fn node_by_name(conn: &Connection, name: &str) -> Result<Node> {
-    conn.query_row(
-        &format!("{NODE_SELECT} WHERE n.name = ?1"),
-        [name],
-        node_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound {
-        kind: "node",
-        name: name.to_string(),
+    conn.query_row(&format!("{NODE_SELECT} WHERE n.name = ?1"), [name], |r| {
+        node_row(r)
     })
+    .optional()?
+    .ok_or_else(|| not_found("node", name))
 }
 
 fn exists(conn: &Connection, sql: &str, value: &str) -> Result<bool> {
@@ -179,14 +152,9 @@ impl Store for SqliteStore {
             .optional()?
             .is_some()
         {
-            return Err(StoreError::Duplicate {
-                kind: "image",
-                field: "version",
-                value: format!("{} v{}", image.name, image.version),
-            });
+            return Err(shared::duplicate_image(image));
         }
-        let bytes = i64::try_from(image.bytes)
-            .map_err(|_| StoreError::Corrupt(format!("image size {}", image.bytes)))?;
+        let bytes = shared::image_bytes(image)?;
         tx.execute(
             "INSERT INTO images (name, version, path, bytes, sha256, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -252,19 +220,8 @@ impl Store for SqliteStore {
                 name: name.to_string(),
             });
         }
-        refuse_if_used(
-            &tx,
-            "SELECT n.name FROM nodes n JOIN images i ON i.id = n.image_id
-             WHERE i.name = ?1 ORDER BY n.name",
-            ("image", name),
-            "node",
-        )?;
-        refuse_if_used(
-            &tx,
-            "SELECT name FROM templates WHERE image = ?1 ORDER BY name",
-            ("image", name),
-            "template",
-        )?;
+        refuse_if_used(&tx, shared::NODES_ON_IMAGE, ("image", name), "node")?;
+        refuse_if_used(&tx, shared::TEMPLATES_ON_IMAGE, ("image", name), "template")?;
         tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
         bump(&tx)?;
         tx.commit()?;
@@ -297,11 +254,9 @@ impl Store for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![name, image, script, user_data, now()],
         )?;
-        let t = tx.query_row(
-            &format!("{TEMPLATE_SELECT} WHERE name = ?1"),
-            [name],
-            template_row,
-        )?;
+        let t = tx.query_row(&format!("{TEMPLATE_SELECT} WHERE name = ?1"), [name], |r| {
+            template_row(r)
+        })?;
         bump(&tx)?;
         tx.commit()?;
         Ok(t)
@@ -311,17 +266,15 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare(&format!("{TEMPLATE_SELECT} ORDER BY name"))?;
-        let rows = st.query_map([], template_row)?;
+        let rows = st.query_map([], |r| template_row(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn template(&self, name: &str) -> Result<Template> {
         self.conn
-            .query_row(
-                &format!("{TEMPLATE_SELECT} WHERE name = ?1"),
-                [name],
-                template_row,
-            )
+            .query_row(&format!("{TEMPLATE_SELECT} WHERE name = ?1"), [name], |r| {
+                template_row(r)
+            })
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
                 kind: "template",
@@ -332,22 +285,15 @@ impl Store for SqliteStore {
     fn remove_template(&mut self, name: &str) -> Result<Template> {
         let tx = self.write()?;
         let t = tx
-            .query_row(
-                &format!("{TEMPLATE_SELECT} WHERE name = ?1"),
-                [name],
-                template_row,
-            )
+            .query_row(&format!("{TEMPLATE_SELECT} WHERE name = ?1"), [name], |r| {
+                template_row(r)
+            })
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
                 kind: "template",
                 name: name.to_string(),
             })?;
-        refuse_if_used(
-            &tx,
-            "SELECT name FROM nodes WHERE template = ?1 ORDER BY name",
-            ("template", name),
-            "node",
-        )?;
+        refuse_if_used(&tx, shared::NODES_ON_TEMPLATE, ("template", name), "node")?;
         tx.execute("DELETE FROM templates WHERE name = ?1", [name])?;
         bump(&tx)?;
         tx.commit()?;
@@ -356,45 +302,14 @@ impl Store for SqliteStore {
 
     fn add_node(&mut self, node: &NewNode) -> Result<Node> {
         let tx = self.write()?;
-        let overlay = path_text(&node.overlay_path)?;
-        // Stored as text: the MAC in lower-case colon form, the address as
-        // `IpAddr` prints it; rows are parsed back into these types.
-        let mac = node.mac.to_string();
-        let ip = node.ip.map(|i| i.to_string());
-        let checks: [(&str, &'static str, &str); 5] = [
-            ("SELECT 1 FROM nodes WHERE name = ?1", "name", &node.name),
-            ("SELECT 1 FROM nodes WHERE mac = ?1", "MAC", &mac),
-            (
-                "SELECT 1 FROM nodes WHERE target_iqn = ?1",
-                "target IQN",
-                &node.target_iqn,
-            ),
-            (
-                "SELECT 1 FROM nodes WHERE initiator_iqn = ?1",
-                "initiator IQN",
-                &node.initiator_iqn,
-            ),
-            (
-                "SELECT 1 FROM nodes WHERE overlay_path = ?1",
-                "overlay",
-                overlay,
-            ),
-        ];
-        for (sql, field, value) in checks {
-            if exists(&tx, sql, value)? {
+        let text = NodeText::of(node)?;
+        for (column, field, value) in text.unique_fields(node) {
+            let sql = format!("SELECT 1 FROM nodes WHERE {column} = ?1");
+            if exists(&tx, &sql, value)? {
                 return Err(StoreError::Duplicate {
                     kind: "node",
                     field,
                     value: value.to_string(),
-                });
-            }
-        }
-        if let Some(ip) = &ip {
-            if exists(&tx, "SELECT 1 FROM nodes WHERE ip = ?1", ip)? {
-                return Err(StoreError::Duplicate {
-                    kind: "node",
-                    field: "IP",
-                    value: ip.clone(),
                 });
             }
         }
@@ -405,22 +320,22 @@ impl Store for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?13, 0)",
             params![
                 node.name,
-                mac,
+                text.mac,
                 node.image_id,
                 node.template,
-                ip,
+                text.ip,
                 node.target_iqn,
                 node.initiator_iqn,
                 node.chap_user,
                 node.chap_secret,
-                overlay,
+                text.overlay,
                 NodeState::Creating.as_str(),
                 now(),
                 node.user_data
             ],
         )?;
         // Adopted: no longer waiting in the discovered list.
-        tx.execute("DELETE FROM discovered WHERE mac = ?1", [&mac])?;
+        tx.execute("DELETE FROM discovered WHERE mac = ?1", [&text.mac])?;
         let n = node_by_name(&tx, &node.name)?;
         bump(&tx)?;
         tx.commit()?;
@@ -431,7 +346,7 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare(&format!("{NODE_SELECT} ORDER BY n.name"))?;
-        let rows = st.query_map([], node_row)?;
+        let rows = st.query_map([], |r| node_row(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -441,7 +356,7 @@ impl Store for SqliteStore {
             .query_row(
                 &format!("{NODE_SELECT} WHERE n.name = ?1 OR n.mac = ?1"),
                 [name_or_mac],
-                node_row,
+                |r| node_row(r),
             )
             .optional()?;
         found.ok_or_else(|| StoreError::NotFound {
@@ -491,8 +406,7 @@ impl Store for SqliteStore {
     }
 }
 
-/// "node a", "nodes a, b, c", "nodes a, b, c and 7 more".
-/// `InUse` if `users_sql` (taking the name as ?1) lists anything that still
+/// `InUse` if `users_sql` (taking the name as $1) lists anything that still
 /// uses the `what` (kind, name) about to be removed.
 fn refuse_if_used(
     conn: &Connection,
@@ -505,36 +419,9 @@ fn refuse_if_used(
         let rows = st.query_map([what.1], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    if users.is_empty() {
-        return Ok(());
-    }
-    Err(StoreError::InUse {
-        kind: what.0,
-        name: what.1.to_string(),
-        by: describe(user_kind, &users),
-    })
-}
-
-fn describe(kind: &str, names: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut s = format!(
-        "{kind}{} {}",
-        if names.len() == 1 { "" } else { "s" },
-        names
-            .iter()
-            .take(SHOWN)
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    if names.len() > SHOWN {
-        s.push_str(&format!(" and {} more", names.len() - SHOWN));
-    }
-    s
+    shared::refuse_if_used(what, user_kind, &users)
 }
 
 pub mod notify;
 mod records;
 mod rows;
-#[cfg(test)]
-mod tests;

@@ -13,12 +13,15 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Extra variables for every bootd run (`BOOTD_REGISTRY`, `PGPASSWORD`).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
     pub fn new() -> Result<Self> {
         Ok(Self {
             dir: tempfile::tempdir()?,
+            vars: Vec::new(),
         })
     }
 
@@ -34,6 +37,9 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_bootd"));
         c.env("BOOTD_DATA_DIR", self.data())
             .env("BOOTD_LOG", "info")
+            .env_remove("BOOTD_REGISTRY")
+            .env_remove("PGPASSWORD")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .args(args);
         c
     }

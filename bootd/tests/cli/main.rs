@@ -7,6 +7,7 @@ mod common;
 mod images;
 mod nocloud;
 mod nodes;
+mod postgres;
 mod security;
 mod serve;
 mod tftp;

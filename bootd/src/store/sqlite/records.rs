@@ -2,6 +2,7 @@
 //! changes).
 
 use super::SqliteStore;
+use crate::store::rows::{discovered_row, stage_row, DISCOVERED_SELECT, STAGE_SELECT};
 use crate::store::{BootStage, Discovered, Records, Result};
 use rusqlite::params;
 
@@ -34,21 +35,10 @@ impl Records for SqliteStore {
     }
 
     fn discovered(&self) -> Result<Vec<Discovered>> {
-        let mut st = self.conn.prepare(
-            "SELECT mac, arch, vendor_class, ipxe, first_seen, last_seen, requests
-             FROM discovered ORDER BY first_seen, mac",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(Discovered {
-                mac: r.get(0)?,
-                arch: r.get(1)?,
-                vendor_class: r.get(2)?,
-                ipxe: r.get(3)?,
-                first_seen: r.get(4)?,
-                last_seen: r.get(5)?,
-                requests: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-            })
-        })?;
+        let mut st = self
+            .conn
+            .prepare(&format!("{DISCOVERED_SELECT} ORDER BY first_seen, mac"))?;
+        let rows = st.query_map([], |r| discovered_row(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -67,59 +57,10 @@ impl Records for SqliteStore {
     }
 
     fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>> {
-        let mut st = self.conn.prepare(
-            "SELECT stage, at_ms, detail FROM boot_stages WHERE mac = ?1 ORDER BY at_ms, stage",
-        )?;
-        let rows = st.query_map([mac], |r| {
-            Ok(BootStage {
-                stage: r.get(0)?,
-                at_ms: r.get(1)?,
-                detail: r.get(2)?,
-            })
-        })?;
+        let mut st = self.conn.prepare(&format!(
+            "{STAGE_SELECT} WHERE mac = ?1 ORDER BY at_ms, stage"
+        ))?;
+        let rows = st.query_map([mac], |r| stage_row(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn discovered_and_stages() -> Result<()> {
-        let mut s = SqliteStore::open_in_memory()?;
-        let g = crate::store::Store::generation(&s)?;
-        let mut d = Discovered {
-            mac: "52:54:00:00:00:01".into(),
-            arch: Some(7),
-            vendor_class: "PXEClient:Arch:00007".into(),
-            ipxe: false,
-            first_seen: 100,
-            last_seen: 100,
-            requests: 1,
-        };
-        s.note_discovered(&d)?;
-        d.last_seen = 200;
-        d.first_seen = 200;
-        s.note_discovered(&d)?;
-        let got = s.discovered()?;
-        assert_eq!(got.len(), 1);
-        assert_eq!(
-            (got[0].first_seen, got[0].last_seen, got[0].requests),
-            (100, 200, 2)
-        );
-        let st = |stage: &str, at_ms| BootStage {
-            stage: stage.into(),
-            at_ms,
-            detail: String::new(),
-        };
-        s.record_stage(&d.mac, &st("dhcp", 1), true)?;
-        s.record_stage(&d.mac, &st("tftp", 2), false)?;
-        assert_eq!(s.boot_stages(&d.mac)?.len(), 2);
-        s.record_stage(&d.mac, &st("dhcp", 3), true)?;
-        assert_eq!(s.boot_stages(&d.mac)?, vec![st("dhcp", 3)]);
-        // Neither moves what serve watches.
-        assert_eq!(crate::store::Store::generation(&s)?, g);
-        Ok(())
     }
 }

@@ -1,7 +1,11 @@
-use super::*;
-use crate::store::MutualChap;
+//! The bodies of the store tests; `super` runs each against every backend.
 
-fn image(name: &str, version: u32) -> NewImage {
+use super::{Dialect, Fixture};
+use crate::store::{
+    BootStage, Discovered, MutualChap, NewImage, NewNode, NodeState, Result, StoreError,
+};
+
+pub(super) fn image(name: &str, version: u32) -> NewImage {
     NewImage {
         name: name.into(),
         version,
@@ -11,7 +15,7 @@ fn image(name: &str, version: u32) -> NewImage {
     }
 }
 
-fn node(name: &str, mac: &str, image_id: i64) -> NewNode {
+pub(super) fn node(name: &str, mac: &str, image_id: i64) -> NewNode {
     NewNode {
         name: name.into(),
         mac: mac.parse().unwrap_or(bootd_plan::Mac::new([0; 6])),
@@ -27,9 +31,8 @@ fn node(name: &str, mac: &str, image_id: i64) -> NewNode {
     }
 }
 
-#[test]
-fn every_write_bumps_the_generation() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn every_write_bumps_the_generation(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let g0 = s.generation()?;
     let img = s.add_image(&image("deb", 1))?;
     let g1 = s.generation()?;
@@ -47,9 +50,8 @@ fn every_write_bumps_the_generation() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn versions_and_latest() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn versions_and_latest(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     assert_eq!(s.max_image_version("deb")?, 0);
     s.add_image(&image("deb", 1))?;
     s.add_image(&image("deb", 2))?;
@@ -66,9 +68,8 @@ fn versions_and_latest() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn duplicates_and_lookups() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn duplicates_and_lookups(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let img = s.add_image(&image("deb", 1))?;
     s.add_node(&node("a", "02:00:00:00:00:01", img.id))?;
     let err = s.add_node(&node("b", "02:00:00:00:00:01", img.id));
@@ -87,9 +88,8 @@ fn duplicates_and_lookups() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn image_and_template_removal_is_refused_while_used() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn image_and_template_removal_is_refused_while_used(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let v1 = s.add_image(&image("deb", 1))?;
     s.add_image(&image("deb", 2))?;
     s.add_template("t", "deb", Some("#!ipxe"), None)?;
@@ -116,30 +116,25 @@ fn image_and_template_removal_is_refused_while_used() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn reopening_keeps_data_and_a_newer_schema_is_refused() -> Result<()> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let path = dir.path().join("bootd.db");
+pub fn reopening_keeps_data_and_a_newer_schema_is_refused(f: Fixture) -> Result<()> {
     {
-        let mut s = SqliteStore::open(&path)?;
+        let mut s = f.open()?;
         s.add_image(&image("deb", 1))?;
     }
     {
-        let s = SqliteStore::open(&path)?;
+        let s = f.open()?;
         assert_eq!(s.images()?.len(), 1);
-        s.conn
-            .execute("UPDATE schema_version SET version = 999", [])?;
+        f.exec("UPDATE schema_version SET version = 999")?;
     }
     assert!(matches!(
-        SqliteStore::open(&path),
+        f.open(),
         Err(StoreError::SchemaTooNew { found: 999, .. })
     ));
     Ok(())
 }
 
-#[test]
-fn node_revisions_move_with_state_and_image() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn node_revisions_move_with_state_and_image(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let v1 = s.add_image(&image("deb", 1))?;
     let v2 = s.add_image(&image("deb", 2))?;
     let n = s.add_node(&node("a", "02:00:00:00:00:01", v1.id))?;
@@ -162,16 +157,15 @@ fn node_revisions_move_with_state_and_image() -> Result<()> {
 
 /// A database written by a bootd from before migration 3 (schema version 2)
 /// with one node in it.
-fn version_2_database(path: &std::path::Path) -> Result<()> {
-    let conn = Connection::open(path)?;
-    conn.execute_batch(
-        "CREATE TABLE schema_version (version INTEGER NOT NULL);
+fn version_2_database(f: &Fixture) -> Result<()> {
+    f.exec(
+        "CREATE TABLE schema_version (version BIGINT NOT NULL);
          INSERT INTO schema_version (version) VALUES (2);",
     )?;
-    for m in &MIGRATIONS[..2] {
-        conn.execute_batch(m)?;
+    for m in &f.migrations()[..2] {
+        f.exec(m)?;
     }
-    conn.execute_batch(
+    f.exec(
         "INSERT INTO images (name, version, path, bytes, sha256, created)
          VALUES ('deb', 1, '/data/images/deb-v1.raw', 1048576, 'aa', 1);
          INSERT INTO nodes (name, mac, image_id, template, ip, target_iqn, initiator_iqn,
@@ -182,16 +176,10 @@ fn version_2_database(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn migration_3_leaves_existing_nodes_without_mutual_chap() -> Result<()> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let path = dir.path().join("bootd.db");
-    version_2_database(&path)?;
-    let mut s = SqliteStore::open(&path)?;
-    let version: i64 = s
-        .conn
-        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
-    assert_eq!(version, schema::latest());
+pub fn migration_3_leaves_existing_nodes_without_mutual_chap(f: Fixture) -> Result<()> {
+    version_2_database(&f)?;
+    let mut s = f.open()?;
+    assert_version(&f, crate::store::schema::latest())?;
     let n = s.node("old")?;
     assert_eq!(n.mutual_chap, None);
     // Migrating is not a change serve has to act on.
@@ -206,7 +194,7 @@ fn migration_3_leaves_existing_nodes_without_mutual_chap() -> Result<()> {
     assert!(on.revision > n.revision);
     drop(s);
     // Kept across a reopen; off again clears both columns.
-    let mut s = SqliteStore::open(&path)?;
+    let mut s = f.open()?;
     assert_eq!(s.node("old")?.mutual_chap, Some(m));
     let off = s.set_mutual_chap("old", None)?;
     assert_eq!(off.mutual_chap, None);
@@ -214,9 +202,8 @@ fn migration_3_leaves_existing_nodes_without_mutual_chap() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn mutual_chap_moves_the_generation_and_half_credentials_are_refused() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn mutual_chap_moves_the_generation_and_half_credentials_are_refused(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let img = s.add_image(&image("deb", 1))?;
     s.add_node(&node("a", "02:00:00:00:00:01", img.id))?;
     let g = s.generation()?;
@@ -235,7 +222,7 @@ fn mutual_chap_moves_the_generation_and_half_credentials_are_refused() -> Result
         "UPDATE nodes SET mutual_secret = NULL WHERE name = 'a'",
         "UPDATE nodes SET mutual_user = NULL WHERE name = 'a'",
     ] {
-        assert!(s.conn.execute(sql, []).is_err(), "{sql}");
+        assert!(f.exec(sql).is_err(), "{sql}");
     }
     assert_eq!(s.node("a")?.mutual_chap, Some(m));
     Ok(())
@@ -244,26 +231,20 @@ fn mutual_chap_moves_the_generation_and_half_credentials_are_refused() -> Result
 /// A value the types refuse, written behind the store's back (by hand, or
 /// by an older bootd): reading the nodes is an error naming it, not a node
 /// silently missing from the fleet.
-#[test]
-fn a_stored_value_that_does_not_parse_is_an_error() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn a_stored_value_that_does_not_parse_is_an_error(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let img = s.add_image(&image("deb", 1))?;
     s.add_node(&node("a", "02:00:00:00:00:01", img.id))?;
-    s.conn
-        .execute("UPDATE nodes SET mac = 'not-a-mac' WHERE name = 'a'", [])?;
+    f.exec("UPDATE nodes SET mac = 'not-a-mac' WHERE name = 'a'")?;
     let e = s
         .nodes()
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
     assert!(!e.is_empty(), "a bad MAC read as a node");
-    s.conn.execute(
-        "UPDATE nodes SET mac = '02:00:00:00:00:01', ip = '192.0.2.999' WHERE name = 'a'",
-        [],
-    )?;
+    f.exec("UPDATE nodes SET mac = '02:00:00:00:00:01', ip = '192.0.2.999' WHERE name = 'a'")?;
     assert!(s.nodes().is_err(), "a bad address read as a node");
-    s.conn
-        .execute("UPDATE nodes SET ip = '192.0.2.9' WHERE name = 'a'", [])?;
+    f.exec("UPDATE nodes SET ip = '192.0.2.9' WHERE name = 'a'")?;
     let n = s.node("a")?;
     assert_eq!(n.ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 9).into()));
     assert_eq!(n.mac.to_string(), "02:00:00:00:00:01");
@@ -272,16 +253,15 @@ fn a_stored_value_that_does_not_parse_is_an_error() -> Result<()> {
 
 /// A database written by a bootd from before migration 4 (schema version
 /// 3): a template, a ready node on it and one still being created.
-fn version_3_database(path: &std::path::Path) -> Result<()> {
-    let conn = Connection::open(path)?;
-    conn.execute_batch(
-        "CREATE TABLE schema_version (version INTEGER NOT NULL);
+fn version_3_database(f: &Fixture) -> Result<()> {
+    f.exec(
+        "CREATE TABLE schema_version (version BIGINT NOT NULL);
          INSERT INTO schema_version (version) VALUES (3);",
     )?;
-    for m in &MIGRATIONS[..3] {
-        conn.execute_batch(m)?;
+    for m in &f.migrations()[..3] {
+        f.exec(m)?;
     }
-    conn.execute_batch(
+    f.exec(
         "INSERT INTO images (name, version, path, bytes, sha256, created)
          VALUES ('deb', 1, '/data/images/deb-v1.raw', 1048576, 'aa', 1);
          INSERT INTO templates (name, image, script, created) VALUES ('t', 'deb', '#!ipxe', 1);
@@ -298,16 +278,10 @@ fn version_3_database(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn migration_4_keeps_rows_and_numbers_existing_overlays() -> Result<()> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let path = dir.path().join("bootd.db");
-    version_3_database(&path)?;
-    let mut s = SqliteStore::open(&path)?;
-    let version: i64 = s
-        .conn
-        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
-    assert_eq!(version, 4);
+pub fn migration_4_keeps_rows_and_numbers_existing_overlays(f: Fixture) -> Result<()> {
+    version_3_database(&f)?;
+    let mut s = f.open()?;
+    assert_version(&f, 4)?;
     let old = s.node("old")?;
     assert_eq!(
         (
@@ -346,9 +320,8 @@ fn migration_4_keeps_rows_and_numbers_existing_overlays() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn user_data_is_stored_on_templates_and_nodes() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn user_data_is_stored_on_templates_and_nodes(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let img = s.add_image(&image("deb", 1))?;
     let t = s.add_template(
         "t",
@@ -373,9 +346,8 @@ fn user_data_is_stored_on_templates_and_nodes() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn every_fresh_overlay_moves_the_overlay_generation() -> Result<()> {
-    let mut s = SqliteStore::open_in_memory()?;
+pub fn every_fresh_overlay_moves_the_overlay_generation(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
     let v1 = s.add_image(&image("deb", 1))?;
     let v2 = s.add_image(&image("deb", 2))?;
     let n = s.add_node(&node("a", "02:00:00:00:00:01", v1.id))?;
@@ -393,10 +365,76 @@ fn every_fresh_overlay_moves_the_overlay_generation() -> Result<()> {
     let moved = s.node_overlay_ready("a", v2.id)?;
     assert_eq!((moved.overlay_generation, moved.image.version), (3, 2));
     // A stored value the type refuses is an error, not a wrapped number.
-    s.conn.execute_batch(
-        "PRAGMA ignore_check_constraints = ON;
-         UPDATE nodes SET overlay_generation = -1 WHERE name = 'a';",
-    )?;
+    f.exec(match f.dialect {
+        Dialect::Sqlite => {
+            "PRAGMA ignore_check_constraints = ON;
+             UPDATE nodes SET overlay_generation = -1 WHERE name = 'a';"
+        }
+        Dialect::Postgres => {
+            "ALTER TABLE nodes DROP CONSTRAINT nodes_overlay_generation_check;
+             UPDATE nodes SET overlay_generation = -1 WHERE name = 'a';"
+        }
+    })?;
     assert!(s.node("a").is_err(), "a negative generation read as a node");
     Ok(())
 }
+
+/// The schema version the fixture's database records.
+pub(super) fn assert_version(f: &Fixture, want: i64) -> Result<()> {
+    assert_eq!(
+        f.scalar("SELECT CAST(MAX(version) AS BIGINT) FROM schema_version")?,
+        want
+    );
+    Ok(())
+}
+
+pub fn discovered_and_stages(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
+    let g = s.generation()?;
+    let mut d = Discovered {
+        mac: "52:54:00:00:00:01".into(),
+        arch: Some(7),
+        vendor_class: "PXEClient:Arch:00007".into(),
+        ipxe: false,
+        first_seen: 100,
+        last_seen: 100,
+        requests: 1,
+    };
+    s.note_discovered(&d)?;
+    d.last_seen = 200;
+    d.first_seen = 200;
+    d.ipxe = true;
+    s.note_discovered(&d)?;
+    let got = s.discovered()?;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (
+            got[0].first_seen,
+            got[0].last_seen,
+            got[0].requests,
+            got[0].ipxe
+        ),
+        (100, 200, 2, true)
+    );
+    assert_eq!(got[0].arch, Some(7));
+    let st = |stage: &str, at_ms| BootStage {
+        stage: stage.into(),
+        at_ms,
+        detail: String::new(),
+    };
+    s.record_stage(&d.mac, &st("dhcp", 1), true)?;
+    s.record_stage(&d.mac, &st("tftp", 2), false)?;
+    assert_eq!(s.boot_stages(&d.mac)?.len(), 2);
+    s.record_stage(&d.mac, &st("dhcp", 3), true)?;
+    assert_eq!(s.boot_stages(&d.mac)?, vec![st("dhcp", 3)]);
+    // Neither moves what serve watches.
+    assert_eq!(s.generation()?, g);
+    // Adding the MAC as a node takes it off the list.
+    let img = s.add_image(&image("deb", 1))?;
+    s.add_node(&node("a", "52:54:00:00:00:01", img.id))?;
+    assert!(s.discovered()?.is_empty());
+    Ok(())
+}
+
+mod concurrent;
+pub use concurrent::*;

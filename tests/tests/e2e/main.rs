@@ -6,6 +6,7 @@
 
 mod conformance;
 mod datasafety;
+mod debian;
 mod diskless;
 mod hostile_iscsi;
 mod kernel;

@@ -1,0 +1,242 @@
+//! The Debian bookworm golden image of `bootd image build` (issue 13), end to end: built
+//! through the release binary (cached under `build/imagebuild`, keyed by its inputs),
+//! booted diskless by TCG guests from `bootd serve --dhcp full` on a private bridge.
+//!
+//! A BIOS guest (iPXE's e1000 ROM) and a UEFI guest (OVMF's PXE, then iPXE) boot at the
+//! same time and reach multi-user systemd with a login prompt on ttyS0; each has its
+//! node's name as hostname (from serve's meta-data) and its own machine-id and SSH host
+//! key. Booted again, both keep them. After `node reset`, a node's next boot is a first
+//! boot again with a new machine-id. serve answers the NoCloud seed to the nodes only:
+//! another host on the LAN asks while both nodes run and gets 404.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use bootd_tests::debian::{
+    build_image, can_run, http_get, plain, Machine, Report, Round, UserData, SEED_PORT,
+};
+use bootd_tests::diskless::{last_boot, show_stages, Firmware, Lan, PxeGuest};
+use bootd_tests::netns::NetNs;
+use bootd_tests::serve::DataDir;
+
+const SERVER_IP: &str = "192.0.2.1";
+const POOL: &str = "192.0.2.100-192.0.2.120";
+/// Another host on the LAN, not a node.
+const PEER_CIDR: &str = "192.0.2.2/24";
+const PEER_IP: &str = "192.0.2.2";
+const BRIDGE: &str = "lan0";
+/// One boot takes about 90-105 s alone under TCG here (power-on to login prompt), more
+/// with two guests and other work sharing 2 cores; the report follows within seconds.
+const BOOT_LIMIT: Duration = Duration::from_secs(420);
+/// How long node A stays on after its first report: serve's refusal is checked then,
+/// while A's iSCSI session is live.
+const LINGER_SECS: u32 = 20;
+
+#[test]
+fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<()> {
+    let test = "debian_image_boots_bios_and_uefi_nodes_with_their_own_identities";
+    if !can_run(test, &[]) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let data = DataDir::new()?;
+    let image = build_image(&data, "debian")?;
+    println!(
+        "{test}: image {} v{} ready in {:.0}s ({} MiB allocated)",
+        image.name,
+        image.version,
+        image.seconds,
+        image.allocated_bytes >> 20
+    );
+
+    let a = Machine::new("deb-bios", "52:54:00:d1:5d:01", "tap1", Firmware::Bios);
+    let b = Machine::new("deb-uefi", "52:54:00:d1:5d:02", "tap2", Firmware::Uefi);
+    let lingering = UserData {
+        linger_secs: LINGER_SECS,
+        ..UserData::default()
+    };
+    a.add(&data, &image.name, &lingering, dir.path())?;
+    b.add(&data, &image.name, &UserData::default(), dir.path())?;
+
+    let ns = NetNs::new()?;
+    let lan = Lan::new(&ns, BRIDGE, &format!("{SERVER_IP}/24"))?;
+    lan.add_tap(&a.tap)?;
+    lan.add_tap(&b.tap)?;
+    let peer = lan.add_host("peer-port", "eth0", PEER_CIDR)?;
+    // HTTP on the port the image looks for its seed on; TFTP where firmware looks.
+    let serve = lan.serve_full(
+        &data,
+        SERVER_IP,
+        POOL,
+        &["--http-port", SEED_PORT, "--tftp-port", "69"],
+    )?;
+    let serve_log = || serve.log();
+    let round = Round {
+        ns: &ns,
+        dir: dir.path(),
+        limit: BOOT_LIMIT,
+        serve_log: &serve_log,
+    };
+
+    // First boot, both at once. While A is up, another host asks for the seed.
+    let mut refused = false;
+    let first = round.boot("boot1", &[&a, &b], &mut |i, _, guest| {
+        if i == 0 {
+            seed_refused_to_another_host(&peer, guest)?;
+            refused = true;
+        }
+        Ok(())
+    })?;
+    ensure!(refused, "the refusal was never checked");
+    ensure!(
+        serve.log().contains("nocloud: refused") && serve.log().contains(PEER_IP),
+        "serve logged no refusal for {PEER_IP}\n{}",
+        serve.log()
+    );
+    for (m, r) in [&a, &b].iter().zip(&first) {
+        println!(
+            "{test}: boot1: {}'s report:\n  {}",
+            m.name,
+            r.facts.lines.join("\n  ")
+        );
+        check_up(test, "boot1", m, r)?;
+        print_stages(test, "boot1", &data, m)?;
+        // The node itself got its user-data: serve's timeline has it.
+        let stages = last_boot(&data, &m.name)?;
+        ensure!(
+            stages.iter().any(|s| s.stage == "cloud-init"),
+            "boot1: serve served {} no user-data\n{}",
+            m.name,
+            show_stages(&stages)
+        );
+    }
+    let id = |r: &Report, k: &str| r.facts.get(k).map(str::to_string);
+    for key in ["machine-id", "ssh-hostkey"] {
+        ensure!(
+            id(&first[0], key)? != id(&first[1], key)?,
+            "boot1: both nodes have the {key} {}",
+            id(&first[0], key)?
+        );
+    }
+    println!("{test}: boot1: distinct machine-ids and SSH host keys");
+
+    // Powered on again (QEMU ended at the power-off): the same identities.
+    let second = round.boot("boot2", &[&a, &b], &mut |_, _, _| Ok(()))?;
+    for ((m, r1), r2) in [&a, &b].iter().zip(&first).zip(&second) {
+        check_up(test, "boot2", m, r2)?;
+        ensure!(
+            id(r1, "boot-id")? != id(r2, "boot-id")?,
+            "boot2: {} reported boot1's boot id: not a new boot",
+            m.name
+        );
+        for key in ["hostname", "machine-id", "ssh-hostkey"] {
+            ensure!(
+                id(r1, key)? == id(r2, key)?,
+                "boot2: {}'s {key} changed from {} to {}",
+                m.name,
+                id(r1, key)?,
+                id(r2, key)?
+            );
+        }
+        print_stages(test, "boot2", &data, m)?;
+    }
+    println!("{test}: boot2: both kept hostname, machine-id and SSH host key");
+
+    // A new overlay: a first boot again, with a new machine-id.
+    data.run(&["node", "reset", &a.name])?;
+    let third = round.boot("boot3", &[&a], &mut |_, _, _| Ok(()))?;
+    check_up(test, "boot3", &a, &third[0])?;
+    ensure!(
+        id(&third[0], "machine-id")? != id(&first[0], "machine-id")?
+            && id(&third[0], "machine-id")? != id(&first[1], "machine-id")?,
+        "boot3: {} kept a machine-id after node reset: {}",
+        a.name,
+        id(&third[0], "machine-id")?
+    );
+    print_stages(test, "boot3", &data, &a)?;
+    println!(
+        "{test}: boot3: {} has a new machine-id after node reset",
+        a.name
+    );
+
+    serve.stop().context("stopping serve")?;
+    println!("{test}: passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The node booted to multi-user systemd as itself: no failed unit, a login prompt on
+/// ttyS0, its name as hostname (meta-data) and in its rendered user-data, a machine-id
+/// and an SSH host key, no floppy.
+fn check_up(test: &str, what: &str, m: &Machine, r: &Report) -> Result<()> {
+    let f = &r.facts;
+    let shown = || format!("{what}: {}'s report:\n  {}", m.name, f.lines.join("\n  "));
+    ensure!(f.get("system")? == "running", "not running; {}", shown());
+    ensure!(
+        f.get("failed-units")?.is_empty(),
+        "failed units; {}",
+        shown()
+    );
+    ensure!(f.get("hostname")? == m.name, "hostname; {}", shown());
+    ensure!(f.get("rendered-name")? == m.name, "user-data; {}", shown());
+    let mid = f.get("machine-id")?;
+    ensure!(
+        mid.len() == 32 && mid.bytes().all(|c| c.is_ascii_hexdigit()),
+        "machine-id; {}",
+        shown()
+    );
+    ensure!(
+        f.get("ssh-hostkey")?.starts_with("SHA256:"),
+        "ssh host key; {}",
+        shown()
+    );
+    let console = plain(&r.outcome.console);
+    ensure!(
+        console.contains(&format!("{} login:", m.name)),
+        "{what}: no `{} login:` prompt on {}'s serial console",
+        m.name,
+        m.name
+    );
+    ensure!(
+        !console.contains("dev fd0"),
+        "{what}: {} probed a floppy drive",
+        m.name
+    );
+    println!(
+        "{test}: {what}: {} up: login prompt {}, report {:.0}s after power-on, machine-id {mid}, host key {}",
+        m.name,
+        r.login.map_or("-".into(), |d| format!("{:.0}s", d.as_secs_f64())),
+        r.reported.as_secs_f64(),
+        f.get("ssh-hostkey")?
+    );
+    Ok(())
+}
+
+/// Another host on the LAN asks for the seed while node A runs (its iSCSI session is
+/// live): 404 for every file, and nothing of the node's in the answer.
+fn seed_refused_to_another_host(peer: &NetNs, a: &mut PxeGuest) -> Result<()> {
+    for file in ["meta-data", "user-data"] {
+        let url = format!("http://{SERVER_IP}:{SEED_PORT}/nocloud/{file}");
+        let (code, body) = http_get(peer, &url)?;
+        ensure!(
+            code == 404 && !body.contains("deb-"),
+            "{url} from {PEER_IP}: {code} {body:?}, expected a 404"
+        );
+    }
+    ensure!(
+        a.running()?,
+        "node A powered off before the refusal was checked: the check proves nothing"
+    );
+    println!("boot1: the seed was refused to {PEER_IP} while node A ran");
+    Ok(())
+}
+
+fn print_stages(test: &str, what: &str, data: &DataDir, m: &Machine) -> Result<()> {
+    let stages = last_boot(data, &m.name)?;
+    println!(
+        "{test}: {what}: {}'s boot stages:\n{}",
+        m.name,
+        show_stages(&stages).trim_end()
+    );
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! `bootd image build|import|list|rm|upgrade`.
+//! `bootd image build|capture|import|list|rm|upgrade`.
 
 use crate::datadir::DataDir;
 use crate::output;
@@ -35,6 +35,22 @@ pub enum ImageCmd {
         /// Keep the built disk in DIR, keyed by the build's inputs, and reuse it.
         #[arg(long, value_name = "DIR")]
         cache: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store node NODE's current disk (its image and its writes, flattened)
+    /// as the next version of NAME, with the node's identity removed like
+    /// `image build` does (machine-id, SSH host keys, cloud-init state,
+    /// logs), so nodes on it keep what NODE installed and become
+    /// themselves on first boot. NODE must be shut down (no iSCSI session);
+    /// serve lets go of its disk while it is copied.
+    Capture {
+        node: String,
+        name: String,
+        /// Store the disk as it is: for disks bootd cannot scrub (Windows:
+        /// sysprep it first), or already generalized ones.
+        #[arg(long)]
+        no_scrub: bool,
         #[arg(long)]
         json: bool,
     },
@@ -96,6 +112,51 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                     output::bytes(img.bytes),
                     output::bytes(crate::datadir::allocated_bytes(&img.path)),
                     built.elapsed.as_secs_f64(),
+                    img.path.display(),
+                    img.sha256
+                );
+            }
+        }
+        ImageCmd::Capture {
+            node,
+            name,
+            no_scrub,
+            json,
+        } => {
+            let c =
+                crate::imagebuild::capture::capture(dd, store.as_mut(), &node, &name, !no_scrub)?;
+            let img = &c.image;
+            let allocated = crate::datadir::allocated_bytes(&img.path);
+            if json {
+                output::json(&json!({
+                    "name": img.name,
+                    "version": img.version,
+                    "path": img.path,
+                    "bytes": img.bytes,
+                    "allocated_bytes": allocated,
+                    "sha256": img.sha256,
+                    "node": c.node,
+                    "from": {"name": c.from.name, "version": c.from.version},
+                    "copied_bytes": c.flattened.data_bytes,
+                    "scrubbed": c.scrubbed.is_some(),
+                    "root_partition": c.scrubbed,
+                    "seconds": c.elapsed.as_secs_f64(),
+                }))?;
+            } else {
+                println!(
+                    "captured node {} ({} v{} + its writes) as {} version {} ({}, {} allocated, {}) in {:.0} s: {} (sha256 {})",
+                    c.node,
+                    c.from.name,
+                    c.from.version,
+                    img.name,
+                    img.version,
+                    output::bytes(img.bytes),
+                    output::bytes(allocated),
+                    match c.scrubbed {
+                        Some(p) => format!("identity scrubbed on partition {p}"),
+                        None => "not scrubbed".to_string(),
+                    },
+                    c.elapsed.as_secs_f64(),
                     img.path.display(),
                     img.sha256
                 );

@@ -89,6 +89,13 @@ impl DataDir {
         self.root.join("claims").join(format!("{node}.lock"))
     }
 
+    /// Locked by serve while the node has at least one logged-in iSCSI
+    /// session (see `events::session_locks`); a command that must not run
+    /// under a live session probes it.
+    pub fn session_file(&self, node: &str) -> PathBuf {
+        self.root.join("sessions").join(format!("{node}.lock"))
+    }
+
     pub fn pr_file(&self, node: &str) -> PathBuf {
         self.root.join("pr").join(format!("node-{node}-lun0"))
     }

@@ -83,17 +83,36 @@ pub fn import(dd: &DataDir, store: &mut dyn Store, name: &str, input: &Path) -> 
             hash_file(tmp.path())?
         }
     };
+    register(dd, store, name, tmp.path(), bytes, sha256)
+}
+
+/// Stores `file` (a finished raw image on the data directory's file system,
+/// `bytes` long with SHA-256 `sha256`) as the next version of image `name`:
+/// read-only, hard-linked to its versioned name, registered. `file` itself
+/// stays where it is; the caller removes it. Every way an image enters the
+/// store (import, build, capture) ends here.
+pub fn register(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    name: &str,
+    file: &Path,
+    bytes: u64,
+    sha256: String,
+) -> Result<Image> {
+    crate::names::check_image_name("image", name)?;
     // Read-only, and the owner's alone like the rest of the data directory.
-    let mut perms = std::fs::metadata(tmp.path())?.permissions();
+    let mut perms = std::fs::metadata(file)
+        .with_context(|| format!("{}", file.display()))?
+        .permissions();
     perms.set_mode(0o400);
-    std::fs::set_permissions(tmp.path(), perms)?;
+    std::fs::set_permissions(file, perms)?;
 
     // The hard link claims the version: it fails if another import (or a
     // crashed one) already took that file name.
     let mut version = store.max_image_version(name)? + 1;
     let path = loop {
         let path = dd.image_file(name, version);
-        match std::fs::hard_link(tmp.path(), &path) {
+        match std::fs::hard_link(file, &path) {
             Ok(()) => break path,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => version += 1,
             Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
@@ -254,7 +273,7 @@ pub fn verify_golden(path: &Path, expected: &str) -> Result<()> {
 }
 
 /// SHA-256 of a whole file, skipping nothing (holes hash as zeros).
-fn hash_file(path: &Path) -> Result<(u64, String)> {
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("{}", path.display()))?
         .len();

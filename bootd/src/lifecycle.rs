@@ -187,6 +187,61 @@ fn release(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Result<(Option<F
     }
 }
 
+/// A node taken away from `serve` for reading its disk (`image capture`):
+/// state `releasing`, the claim held and a shared lock on the overlay, so
+/// no writer (serve, or another command) can open it until
+/// [`Held::restore`] puts the node back as it was.
+pub struct Held {
+    name: String,
+    state: NodeState,
+    _overlay: Option<File>,
+    _claim: File,
+}
+
+impl Held {
+    /// Gives the node back to serve in the state it had. The overlay is
+    /// the same file, so its generation does not move. If this process
+    /// dies instead, [`recover_releasing`] puts it back as `ready`.
+    pub fn restore(self, store: &mut dyn Store) -> Result<()> {
+        store
+            .set_node_state(&self.name, self.state)
+            .map(drop)
+            .with_context(|| format!("node {}: putting its state back", self.name))
+    }
+}
+
+/// Releases `node` like a reset does (serve ends its sessions and closes
+/// the overlay) but keeps the overlay: for reading it with
+/// `Overlay::open(.., read_only)`, which takes a shared `flock`. The
+/// writer's exclusive lock is turned into a shared one on the same file:
+/// Linux does not convert atomically, but nothing can take it in between:
+/// serve opens no overlay of a `releasing` node and other commands wait
+/// for the claim.
+pub fn hold_for_reading(dd: &DataDir, store: &mut dyn Store, node: &Node) -> Result<Held> {
+    if node.state != NodeState::Ready {
+        bail!(
+            "node {} is {}: another command is working on it",
+            node.name,
+            node.state.as_str()
+        );
+    }
+    let (lock, claim) = release(dd, store, node)?;
+    if let Some(f) = &lock {
+        // SAFETY: plain syscall on a descriptor `f` keeps open.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } != 0 {
+            let e = std::io::Error::last_os_error();
+            store.set_node_state(&node.name, node.state)?;
+            return Err(e).with_context(|| format!("locking {}", node.overlay_path.display()));
+        }
+    }
+    Ok(Held {
+        name: node.name.clone(),
+        state: node.state,
+        _overlay: lock,
+        _claim: claim,
+    })
+}
+
 /// Discards the node's writes: a new empty overlay over `image` (the node's
 /// own version, or a newer one when moving).
 pub fn recreate(dd: &DataDir, store: &mut dyn Store, node: &Node, image: &Image) -> Result<Node> {

@@ -8,6 +8,7 @@
 //! emit one per command. A subscriber that must do slow work (the timeline
 //! writes to the registry) hands it to a thread of its own.
 
+pub mod session_locks;
 pub mod sessions;
 
 use bootd_plan::Mac;

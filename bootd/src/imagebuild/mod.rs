@@ -4,6 +4,10 @@
 //! README.md next to it explains the design); this module runs it with its
 //! files, shows its progress and imports the result like `image import`.
 
+pub mod capture;
+mod flatten;
+mod partitions;
+
 use crate::datadir::DataDir;
 use crate::progress::Progress;
 use crate::store::{Image, Store};

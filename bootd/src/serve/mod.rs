@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+use crate::events::session_locks::SessionLocks;
 use crate::events::sessions::Sessions;
 use crate::events::{Command, Event, Events, Subscriber};
 use crate::iotrace::IoRecorder;
@@ -77,8 +78,15 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
     // through one stream of boot events.
     let metrics = Arc::new(Metrics::default());
     let sessions = Arc::new(Sessions::default());
-    let mut subscribers: Vec<Arc<dyn Subscriber>> =
-        vec![metrics.clone(), Arc::new(bootlog), sessions.clone()];
+    // Session locks tell `image capture` (another process) which nodes are
+    // logged in.
+    let session_locks = Arc::new(SessionLocks::new(dd.clone(), view.clone()));
+    let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![
+        metrics.clone(),
+        Arc::new(bootlog),
+        sessions.clone(),
+        session_locks,
+    ];
     if let Some(r) = &recorder {
         subscribers.push(r.clone());
     }

@@ -503,6 +503,34 @@ impl Round<'_> {
     }
 }
 
+/// A tiny package for a node to install (no archive is reachable from the LAN): it
+/// holds `/usr/share/NAME/nonce` with `nonce` in it. Built in `dir` with dpkg-deb.
+pub fn tiny_deb(dir: &Path, name: &str, nonce: &str) -> Result<Vec<u8>> {
+    let root = dir.join(format!("{name}.pkg"));
+    let share = root.join("usr/share").join(name);
+    std::fs::create_dir_all(root.join("DEBIAN"))?;
+    std::fs::create_dir_all(&share)?;
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: 1.0\nArchitecture: all\n\
+             Maintainer: bootd tests <bootd@localhost>\n\
+             Description: a package a node installs before it is captured\n"
+        ),
+    )?;
+    std::fs::write(share.join("nonce"), format!("{nonce}\n"))?;
+    let deb = dir.join(format!("{name}.deb"));
+    run(
+        std::process::Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group"])
+            .arg(&root)
+            .arg(&deb),
+        Duration::from_secs(60),
+    )?
+    .ok()?;
+    std::fs::read(&deb).with_context(|| format!("{}", deb.display()))
+}
+
 /// GETs `url` with curl from inside `host`: (status, body).
 pub fn http_get(host: &NetNs, url: &str) -> Result<(u16, String)> {
     let out = run(

@@ -8,15 +8,22 @@
 //! key. Booted again, both keep them. After `node reset`, a node's next boot is a first
 //! boot again with a new machine-id. serve answers the NoCloud seed to the nodes only:
 //! another host on the LAN asks while both nodes run and gets 404.
+//!
+//! Capture: the UEFI node writes a file and installs a package (a .deb made here, handed
+//! over by its user-data) on its first boot; `image capture` is refused while it runs and
+//! stores its disk once it is off; a new BIOS node on the captured image has the file and
+//! the package, and a machine-id and SSH host key of its own. It boots beside the reset
+//! node, so the capture costs no round of its own.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bootd_tests::debian::{
-    build_image, can_run, http_get, plain, Machine, Report, Round, UserData, SEED_PORT,
+    build_image, can_run, http_get, plain, tiny_deb, Machine, Report, Round, UserData, SEED_PORT,
 };
 use bootd_tests::diskless::{last_boot, show_stages, Firmware, Lan, PxeGuest};
 use bootd_tests::netns::NetNs;
+use bootd_tests::process::run;
 use bootd_tests::serve::DataDir;
 
 const SERVER_IP: &str = "192.0.2.1";
@@ -25,17 +32,25 @@ const POOL: &str = "192.0.2.100-192.0.2.120";
 const PEER_CIDR: &str = "192.0.2.2/24";
 const PEER_IP: &str = "192.0.2.2";
 const BRIDGE: &str = "lan0";
-/// One boot takes about 90-105 s alone under TCG here (power-on to login prompt), more
+/// One boot takes about 90-105 s alone under TCG here (power-on to login prompt), 120-170 s
 /// with two guests and other work sharing 2 cores; the report follows within seconds.
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
-/// How long node A stays on after its first report: serve's refusal is checked then,
-/// while A's iSCSI session is live.
+/// How long nodes stay on after their report: serve's refusal and capture's are checked
+/// then, while the node's iSCSI session is live.
 const LINGER_SECS: u32 = 20;
+/// The package the capture's source node installs, and the file it writes.
+const PACKAGE: &str = "bootd-e2e-marker";
+const NOTE: &str = "/srv/bootd-e2e-note";
+const CAPTURED: &str = "debian-captured";
+/// Flattening 4 GiB (about 1 GiB of data), scrubbing and hashing it: under a minute here.
+const CAPTURE_LIMIT: Duration = Duration::from_secs(600);
+/// serve's idle timeout (120 s) and then some: a powered-off node's session is over.
+const RELEASE_LIMIT: Duration = Duration::from_secs(240);
 
 #[test]
-fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<()> {
-    let test = "debian_image_boots_bios_and_uefi_nodes_with_their_own_identities";
-    if !can_run(test, &[]) {
+fn debian_image_nodes_have_own_identities_and_a_capture_keeps_installs() -> Result<()> {
+    let test = "debian_image_nodes_have_own_identities_and_a_capture_keeps_installs";
+    if !can_run(test, &[("dpkg-deb", "dpkg")]) {
         return Ok(());
     }
     let started = Instant::now();
@@ -51,18 +66,53 @@ fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<
     );
 
     let a = Machine::new("deb-bios", "52:54:00:d1:5d:01", "tap1", Firmware::Bios);
+    // The capture's source, and the node on the capture.
     let b = Machine::new("deb-uefi", "52:54:00:d1:5d:02", "tap2", Firmware::Uefi);
+    let c = Machine::new("deb-copy", "52:54:00:d1:5d:03", "tap3", Firmware::Bios);
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let deb = tiny_deb(dir.path(), PACKAGE, &nonce)?;
+    let installs = UserData {
+        linger_secs: LINGER_SECS,
+        facts: vec![
+            ("note".into(), format!("cat {NOTE} 2>&1")),
+            (
+                "package".into(),
+                format!("dpkg -s {PACKAGE} 2>&1 | sed -n 's/^Status: //p'"),
+            ),
+            (
+                "package-file".into(),
+                format!("cat /usr/share/{PACKAGE}/nonce 2>&1"),
+            ),
+        ],
+        ..UserData::default()
+    };
+    let mut installing = installs.clone();
+    let deb_path = format!("/root/{PACKAGE}.deb");
+    installing
+        .files
+        .push((deb_path.clone(), "0644".into(), deb));
+    installing.runcmd = vec![
+        format!("dpkg -i {deb_path}"),
+        format!("echo {nonce} > {NOTE}"),
+    ];
     let lingering = UserData {
         linger_secs: LINGER_SECS,
         ..UserData::default()
     };
     a.add(&data, &image.name, &lingering, dir.path())?;
-    b.add(&data, &image.name, &UserData::default(), dir.path())?;
+    b.add(&data, &image.name, &installing, dir.path())?;
 
     let ns = NetNs::new()?;
     let lan = Lan::new(&ns, BRIDGE, &format!("{SERVER_IP}/24"))?;
-    lan.add_tap(&a.tap)?;
-    lan.add_tap(&b.tap)?;
+    for m in [&a, &b, &c] {
+        lan.add_tap(&m.tap)?;
+    }
     let peer = lan.add_host("peer-port", "eth0", PEER_CIDR)?;
     // HTTP on the port the image looks for its seed on; TFTP where firmware looks.
     let serve = lan.serve_full(
@@ -78,6 +128,7 @@ fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<
         limit: BOOT_LIMIT,
         serve_log: &serve_log,
     };
+    let id = |r: &Report, k: &str| r.facts.get(k).map(str::to_string);
 
     // First boot, both at once. While A is up, another host asks for the seed.
     let mut refused = false;
@@ -111,7 +162,6 @@ fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<
             show_stages(&stages)
         );
     }
-    let id = |r: &Report, k: &str| r.facts.get(k).map(str::to_string);
     for key in ["machine-id", "ssh-hostkey"] {
         ensure!(
             id(&first[0], key)? != id(&first[1], key)?,
@@ -120,9 +170,19 @@ fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<
         );
     }
     println!("{test}: boot1: distinct machine-ids and SSH host keys");
+    check_installs(test, "boot1", &b, &first[1], &nonce)?;
 
-    // Powered on again (QEMU ended at the power-off): the same identities.
-    let second = round.boot("boot2", &[&a, &b], &mut |_, _, _| Ok(()))?;
+    // Powered on again (QEMU ended at the power-off): the same identities. While B
+    // runs, capturing it is refused.
+    let mut capture_refused = false;
+    let second = round.boot("boot2", &[&a, &b], &mut |i, _, guest| {
+        if i == 1 {
+            capture_refused_while_running(&data, &b, guest)?;
+            capture_refused = true;
+        }
+        Ok(())
+    })?;
+    ensure!(capture_refused, "the capture refusal was never checked");
     for ((m, r1), r2) in [&a, &b].iter().zip(&first).zip(&second) {
         check_up(test, "boot2", m, r2)?;
         ensure!(
@@ -142,10 +202,19 @@ fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<
         print_stages(test, "boot2", &data, m)?;
     }
     println!("{test}: boot2: both kept hostname, machine-id and SSH host key");
+    check_installs(test, "boot2", &b, &second[1], &nonce)?;
 
-    // A new overlay: a first boot again, with a new machine-id.
+    // B is off: capture it (serve keeps running); a new node on the capture.
+    let cap = capture_once_released(test, &data, &b)?;
+    ensure!(
+        cap.get("scrubbed").and_then(|v| v.as_bool()) == Some(true),
+        "the capture was not scrubbed: {cap}"
+    );
+    c.add(&data, CAPTURED, &installs, dir.path())?;
+
+    // A new overlay for A: a first boot again, with a new machine-id. C boots beside it.
     data.run(&["node", "reset", &a.name])?;
-    let third = round.boot("boot3", &[&a], &mut |_, _, _| Ok(()))?;
+    let third = round.boot("boot3", &[&a, &c], &mut |_, _, _| Ok(()))?;
     check_up(test, "boot3", &a, &third[0])?;
     ensure!(
         id(&third[0], "machine-id")? != id(&first[0], "machine-id")?
@@ -160,8 +229,113 @@ fn debian_image_boots_bios_and_uefi_nodes_with_their_own_identities() -> Result<
         a.name
     );
 
+    // C has what B installed, and an identity of its own.
+    println!(
+        "{test}: boot3: {}'s report:\n  {}",
+        c.name,
+        third[1].facts.lines.join("\n  ")
+    );
+    check_up(test, "boot3", &c, &third[1])?;
+    check_installs(test, "boot3", &c, &third[1], &nonce)?;
+    for key in ["machine-id", "ssh-hostkey"] {
+        for (other, r) in [(&b, &first[1]), (&a, &third[0])] {
+            ensure!(
+                id(&third[1], key)? != id(r, key)?,
+                "boot3: {} on the capture has {}'s {key} {}",
+                c.name,
+                other.name,
+                id(r, key)?
+            );
+        }
+    }
+    print_stages(test, "boot3", &data, &c)?;
+    println!(
+        "{test}: boot3: {} on the capture of {} has its file and package, and its own machine-id and SSH host key",
+        c.name, b.name
+    );
+
     serve.stop().context("stopping serve")?;
     println!("{test}: passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// What the capture's source node installed is there: its note and the package
+/// (installed, with its file).
+fn check_installs(test: &str, what: &str, m: &Machine, r: &Report, nonce: &str) -> Result<()> {
+    let f = &r.facts;
+    let shown = || format!("{what}: {}'s report:\n  {}", m.name, f.lines.join("\n  "));
+    ensure!(f.get("note")? == nonce, "{NOTE}; {}", shown());
+    ensure!(
+        f.get("package")? == "install ok installed",
+        "{PACKAGE} not installed; {}",
+        shown()
+    );
+    ensure!(
+        f.get("package-file")? == nonce,
+        "{PACKAGE}'s file; {}",
+        shown()
+    );
+    println!(
+        "{test}: {what}: {} has {NOTE} and {PACKAGE} installed",
+        m.name
+    );
+    Ok(())
+}
+
+/// `image capture NODE CAPTURED --json` once serve has let go of the node. A node that
+/// powered off does not log out of its root disk's session, and its NIC vanishes
+/// without a word: serve holds the session until its idle timeout (120 s without a
+/// PDU) ends it, and refuses the capture until then.
+fn capture_once_released(test: &str, data: &DataDir, m: &Machine) -> Result<serde_json::Value> {
+    let since = Instant::now();
+    loop {
+        let out = run(
+            &mut data.command(&["image", "capture", &m.name, CAPTURED, "--json"]),
+            CAPTURE_LIMIT,
+        )?;
+        if out.success() {
+            let cap: serde_json::Value =
+                serde_json::from_str(&out.stdout).with_context(|| format!("{out}"))?;
+            println!(
+                "{test}: captured {} {:.0}s after the first try ({:.0}s for the capture itself): {cap}",
+                m.name,
+                since.elapsed().as_secs_f64(),
+                out.elapsed.as_secs_f64()
+            );
+            return Ok(cap);
+        }
+        ensure!(
+            out.stderr.contains("live iSCSI session"),
+            "capture of {} failed: {out}",
+            m.name
+        );
+        ensure!(
+            since.elapsed() < RELEASE_LIMIT,
+            "serve still held {}'s session {}s after its power-off: {out}",
+            m.name,
+            RELEASE_LIMIT.as_secs()
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// `image capture` of a running node is refused, and leaves it running.
+fn capture_refused_while_running(data: &DataDir, m: &Machine, guest: &mut PxeGuest) -> Result<()> {
+    let out = data
+        .try_run(&["image", "capture", &m.name, "refused-capture"])?
+        .failed()
+        .context("capturing a running node")?;
+    ensure!(
+        out.stderr.contains("live iSCSI session"),
+        "capture of running {} refused without saying why: {out}",
+        m.name
+    );
+    ensure!(
+        guest.running()?,
+        "{} powered off before the capture was tried: the refusal proves nothing",
+        m.name
+    );
+    println!("boot2: capturing {} was refused while it ran", m.name);
     Ok(())
 }
 

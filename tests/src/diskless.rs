@@ -15,7 +15,7 @@ use crate::dnsmasq::Dnsmasq;
 use crate::guest::Outcome;
 use crate::netns::NetNs;
 use crate::process::{describe, terminate, wait_until};
-use crate::serve::{DataDir, Fields};
+use crate::serve::{DataDir, Fields, Serve, ServeOptions};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -84,6 +84,44 @@ impl<'a> Lan<'a> {
         self.ns.ip(&["link", "set", tap, "master", &self.bridge])?;
         self.ns.ip(&["link", "set", tap, "up"])
     }
+
+    /// `bootd serve --dhcp full` on `data` in the LAN's namespace, listening at
+    /// `server_ip` (the bridge's address) and leasing `pool`; `more` flags after those
+    /// (a port flag among them replaces serve's pick of a free port).
+    pub fn serve_full(
+        &self,
+        data: &DataDir,
+        server_ip: &str,
+        pool: &str,
+        more: &[&str],
+    ) -> Result<Serve> {
+        let mut extra = [
+            "--dhcp",
+            "full",
+            "--interface",
+            &self.bridge,
+            "--pool",
+            pool,
+        ]
+        .map(String::from)
+        .to_vec();
+        extra.extend(more.iter().map(|s| s.to_string()));
+        data.serve_with(&ServeOptions {
+            netns: Some(self.ns),
+            listen_ip: server_ip.to_string(),
+            extra,
+        })
+    }
+
+    /// Another host on the LAN: a namespace of its own plugged into the bridge through
+    /// `port`, its NIC `nic` up with `cidr`.
+    pub fn add_host(&self, port: &str, nic: &str, cidr: &str) -> Result<NetNs> {
+        let host = NetNs::new()?;
+        self.ns.plug(&self.bridge, port, &host, nic)?;
+        host.ip(&["addr", "add", cidr, "dev", nic])?;
+        host.ip(&["link", "set", nic, "up"])?;
+        Ok(host)
+    }
 }
 
 /// One network boot of one machine.
@@ -97,6 +135,12 @@ pub struct PxeBoot {
     pub console: PathBuf,
     /// The machine must power off within this; past it, it is killed.
     pub limit: Duration,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// QEMU's default devices. Without them (`-nodefaults`) the machine has no floppy
+    /// drive, which a full distribution would probe and log I/O errors for; the NIC
+    /// and serial port are given explicitly either way.
+    pub default_devices: bool,
 }
 
 /// A running machine; killed if dropped before [`PxeGuest::wait`] returns.
@@ -114,7 +158,8 @@ impl PxeGuest {
         let log = std::fs::File::create(&qemu_log)
             .with_context(|| format!("creating {}", qemu_log.display()))?;
         let mut cmd = ns.command("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-m", "512", "-smp", "1", "-nographic"])
+        cmd.args(["-accel", "tcg", "-m", &boot.memory_mib.to_string()])
+            .args(["-smp", "1", "-nographic"])
             // -no-reboot: a failed sanboot's `reboot` (and a guest panic) ends QEMU.
             .args(["-monitor", "none", "-no-reboot"])
             .arg("-serial")
@@ -124,6 +169,9 @@ impl PxeGuest {
                 "tap,id=n0,ifname={},script=no,downscript=no",
                 boot.tap
             ));
+        if !boot.default_devices {
+            cmd.arg("-nodefaults");
+        }
         match boot.firmware {
             Firmware::Bios => {
                 cmd.args(["-boot", "n", "-device"]).arg(format!(
@@ -167,6 +215,24 @@ impl PxeGuest {
             boot: boot.clone(),
             qemu_log,
         })
+    }
+
+    /// The serial console so far.
+    pub fn console(&self) -> String {
+        read_lossy(&self.boot.console)
+    }
+
+    /// Whether the machine is still on.
+    pub fn running(&mut self) -> Result<bool> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait().context("polling QEMU")?.is_none()),
+            None => Ok(false),
+        }
+    }
+
+    /// Time since power-on.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 
     /// Waits until the machine powers off (or its limit passes) and collects its console.
@@ -426,10 +492,7 @@ impl SiteDhcp {
     /// `dir` holds its log and lease file.
     pub fn start(lan: &Lan<'_>, cidr: &str, first: &str, last: &str, dir: &Path) -> Result<Self> {
         const NIC: &str = "site0";
-        let ns = NetNs::new()?;
-        lan.ns.plug(&lan.bridge, "site-port", &ns, NIC)?;
-        ns.ip(&["addr", "add", cidr, "dev", NIC])?;
-        ns.ip(&["link", "set", NIC, "up"])?;
+        let ns = lan.add_host("site-port", NIC, cidr)?;
         let dnsmasq = Dnsmasq::start(&ns, NIC, (first, last), dir, "dnsmasq")?;
         Ok(Self { dnsmasq, _ns: ns })
     }

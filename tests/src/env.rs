@@ -59,6 +59,15 @@ impl Needs {
         self
     }
 
+    /// A file on the host, from the Debian package `package`.
+    pub fn file(mut self, path: &str, package: &str) -> Self {
+        if !Path::new(path).is_file() {
+            self.missing
+                .push(format!("{path} not found (Debian package {package})"));
+        }
+        self
+    }
+
     pub fn root(mut self) -> Self {
         if !is_root() {
             self.missing.push("needs root".to_string());

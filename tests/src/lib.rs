@@ -12,6 +12,7 @@
 
 pub mod bootd;
 pub mod cunit;
+pub mod debian;
 pub mod dhcp_client;
 pub mod disk;
 pub mod diskless;

@@ -98,20 +98,7 @@ fn two_bios_guests_sanboot_their_own_overlays() -> Result<()> {
     for (_, _, tap) in MACHINES {
         lan.add_tap(tap)?;
     }
-    let serve = data.serve_with(&ServeOptions {
-        netns: Some(&ns),
-        listen_ip: SERVER_IP.to_string(),
-        extra: [
-            "--dhcp",
-            "full",
-            "--interface",
-            lan.bridge(),
-            "--pool",
-            POOL,
-        ]
-        .map(String::from)
-        .to_vec(),
-    })?;
+    let serve = lan.serve_full(&data, SERVER_IP, POOL, &[])?;
     let log = || serve.log();
     let round = |what: &str| -> Result<Vec<Markers>> {
         bios_round(
@@ -319,6 +306,8 @@ fn bios_round(
             mac: mac.to_string(),
             console: dir.join(format!("{name}.{what}.console")),
             limit: BOOT_LIMIT,
+            memory_mib: 512,
+            default_devices: true,
         })
         .collect();
     let since = now_ms();
@@ -431,6 +420,8 @@ fn uefi_guest_boots_through_the_efi_path() -> Result<()> {
                 mac: UEFI_MACHINE.1.to_string(),
                 console,
                 limit: BOOT_LIMIT,
+                memory_mib: 512,
+                default_devices: true,
             }],
         )?
         .into_iter()

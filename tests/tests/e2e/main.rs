@@ -7,6 +7,7 @@
 mod capture;
 mod conformance;
 mod datasafety;
+mod debian;
 mod diskless;
 mod hostile_iscsi;
 mod kernel;

@@ -22,7 +22,7 @@ use bootd_tests::golden::{self, marker_field, GoldenImage, Markers};
 use bootd_tests::guest;
 use bootd_tests::netns::NetNs;
 use bootd_tests::process::{run, Finished};
-use bootd_tests::serve::{DataDir, Fields, ServeOptions};
+use bootd_tests::serve::{DataDir, Fields};
 use serde_json::Value;
 
 /// How long a running serve may take to act on a registry change.
@@ -394,20 +394,7 @@ fn bios_guest_sanboots_with_mutual_chap() -> Result<()> {
     for (_, _, tap) in [GOOD, WRONG] {
         lan.add_tap(tap)?;
     }
-    let serve = data.serve_with(&ServeOptions {
-        netns: Some(&ns),
-        listen_ip: SERVER_IP.to_string(),
-        extra: [
-            "--dhcp",
-            "full",
-            "--interface",
-            lan.bridge(),
-            "--pool",
-            POOL,
-        ]
-        .map(String::from)
-        .to_vec(),
-    })?;
+    let serve = lan.serve_full(&data, SERVER_IP, POOL, &[])?;
     let boots: Vec<PxeBoot> = [GOOD, WRONG]
         .iter()
         .map(|(name, mac, tap)| PxeBoot {
@@ -416,6 +403,8 @@ fn bios_guest_sanboots_with_mutual_chap() -> Result<()> {
             mac: mac.to_string(),
             console: dir.path().join(format!("{name}.console")),
             limit: BOOT_LIMIT,
+            memory_mib: 512,
+            default_devices: true,
         })
         .collect();
     let since = now_ms();

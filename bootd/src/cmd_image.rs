@@ -51,6 +51,10 @@ pub enum ImageCmd {
         /// sysprep it first), or already generalized ones.
         #[arg(long)]
         no_scrub: bool,
+        /// Wait up to SECONDS for the node's iSCSI session to end (a node
+        /// just powered off keeps it until serve notices, about a minute).
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        wait: u64,
         #[arg(long)]
         json: bool,
     },
@@ -121,10 +125,17 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
             node,
             name,
             no_scrub,
+            wait,
             json,
         } => {
-            let c =
-                crate::imagebuild::capture::capture(dd, store.as_mut(), &node, &name, !no_scrub)?;
+            let c = crate::imagebuild::capture::capture(
+                dd,
+                store.as_mut(),
+                &node,
+                &name,
+                !no_scrub,
+                std::time::Duration::from_secs(wait),
+            )?;
             let img = &c.image;
             let allocated = crate::datadir::allocated_bytes(&img.path);
             if json {

@@ -103,6 +103,7 @@ pub fn capture(
     node_name: &str,
     name: &str,
     scrub: bool,
+    wait: Duration,
 ) -> Result<Captured> {
     // Everything that can be refused is refused before the node is touched.
     crate::names::check_image_name("image", name)?;
@@ -127,8 +128,8 @@ pub fn capture(
         }
     }
     // Asked here for a quick answer, and again under the claim below.
-    no_session(dd, &node)?;
     catch_signals();
+    wait_no_session(dd, &node, wait)?;
     let start = Instant::now();
     let work = WorkDir(
         dd.images()
@@ -178,11 +179,30 @@ fn no_session(dd: &DataDir, n: &Node) -> Result<()> {
     if crate::events::session_locks::live(dd, &n.name)? {
         bail!(
             "node {} has a live iSCSI session: shut the node down (or log it out) first; \
-             a disk in use holds a half-written file system",
+             a disk in use holds a half-written file system. A node that powered off \
+             without logging out keeps its session until serve notices the silence \
+             (about a minute): `--wait 120` waits for that",
             n.name
         );
     }
     Ok(())
+}
+
+/// [`no_session`], polled until `wait` has passed: a node that was just
+/// powered off never logs out, and serve only ends its session when TCP
+/// keepalive finds the peer gone.
+fn wait_no_session(dd: &DataDir, n: &Node, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match no_session(dd, n) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                check_interrupted()?;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
 }
 
 /// Runs `cmd`, failing with its stderr's last lines.

@@ -24,6 +24,10 @@ struct Served {
     iqn: String,
     image_id: i64,
     overlay: Arc<Overlay>,
+    /// The overlay's OFD lock, held while it is open.
+    fence: std::fs::File,
+    /// The fencing epoch of this server's claim.
+    epoch: u64,
     failure_logged: bool,
 }
 
@@ -43,6 +47,14 @@ pub struct Targets {
     /// Free bytes below which serve warns.
     warn_free: u64,
     watermark: crate::space::Watermark,
+    /// Who this server is and how it claims nodes; `None` serves every
+    /// ready node (no registry peers).
+    own: Option<super::owned::Ownership>,
+    /// The live servers at the last tick.
+    live: Vec<String>,
+    /// Served nodes that should be elsewhere but have a session: looked at
+    /// again every tick until it ends.
+    handing_off: bool,
 }
 
 impl Targets {
@@ -58,7 +70,16 @@ impl Targets {
             limits: Limits::default(),
             warn_free: 0,
             watermark: Default::default(),
+            own: None,
+            live: Vec::new(),
+            handing_off: false,
         }
+    }
+
+    /// Serve only the nodes this server owns (see `owned`).
+    pub fn with_ownership(mut self, own: super::owned::Ownership) -> Self {
+        self.own = Some(own);
+        self
     }
 
     /// Sets the per-overlay quota and the free-space reserve and warning
@@ -125,12 +146,18 @@ impl Targets {
     /// One reconciliation with `snap`, the fleet view's current snapshot:
     /// cheap when it is the one already served and nothing is waiting for
     /// a retry.
-    pub async fn tick(&mut self, snap: &Snapshot) {
+    pub async fn tick(&mut self, snap: &Snapshot, peers: &[crate::store::ServerInfo]) {
         self.watch();
         let generation = snap.generation();
-        if self.seen == Some(generation) && self.failed.is_empty() {
+        let live = self.own.as_ref().map(|o| o.live(peers)).unwrap_or_default();
+        if self.seen == Some(generation)
+            && self.failed.is_empty()
+            && live == self.live
+            && !self.handing_off
+        {
             return;
         }
+        self.live = live;
         let wanted: HashMap<&str, &Arc<NodePlan>> = snap
             .nodes()
             .iter()
@@ -157,13 +184,48 @@ impl Targets {
         self.failed
             .retain(|name, _| wanted.contains_key(name.as_str()));
 
+        // Nodes that should be on another server move once idle.
+        self.handing_off = false;
+        if let Some(own) = &self.own {
+            let mut leaving = Vec::new();
+            for (name, node) in &wanted {
+                if !self.served.contains_key(*name) || own.mine(node, &self.live) {
+                    continue;
+                }
+                if own.in_use(node) {
+                    // Stays here while its session lasts.
+                    self.handing_off = true;
+                } else {
+                    leaving.push(name.to_string());
+                }
+            }
+            for name in leaving {
+                if let Some(s) = self.served.remove(&name) {
+                    self.drop_target(&name, s).await;
+                    if let Some(own) = &self.own {
+                        own.release(&name).await;
+                    }
+                }
+            }
+        }
+
         for (name, node) in &wanted {
             if self.served.contains_key(*name) {
                 continue;
             }
+            if let Some(own) = &self.own {
+                if !own.mine(node, &self.live) {
+                    // Not ours: let the owner it should have claim it.
+                    if node.owner.as_deref() == Some(own.me.as_str()) {
+                        own.release(name).await;
+                    }
+                    self.failed.remove(*name);
+                    continue;
+                }
+            }
             match self.open(node).await {
                 Ok(s) => {
-                    tracing::info!(node = %name, iqn = %node.target_iqn, image = %node.image.name, version = node.image.version, "serving");
+                    tracing::info!(node = %name, iqn = %node.target_iqn, image = %node.image.name, version = node.image.version, epoch = s.epoch, "serving");
                     self.failed.remove(*name);
                     self.served.insert(name.to_string(), s);
                 }
@@ -185,10 +247,20 @@ impl Targets {
         if let Err(e) = s.overlay.close().await {
             tracing::error!(node = %name, "closing overlay: {e}");
         }
+        // Only once the overlay is closed may another server lock it.
+        drop(s.fence);
         tracing::info!(node = %name, "stopped serving");
     }
 
     async fn open(&mut self, node: &NodePlan) -> Result<Served> {
+        // Ownership first: the registry's claim, then the file lock; the
+        // overlay is opened only with both.
+        let epoch = match &self.own {
+            Some(own) => own.claim(node).await?,
+            None => 0,
+        };
+        let path = node.overlay.clone();
+        let fence = tokio::task::spawn_blocking(move || crate::peers::fence::lock(&path)).await??;
         let golden = match self.goldens.get(&node.image.id) {
             Some(g) => g.clone(),
             None => {
@@ -255,6 +327,8 @@ impl Targets {
             iqn: node.target_iqn.clone(),
             image_id: node.image.id,
             overlay,
+            fence,
+            epoch,
             failure_logged: false,
         })
     }
@@ -269,6 +343,7 @@ impl Targets {
                 tracing::error!(node = %name, "closing overlay: {e}");
                 failed += 1;
             }
+            drop(s.fence);
         }
         failed
     }

@@ -59,6 +59,41 @@ impl Ownership {
             == Some(self.me.as_str())
     }
 
+    /// Where a login for `node`, which this server does not serve, should
+    /// go: its registered owner if that is a live peer, else the live peer
+    /// it should have (about to claim it). `None`: nowhere to send it (no
+    /// such peer, or one listening on an unspecified address).
+    pub fn redirect(
+        &self,
+        node: &NodePlan,
+        live: &[String],
+        peers: &[ServerInfo],
+    ) -> Option<std::net::SocketAddr> {
+        let ids: Vec<&str> = live.iter().map(String::as_str).collect();
+        let owner = node
+            .owner
+            .as_deref()
+            .filter(|o| ids.contains(o))
+            .or_else(|| peers::rendezvous::owner(&node.name, node.pinned_server.as_deref(), &ids))
+            .filter(|o| *o != self.me)?;
+        peers
+            .iter()
+            .find(|p| p.id == owner)
+            .and_then(|p| p.iscsi.parse::<std::net::SocketAddr>().ok())
+            .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+    }
+
+    /// What moves redirects: the live servers and their addresses.
+    pub fn peer_key(&self, peers: &[ServerInfo]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = peers
+            .iter()
+            .filter(|s| peers::live(s.heartbeat_age_ms))
+            .map(|s| (s.id.clone(), s.iscsi.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn in_use(&self, node: &NodePlan) -> bool {
         self.sessions.on_target(&node.target_iqn)
     }

@@ -55,6 +55,10 @@ pub struct Targets {
     /// Served nodes that should be elsewhere but have a session: looked at
     /// again every tick until it ends.
     handing_off: bool,
+    /// The live peers and their addresses at the last tick.
+    peer_key: Vec<(String, String)>,
+    /// Logins redirected to a peer, by target IQN: initiator, address.
+    redirects: HashMap<String, (String, std::net::SocketAddr)>,
 }
 
 impl Targets {
@@ -73,6 +77,8 @@ impl Targets {
             own: None,
             live: Vec::new(),
             handing_off: false,
+            peer_key: Vec::new(),
+            redirects: HashMap::new(),
         }
     }
 
@@ -150,14 +156,21 @@ impl Targets {
         self.watch();
         let generation = snap.generation();
         let live = self.own.as_ref().map(|o| o.live(peers)).unwrap_or_default();
+        let peer_key = self
+            .own
+            .as_ref()
+            .map(|o| o.peer_key(peers))
+            .unwrap_or_default();
         if self.seen == Some(generation)
             && self.failed.is_empty()
             && live == self.live
+            && peer_key == self.peer_key
             && !self.handing_off
         {
             return;
         }
         self.live = live;
+        self.peer_key = peer_key;
         let wanted: HashMap<&str, &Arc<NodePlan>> = snap
             .nodes()
             .iter()
@@ -236,9 +249,43 @@ impl Targets {
                 }
             }
         }
+        self.redirect(&wanted, peers);
         let used: Vec<i64> = self.served.values().map(|s| s.image_id).collect();
         self.goldens.retain(|id, _| used.contains(id));
         self.seen = Some(generation);
+    }
+
+    /// Logins for ready nodes this server does not serve go to the peer
+    /// that does (or is about to): an iSCSI login redirect.
+    fn redirect(
+        &mut self,
+        wanted: &HashMap<&str, &Arc<NodePlan>>,
+        peers: &[crate::store::ServerInfo],
+    ) {
+        let Some(own) = &self.own else {
+            return;
+        };
+        let mut now = HashMap::new();
+        for (name, node) in wanted {
+            if self.served.contains_key(*name) {
+                continue;
+            }
+            if let Some(to) = own.redirect(node, &self.live, peers) {
+                now.insert(node.target_iqn.clone(), (node.initiator_iqn.clone(), to));
+            }
+        }
+        for iqn in self.redirects.keys() {
+            if !now.contains_key(iqn) {
+                self.server.clear_moved(iqn);
+            }
+        }
+        for (iqn, (initiator, to)) in &now {
+            if self.redirects.get(iqn) != Some(&(initiator.clone(), *to)) {
+                tracing::debug!(iqn = %iqn, to = %to, "logins redirected");
+                self.server.set_moved(iqn, initiator, *to);
+            }
+        }
+        self.redirects = now;
     }
 
     /// Removes the target (ending its sessions) and commits the overlay.

@@ -243,6 +243,19 @@ fn three_servers_share_one_postgres_registry() -> Result {
             &node,
             &["read -P 0x5a 0 64k"],
         )?;
+        // A login sent to a server that does not own the node is
+        // redirected to the owner (libiscsi follows "target moved
+        // temporarily") and succeeds there; the overlay stays on the owner.
+        let other = ["s1", "s2", "s3"]
+            .into_iter()
+            .find(|s| *s != owner)
+            .ok_or("no other server")?;
+        io_ok_at(
+            ip(other),
+            port(other, [&s1, &s2, &s3]),
+            &node,
+            &["read -P 0x5a 0 64k"],
+        )?;
         let path = node["overlay_path"].as_str().unwrap_or_default();
         assert_eq!(holders(&all, path)?, [owner.as_str()], "{n}");
     }
@@ -300,7 +313,8 @@ fn three_servers_share_one_postgres_registry() -> Result {
     let dead = within(Duration::from_secs(15), "s3 listed dead", || {
         Ok(servers(&env)?["s3"]["live"] == false)
     })?;
-    assert!(dead >= Duration::from_secs(4), "dead after {dead:?}");
+    // Its last heartbeat came up to a period before the kill.
+    assert!(dead >= Duration::from_secs(3), "dead after {dead:?}");
     within(Duration::from_secs(20), "s3's nodes taken over", || {
         let o = owners(&env)?;
         Ok(s3_nodes

@@ -26,6 +26,27 @@ pub fn live(age_ms: i64) -> bool {
     age_ms <= dead_after_ms()
 }
 
+/// Where each node's owner serves: what a node's script points at.
+#[derive(Clone)]
+pub struct Portals {
+    pub me: String,
+    pub peers: heartbeat::Peers,
+}
+
+impl Portals {
+    /// The portal of `node`'s owner when that is a live peer (not this
+    /// server) with a usable address; `None`: this server's own portal.
+    pub fn of(&self, node: &bootd_plan::NodePlan) -> Option<std::net::SocketAddr> {
+        let owner = node.owner.as_deref().filter(|o| *o != self.me)?;
+        let peers = self.peers.borrow();
+        peers
+            .iter()
+            .find(|p| p.id == owner && live(p.heartbeat_age_ms))
+            .and_then(|p| p.iscsi.parse::<std::net::SocketAddr>().ok())
+            .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+    }
+}
+
 /// Longest server id: it names a lock file and shows in listings.
 const MAX_ID: usize = 63;
 

@@ -181,6 +181,10 @@ async fn serve(
             metrics_from: s.metrics_from.clone(),
             per_source: s.per_source(),
             sessions,
+            portals: Some(crate::peers::Portals {
+                me: id.clone(),
+                peers: peers.clone(),
+            }),
         },
     );
     let mut out = std::io::stdout().lock();

@@ -27,8 +27,17 @@ fn serve_as(env: &Env, id: &str, ip: &str) -> Result<Serve> {
             "0",
             "--tftp-port",
             "0",
+            // Scripts for anyone: the test asks for them from loopback.
+            "--script-access",
+            "open",
         ],
     )
+}
+
+/// Node `mac`'s iPXE script as the server at `ip:http` serves it.
+fn script_at(ip: &str, http: u16, mac: &str) -> Result<String> {
+    let url = format!("http://{ip}:{http}/boot/{}.ipxe", mac.replace(':', "-"));
+    tool("curl", &["-sf", "--max-time", "10", &url])
 }
 
 /// `server list --json` by id.
@@ -258,6 +267,18 @@ fn three_servers_share_one_postgres_registry() -> Result {
         )?;
         let path = node["overlay_path"].as_str().unwrap_or_default();
         assert_eq!(holders(&all, path)?, [owner.as_str()], "{n}");
+        // Any server answers for the script; the disk is on the owner.
+        let http = |id: &str| match id {
+            "s1" => s1.http,
+            "s2" => s2.http,
+            _ => s3.http,
+        };
+        let mac = node["mac"].as_str().unwrap_or_default();
+        let portal = format!("iscsi:{}::{}:0:", ip(&owner), port(&owner, [&s1, &s2, &s3]));
+        for from in ["s1", "s2", "s3"] {
+            let script = script_at(ip(from), http(from), mac)?;
+            assert!(script.contains(&portal), "{n} from {from}: {script}");
+        }
     }
 
     // Pin a node of s1's to s2: it moves (idle), and is never open on both.

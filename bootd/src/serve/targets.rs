@@ -59,6 +59,11 @@ pub struct Targets {
     peer_key: Vec<(String, String)>,
     /// Logins redirected to a peer, by target IQN: initiator, address.
     redirects: HashMap<String, (String, std::net::SocketAddr)>,
+    /// Nodes claimed in the registry whose overlay could not be opened
+    /// yet (its file lock still held elsewhere), with the claim's epoch:
+    /// the retry takes the lock again without claiming again, so a held
+    /// lock does not move the epoch (and every fleet view) every tick.
+    claimed: HashMap<String, u64>,
 }
 
 impl Targets {
@@ -79,6 +84,7 @@ impl Targets {
             handing_off: false,
             peer_key: Vec::new(),
             redirects: HashMap::new(),
+            claimed: HashMap::new(),
         }
     }
 
@@ -196,6 +202,8 @@ impl Targets {
         }
         self.failed
             .retain(|name, _| wanted.contains_key(name.as_str()));
+        self.claimed
+            .retain(|name, _| wanted.contains_key(name.as_str()));
 
         // Nodes that should be on another server move once idle.
         self.handing_off = false;
@@ -210,6 +218,35 @@ impl Targets {
                     self.handing_off = true;
                 } else {
                     leaving.push(name.to_string());
+                }
+            }
+            // A node served here whose registry row names another owner
+            // (claimed while this server seemed dead, say paused): claimed
+            // back once that owner lets go. The overlay's file lock kept
+            // the other server from opening it meanwhile. (Stopping by
+            // itself when it cannot renew ownership is issue 15's
+            // self-fencing.)
+            let mut reclaim = Vec::new();
+            for (name, node) in &wanted {
+                if self.served.contains_key(*name)
+                    && own.mine(node, &self.live)
+                    && node.owner.as_deref() != Some(own.me.as_str())
+                {
+                    reclaim.push(node);
+                }
+            }
+            for node in reclaim {
+                match own.claim(node).await {
+                    Ok(epoch) => {
+                        if let Some(s) = self.served.get_mut(&node.name) {
+                            s.epoch = epoch;
+                        }
+                        tracing::info!(node = %node.name, epoch, "ownership claimed back");
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node.name, "serving, but {e}");
+                        self.handing_off = true;
+                    }
                 }
             }
             for name in leaving {
@@ -233,6 +270,7 @@ impl Targets {
                         own.release(name).await;
                     }
                     self.failed.remove(*name);
+                    self.claimed.remove(*name);
                     continue;
                 }
             }
@@ -303,11 +341,19 @@ impl Targets {
         // Ownership first: the registry's claim, then the file lock; the
         // overlay is opened only with both.
         let epoch = match &self.own {
-            Some(own) => own.claim(node).await?,
+            Some(own) => match self.claimed.get(&node.name) {
+                Some(e) if node.owner.as_deref() == Some(own.me.as_str()) => *e,
+                _ => {
+                    let e = own.claim(node).await?;
+                    self.claimed.insert(node.name.clone(), e);
+                    e
+                }
+            },
             None => 0,
         };
         let path = node.overlay.clone();
         let fence = tokio::task::spawn_blocking(move || crate::peers::fence::lock(&path)).await??;
+        self.claimed.remove(&node.name);
         let golden = match self.goldens.get(&node.image.id) {
             Some(g) => g.clone(),
             None => {

@@ -321,6 +321,61 @@ fn three_servers_share_one_postgres_registry() -> Result {
         Ok(h == ["s1"])
     })?;
 
+    // Force it: s2 pauses (SIGSTOP) with its overlays open. By heartbeat
+    // it is dead, so the others may claim its nodes in the registry, but
+    // the overlays' file locks are still s2's: nobody else opens them.
+    let s2_nodes: Vec<String> = owners(&env)?
+        .into_iter()
+        .filter(|(_, o)| o.as_deref() == Some("s2"))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(!s2_nodes.is_empty());
+    let s2_paths: Vec<String> = s2_nodes
+        .iter()
+        .map(|n| {
+            let v = env.json(&["node", "show", n, "--json"])?;
+            Ok(v["overlay_path"].as_str().unwrap_or_default().to_string())
+        })
+        .collect::<Result<_>>()?;
+    let s2_pid = s2.pid()?.to_string();
+    tool("kill", &["-STOP", &s2_pid])?;
+    let paused = within(Duration::from_secs(15), "paused s2 listed dead", || {
+        Ok(servers(&env)?["s2"]["live"] == false)
+    })?;
+    within(
+        Duration::from_secs(10),
+        "s2's nodes claimed by the others",
+        || {
+            let o = owners(&env)?;
+            Ok(s2_nodes
+                .iter()
+                .all(|n| matches!(o[n].as_deref(), Some("s1" | "s3"))))
+        },
+    )?;
+    // A few more ticks of the others trying: still only s2 holds them.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        for p in &s2_paths {
+            assert_eq!(
+                holders(&all, p)?,
+                ["s2"],
+                "{p} opened while s2 held its lock"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tool("kill", &["-CONT", &s2_pid])?;
+    let back = within(Duration::from_secs(20), "s2 owns its nodes again", || {
+        let o = owners(&env)?;
+        Ok(s2_nodes.iter().all(|n| o[n].as_deref() == Some("s2")))
+    })?;
+    for (n, p) in s2_nodes.iter().zip(&s2_paths) {
+        assert_eq!(holders(&all, p)?, ["s2"], "{p}");
+        let node = env.json(&["node", "show", n, "--json"])?;
+        io_ok_at(ip("s2"), s2.port, &node, &["read -P 0x5a 0 64k"])?;
+    }
+    println!("paused s2 dead after {paused:?}; its locks kept its {} nodes from the others; owner again {back:?} after SIGCONT", s2_nodes.len());
+
     // s3 dies (SIGKILL): listed dead after the documented 5 s, its nodes
     // taken by the survivors.
     let s3_nodes: Vec<String> = owners(&env)?

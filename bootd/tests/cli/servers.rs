@@ -321,6 +321,55 @@ fn three_servers_share_one_postgres_registry() -> Result {
         Ok(h == ["s1"])
     })?;
 
+    // Pinned elsewhere while a session is live: it stays until the
+    // session ends, then moves.
+    let s = |k: &str| node[k].as_str().unwrap_or_default().to_string();
+    let opts = format!(
+        "driver=iscsi,transport=tcp,portal={}:{},target={},lun=0,initiator-name={},user={},password={}",
+        ip("s1"),
+        s1.port,
+        s("target_iqn"),
+        s("initiator_iqn"),
+        s("chap_user"),
+        s("chap_secret")
+    );
+    let mut session = std::process::Command::new("qemu-io")
+        .args([
+            "--image-opts",
+            &opts,
+            "-c",
+            "read -P 0x5a 0 4k",
+            "-c",
+            "sleep 4000",
+            "-c",
+            "read -P 0x5a 0 4k",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    within(Duration::from_secs(10), "a session on s1", || {
+        Ok(servers(&env)?["s1"]["sessions"].as_u64().unwrap_or(0) > 0)
+    })?;
+    env.ok(&["node", "move", &n, "--server", "s3"])?;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        assert_eq!(holders(&all, &path)?, ["s1"], "{n} moved under its session");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = session.wait()?;
+    assert!(status.success(), "the session was cut: {status}");
+    within(Duration::from_secs(15), "idle node on s3", || {
+        let h = holders(&all, &path)?;
+        assert!(h.len() <= 1, "{n} open on {h:?}");
+        Ok(h == ["s3"])
+    })?;
+    env.ok(&["node", "move", &n, "--server", "none"])?;
+    within(
+        Duration::from_secs(15),
+        "unpinned node back on s1 again",
+        || Ok(holders(&all, &path)? == ["s1"]),
+    )?;
+
     // Force it: s2 pauses (SIGSTOP) with its overlays open. By heartbeat
     // it is dead, so the others may claim its nodes in the registry, but
     // the overlays' file locks are still s2's: nobody else opens them.

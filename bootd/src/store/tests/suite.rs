@@ -299,6 +299,15 @@ pub fn migration_4_keeps_rows_and_numbers_existing_overlays(f: Fixture) -> Resul
     assert_eq!(old.user_data, None);
     // It has an overlay already: its first.
     assert_eq!(old.overlay_generation, 1);
+    // Migration 5: no owner, no pin, epoch 0 until a server claims it.
+    assert_eq!(
+        (
+            old.owner.as_deref(),
+            old.owner_epoch,
+            old.pinned_server.as_deref()
+        ),
+        (None, 0, None)
+    );
     let new = s.node("new")?;
     assert_eq!(
         (new.state, new.overlay_generation),

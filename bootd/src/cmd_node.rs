@@ -99,11 +99,17 @@ pub enum NodeCmd {
         #[arg(long)]
         latest: bool,
     },
-    /// Move the node to the newest version of its image (discards its writes).
+    /// Move the node to the newest version of its image (--latest;
+    /// discards its writes), or pin it to a server (--server S; `none`
+    /// unpins). A pinned node moves to S while it has no session, if S is
+    /// live; otherwise it stays on its owner.
+    #[command(group(ArgGroup::new("to").required(true).args(["latest", "server"])))]
     Move {
         node: String,
-        #[arg(long, required = true)]
+        #[arg(long)]
         latest: bool,
+        #[arg(long, value_name = "SERVER")]
+        server: Option<String>,
     },
 }
 
@@ -187,7 +193,20 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             println!("removed node {}", n.name);
         }
         NodeCmd::Reset { node, latest } => move_node(dd, store.as_mut(), &node, latest)?,
-        NodeCmd::Move { node, latest } => move_node(dd, store.as_mut(), &node, latest)?,
+        NodeCmd::Move {
+            node,
+            server: Some(server),
+            ..
+        } => {
+            let to = (server != "none").then_some(server.as_str());
+            let n = lookup(store.as_ref(), &node)?;
+            let n = store.pin_node(&n.name, to)?;
+            match &n.pinned_server {
+                Some(s) => println!("node {} pinned to server {s}", n.name),
+                None => println!("node {} unpinned", n.name),
+            }
+        }
+        NodeCmd::Move { node, latest, .. } => move_node(dd, store.as_mut(), &node, latest)?,
     }
     Ok(())
 }
@@ -302,6 +321,9 @@ pub fn node_json(n: &Node) -> serde_json::Value {
         "overlay_bytes": allocated_bytes(&n.overlay_path),
         "virtual_bytes": n.image.bytes,
         "state": n.state.as_str(),
+        "owner": n.owner,
+        "owner_epoch": n.owner_epoch,
+        "pinned_server": n.pinned_server,
         "created": n.created,
     })
 }

@@ -64,11 +64,16 @@ impl DataDir {
         Ok(Box::new(Rooted::new(db, self.root.clone())))
     }
 
-    /// Taken by `serve` for its lifetime: two servers on one data directory
-    /// would fight over every overlay's write lock.
-    pub fn lock_serve(&self) -> Result<std::fs::File> {
+    /// Taken by `serve` for its lifetime, one lock per server id
+    /// (`servers/ID.lock`): two serves under one id would fight over every
+    /// overlay it owns; servers with different ids share the directory
+    /// (each node's overlay has its own lock, see `serve::targets`).
+    pub fn lock_server(&self, id: &str) -> Result<std::fs::File> {
         use std::os::fd::AsRawFd;
-        let path = self.root.join("serve.lock");
+        let dir = self.root.join("servers");
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        restrict(&dir, PRIVATE_DIR)?;
+        let path = dir.join(format!("{id}.lock"));
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -78,7 +83,7 @@ impl DataDir {
         // SAFETY: plain syscall on a descriptor `f` keeps open.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             anyhow::bail!(
-                "another bootd serve is already running on {}",
+                "another bootd serve is already running on {} as server {id:?}",
                 self.root.display()
             );
         }

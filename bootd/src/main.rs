@@ -5,6 +5,7 @@ mod bootlog;
 mod cmd_df;
 mod cmd_image;
 mod cmd_node;
+mod cmd_server;
 mod cmd_template;
 mod datadir;
 mod dhcp;
@@ -19,6 +20,7 @@ mod lifecycle;
 mod metrics;
 mod names;
 mod output;
+mod peers;
 mod progress;
 mod serve;
 mod service;
@@ -69,6 +71,9 @@ enum Command {
     /// Machines, each with its own copy-on-write disk.
     #[command(subcommand)]
     Node(cmd_node::NodeCmd),
+    /// The servers sharing this registry.
+    #[command(subcommand)]
+    Server(cmd_server::ServerCmd),
     /// Physical vs logical bytes of the fleet's disks.
     Df {
         #[arg(long)]
@@ -116,6 +121,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => open(&cli.data_dir).and_then(|d| cmd_image::run(&d, cmd)),
         Command::Template(cmd) => open(&cli.data_dir).and_then(|d| cmd_template::run(&d, cmd)),
         Command::Node(cmd) => open(&cli.data_dir).and_then(|d| cmd_node::run(&d, cmd)),
+        Command::Server(cmd) => open(&cli.data_dir).and_then(|d| cmd_server::run(&d, cmd)),
         Command::Df { json } => open(&cli.data_dir).and_then(|d| cmd_df::run(&d, json)),
     };
     match result {

@@ -145,6 +145,15 @@ impl Subscriber for Metrics {
 }
 
 impl Metrics {
+    /// Bytes every target has read and written since serve started.
+    pub fn bytes_served(&self) -> u64 {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .values()
+            .map(|n| n.read_bytes.load(Relaxed) + n.write_bytes.load(Relaxed))
+            .sum()
+    }
+
     fn dhcp_sent(&self, full: bool, kind: DhcpKind) {
         self.dhcp[usize::from(full)][kind as usize].fetch_add(1, Relaxed);
     }

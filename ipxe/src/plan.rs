@@ -31,4 +31,17 @@ impl BootPlan {
             image_version: node.image.version,
         }
     }
+
+    /// The same boot with its disk on another server's portal (the node's
+    /// owner when several servers share a registry); a typed address, so
+    /// the port is always explicit.
+    pub fn on_portal(mut self, portal: std::net::SocketAddr) -> Self {
+        self.portal = portal.to_string();
+        self.iscsi_host = match portal {
+            std::net::SocketAddr::V4(a) => a.ip().to_string(),
+            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        self.iscsi_port = portal.port();
+        self
+    }
 }

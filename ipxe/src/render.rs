@@ -225,6 +225,31 @@ mod tests {
         Ok(())
     }
 
+    /// On its owner's portal, the disk line names that portal, with its
+    /// port, and the HTTP side stays where the script came from.
+    #[test]
+    fn a_plan_on_another_portal_boots_from_it() -> Result<(), RenderError> {
+        for (portal, line) in [
+            (
+                "192.0.2.9:3261",
+                "sanboot iscsi:192.0.2.9::3261:0:iqn.2026-11.io.bootd:node.sample || goto failed",
+            ),
+            (
+                "[2001:db8::9]:3262",
+                "sanboot iscsi:[2001:db8::9]::3262:0:iqn.2026-11.io.bootd:node.sample || goto failed",
+            ),
+        ] {
+            let addr: std::net::SocketAddr = portal
+                .parse()
+                .map_err(|e| RenderError::Template(format!("{portal}: {e}")))?;
+            let plan = one_way_plan().on_portal(addr);
+            assert_eq!(plan.http_base, one_way_plan().http_base);
+            let out = Renderer::new().render(None, &plan)?;
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in {out}");
+        }
+        Ok(())
+    }
+
     /// The sample plan with mutual CHAP off, as most nodes are.
     fn one_way_plan() -> BootPlan {
         BootPlan {

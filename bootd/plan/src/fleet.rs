@@ -106,6 +106,11 @@ pub struct NodePlan {
     /// cloud-init user-data (a template for the node's fields): the node's
     /// own, else its template's. It may hold secrets.
     pub user_data: Option<Secret>,
+    /// The server that owns the node in the registry (serves its overlay),
+    /// if any.
+    pub owner: Option<String>,
+    /// The server the operator pinned the node to, if any.
+    pub pinned_server: Option<String>,
 }
 
 impl NodePlan {
@@ -233,6 +238,8 @@ pub(crate) mod tests {
             overlay: format!("/var/lib/bootd/overlays/n{i}.qcow2").into(),
             overlay_generation: 1,
             user_data: Some(Secret::new("#cloud-config\npassword: 0123456789abcdef\n")),
+            owner: None,
+            pinned_server: None,
         }
     }
 

@@ -28,6 +28,19 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Live sessions, all targets.
+    pub fn count(&self) -> usize {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether target `iqn` has a live session.
+    pub fn on_target(&self, iqn: &str) -> bool {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.keys().any(|(t, _, _)| t == iqn)
+    }
+}
+
 impl Subscriber for Sessions {
     fn on(&self, event: &Event<'_>) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());

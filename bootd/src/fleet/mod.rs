@@ -120,5 +120,7 @@ fn plan(n: Node, script: Option<String>, user_data: Option<String>) -> NodePlan 
         overlay: n.overlay_path,
         overlay_generation: n.overlay_generation,
         user_data: user_data.map(Secret::new),
+        owner: n.owner,
+        pinned_server: n.pinned_server,
     }
 }

@@ -70,6 +70,9 @@ pub struct Access {
     pub per_source: usize,
     /// Live iSCSI sessions by address: who may have a node's NoCloud seed.
     pub sessions: Arc<Sessions>,
+    /// With peers on one registry: where each node's owner serves its
+    /// disk, so its script points there (`None`: this server's portal).
+    pub portals: Option<crate::peers::Portals>,
 }
 
 impl Default for Access {
@@ -81,6 +84,7 @@ impl Default for Access {
             metrics_from: Vec::new(),
             per_source: slots::PER_SOURCE,
             sessions: Arc::default(),
+            portals: None,
         }
     }
 }
@@ -345,7 +349,11 @@ impl HttpServer {
             tracing::warn!(peer = %who.peer, node = %node.name, token = who.token.is_some(), "http: script refused: not the node's address and no valid token");
             return Response::text(403, "this script is served to its node only\n");
         }
-        let plan = BootPlan::for_node(node, host, self.http_port, self.iscsi_port);
+        let mut plan = BootPlan::for_node(node, host, self.http_port, self.iscsi_port);
+        // The disk is on its owner, wherever the script was asked for.
+        if let Some(owner) = self.access.portals.as_ref().and_then(|p| p.of(node)) {
+            plan = plan.on_portal(owner);
+        }
         match self.renderer.render(node.script.as_deref(), &plan) {
             Ok(text) => {
                 self.events.emit(Event::ScriptServed {

@@ -90,7 +90,7 @@ pub struct ServeConfig {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, ipv6_ra, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
     /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
-    /// per_source, node_quota, reserve_free, warn_free (sizes as strings,
+    /// per_source, node_quota, reserve_free, warn_free, server_id (sizes as strings,
     /// e.g. "20G"). Unknown keys are an error. Flags (and BOOTD_* variables)
     /// override it.
     #[arg(long, env = "BOOTD_CONFIG")]
@@ -212,6 +212,12 @@ pub struct ServeConfig {
     #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size, env = "BOOTD_WARN_FREE")]
     #[serde(deserialize_with = "size_text")]
     pub warn_free: Option<u64>,
+    /// This server's name among those sharing one registry (letters,
+    /// digits, '.', '_', '-'; at most 63): its row in `server list`, the
+    /// owner of the nodes it serves, its lock file in the data directory
+    /// [default: the host name].
+    #[arg(long, value_name = "NAME", env = "BOOTD_SERVER_ID")]
+    pub server_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,7 +337,8 @@ impl ServeConfig {
             iscsi_port,
             node_quota,
             reserve_free,
-            warn_free
+            warn_free,
+            server_id
         );
         take_list!(dns, relays, metrics_from);
     }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod grants;
+mod owned;
 mod targets;
 
 use crate::datadir::DataDir;
@@ -38,7 +39,8 @@ pub fn run(dd: DataDir, args: ServeConfig) -> Result<()> {
     if s.dhcp().is_none() && (s.interface.is_some() || s.pool.is_some()) {
         tracing::warn!("--interface and --pool are not used with --dhcp off");
     }
-    let _lock = dd.lock_serve()?;
+    let id = crate::peers::server_id(s.server_id.as_deref())?;
+    let _lock = dd.lock_server(&id)?;
     raise_open_file_limit();
     let mut store = dd.store()?;
     for name in crate::lifecycle::recover_releasing(&dd, store.as_mut())? {
@@ -48,10 +50,15 @@ pub fn run(dd: DataDir, args: ServeConfig) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(s, dd, store))
+    rt.block_on(serve(s, dd, store, id))
 }
 
-async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>) -> Result<()> {
+async fn serve(
+    s: ServeConfig,
+    dd: DataDir,
+    store: Box<dyn crate::store::Store>,
+    id: String,
+) -> Result<()> {
     let server = Server::new(ServerConfig::default());
     // The one registry connection and the one fleet view every server reads.
     let registry = Registry::new(store);
@@ -96,8 +103,18 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
     // Beside the registry in the data directory's root.
     let lease_file = dd.overlays().with_file_name("dhcp-leases");
     let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
-        .with_space(s.node_quota, s.reserve_free, s.warn_free)?;
-    targets.tick(&view.current()).await;
+        .with_space(s.node_quota, s.reserve_free, s.warn_free)?
+        .with_ownership(owned::Ownership {
+            me: id.clone(),
+            registry: registry.clone(),
+            sessions: sessions.clone(),
+        });
+    // Who is live decides which nodes are this server's from the first tick.
+    let first_peers = {
+        let r = registry.clone();
+        tokio::task::spawn_blocking(move || r.with(|s| s.servers())).await??
+    };
+    targets.tick(&view.current(), &first_peers).await;
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -122,6 +139,19 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
+    // Registered once the ports are known: peers redirect to this address.
+    let (heartbeat, peers) = crate::peers::heartbeat::Heartbeat::start(
+        dd.store()?,
+        crate::store::NewServer {
+            id: id.clone(),
+            iscsi: local.to_string(),
+            http_port: http_local.port(),
+        },
+        Arc::new(crate::peers::heartbeat::ServeCounters {
+            sessions: sessions.clone(),
+            metrics: metrics.clone(),
+        }),
+    )?;
     let enroller = match (s.dhcp(), s.unknown()) {
         (None, _) | (_, UnknownPolicy::Ignore) => None,
         (_, policy) => {
@@ -159,13 +189,17 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
             metrics_from: s.metrics_from.clone(),
             per_source: s.per_source(),
             sessions,
+            portals: Some(crate::peers::Portals {
+                me: id.clone(),
+                peers: peers.clone(),
+            }),
         },
     );
     let mut out = std::io::stdout().lock();
     out.write_all(lines.as_bytes())?;
     out.flush()?;
     drop(out);
-    tracing::info!(listen = %local, nodes = targets.len(), "serving");
+    tracing::info!(server = %id, listen = %local, nodes = targets.len(), "serving");
 
     // Registry changes reach the targets as they come; the timer checks
     // free space, retries failed targets and flushes the I/O trace.
@@ -187,7 +221,8 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
                 }
                 _ = stop.wait() => break,
             }
-            targets.tick(&view.current()).await;
+            let servers = peers.borrow().clone();
+            targets.tick(&view.current(), &servers).await;
         }
         targets
     });
@@ -248,6 +283,7 @@ async fn serve(s: ServeConfig, dd: DataDir, store: Box<dyn crate::store::Store>)
     let mut targets = reconciler.await.context("target reconciler")?;
     watch_stop.store(true, Relaxed);
     let _ = tokio::task::spawn_blocking(move || watch_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || heartbeat.stop()).await;
     let unflushed = targets.close_all().await;
     if let Some(r) = &recorder {
         r.flush(true);

@@ -24,6 +24,10 @@ struct Served {
     iqn: String,
     image_id: i64,
     overlay: Arc<Overlay>,
+    /// The overlay's OFD lock, held while it is open.
+    fence: std::fs::File,
+    /// The fencing epoch of this server's claim.
+    epoch: u64,
     failure_logged: bool,
 }
 
@@ -43,6 +47,23 @@ pub struct Targets {
     /// Free bytes below which serve warns.
     warn_free: u64,
     watermark: crate::space::Watermark,
+    /// Who this server is and how it claims nodes; `None` serves every
+    /// ready node (no registry peers).
+    own: Option<super::owned::Ownership>,
+    /// The live servers at the last tick.
+    live: Vec<String>,
+    /// Served nodes that should be elsewhere but have a session: looked at
+    /// again every tick until it ends.
+    handing_off: bool,
+    /// The live peers and their addresses at the last tick.
+    peer_key: Vec<(String, String)>,
+    /// Logins redirected to a peer, by target IQN: initiator, address.
+    redirects: HashMap<String, (String, std::net::SocketAddr)>,
+    /// Nodes claimed in the registry whose overlay could not be opened
+    /// yet (its file lock still held elsewhere), with the claim's epoch:
+    /// the retry takes the lock again without claiming again, so a held
+    /// lock does not move the epoch (and every fleet view) every tick.
+    claimed: HashMap<String, u64>,
 }
 
 impl Targets {
@@ -58,7 +79,19 @@ impl Targets {
             limits: Limits::default(),
             warn_free: 0,
             watermark: Default::default(),
+            own: None,
+            live: Vec::new(),
+            handing_off: false,
+            peer_key: Vec::new(),
+            redirects: HashMap::new(),
+            claimed: HashMap::new(),
         }
+    }
+
+    /// Serve only the nodes this server owns (see `owned`).
+    pub fn with_ownership(mut self, own: super::owned::Ownership) -> Self {
+        self.own = Some(own);
+        self
     }
 
     /// Sets the per-overlay quota and the free-space reserve and warning
@@ -125,12 +158,25 @@ impl Targets {
     /// One reconciliation with `snap`, the fleet view's current snapshot:
     /// cheap when it is the one already served and nothing is waiting for
     /// a retry.
-    pub async fn tick(&mut self, snap: &Snapshot) {
+    pub async fn tick(&mut self, snap: &Snapshot, peers: &[crate::store::ServerInfo]) {
         self.watch();
         let generation = snap.generation();
-        if self.seen == Some(generation) && self.failed.is_empty() {
+        let live = self.own.as_ref().map(|o| o.live(peers)).unwrap_or_default();
+        let peer_key = self
+            .own
+            .as_ref()
+            .map(|o| o.peer_key(peers))
+            .unwrap_or_default();
+        if self.seen == Some(generation)
+            && self.failed.is_empty()
+            && live == self.live
+            && peer_key == self.peer_key
+            && !self.handing_off
+        {
             return;
         }
+        self.live = live;
+        self.peer_key = peer_key;
         let wanted: HashMap<&str, &Arc<NodePlan>> = snap
             .nodes()
             .iter()
@@ -156,14 +202,81 @@ impl Targets {
         }
         self.failed
             .retain(|name, _| wanted.contains_key(name.as_str()));
+        self.claimed
+            .retain(|name, _| wanted.contains_key(name.as_str()));
+
+        // Nodes that should be on another server move once idle.
+        self.handing_off = false;
+        if let Some(own) = &self.own {
+            let mut leaving = Vec::new();
+            for (name, node) in &wanted {
+                if !self.served.contains_key(*name) || own.mine(node, &self.live) {
+                    continue;
+                }
+                if own.in_use(node) {
+                    // Stays here while its session lasts.
+                    self.handing_off = true;
+                } else {
+                    leaving.push(name.to_string());
+                }
+            }
+            // A node served here whose registry row names another owner
+            // (claimed while this server seemed dead, say paused): claimed
+            // back once that owner lets go. The overlay's file lock kept
+            // the other server from opening it meanwhile. (Stopping by
+            // itself when it cannot renew ownership is issue 15's
+            // self-fencing.)
+            let mut reclaim = Vec::new();
+            for (name, node) in &wanted {
+                if self.served.contains_key(*name)
+                    && own.mine(node, &self.live)
+                    && node.owner.as_deref() != Some(own.me.as_str())
+                {
+                    reclaim.push(node);
+                }
+            }
+            for node in reclaim {
+                match own.claim(node).await {
+                    Ok(epoch) => {
+                        if let Some(s) = self.served.get_mut(&node.name) {
+                            s.epoch = epoch;
+                        }
+                        tracing::info!(node = %node.name, epoch, "ownership claimed back");
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node.name, "serving, but {e}");
+                        self.handing_off = true;
+                    }
+                }
+            }
+            for name in leaving {
+                if let Some(s) = self.served.remove(&name) {
+                    self.drop_target(&name, s).await;
+                    if let Some(own) = &self.own {
+                        own.release(&name).await;
+                    }
+                }
+            }
+        }
 
         for (name, node) in &wanted {
             if self.served.contains_key(*name) {
                 continue;
             }
+            if let Some(own) = &self.own {
+                if !own.mine(node, &self.live) {
+                    // Not ours: let the owner it should have claim it.
+                    if node.owner.as_deref() == Some(own.me.as_str()) {
+                        own.release(name).await;
+                    }
+                    self.failed.remove(*name);
+                    self.claimed.remove(*name);
+                    continue;
+                }
+            }
             match self.open(node).await {
                 Ok(s) => {
-                    tracing::info!(node = %name, iqn = %node.target_iqn, image = %node.image.name, version = node.image.version, "serving");
+                    tracing::info!(node = %name, iqn = %node.target_iqn, image = %node.image.name, version = node.image.version, epoch = s.epoch, "serving");
                     self.failed.remove(*name);
                     self.served.insert(name.to_string(), s);
                 }
@@ -174,9 +287,43 @@ impl Targets {
                 }
             }
         }
+        self.redirect(&wanted, peers);
         let used: Vec<i64> = self.served.values().map(|s| s.image_id).collect();
         self.goldens.retain(|id, _| used.contains(id));
         self.seen = Some(generation);
+    }
+
+    /// Logins for ready nodes this server does not serve go to the peer
+    /// that does (or is about to): an iSCSI login redirect.
+    fn redirect(
+        &mut self,
+        wanted: &HashMap<&str, &Arc<NodePlan>>,
+        peers: &[crate::store::ServerInfo],
+    ) {
+        let Some(own) = &self.own else {
+            return;
+        };
+        let mut now = HashMap::new();
+        for (name, node) in wanted {
+            if self.served.contains_key(*name) {
+                continue;
+            }
+            if let Some(to) = own.redirect(node, &self.live, peers) {
+                now.insert(node.target_iqn.clone(), (node.initiator_iqn.clone(), to));
+            }
+        }
+        for iqn in self.redirects.keys() {
+            if !now.contains_key(iqn) {
+                self.server.clear_moved(iqn);
+            }
+        }
+        for (iqn, (initiator, to)) in &now {
+            if self.redirects.get(iqn) != Some(&(initiator.clone(), *to)) {
+                tracing::debug!(iqn = %iqn, to = %to, "logins redirected");
+                self.server.set_moved(iqn, initiator, *to);
+            }
+        }
+        self.redirects = now;
     }
 
     /// Removes the target (ending its sessions) and commits the overlay.
@@ -185,10 +332,28 @@ impl Targets {
         if let Err(e) = s.overlay.close().await {
             tracing::error!(node = %name, "closing overlay: {e}");
         }
+        // Only once the overlay is closed may another server lock it.
+        drop(s.fence);
         tracing::info!(node = %name, "stopped serving");
     }
 
     async fn open(&mut self, node: &NodePlan) -> Result<Served> {
+        // Ownership first: the registry's claim, then the file lock; the
+        // overlay is opened only with both.
+        let epoch = match &self.own {
+            Some(own) => match self.claimed.get(&node.name) {
+                Some(e) if node.owner.as_deref() == Some(own.me.as_str()) => *e,
+                _ => {
+                    let e = own.claim(node).await?;
+                    self.claimed.insert(node.name.clone(), e);
+                    e
+                }
+            },
+            None => 0,
+        };
+        let path = node.overlay.clone();
+        let fence = tokio::task::spawn_blocking(move || crate::peers::fence::lock(&path)).await??;
+        self.claimed.remove(&node.name);
         let golden = match self.goldens.get(&node.image.id) {
             Some(g) => g.clone(),
             None => {
@@ -255,6 +420,8 @@ impl Targets {
             iqn: node.target_iqn.clone(),
             image_id: node.image.id,
             overlay,
+            fence,
+            epoch,
             failure_logged: false,
         })
     }
@@ -269,6 +436,7 @@ impl Targets {
                 tracing::error!(node = %name, "closing overlay: {e}");
                 failed += 1;
             }
+            drop(s.fence);
         }
         failed
     }

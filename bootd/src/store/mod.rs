@@ -12,6 +12,7 @@ pub mod records;
 pub mod rooted;
 pub mod rows;
 pub mod schema;
+pub mod servers;
 pub mod shared;
 pub mod sqlite;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests;
 pub mod url;
 
 pub use records::{BootStage, Discovered, Records};
+pub use servers::{NewServer, ServerInfo, Servers};
 
 use bootd_plan::Mac;
 use std::net::IpAddr;
@@ -95,6 +97,13 @@ pub struct Node {
     /// being made). Part of its cloud-init instance-id, so a fresh disk
     /// runs first boot again.
     pub overlay_generation: u64,
+    /// The server that has claimed the node (see `store::servers`); `None`
+    /// until one has.
+    pub owner: Option<String>,
+    /// Moves on with every claim: the fencing epoch of the current owner.
+    pub owner_epoch: u64,
+    /// The server `node move --server` pinned the node to, if any.
+    pub pinned_server: Option<String>,
     pub created: i64,
 }
 
@@ -194,7 +203,7 @@ pub trait ChangeFeed: Send {
     fn wait(&mut self, timeout: std::time::Duration) -> bool;
 }
 
-pub trait Store: Records + Send {
+pub trait Store: Records + Servers + Send {
     /// A feed of change notifications from this registry.
     fn changes(&self) -> Result<Box<dyn ChangeFeed>>;
     /// Changes so far; moves on every committed write.

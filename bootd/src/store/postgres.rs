@@ -473,3 +473,4 @@ pub mod notify;
 pub mod off_runtime;
 mod records;
 mod rows;
+mod servers;

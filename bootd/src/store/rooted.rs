@@ -5,8 +5,8 @@
 //! (Absolute paths already stored stay as they are: joining keeps them.)
 
 use super::{
-    BootStage, Discovered, Image, MutualChap, NewImage, NewNode, Node, NodeState, Records, Result,
-    Store, Template,
+    BootStage, Discovered, Image, MutualChap, NewImage, NewNode, NewServer, Node, NodeState,
+    Records, Result, ServerInfo, Servers, Store, Template,
 };
 use std::path::{Path, PathBuf};
 
@@ -157,6 +157,33 @@ impl Records for Rooted {
 
     fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>> {
         self.inner.boot_stages(mac)
+    }
+}
+
+impl Servers for Rooted {
+    fn register_server(&mut self, s: &NewServer) -> Result<()> {
+        self.inner.register_server(s)
+    }
+
+    fn heartbeat(&mut self, id: &str, sessions: u64, bytes_served: u64) -> Result<bool> {
+        self.inner.heartbeat(id, sessions, bytes_served)
+    }
+
+    fn servers(&self) -> Result<Vec<ServerInfo>> {
+        self.inner.servers()
+    }
+
+    fn claim_node(&mut self, node: &str, me: &str, dead_after_ms: i64) -> Result<Option<u64>> {
+        self.inner.claim_node(node, me, dead_after_ms)
+    }
+
+    fn release_node(&mut self, node: &str, me: &str) -> Result<bool> {
+        self.inner.release_node(node, me)
+    }
+
+    fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
+        let n = self.inner.pin_node(node, server)?;
+        Ok(self.node(n))
     }
 }
 

@@ -11,7 +11,8 @@ pub const NODE_SELECT: &str = "
     SELECT n.id, n.name, n.mac, n.template, n.ip, n.target_iqn, n.initiator_iqn,
            n.chap_user, n.chap_secret, n.overlay_path, n.state, n.revision, n.created,
            i.id, i.name, i.version, i.path, i.bytes, i.sha256, i.created,
-           n.mutual_user, n.mutual_secret, n.user_data, n.overlay_generation
+           n.mutual_user, n.mutual_secret, n.user_data, n.overlay_generation,
+           n.owner, n.owner_epoch, n.pinned_server
     FROM nodes n JOIN images i ON i.id = n.image_id";
 
 pub const TEMPLATE_SELECT: &str = "SELECT name, image, script, created, user_data FROM templates";
@@ -98,6 +99,9 @@ pub fn node_row<R: Columns>(row: &R) -> Result<Node, R::Error> {
         },
         user_data: row.opt_text(22)?,
         overlay_generation: unsigned(row, 23)?,
+        owner: row.opt_text(24)?,
+        owner_epoch: unsigned(row, 25)?,
+        pinned_server: row.opt_text(26)?,
     })
 }
 

@@ -85,6 +85,26 @@ pub const MIGRATIONS: &[&str] = &[
         CHECK (overlay_generation >= 0);
     UPDATE nodes SET overlay_generation = 1 WHERE state <> 'creating';
     ",
+    // 5: several servers on one registry. `servers`: each serve's row,
+    // written at start and heartbeat (times in Unix milliseconds of the
+    // registry's clock, so servers' clocks need not agree). Nodes get their
+    // owner (a server id, or NULL), the fencing epoch every claim moves on,
+    // and the server `node move --server` pinned them to.
+    "
+    CREATE TABLE servers (
+        id            TEXT PRIMARY KEY,
+        iscsi         TEXT NOT NULL,
+        http_port     INTEGER NOT NULL,
+        started_at    INTEGER NOT NULL,
+        heartbeat_at  INTEGER NOT NULL,
+        sessions      INTEGER NOT NULL DEFAULT 0,
+        bytes_served  INTEGER NOT NULL DEFAULT 0
+    );
+    ALTER TABLE nodes ADD COLUMN owner TEXT;
+    ALTER TABLE nodes ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0
+        CHECK (owner_epoch >= 0);
+    ALTER TABLE nodes ADD COLUMN pinned_server TEXT;
+    ",
 ];
 
 /// The version a fully migrated database has.
@@ -184,6 +204,23 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
             CONSTRAINT nodes_overlay_generation_check CHECK (overlay_generation >= 0);
     UPDATE nodes SET overlay_generation = 1 WHERE state <> 'creating';
     ",
+    // 5
+    r#"
+    CREATE TABLE servers (
+        id            TEXT COLLATE "C" PRIMARY KEY,
+        iscsi         TEXT NOT NULL,
+        http_port     BIGINT NOT NULL,
+        started_at    BIGINT NOT NULL,
+        heartbeat_at  BIGINT NOT NULL,
+        sessions      BIGINT NOT NULL DEFAULT 0,
+        bytes_served  BIGINT NOT NULL DEFAULT 0
+    );
+    ALTER TABLE nodes
+        ADD COLUMN owner TEXT COLLATE "C",
+        ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0
+            CONSTRAINT nodes_owner_epoch_check CHECK (owner_epoch >= 0),
+        ADD COLUMN pinned_server TEXT COLLATE "C";
+    "#,
 ];
 
 // One history: every migration has both dialects.

@@ -425,3 +425,4 @@ fn refuse_if_used(
 pub mod notify;
 mod records;
 mod rows;
+mod servers;

@@ -160,6 +160,7 @@ for_both_backends!(
     a_write_by_another_connection_wakes_the_feed_within_a_second,
     two_processes_migrating_at_once_both_succeed,
     racing_writers_get_the_same_errors,
+    servers_heartbeat_and_claim_nodes,
 );
 
 /// PostgreSQL only: SQLite has no connection to lose.

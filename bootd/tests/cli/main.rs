@@ -10,5 +10,6 @@ mod nodes;
 mod postgres;
 mod security;
 mod serve;
+mod servers;
 mod tftp;
 mod user_data;

@@ -141,6 +141,10 @@ pub enum ServerError {
 pub struct Server {
     pub(crate) config: ServerConfig,
     targets: RwLock<HashMap<String, Arc<Target>>>,
+    /// Targets served by another portal now, by name: the initiator that
+    /// may follow, and where to. A login by that initiator is redirected
+    /// there; anyone else gets the answer an unknown target gets.
+    moved: RwLock<HashMap<String, (String, SocketAddr)>>,
     /// Live sessions by I_T nexus (discovery sessions by connection).
     pub(crate) sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_tsih: AtomicU16,
@@ -157,6 +161,7 @@ impl Server {
         Arc::new(Self {
             config,
             targets: RwLock::new(HashMap::new()),
+            moved: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
             unsent_total: std::sync::atomic::AtomicUsize::new(0),
@@ -196,6 +201,33 @@ impl Server {
         }
         t.insert(target.iqn.clone(), Arc::new(target));
         Ok(())
+    }
+
+    /// Logins by `initiator` to target `iqn`, while no target of that name
+    /// is here, are redirected to `to` (replacing an earlier redirect).
+    pub fn set_moved(&self, iqn: &str, initiator: &str, to: SocketAddr) {
+        self.moved
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(iqn.to_string(), (initiator.to_string(), to));
+    }
+
+    /// Stops redirecting logins to target `iqn`.
+    pub fn clear_moved(&self, iqn: &str) {
+        self.moved
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(iqn);
+    }
+
+    /// Where logins to target `iqn` by `initiator` are redirected, if
+    /// anywhere.
+    fn moved_to(&self, iqn: &str, initiator: &str) -> Option<SocketAddr> {
+        let moved = self.moved.read().unwrap_or_else(|e| e.into_inner());
+        moved
+            .get(iqn)
+            .filter(|(who, _)| who == initiator)
+            .map(|(_, to)| *to)
     }
 
     /// Removes a target and ends its sessions.
@@ -345,7 +377,10 @@ impl TargetDirectory for Directory<'_> {
             // Discovery: open to anyone; SendTargets filters what they see.
             None => Authorization::Allowed(None),
             Some(name) => match self.server.target(name) {
-                None => Authorization::NotFound,
+                None => match self.server.moved_to(name, initiator) {
+                    Some(to) => Authorization::Moved(to),
+                    None => Authorization::NotFound,
+                },
                 Some(t) => t.authorization(initiator),
             },
         }

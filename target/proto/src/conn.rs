@@ -80,6 +80,11 @@ pub enum Authorization {
     Denied,
     /// Allowed; with `Some`, only after CHAP succeeds.
     Allowed(Option<ChapCredentials>),
+    /// Served by another portal now: the login is answered with a
+    /// redirect there (status 0x0101, "target moved temporarily"). An
+    /// address, so the TargetAddress always carries an explicit port (iPXE
+    /// mishandles one without).
+    Moved(std::net::SocketAddr),
 }
 
 /// One target as SendTargets reports it.

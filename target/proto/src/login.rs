@@ -17,6 +17,7 @@ pub use error::LoginError;
 /// Login status classes and details (RFC 7143 11.13.5).
 pub mod status {
     pub const SUCCESS: (u8, u8) = (0x00, 0x00);
+    pub const TARGET_MOVED_TEMPORARILY: (u8, u8) = (0x01, 0x01);
     pub const INITIATOR_ERROR: (u8, u8) = (0x02, 0x00);
     pub const AUTH_FAILURE: (u8, u8) = (0x02, 0x01);
     pub const AUTHORIZATION_FAILURE: (u8, u8) = (0x02, 0x02);
@@ -265,6 +266,12 @@ impl Login {
                     secret: (0..16).map(|_| rand::random::<u8>()).collect(),
                     mutual: None,
                 });
+            }
+            Authorization::Moved(to) => {
+                return Err(LoginError::Moved {
+                    to,
+                    tpgt: self.portal_group_tag,
+                })
             }
             Authorization::Allowed(None) => self.auth = Auth::Open,
             Authorization::Allowed(Some(creds)) => self.auth = Auth::ChapRequired(creds),

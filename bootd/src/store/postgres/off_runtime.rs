@@ -7,8 +7,8 @@
 //! the CLI): SQLite's callers need not know which backend they have.
 
 use crate::store::{
-    BootStage, ChangeFeed, Discovered, Image, MutualChap, NewImage, NewNode, Node, NodeState,
-    Records, Result, Store, StoreError, Template,
+    BootStage, ChangeFeed, Discovered, Image, MutualChap, NewImage, NewNode, NewServer, Node,
+    NodeState, Records, Result, ServerInfo, Servers, Store, StoreError, Template,
 };
 use std::sync::Mutex;
 
@@ -98,6 +98,27 @@ impl Records for OffRuntime {
     }
     fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>> {
         self.with(|s| s.boot_stages(mac))
+    }
+}
+
+impl Servers for OffRuntime {
+    fn register_server(&mut self, s: &NewServer) -> Result<()> {
+        self.with_mut(|st| st.register_server(s))
+    }
+    fn heartbeat(&mut self, id: &str, sessions: u64, bytes_served: u64) -> Result<bool> {
+        self.with_mut(|s| s.heartbeat(id, sessions, bytes_served))
+    }
+    fn servers(&self) -> Result<Vec<ServerInfo>> {
+        self.with(|s| s.servers())
+    }
+    fn claim_node(&mut self, node: &str, me: &str, dead_after_ms: i64) -> Result<Option<u64>> {
+        self.with_mut(|s| s.claim_node(node, me, dead_after_ms))
+    }
+    fn release_node(&mut self, node: &str, me: &str) -> Result<bool> {
+        self.with_mut(|s| s.release_node(node, me))
+    }
+    fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
+        self.with_mut(|s| s.pin_node(node, server))
     }
 }
 

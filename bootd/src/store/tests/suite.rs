@@ -281,7 +281,7 @@ fn version_3_database(f: &Fixture) -> Result<()> {
 pub fn migration_4_keeps_rows_and_numbers_existing_overlays(f: Fixture) -> Result<()> {
     version_3_database(&f)?;
     let mut s = f.open()?;
-    assert_version(&f, 4)?;
+    assert_version(&f, crate::store::schema::latest())?;
     let old = s.node("old")?;
     assert_eq!(
         (
@@ -299,6 +299,15 @@ pub fn migration_4_keeps_rows_and_numbers_existing_overlays(f: Fixture) -> Resul
     assert_eq!(old.user_data, None);
     // It has an overlay already: its first.
     assert_eq!(old.overlay_generation, 1);
+    // Migration 5: no owner, no pin, epoch 0 until a server claims it.
+    assert_eq!(
+        (
+            old.owner.as_deref(),
+            old.owner_epoch,
+            old.pinned_server.as_deref()
+        ),
+        (None, 0, None)
+    );
     let new = s.node("new")?;
     assert_eq!(
         (new.state, new.overlay_generation),
@@ -438,3 +447,91 @@ pub fn discovered_and_stages(f: Fixture) -> Result<()> {
 
 mod concurrent;
 pub use concurrent::*;
+
+/// Servers register and heartbeat without moving the generation; claims
+/// are a compare-and-set on the owner with a fencing epoch that only grows;
+/// pins name registered servers only.
+pub fn servers_heartbeat_and_claim_nodes(f: Fixture) -> Result<()> {
+    use crate::store::NewServer;
+    let mut s = f.open()?;
+    let img = s.add_image(&image("deb", 1))?;
+    s.add_node(&node("a", "02:00:00:00:00:01", img.id))?;
+    let fresh = s.node("a")?;
+    assert_eq!((fresh.owner.as_deref(), fresh.owner_epoch), (None, 0));
+    let g0 = s.generation()?;
+    for id in ["s1", "s2"] {
+        s.register_server(&NewServer {
+            id: id.into(),
+            iscsi: format!("127.0.0.{}:3260", id.len()),
+            http_port: 8080,
+        })?;
+    }
+    assert!(s.heartbeat("s1", 3, 4096)?);
+    assert!(!s.heartbeat("nobody", 0, 0)?);
+    assert_eq!(s.generation()?, g0, "heartbeats moved the generation");
+    let list = s.servers()?;
+    let ids: Vec<&str> = list.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(ids, ["s1", "s2"]);
+    assert_eq!((list[0].sessions, list[0].bytes_served), (3, 4096));
+    assert!(
+        list.iter().all(|v| (0..5000).contains(&v.heartbeat_age_ms)),
+        "{list:?}"
+    );
+
+    // s1 claims; s2 cannot while s1 is live; s1 again moves the epoch on.
+    assert_eq!(s.claim_node("a", "s1", 5000)?, Some(1));
+    assert!(s.generation()? > g0, "a claim must reach the fleet views");
+    let g1 = s.generation()?;
+    assert_eq!(s.claim_node("a", "s2", 5000)?, None);
+    assert_eq!(
+        s.generation()?,
+        g1,
+        "a refused claim changed the generation"
+    );
+    assert_eq!(s.claim_node("a", "s1", 5000)?, Some(2));
+    assert_eq!(s.claim_node("missing", "s1", 5000)?, None);
+    assert_eq!(s.servers()?[0].nodes_owned, 1);
+    // s1's heartbeat goes stale: s2 may take the node, with a higher epoch.
+    f.exec("UPDATE servers SET heartbeat_at = heartbeat_at - 60000 WHERE id = 's1'")?;
+    assert!(s.servers()?[0].heartbeat_age_ms >= 60000);
+    assert_eq!(s.claim_node("a", "s2", 5000)?, Some(3));
+    assert_eq!(s.node("a")?.owner.as_deref(), Some("s2"));
+    // Only the owner releases.
+    assert!(!s.release_node("a", "s1")?);
+    assert!(s.release_node("a", "s2")?);
+    assert_eq!(s.node("a")?.owner, None);
+    assert_eq!(s.claim_node("a", "s1", 5000)?, Some(4));
+
+    // Pins: a known server, or none.
+    let e = s.pin_node("a", Some("s9"));
+    assert!(
+        matches!(e, Err(StoreError::NotFound { kind: "server", .. })),
+        "{e:?}"
+    );
+    assert!(matches!(
+        s.pin_node("zz", Some("s1")),
+        Err(StoreError::NotFound { kind: "node", .. })
+    ));
+    let g2 = s.generation()?;
+    let n = s.pin_node("a", Some("s2"))?;
+    assert_eq!(n.pinned_server.as_deref(), Some("s2"));
+    assert!(s.generation()? > g2);
+    assert_eq!(
+        n.revision,
+        s.node("a")?.revision,
+        "a pin rebuilt the target"
+    );
+    assert_eq!(s.pin_node("a", None)?.pinned_server, None);
+    // A restart under the same id starts its row afresh.
+    s.register_server(&NewServer {
+        id: "s1".into(),
+        iscsi: "127.0.0.9:3261".into(),
+        http_port: 1,
+    })?;
+    let s1 = &s.servers()?[0];
+    assert_eq!(
+        (s1.iscsi.as_str(), s1.sessions, s1.heartbeat_age_ms < 5000),
+        ("127.0.0.9:3261", 0, true)
+    );
+    Ok(())
+}

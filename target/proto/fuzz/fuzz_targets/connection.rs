@@ -9,8 +9,13 @@ use std::time::{Duration, Instant};
 struct Open;
 
 impl TargetDirectory for Open {
-    fn authorize(&self, _i: &str, _t: Option<&str>) -> Authorization {
-        Authorization::Allowed(None)
+    fn authorize(&self, _i: &str, t: Option<&str>) -> Authorization {
+        // Names starting with 'm' are served elsewhere: the redirect path
+        // gets hostile input too.
+        match t {
+            Some(name) if name.starts_with('m') => Authorization::Moved(([192, 0, 2, 7], 3261).into()),
+            _ => Authorization::Allowed(None),
+        }
     }
     fn discover(&self, _i: &str) -> Vec<DiscoveredTarget> {
         vec![DiscoveredTarget {

@@ -59,7 +59,7 @@ impl Connection {
                     status_class: status.0,
                     status_detail: status.1,
                     seq,
-                    data: Bytes::new(),
+                    data: e.response_text(),
                 });
                 self.closing = true;
                 Err(e.into())

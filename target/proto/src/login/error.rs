@@ -72,6 +72,10 @@ pub enum LoginError {
     /// The connection has no login state left (a bug, not a peer's doing).
     #[error("login state missing")]
     StateMissing,
+    /// Not a failure: the target is served at `to` (portal group `tpgt`)
+    /// now; the response redirects the initiator there.
+    #[error("target moved to {to}")]
+    Moved { to: std::net::SocketAddr, tpgt: u16 },
 }
 
 impl LoginError {
@@ -96,6 +100,21 @@ impl LoginError {
             NoInitiatorName | NoTargetName => status::MISSING_PARAMETER,
             SessionType(_) => status::SESSION_TYPE_UNSUPPORTED,
             NoSession(_) => status::SESSION_DOES_NOT_EXIST,
+            Moved { .. } => status::TARGET_MOVED_TEMPORARILY,
+        }
+    }
+
+    /// The text the Login response carries: the TargetAddress of a
+    /// redirect (`IP:PORT,TPGT`, IPv6 in brackets, the port always there),
+    /// nothing for a failure.
+    pub fn response_text(&self) -> bytes::Bytes {
+        match self {
+            LoginError::Moved { to, tpgt } => {
+                let mut out = crate::text::Pairs::default();
+                out.push("TargetAddress", format!("{to},{tpgt}"));
+                out.encode()
+            }
+            _ => bytes::Bytes::new(),
         }
     }
 }

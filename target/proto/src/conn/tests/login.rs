@@ -72,6 +72,57 @@ fn login_failures_have_the_right_status() -> Result<(), ConnError> {
     Ok(())
 }
 
+/// A target served elsewhere: the first login PDU is answered with
+/// "target moved temporarily" (0x0101) and a TargetAddress with an explicit
+/// port and the portal group tag, on the wire as RFC 7143 11.13 lays it
+/// out; then the connection closes. Nothing is negotiated or authenticated.
+#[test]
+fn a_moved_target_is_answered_with_a_redirect() -> Result<(), ConnError> {
+    for (target, address) in [
+        ("iqn.moved", "192.0.2.7:3261,1"),
+        ("iqn.moved6", "[2001:db8::7]:3262,1"),
+    ] {
+        let mut h = Harness::new(Some(creds(false)));
+        let mut p = Pairs::default();
+        p.push("InitiatorName", "iqn.i");
+        p.push("TargetName", target);
+        p.push("AuthMethod", "CHAP,None");
+        let mut buf = BytesMut::new();
+        Request::Login(LoginRequest {
+            transit: true,
+            cont: false,
+            csg: 0,
+            nsg: 1,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x80, 0, 0, 0, 0, 9],
+            tsih: 0,
+            itt: 7,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            data: p.encode(),
+        })
+        .encode(&mut buf, Digests::default());
+        let e = h.conn.handle_input(&mut buf, &h.dir, h.now);
+        assert!(
+            matches!(e, Err(ConnError::Login(LoginError::Moved { .. }))),
+            "{e:?}"
+        );
+        // The raw bytes: status class and detail at 36 and 37, the text
+        // after the 48-byte header.
+        let wire = h.conn.poll_transmit().unwrap_or_default();
+        assert_eq!(wire[0] & 0x3f, op::LOGIN_RESPONSE);
+        assert_eq!((wire[36], wire[37]), (1, 1), "{target}");
+        let text = format!("TargetAddress={address}\0");
+        let len = usize::from(wire[5]) << 16 | usize::from(wire[6]) << 8 | usize::from(wire[7]);
+        assert_eq!(len, text.len());
+        assert_eq!(&wire[BHS_LEN..BHS_LEN + len], text.as_bytes());
+        assert!(h.conn.is_closed());
+    }
+    Ok(())
+}
+
 pub(super) fn creds(mutual: bool) -> ChapCredentials {
     ChapCredentials {
         user: "alice".into(),

@@ -16,6 +16,12 @@ impl TargetDirectory for Dir {
             None => Authorization::Allowed(None),
             Some("iqn.t") if initiator == "iqn.bad" => Authorization::Denied,
             Some("iqn.t") => Authorization::Allowed(self.chap.clone()),
+            Some("iqn.moved") => Authorization::Moved(([192, 0, 2, 7], 3261).into()),
+            Some("iqn.moved6") => Authorization::Moved(
+                "[2001:db8::7]:3262"
+                    .parse()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            ),
             Some(_) => Authorization::NotFound,
         }
     }

@@ -1,0 +1,123 @@
+//! The heartbeat thread: registers the server, then every
+//! [`HEARTBEAT_EVERY`] moves its heartbeat on (with its live sessions and
+//! bytes served) and reads every server's row, which it publishes for the
+//! reconciler (who is live decides which nodes this server should own).
+//! It has its own registry connection, so a heartbeat never queues behind
+//! the fleet view's reads, and its statements never move the generation.
+
+use super::HEARTBEAT_EVERY;
+use crate::store::{NewServer, ServerInfo, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What the heartbeat reports besides being alive.
+pub trait Counters: Send + Sync {
+    fn sessions(&self) -> u64;
+    fn bytes_served(&self) -> u64;
+}
+
+/// The servers as last read; empty until the first read.
+pub type Peers = watch::Receiver<Arc<Vec<ServerInfo>>>;
+
+/// serve's counters: sessions from the session table, bytes from the
+/// metrics.
+pub struct ServeCounters {
+    pub sessions: Arc<crate::events::sessions::Sessions>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Counters for ServeCounters {
+    fn sessions(&self) -> u64 {
+        self.sessions.count() as u64
+    }
+    fn bytes_served(&self) -> u64 {
+        self.metrics.bytes_served()
+    }
+}
+
+pub struct Heartbeat {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    /// Registers `me` (an error here fails serve's start) and starts the
+    /// thread.
+    pub fn start(
+        mut store: Box<dyn Store>,
+        me: NewServer,
+        counters: Arc<dyn Counters>,
+    ) -> anyhow::Result<(Self, Peers)> {
+        store.register_server(&me)?;
+        let first = store.servers()?;
+        let (tx, rx) = watch::channel(Arc::new(first));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("heartbeat".into())
+                .spawn(move || beat(store, me, counters, tx, stop))?
+        };
+        Ok((Self { thread, stop }, rx))
+    }
+
+    /// Stops the thread and waits for it (at most one period).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+fn beat(
+    mut store: Box<dyn Store>,
+    me: NewServer,
+    counters: Arc<dyn Counters>,
+    tx: watch::Sender<Arc<Vec<ServerInfo>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        sleep_until_stopped(HEARTBEAT_EVERY, &stop);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let beat = store
+            .heartbeat(&me.id, counters.sessions(), counters.bytes_served())
+            .and_then(|found| {
+                if !found {
+                    // Someone removed the row: register again.
+                    tracing::warn!(server = %me.id, "server row gone from the registry; registering again");
+                    store.register_server(&me)?;
+                }
+                store.servers()
+            });
+        match beat {
+            Ok(servers) => {
+                if failing {
+                    tracing::info!("heartbeat written again");
+                    failing = false;
+                }
+                tx.send_replace(Arc::new(servers));
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("heartbeat: {e}");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `d` in short steps, returning early once `stop` is set.
+fn sleep_until_stopped(d: Duration, stop: &AtomicBool) {
+    let step = Duration::from_millis(100);
+    let mut left = d;
+    while !left.is_zero() && !stop.load(Ordering::Relaxed) {
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+}

@@ -28,6 +28,11 @@ pub enum ImageCmd {
         /// the host's release, else mmdebstrap's default).
         #[arg(long)]
         mirror: Option<String>,
+        /// Start from this root file system tarball (`podman export`, `docker
+        /// export` of a Debian/Ubuntu container) instead of mmdebstrap; its apt
+        /// adds the kernel, initramfs, GRUB, systemd, cloud-init, open-iscsi.
+        #[arg(long, value_name = "TAR")]
+        rootfs: Option<PathBuf>,
         /// serve's --http-port: where the image looks for the NoCloud seed,
         /// at the iSCSI target's address from the iBFT.
         #[arg(long, default_value_t = 8080)]
@@ -62,6 +67,7 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
             size,
             packages,
             mirror,
+            rootfs,
             http_port,
             cache,
             json,
@@ -71,6 +77,7 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                 bytes: size,
                 packages,
                 mirror,
+                rootfs,
                 http_port,
                 cache,
             };
@@ -85,6 +92,7 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                     "allocated_bytes": crate::datadir::allocated_bytes(&img.path),
                     "sha256": img.sha256,
                     "suite": args.suite,
+                    "rootfs": args.rootfs,
                     "seconds": built.elapsed.as_secs_f64(),
                 }))?;
             } else {

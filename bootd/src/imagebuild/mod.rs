@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 const FILES: &[(&str, &str, u32)] = &[
     ("build.sh", include_str!("build.sh"), 0o755),
     ("files/scrub.sh", include_str!("files/scrub.sh"), 0o755),
+    ("files/prepare.sh", include_str!("files/prepare.sh"), 0o755),
     ("files/iscsi-root", include_str!("files/iscsi-root"), 0o755),
     (
         "files/nocloud-seed",
@@ -63,6 +64,9 @@ pub struct BuildArgs {
     pub bytes: u64,
     pub packages: Vec<String>,
     pub mirror: Option<String>,
+    /// A root file system tarball (`podman export`, `docker export`) to start
+    /// from instead of mmdebstrap.
+    pub rootfs: Option<PathBuf>,
     pub http_port: u16,
     pub cache: Option<PathBuf>,
 }
@@ -118,9 +122,26 @@ pub fn build(dd: &DataDir, store: &mut dyn Store, name: &str, args: &BuildArgs) 
     if unsafe { libc::geteuid() } != 0 {
         bail!("image build must run as root (mmdebstrap --mode=root, chroot)");
     }
-    if which("mmdebstrap").is_none() {
-        bail!("mmdebstrap is not installed (apt-get install mmdebstrap, or scripts/install-test-deps.sh)");
-    }
+    let rootfs = match &args.rootfs {
+        Some(tar) => {
+            if args.mirror.is_some() {
+                bail!(
+                    "--rootfs installs with the tarball's own apt sources; --mirror does not apply"
+                );
+            }
+            if !tar.is_file() {
+                bail!("--rootfs {}: not a file (a root file system tarball, e.g. `podman export CONTAINER >rootfs.tar`)", tar.display());
+            }
+            // build.sh runs with another working directory's worth of TMPDIR.
+            Some(std::fs::canonicalize(tar).with_context(|| format!("{}", tar.display()))?)
+        }
+        None => {
+            if which("mmdebstrap").is_none() {
+                bail!("mmdebstrap is not installed (apt-get install mmdebstrap, or scripts/install-test-deps.sh)");
+            }
+            None
+        }
+    };
 
     let start = Instant::now();
     let work = WorkDir(
@@ -136,7 +157,7 @@ pub fn build(dd: &DataDir, store: &mut dyn Store, name: &str, args: &BuildArgs) 
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
     }
     let out = work.0.join("disk.raw");
-    run_script(&work.0, &out, args)?;
+    run_script(&work.0, &out, args, rootfs.as_deref())?;
     let image = crate::import::import(dd, store, name, &out)?;
     Ok(Built {
         image,
@@ -144,7 +165,7 @@ pub fn build(dd: &DataDir, store: &mut dyn Store, name: &str, args: &BuildArgs) 
     })
 }
 
-fn run_script(work: &Path, out: &Path, args: &BuildArgs) -> Result<()> {
+fn run_script(work: &Path, out: &Path, args: &BuildArgs, rootfs: Option<&Path>) -> Result<()> {
     let mut cmd = Command::new("bash");
     cmd.arg(work.join("build.sh"))
         .arg("--out")
@@ -157,6 +178,9 @@ fn run_script(work: &Path, out: &Path, args: &BuildArgs) -> Result<()> {
         .arg(args.http_port.to_string());
     if let Some(m) = &args.mirror {
         cmd.arg("--mirror").arg(m);
+    }
+    if let Some(t) = rootfs {
+        cmd.arg("--rootfs").arg(t);
     }
     if let Some(c) = &args.cache {
         cmd.arg("--cache").arg(c);

@@ -8,6 +8,7 @@ mod conformance;
 mod datasafety;
 mod diskless;
 mod hostile_iscsi;
+mod imagebuild;
 mod kernel;
 mod mutual_chap;
 mod netboot;

@@ -198,12 +198,14 @@ chroot "$ROOT" lsinitramfs "/boot/initrd.img-$KVER" | grep -x 'etc/iscsi.initram
 [[ -L $ROOT/initrd.img ]] || ln -sf "boot/initrd.img-$KVER" "$ROOT/initrd.img"
 
 install -d -m 755 "$ROOT/usr/lib/bootd" "$ROOT/etc/bootd" "$ROOT/etc/systemd/system/ssh.service.d"
-install -m 755 "$FILES/iscsi-root" "$FILES/nocloud-seed" "$ROOT/usr/lib/bootd/"
-install -m 644 "$FILES/bootd-iscsi-root.service" "$FILES/bootd-nocloud.service" "$ROOT/etc/systemd/system/"
+install -m 755 "$FILES/iscsi-root" "$FILES/nocloud-seed" "$FILES/resolv-conf" "$ROOT/usr/lib/bootd/"
+install -m 644 "$FILES/bootd-iscsi-root.service" "$FILES/bootd-nocloud.service" \
+    "$FILES/bootd-resolv.service" "$ROOT/etc/systemd/system/"
 install -m 644 "$FILES/ssh-hostkeys.conf" "$ROOT/etc/systemd/system/ssh.service.d/bootd-hostkeys.conf"
 install -m 644 "$FILES/cloud.cfg" "$ROOT/etc/cloud/cloud.cfg.d/90_bootd.cfg"
 echo "HTTP_PORT=$PORT" >"$ROOT/etc/bootd/nocloud.conf"
-systemctl --root="$ROOT" enable bootd-iscsi-root.service bootd-nocloud.service >&2
+systemctl --root="$ROOT" enable bootd-iscsi-root.service bootd-nocloud.service \
+    bootd-resolv.service >&2
 # The empty machine-id makes every node's first boot a systemd "first boot"; its wizard
 # would wait on the console for a locale, time zone and root password. cloud-init
 # configures the node instead.

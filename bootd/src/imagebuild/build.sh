@@ -73,7 +73,15 @@ fi
 INCLUDE=(linux-image-amd64 initramfs-tools busybox open-iscsi systemd-sysv udev dbus kmod
     cloud-init openssh-server sudo grub-pc-bin grub-efi-amd64-bin iproute2 netbase e2fsprogs
     ca-certificates "${PACKAGES[@]}")
+# Kernels are installed last, in an apt run of their own: with everything in one run the
+# initramfs is generated twice (the kernel's postinst, then initramfs-tools' trigger that
+# udev, busybox, kmod and open-iscsi activated); with the kernel after them, once.
+KERNELS=() BASE=()
+for p in "${INCLUDE[@]}"; do
+    case $p in linux-image-*) KERNELS+=("$p") ;; *) BASE+=("$p") ;; esac
+done
 include=$(IFS=,; echo "${INCLUDE[*]}")
+base=$(IFS=,; echo "${BASE[*]}")
 
 # Cache key: everything that shapes the result except the archive's moving contents.
 KEY=$({
@@ -164,9 +172,14 @@ from_rootfs() {
     mount_chroot
     step "apt-get install in the tarball (${#INCLUDE[@]} packages and their dependencies)"
     chroot "$ROOT" "${CHROOT_ENV[@]}" apt-get -q --error-on=any update >&2
-    chroot "$ROOT" "${CHROOT_ENV[@]}" apt-get -q -y --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        install "${INCLUDE[@]}" >&2
+    local set
+    for set in "${BASE[*]}" "${KERNELS[*]}"; do
+        [[ -n $set ]] || continue
+        # shellcheck disable=SC2086 # package names, checked above
+        chroot "$ROOT" "${CHROOT_ENV[@]}" apt-get -q -y --no-install-recommends \
+            -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+            install $set >&2
+    done
     # A kernel that came with the tarball made its initramfs without the iBFT login.
     [[ -z $had_kernel ]] || chroot "$ROOT" "${CHROOT_ENV[@]}" update-initramfs -u -k all >&2
     chroot "$ROOT" "${CHROOT_ENV[@]}" apt-get clean >&2
@@ -182,8 +195,9 @@ else
     # essential-hook: before the kernel's initramfs is made, so its one generation logs in
     # through the iBFT (ISCSI_AUTO) without a second update-initramfs.
     mmdebstrap --mode=root --variant=minbase --format=directory \
-        --include="$include" \
+        --include="$base" \
         --essential-hook="bash '$FILES/prepare.sh' \"\$1\"" \
+        --customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get -q -y --no-install-recommends install ${KERNELS[*]} >&2" \
         --customize-hook="chroot \"\$1\" dpkg-query -W -f='\${Package}=\${Version}\n' >'$WORK/packages.txt'" \
         "$SUITE" "$ROOT" "${SOURCES[@]}" >&2
 fi
@@ -191,9 +205,20 @@ fi
 step "configuring the image"
 KVER=$(basename "$(ls -d "$ROOT"/lib/modules/* | sort -V | tail -n1)")
 [[ -f $ROOT/boot/vmlinuz-$KVER && -f $ROOT/boot/initrd.img-$KVER ]] || die "no kernel/initrd for $KVER"
-# The initramfs must carry the iBFT login switch; a silent miss would only show at boot.
-chroot "$ROOT" lsinitramfs "/boot/initrd.img-$KVER" | grep -x 'etc/iscsi.initramfs' >/dev/null ||
+# The initramfs must carry the iBFT login switch (a silent miss would only show at boot)
+# and no initiator name of the build's (it would be every node's).
+t0=$SECONDS
+chroot "$ROOT" unmkinitramfs "/boot/initrd.img-$KVER" /tmp/bootd-initrd
+INITRD=$ROOT/tmp/bootd-initrd
+[[ -n $(find "$INITRD" -path '*/etc/iscsi.initramfs' -print -quit) ]] ||
     die "initrd.img-$KVER has no etc/iscsi.initramfs (the iBFT login would not run)"
+[[ -n $(find "$INITRD" -path '*/etc/initiatorname.iscsi' -print -quit) ]] ||
+    die "initrd.img-$KVER has no etc/initiatorname.iscsi (open-iscsi's hook did not run)"
+if grep -rlsF -e 'InitiatorName=' -e 'iqn.1993-08.org.debian' "$INITRD"/etc "$INITRD"/*/etc; then
+    die "initrd.img-$KVER holds a build-time initiator name (files above)"
+fi
+rm -rf "$INITRD"
+step "initramfs checked in $((SECONDS - t0)) s (iBFT login, no initiator name)"
 [[ -L $ROOT/vmlinuz ]] || ln -sf "boot/vmlinuz-$KVER" "$ROOT/vmlinuz"
 [[ -L $ROOT/initrd.img ]] || ln -sf "boot/initrd.img-$KVER" "$ROOT/initrd.img"
 

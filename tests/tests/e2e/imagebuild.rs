@@ -191,6 +191,14 @@ fn image_build_from_a_container_tarball() -> Result<()> {
         String::from_utf8_lossy(auto).contains("ISCSI_AUTO=true"),
         "the initramfs's iscsi.initramfs does not switch on the iBFT login"
     );
+    // No initiator name of the build's: it would be every node's (open-iscsi's
+    // postinst makes a random one unless the file exists before it runs).
+    let name = file("etc/initiatorname.iscsi").context("no etc/initiatorname.iscsi")?;
+    let name = String::from_utf8_lossy(name);
+    ensure!(
+        name.contains("GenerateName=yes") && !name.contains("InitiatorName="),
+        "the initramfs carries a build-time initiator name: {name:?}"
+    );
     ensure!(
         files.iter().any(|(n, _)| n.ends_with("sbin/iscsistart")),
         "no iscsistart in the initramfs"

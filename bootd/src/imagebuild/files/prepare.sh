@@ -2,7 +2,8 @@
 # Writes what must be in place BEFORE the image's packages are installed, so their
 # maintainer scripts and the kernel's one initramfs generation already see it. Run as
 # mmdebstrap's essential-hook (after the essential packages, before the --include ones),
-# and by build.sh --rootfs into the unpacked tarball before its apt-get install.
+# and by build.sh --rootfs into the unpacked tarball before its apt-get install. (The
+# kernel is installed last, on its own, so the initramfs is generated once, with all this.)
 # Usage: prepare.sh ROOT
 set -euo pipefail
 umask 022
@@ -13,3 +14,10 @@ R=${1:?usage: prepare.sh ROOT}
 # open-iscsi's initramfs hook copies this file: ISCSI_AUTO logs in from the iBFT.
 install -d -m 755 "$R/etc/iscsi"
 install -m 644 "$FILES/iscsi.initramfs" "$R/etc/iscsi/iscsi.initramfs"
+# The initiator name, before open-iscsi's postinst runs: it makes a random name only when
+# this file does not exist, and the initramfs hook copies the file, so that build-time
+# name would be in every node's initramfs (and every image's identity). GenerateName=yes
+# instead: with an iBFT, iscsistart (ISCSI_AUTO) and bootd-iscsi-root.service use the
+# iBFT's name (the node's IQN); without one, open-iscsi makes a name on the node.
+printf 'GenerateName=yes\n' >"$R/etc/iscsi/initiatorname.iscsi"
+chmod 600 "$R/etc/iscsi/initiatorname.iscsi"

@@ -249,7 +249,16 @@ step "GRUB for BIOS and UEFI"
 install -d "$ROOT/boot/grub"
 sed "s/@UUID@/$UUID/g" "$FILES/grub.cfg" >"$ROOT/boot/grub/grub.cfg"
 sed "s/@UUID@/$UUID/g" "$FILES/grub-early.cfg" >"$ROOT/tmp/early.cfg"
-cp -r "$ROOT/usr/lib/grub/i386-pc" "$ROOT/usr/lib/grub/x86_64-efi" "$ROOT/boot/grub/"
+# What GRUB loads at run time, as grub-install copies it: modules, their lists, efiemu;
+# not the .module/.image objects only grub-mkimage reads (they stay in /usr/lib/grub).
+for plat in i386-pc x86_64-efi; do
+    install -d "$ROOT/boot/grub/$plat"
+    find "$ROOT/usr/lib/grub/$plat" -maxdepth 1 -type f \
+        \( -name '*.mod' -o -name '*.lst' -o -name 'efiemu*.o' -o -name modinfo.sh \) \
+        -exec cp -t "$ROOT/boot/grub/$plat/" {} +
+done
+[[ -f $ROOT/boot/grub/i386-pc/normal.mod && -f $ROOT/boot/grub/x86_64-efi/linux.mod ]] ||
+    die "GRUB modules missing under /boot/grub"
 # The modules that find and read the root file system are built in; everything else
 # (normal, linux, serial) loads from $prefix, copied above from the same package.
 chroot "$ROOT" grub-mkimage -O i386-pc -o /tmp/core.img -c /tmp/early.cfg -p /boot/grub \

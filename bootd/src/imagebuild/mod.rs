@@ -21,6 +21,11 @@ const FILES: &[(&str, &str, u32)] = &[
     ("build.sh", include_str!("build.sh"), 0o755),
     ("files/scrub.sh", include_str!("files/scrub.sh"), 0o755),
     ("files/prepare.sh", include_str!("files/prepare.sh"), 0o755),
+    (
+        "files/dpkg-nodoc.cfg",
+        include_str!("files/dpkg-nodoc.cfg"),
+        0o644,
+    ),
     ("files/iscsi-root", include_str!("files/iscsi-root"), 0o755),
     (
         "files/nocloud-seed",
@@ -532,13 +537,13 @@ mod tests {
     /// Every file build.sh installs from `files/` is written out with it.
     #[test]
     fn script_files_are_all_embedded() {
-        let script = include_str!("build.sh");
+        let script = [include_str!("build.sh"), include_str!("files/prepare.sh")].concat();
         for word in script.split(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
             if let Some(f) = word.strip_prefix("$FILES/") {
                 let rel = format!("files/{f}");
                 assert!(
                     FILES.iter().any(|(p, _, _)| *p == rel),
-                    "build.sh uses {rel}, not in FILES"
+                    "build.sh or prepare.sh uses {rel}, not in FILES"
                 );
             }
         }

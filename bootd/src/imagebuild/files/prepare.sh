@@ -21,3 +21,21 @@ install -m 644 "$FILES/iscsi.initramfs" "$R/etc/iscsi/iscsi.initramfs"
 # iBFT's name (the node's IQN); without one, open-iscsi makes a name on the node.
 printf 'GenerateName=yes\n' >"$R/etc/iscsi/initiatorname.iscsi"
 chmod 600 "$R/etc/iscsi/initiatorname.iscsi"
+
+# No documentation, manual pages or non-English translations (dpkg-nodoc.cfg says which
+# paths): dpkg skips them for every package installed after this, and what is already
+# there (the essential packages, or the tarball's) goes the same way. Copyright files
+# stay.
+install -d -m 755 "$R/etc/dpkg/dpkg.cfg.d"
+install -m 644 "$FILES/dpkg-nodoc.cfg" "$R/etc/dpkg/dpkg.cfg.d/bootd-nodoc"
+if [[ -d $R/usr/share/doc ]]; then
+    find "$R/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+    find "$R/usr/share/doc" -mindepth 1 -type d -empty -delete
+fi
+for d in man info groff lintian linda; do
+    if [[ -d $R/usr/share/$d ]]; then find "$R/usr/share/$d" -mindepth 1 -delete; fi
+done
+if [[ -d $R/usr/share/locale ]]; then
+    find "$R/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name 'en*' ! -name locale.alias \
+        -exec rm -rf {} +
+fi

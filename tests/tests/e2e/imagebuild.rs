@@ -225,6 +225,20 @@ fn image_build_from_a_container_tarball() -> Result<()> {
         !root.exists("/var/lib/cloud")? || root.ls("/var/lib/cloud")?.is_empty(),
         "cloud-init state in the image"
     );
+    // Size: dpkg's path-exclude left licences, no docs or manual pages, in packages
+    // installed by the build and in the tarball's own.
+    for pkg in ["systemd", "apt", "bash"] {
+        let doc = root.ls(&format!("/usr/share/doc/{pkg}"))?;
+        ensure!(doc == ["copyright"], "/usr/share/doc/{pkg}: {doc:?}");
+    }
+    ensure!(
+        !root.exists("/usr/share/man")? || root.ls("/usr/share/man")?.is_empty(),
+        "manual pages in the image"
+    );
+    ensure!(
+        root.exists("/etc/dpkg/dpkg.cfg.d/bootd-nodoc")?,
+        "no dpkg path-exclude file in the image"
+    );
     let fstab = String::from_utf8_lossy(&root.read("/etc/fstab", w)?).to_string();
     ensure!(fstab.contains(" / ext4 "), "fstab has no root: {fstab:?}");
     // bootd runs with umask 077; the image's own files must still be world-readable.

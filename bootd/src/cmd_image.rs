@@ -91,7 +91,8 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                     "bytes": img.bytes,
                     "allocated_bytes": crate::datadir::allocated_bytes(&img.path),
                     "sha256": img.sha256,
-                    "suite": args.suite,
+                    // With --rootfs the tarball's own release is built, not --suite.
+                    "suite": args.rootfs.is_none().then_some(&args.suite),
                     "rootfs": args.rootfs,
                     "seconds": built.elapsed.as_secs_f64(),
                 }))?;
@@ -100,7 +101,11 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                     "built {} version {} ({} {}, {} allocated) in {:.0} s: {} (sha256 {})",
                     img.name,
                     img.version,
-                    args.suite,
+                    if args.rootfs.is_some() {
+                        "from rootfs"
+                    } else {
+                        &args.suite
+                    },
                     output::bytes(img.bytes),
                     output::bytes(crate::datadir::allocated_bytes(&img.path)),
                     built.elapsed.as_secs_f64(),

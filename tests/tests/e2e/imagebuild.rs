@@ -34,7 +34,14 @@ chmod 755 "$1/usr/sbin/policy-rc.d"
 echo force-unsafe-io >"$1/etc/dpkg/dpkg.cfg.d/docker-apt-speedup"
 echo 'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb || true"; };' >"$1/etc/apt/apt.conf.d/docker-clean""#;
 
+/// The host's apt sources when the host runs SUITE (as build.sh chooses them: the only
+/// archive this machine is known to reach), else none (mmdebstrap's default archive).
 fn host_sources() -> Option<PathBuf> {
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = format!("VERSION_CODENAME={SUITE}");
+    if !os.lines().any(|l| l.trim() == codename) {
+        return None;
+    }
     [
         "/etc/apt/sources.list.d/debian.sources",
         "/etc/apt/sources.list",

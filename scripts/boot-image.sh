@@ -18,6 +18,8 @@ OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
 OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
 SERVER_IP=192.0.2.1
 POOL=192.0.2.100-192.0.2.120
+# Announced by serve's DHCP; the image's bootd-resolv.service writes it to resolv.conf.
+DNS=192.0.2.53
 NAME=node1
 MAC=52:54:00:d1:5c:41
 log() { echo "boot-image: $*" >&2; }
@@ -63,6 +65,7 @@ runcmd:
       f "seed=$(grep seedfrom /etc/cloud/cloud.cfg.d/90_bootd_seed.cfg)"
       f "addr=$(ip -4 -o addr show scope global | awk '{print $2, $4}' | tr '\n' ' ')"
       f "networkd=$(systemctl is-active systemd-networkd.service)"
+      f "resolv=$(grep -v '^#' /etc/resolv.conf 2>&1 | tr '\n' ' ') ($(systemctl is-active bootd-resolv.service))"
       f "failed-units=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
       for u in $(systemctl --failed --no-legend --plain | awk '{print $1}'); do
         journalctl -b -u "$u" --no-pager -o cat | tail -n 15 | sed "s/^/BOOTD-FACT $u: /"
@@ -82,7 +85,7 @@ ip -n "$NS" link set tap1 up
 
 # HTTP on 8080: the port the image looks for the NoCloud seed on (image build --http-port).
 ip netns exec "$NS" "$BOOTD" serve --listen-ip "$SERVER_IP" --iscsi-port 3260 --http-port 8080 \
-    --tftp-port 69 --dhcp full --interface lan0 --pool "$POOL" >"$WORK/serve.log" 2>&1 &
+    --tftp-port 69 --dhcp full --interface lan0 --pool "$POOL" --dns "$DNS" >"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 for _ in $(seq 100); do
     grep -qx "tftp $SERVER_IP:69" "$WORK/serve.log" && break

@@ -35,6 +35,8 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      building the bootable golden test image (BIOS and UEFI loaders, FAT)
 #   mmdebstrap         `bootd image build`: the Debian root file system of a real golden image
 #                      (with e2fsprogs, dosfstools, mtools, fdisk above for its disk)
+#                      and the container-like tarball of the `--rootfs` e2e test (which also
+#                      reads the built disk with debugfs, mcopy, gzip/zstd and uses busybox)
 #   postgresql-15      the shared registry's tests (`--registry postgres://`): the tests run
 #                      initdb and postgres from /usr/lib/postgresql/15/bin themselves, as the
 #                      postgres user, in a temporary directory (the package's own cluster

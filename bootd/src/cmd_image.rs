@@ -28,6 +28,11 @@ pub enum ImageCmd {
         /// the host's release, else mmdebstrap's default).
         #[arg(long)]
         mirror: Option<String>,
+        /// Start from this root file system tarball (`podman export`, `docker
+        /// export` of a Debian/Ubuntu container) instead of mmdebstrap; its apt
+        /// adds the kernel, initramfs, GRUB, systemd, cloud-init, open-iscsi.
+        #[arg(long, value_name = "TAR")]
+        rootfs: Option<PathBuf>,
         /// serve's --http-port: where the image looks for the NoCloud seed,
         /// at the iSCSI target's address from the iBFT.
         #[arg(long, default_value_t = 8080)]
@@ -82,6 +87,7 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
             size,
             packages,
             mirror,
+            rootfs,
             http_port,
             cache,
             json,
@@ -91,6 +97,7 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                 bytes: size,
                 packages,
                 mirror,
+                rootfs,
                 http_port,
                 cache,
             };
@@ -104,7 +111,9 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                     "bytes": img.bytes,
                     "allocated_bytes": crate::datadir::allocated_bytes(&img.path),
                     "sha256": img.sha256,
-                    "suite": args.suite,
+                    // With --rootfs the tarball's own release is built, not --suite.
+                    "suite": args.rootfs.is_none().then_some(&args.suite),
+                    "rootfs": args.rootfs,
                     "seconds": built.elapsed.as_secs_f64(),
                 }))?;
             } else {
@@ -112,7 +121,11 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
                     "built {} version {} ({} {}, {} allocated) in {:.0} s: {} (sha256 {})",
                     img.name,
                     img.version,
-                    args.suite,
+                    if args.rootfs.is_some() {
+                        "from rootfs"
+                    } else {
+                        &args.suite
+                    },
                     output::bytes(img.bytes),
                     output::bytes(crate::datadir::allocated_bytes(&img.path)),
                     built.elapsed.as_secs_f64(),

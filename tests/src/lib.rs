@@ -22,6 +22,7 @@ pub mod export;
 pub mod faults;
 pub mod golden;
 pub mod guest;
+pub mod imagecheck;
 pub mod netns;
 pub mod overlay;
 pub mod postgres;

@@ -25,6 +25,12 @@ use std::time::{Duration, Instant};
 const FILES: &[(&str, &str, u32)] = &[
     ("build.sh", include_str!("build.sh"), 0o755),
     ("files/scrub.sh", include_str!("files/scrub.sh"), 0o755),
+    ("files/prepare.sh", include_str!("files/prepare.sh"), 0o755),
+    (
+        "files/dpkg-nodoc.cfg",
+        include_str!("files/dpkg-nodoc.cfg"),
+        0o644,
+    ),
     ("files/iscsi-root", include_str!("files/iscsi-root"), 0o755),
     (
         "files/nocloud-seed",
@@ -39,6 +45,16 @@ const FILES: &[(&str, &str, u32)] = &[
     (
         "files/bootd-nocloud.service",
         include_str!("files/bootd-nocloud.service"),
+        0o644,
+    ),
+    (
+        "files/resolv-conf",
+        include_str!("files/resolv-conf"),
+        0o755,
+    ),
+    (
+        "files/bootd-resolv.service",
+        include_str!("files/bootd-resolv.service"),
         0o644,
     ),
     (
@@ -68,6 +84,9 @@ pub struct BuildArgs {
     pub bytes: u64,
     pub packages: Vec<String>,
     pub mirror: Option<String>,
+    /// A root file system tarball (`podman export`, `docker export`) to start
+    /// from instead of mmdebstrap.
+    pub rootfs: Option<PathBuf>,
     pub http_port: u16,
     pub cache: Option<PathBuf>,
 }
@@ -123,9 +142,26 @@ pub fn build(dd: &DataDir, store: &mut dyn Store, name: &str, args: &BuildArgs) 
     if unsafe { libc::geteuid() } != 0 {
         bail!("image build must run as root (mmdebstrap --mode=root, chroot)");
     }
-    if which("mmdebstrap").is_none() {
-        bail!("mmdebstrap is not installed (apt-get install mmdebstrap, or scripts/install-test-deps.sh)");
-    }
+    let rootfs = match &args.rootfs {
+        Some(tar) => {
+            if args.mirror.is_some() {
+                bail!(
+                    "--rootfs installs with the tarball's own apt sources; --mirror does not apply"
+                );
+            }
+            if !tar.is_file() {
+                bail!("--rootfs {}: not a file (a root file system tarball, e.g. `podman export CONTAINER >rootfs.tar`)", tar.display());
+            }
+            // build.sh runs with another working directory's worth of TMPDIR.
+            Some(std::fs::canonicalize(tar).with_context(|| format!("{}", tar.display()))?)
+        }
+        None => {
+            if which("mmdebstrap").is_none() {
+                bail!("mmdebstrap is not installed (apt-get install mmdebstrap, or scripts/install-test-deps.sh)");
+            }
+            None
+        }
+    };
 
     let start = Instant::now();
     let work = WorkDir(
@@ -141,7 +177,7 @@ pub fn build(dd: &DataDir, store: &mut dyn Store, name: &str, args: &BuildArgs) 
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
     }
     let out = work.0.join("disk.raw");
-    run_script(&work.0, &out, args)?;
+    run_script(&work.0, &out, args, rootfs.as_deref())?;
     let image = crate::import::import(dd, store, name, &out)?;
     Ok(Built {
         image,
@@ -149,7 +185,7 @@ pub fn build(dd: &DataDir, store: &mut dyn Store, name: &str, args: &BuildArgs) 
     })
 }
 
-fn run_script(work: &Path, out: &Path, args: &BuildArgs) -> Result<()> {
+fn run_script(work: &Path, out: &Path, args: &BuildArgs, rootfs: Option<&Path>) -> Result<()> {
     let mut cmd = Command::new("bash");
     cmd.arg(work.join("build.sh"))
         .arg("--out")
@@ -162,6 +198,9 @@ fn run_script(work: &Path, out: &Path, args: &BuildArgs) -> Result<()> {
         .arg(args.http_port.to_string());
     if let Some(m) = &args.mirror {
         cmd.arg("--mirror").arg(m);
+    }
+    if let Some(t) = rootfs {
+        cmd.arg("--rootfs").arg(t);
     }
     if let Some(c) = &args.cache {
         cmd.arg("--cache").arg(c);
@@ -328,16 +367,188 @@ mod tests {
         Ok(())
     }
 
+    /// Runs the image's resolver writer on a fake root: `/run/net-*.conf` files (name,
+    /// contents), the boot NIC's name, the iBFT NIC's DNS (primary, secondary) and an
+    /// earlier `/etc/resolv.conf` (a symlink target when `Link`). Returns the
+    /// resolv.conf afterwards (`None`: absent; a symlink reads as `->TARGET`).
+    fn resolv(
+        nets: &[(&str, &str)],
+        boot_if: Option<&str>,
+        ibft: Option<(&str, &str)>,
+        before: Before,
+    ) -> Result<Option<String>> {
+        let root = tempfile::tempdir()?;
+        let r = root.path();
+        for d in ["etc", "run/initramfs", "sys/firmware/ibft/ethernet0"] {
+            std::fs::create_dir_all(r.join(d))?;
+        }
+        for (name, text) in nets {
+            std::fs::write(r.join(format!("run/net-{name}.conf")), text)?;
+        }
+        if let Some(i) = boot_if {
+            std::fs::write(r.join("run/initramfs/open-iscsi.interface"), i)?;
+        }
+        if let Some((p, s)) = ibft {
+            let nic = r.join("sys/firmware/ibft/ethernet0");
+            std::fs::write(nic.join("primary-dns"), format!("{p}\n"))?;
+            std::fs::write(nic.join("secondary-dns"), format!("{s}\n"))?;
+        }
+        let out = r.join("etc/resolv.conf");
+        match before {
+            Before::None => {}
+            Before::File(t) => std::fs::write(&out, t)?,
+            Before::Link(t) => std::os::unix::fs::symlink(t, &out)?,
+        }
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(include_str!("files/resolv-conf"))
+            .env("BOOTD_TEST_ROOT", r)
+            .stderr(Stdio::null())
+            .status()?;
+        assert!(status.success(), "resolv-conf failed");
+        if let Ok(t) = std::fs::read_link(&out) {
+            return Ok(Some(format!("->{}", t.display())));
+        }
+        Ok(std::fs::read_to_string(&out).ok())
+    }
+
+    #[derive(Clone, Copy)]
+    enum Before<'a> {
+        None,
+        File(&'a str),
+        Link(&'a str),
+    }
+
+    /// What resolv-conf writes, without its first (marker) line.
+    fn body(written: Option<String>) -> Option<String> {
+        written.map(|t| {
+            assert!(t.starts_with("# Written at boot by bootd-resolv"), "{t}");
+            t.lines().skip(1).map(|l| format!("{l}\n")).collect()
+        })
+    }
+
+    /// klibc ipconfig's /run/net-IFACE.conf, as the initramfs leaves it.
+    fn lease(dns0: &str, dns1: &str, domain: &str) -> String {
+        format!(
+            "DEVICE='ens3'\nPROTO='dhcp'\nIPV4ADDR='192.0.2.100'\nIPV4DNS0='{dns0}'\n\
+             IPV4DNS1='{dns1}'\nHOSTNAME=''\nDNSDOMAIN='{domain}'\nDOMAINSEARCH=''\n"
+        )
+    }
+
+    #[test]
+    fn resolv_conf_from_the_initramfs_lease_or_the_ibft() -> Result<()> {
+        let two = lease("192.0.2.53", "192.0.2.54", "lab.example");
+        assert_eq!(
+            body(resolv(&[("ens3", &two)], Some("ens3"), None, Before::None)?),
+            Some("search lab.example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n".into())
+        );
+        // ipconfig writes 0.0.0.0 for a missing second server; no domain, no search.
+        let one = lease("192.0.2.53", "0.0.0.0", "");
+        assert_eq!(
+            body(resolv(&[("ens3", &one)], None, None, Before::None)?),
+            Some("nameserver 192.0.2.53\n".into())
+        );
+        // The boot NIC's lease wins over another NIC's, whatever the order.
+        let other = lease("198.51.100.1", "0.0.0.0", "");
+        assert_eq!(
+            body(resolv(
+                &[("aaa0", &other), ("ens3", &one)],
+                Some("ens3"),
+                None,
+                Before::None
+            )?),
+            Some("nameserver 192.0.2.53\n".into())
+        );
+        // No lease with DNS: the iBFT's servers.
+        let none = lease("0.0.0.0", "0.0.0.0", "");
+        let ibft = Some(("192.0.2.1", "0.0.0.0"));
+        assert_eq!(
+            body(resolv(
+                &[("ens3", &none)],
+                Some("ens3"),
+                ibft,
+                Before::None
+            )?),
+            Some("nameserver 192.0.2.1\n".into())
+        );
+        // Our own file of an earlier boot is replaced; an empty file is nobody's.
+        let ours = resolv(&[("ens3", &one)], None, None, Before::None)?.unwrap_or_default();
+        assert_eq!(
+            body(resolv(&[("ens3", &two)], None, None, Before::File(&ours))?),
+            Some("search lab.example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n".into())
+        );
+        assert_eq!(
+            body(resolv(&[], None, ibft, Before::File(""))?),
+            Some("nameserver 192.0.2.1\n".into())
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn resolv_conf_never_replaces_the_nodes_own() -> Result<()> {
+        let two = lease("192.0.2.53", "192.0.2.54", "lab.example");
+        let ibft = Some(("192.0.2.1", "0.0.0.0"));
+        let own = "nameserver 203.0.113.9\n";
+        assert_eq!(
+            resolv(&[("ens3", &two)], Some("ens3"), ibft, Before::File(own))?,
+            Some(own.to_string())
+        );
+        let stub = "../run/systemd/resolve/stub-resolv.conf";
+        assert_eq!(
+            resolv(&[("ens3", &two)], Some("ens3"), ibft, Before::Link(stub))?,
+            Some(format!("->{stub}"))
+        );
+        // Nothing announced: our stale file goes, the node's own stays.
+        let ours = resolv(&[("ens3", &two)], None, None, Before::None)?.unwrap_or_default();
+        assert_eq!(resolv(&[], None, None, Before::File(&ours))?, None);
+        assert_eq!(
+            resolv(&[], None, None, Before::File(own))?,
+            Some(own.into())
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn resolv_conf_ignores_what_is_not_an_address() -> Result<()> {
+        for bad in [
+            "1.2.3.4; touch /tmp/x",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            "$(id)",
+        ] {
+            let l = lease(bad, "0.0.0.0", "x y;z");
+            assert_eq!(
+                resolv(&[("ens3", &l)], Some("ens3"), None, Before::None)?,
+                None,
+                "{bad}"
+            );
+        }
+        // A bad boot-NIC name is not a path; a bad domain is dropped, the servers kept.
+        let l = lease("192.0.2.53", "0.0.0.0", "bad domain;rm");
+        assert_eq!(
+            body(resolv(
+                &[("ens3", &l)],
+                Some("../../etc"),
+                None,
+                Before::None
+            )?),
+            Some("nameserver 192.0.2.53\n".into())
+        );
+        Ok(())
+    }
+
     /// Every file build.sh installs from `files/` is written out with it.
     #[test]
     fn script_files_are_all_embedded() {
-        let script = include_str!("build.sh");
+        let script = [include_str!("build.sh"), include_str!("files/prepare.sh")].concat();
         for word in script.split(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
             if let Some(f) = word.strip_prefix("$FILES/") {
                 let rel = format!("files/{f}");
                 assert!(
                     FILES.iter().any(|(p, _, _)| *p == rel),
-                    "build.sh uses {rel}, not in FILES"
+                    "build.sh or prepare.sh uses {rel}, not in FILES"
                 );
             }
         }

@@ -10,6 +10,7 @@ mod datasafety;
 mod debian;
 mod diskless;
 mod hostile_iscsi;
+mod imagebuild;
 mod kernel;
 mod mutual_chap;
 mod netboot;

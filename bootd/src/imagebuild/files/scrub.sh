@@ -4,12 +4,18 @@
 # `bootd image build`; `bootd image capture` will run the same on a node's disk.
 # Usage: scrub.sh ROOT
 set -euo pipefail
+# Files written here (hostname, hosts, machine-id) are world-readable on every system.
+umask 022
 R=${1:?usage: scrub.sh ROOT}
 [[ -d $R/etc && $R != / ]] || { echo "scrub: $R is not a root file system" >&2; exit 1; }
 
 # machine-id: empty, not absent: systemd then treats the boot as the first one (units'
 # ConditionFirstBoot) and writes a fresh id; absent makes /etc read-only setups fail.
+# Replaced, not rewritten in place: a container export's copies (bind mounts of the
+# runtime) can carry odd modes (seen: /etc/hostname 0755).
+rm -f "$R/etc/machine-id" "$R/etc/hostname" "$R/etc/hosts"
 : >"$R/etc/machine-id"
+chmod 444 "$R/etc/machine-id"
 rm -f "$R/var/lib/dbus/machine-id" "$R/var/lib/systemd/random-seed" "$R/var/lib/systemd/credential.secret"
 # SSH host keys: cloud-init (cc_ssh) or ssh-keygen -A makes new ones.
 rm -f "$R"/etc/ssh/ssh_host_*

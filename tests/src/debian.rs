@@ -87,14 +87,20 @@ pub struct BuiltImage {
     pub seconds: f64,
 }
 
-/// One build at a time in this process: the tests that build share the cache, so the
-/// second waits for the first and hits it.
+/// One image build at a time in this process: the tests that build the Debian image
+/// share its cache, so the second waits for the first and hits it; a build from a
+/// tarball waits too (two debootstraps at once only slow each other down on 2 cores).
 static BUILD: Mutex<()> = Mutex::new(());
+
+/// Held while a test runs `bootd image build` of its own.
+pub fn one_build_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    BUILD.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `bootd image build NAME --cache build/imagebuild --json` into `data`: built once per
 /// set of inputs, then taken from the cache.
 pub fn build_image(data: &DataDir, name: &str) -> Result<BuiltImage> {
-    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_build_at_a_time();
     let cache = image_cache();
     let cache = cache.to_str().context("the cache path is not UTF-8")?;
     let out = run(

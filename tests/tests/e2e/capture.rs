@@ -14,7 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bootd_tests::bootd::workspace_root;
 use bootd_tests::env::Needs;
 use bootd_tests::export::Server;
 use bootd_tests::process::{run, Finished};
@@ -23,8 +22,6 @@ use bootd_tests::serve::{DataDir, Fields};
 use serde_json::Value;
 
 const CHUNK: u64 = 64 << 10;
-/// An uncached `image build` takes 2 to 6 minutes on 2 cores; a cache hit seconds.
-const BUILD_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// A capture of the 4 GiB image takes about 20 s on this machine.
 const CAPTURE_LIMIT: Duration = Duration::from_secs(300);
 const TOOL_LIMIT: Duration = Duration::from_secs(120);
@@ -116,18 +113,10 @@ fn changed_chunks(a: &Path, b: &Path) -> Result<Vec<u64>> {
 }
 
 /// The Debian image `bootd image build` makes, stored as `name` in `data`: shared with
-/// the build's own tests through the cache under `build/imagebuild`, keyed by the
-/// build's inputs, so whichever test runs first builds it.
+/// the other Debian tests through the cache under `build/imagebuild`, so whichever test
+/// runs first builds it and the others wait for it.
 fn debian_image(data: &DataDir, name: &str) -> Result<PathBuf> {
-    let cache = workspace_root().join("build").join("imagebuild");
-    let cache = cache.to_str().context("cache path is not UTF-8")?;
-    let out = run(
-        &mut data.command(&["image", "build", name, "--cache", cache, "--json"]),
-        BUILD_LIMIT,
-    )?
-    .ok()?;
-    let v: Value = serde_json::from_str(&out.stdout).with_context(|| format!("{out}"))?;
-    Ok(PathBuf::from(v.str_field("path")?))
+    Ok(bootd_tests::debian::build_image(data, name)?.path)
 }
 
 fn capture(data: &DataDir, node: &str, name: &str, extra: &[&str]) -> Result<Finished> {

@@ -160,6 +160,7 @@ fn image_build_from_a_container_tarball() -> Result<()> {
     );
 
     let cache = workspace_root().join("build/imagebuild-rootfs");
+    let _one = bootd_tests::debian::one_build_at_a_time();
     let tar = container_tarball(&cache)?;
     let out = run(
         &mut data.command(&[

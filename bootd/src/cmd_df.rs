@@ -59,10 +59,12 @@ pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
             row("headroom", headroom),
         ],
     );
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
-        "{} nodes on {} image versions; saving {percent:.1}%",
-        nodes.len(),
-        images.len()
+        "{} on {}; saving {percent:.1}% against full copies of the nodes' disks",
+        plural(nodes.len(), "node", "nodes"),
+        plural(images.len(), "image version", "image versions")
     );
     println!(
         "headroom: free space above the {} kept in reserve for the overlays' filesystem",

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Decisions per request when the registry keeps refusing the address chosen.
-const CLAIM_TRIES: usize = 4;
+const CLAIM_TRIES: usize = 8;
 
 /// Datagrams decided before the lease changes are flushed and replies sent.
 const BATCH: usize = 64;
@@ -67,12 +67,14 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
                 }
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        // Idle or busy, a server follows the others' leases.
+        sync(&shared, now);
+        if batch.is_empty() {
+            continue;
+        }
         decide(&shared, port, &bufs, &batch, now, &mut out);
         if out.is_empty() {
             continue;
@@ -95,6 +97,24 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
             send(&sock, &p);
             emit(&shared.events, &p, shared.params.mode);
         }
+    }
+}
+
+/// With leases in the registry: every server's leases into this server's
+/// table (at most once a second), and the bound ones new since the last
+/// time into the grants, so that any server admits any node's script fetch.
+fn sync(shared: &Shared, now: u64) {
+    let (Some(leases), Some(ledger)) = (&shared.leases, &shared.ledger) else {
+        return;
+    };
+    let mut l = leases.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lg = ledger.lock().unwrap_or_else(|e| e.into_inner());
+    let at = Instant::now();
+    for (mac, ip, expires) in lg.sync(&mut l, now) {
+        let left = Duration::from_secs(expires.saturating_sub(now));
+        shared
+            .grants
+            .lease(&mac, std::net::IpAddr::V4(ip), at + left, at);
     }
 }
 
@@ -123,16 +143,6 @@ fn decide(
         .ledger
         .as_ref()
         .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
-    if let (Some(lg), Some(l)) = (ledger.as_deref_mut(), leases.as_deref_mut()) {
-        // Other servers' leases admit their nodes' script fetches here too.
-        let at = Instant::now();
-        for (mac, ip, expires) in lg.sync(l, now) {
-            let left = Duration::from_secs(expires.saturating_sub(now));
-            shared
-                .grants
-                .lease(&mac, std::net::IpAddr::V4(ip), at + left, at);
-        }
-    }
     for (i, a) in batch {
         let Some(req) = bufs.get(*i).and_then(|b| Request::decode(b.get(..a.len)?)) else {
             continue;

@@ -55,16 +55,35 @@ pub fn open(home: &LeaseHome, pool: (Ipv4Addr, Ipv4Addr)) -> Result<(Leases, Opt
             .with_context(|| format!("DHCP leases in registry {}", target.shown))?;
             let now = unix_now();
             let store = RegistryRows(rows.iter().filter_map(|r| local(r, now)).collect());
-            let l = Leases::open(pool, Box::new(store))?;
+            let mut l = Leases::open(pool, Box::new(store))?;
+            l.search_from(spread(me, pool));
             Ok((
                 l,
                 Some(Ledger {
                     pg: Some(pg),
                     synced: Instant::now(),
+                    granted: HashMap::new(),
+                    fresh: Vec::new(),
                 }),
             ))
         }
     }
+}
+
+/// Where server `me` starts looking for a free address: a point in the
+/// pool fixed by its id, so that servers sharing the pool mostly try
+/// different addresses instead of all claiming the first free one.
+fn spread(me: &str, pool: (Ipv4Addr, Ipv4Addr)) -> Ipv4Addr {
+    use sha2::{Digest, Sha256};
+    let (first, last) = (u32::from(pool.0), u32::from(pool.1));
+    let size = u64::from(last.saturating_sub(first)) + 1;
+    let h = Sha256::digest(me.as_bytes());
+    let n = h
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    // `n % size` < size <= 2^32: fits.
+    Ipv4Addr::from(first.saturating_add(u32::try_from(n % size).unwrap_or(0)))
 }
 
 /// The core's [`LeaseStore`] with the registry: it starts from the rows
@@ -117,6 +136,11 @@ pub struct Ledger {
     /// `None` only while dropping.
     pg: Option<PgLeases>,
     synced: Instant,
+    /// Bound leases already handed to the HTTP side's grants: a sync hands
+    /// over only what changed.
+    granted: HashMap<Mac, (Ipv4Addr, u64)>,
+    /// Bound leases learnt but not yet handed over.
+    fresh: Vec<(Mac, Ipv4Addr, u64)>,
 }
 
 impl Drop for Ledger {
@@ -131,23 +155,33 @@ impl Drop for Ledger {
 impl Ledger {
     /// Every second: the registry's live leases into `leases` (other
     /// servers' grants in, the ones that ended there out). Returns the
-    /// bound rows, for the HTTP side's grants.
+    /// bound rows new since the last call, for the HTTP side's grants.
     pub fn sync(&mut self, leases: &mut Leases, now: u64) -> Vec<(Mac, Ipv4Addr, u64)> {
-        if self.synced.elapsed() < SYNC_EVERY {
-            return Vec::new();
+        if self.synced.elapsed() >= SYNC_EVERY {
+            self.refresh(leases, now);
         }
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Reads every live row into `leases` now.
+    fn refresh(&mut self, leases: &mut Leases, now: u64) {
         self.synced = Instant::now();
         let Some(pg) = self.pg.as_mut() else {
-            return Vec::new();
+            return;
         };
         let rows = match pg.live() {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("reading the registry's DHCP leases: {e}");
-                return Vec::new();
+                return;
             }
         };
         let me = pg.me().to_string();
+        let ours: HashSet<&str> = rows
+            .iter()
+            .filter(|r| r.server == me)
+            .map(|r| r.mac.as_str())
+            .collect();
         let mut held = HashSet::new();
         let mut bound = Vec::new();
         for r in &rows {
@@ -157,11 +191,11 @@ impl Ledger {
             held.insert((mac, l.ip));
             if r.state == LeaseState::Bound {
                 bound.push((mac, l.ip, l.expires));
-            } else if r.server != me {
-                // Another server's offer: its client may take ours
-                // instead, and the core keeps one address per MAC, so
-                // learning it would NAK that client's REQUEST here. A
-                // claim of it loses and teaches the table instead.
+            } else if r.server != me && ours.contains(r.mac.as_str()) {
+                // Another server's offer to a client this server offered
+                // an address too: the core keeps one address per MAC, and
+                // learning theirs would NAK the client's REQUEST for ours.
+                // A claim of their address loses and teaches it instead.
                 continue;
             }
             leases.bind(mac, l.ip, l.expires, false);
@@ -175,7 +209,12 @@ impl Ledger {
         for (mac, ip, _) in gone {
             leases.release(mac, ip, now);
         }
-        bound
+        for b @ (mac, ip, exp) in &bound {
+            if self.granted.get(mac) != Some(&(*ip, *exp)) {
+                self.fresh.push(*b);
+            }
+        }
+        self.granted = bound.into_iter().map(|(m, ip, e)| (m, (ip, e))).collect();
     }
 
     /// Claims the address in `reply` (an OFFER's or ACK's) before it goes out.
@@ -212,7 +251,13 @@ impl Ledger {
                     None => leases.release(mac, ip, now),
                 }
                 match state {
-                    LeaseState::Offered => Verdict::Again,
+                    LeaseState::Offered => {
+                        // Servers racing from the same first free address
+                        // lose one address after another: learn every
+                        // taken one at once before choosing again.
+                        self.refresh(leases, now);
+                        Verdict::Again
+                    }
                     LeaseState::Bound => Verdict::Send(Some(reply::nak(req, p.server))),
                 }
             }

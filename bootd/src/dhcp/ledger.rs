@@ -61,6 +61,7 @@ pub fn open(home: &LeaseHome, pool: (Ipv4Addr, Ipv4Addr)) -> Result<(Leases, Opt
                 l,
                 Some(Ledger {
                     pg: Some(pg),
+                    pool,
                     synced: Instant::now(),
                     granted: HashMap::new(),
                     fresh: Vec::new(),
@@ -135,6 +136,7 @@ pub enum Verdict {
 pub struct Ledger {
     /// `None` only while dropping.
     pg: Option<PgLeases>,
+    pool: (Ipv4Addr, Ipv4Addr),
     synced: Instant,
     /// Bound leases already handed to the HTTP side's grants: a sync hands
     /// over only what changed.
@@ -254,8 +256,14 @@ impl Ledger {
                     LeaseState::Offered => {
                         // Servers racing from the same first free address
                         // lose one address after another: learn every
-                        // taken one at once before choosing again.
+                        // taken one at once, and search on from a random
+                        // point, so that a server one step behind another
+                        // does not follow it through the pool.
                         self.refresh(leases, now);
+                        let (first, last) = (u32::from(self.pool.0), u32::from(self.pool.1));
+                        let n =
+                            rand::Rng::gen_range(&mut rand::thread_rng(), first..=last.max(first));
+                        leases.search_from(Ipv4Addr::from(n));
                         Verdict::Again
                     }
                     LeaseState::Bound => Verdict::Send(Some(reply::nak(req, p.server))),

@@ -53,6 +53,11 @@ impl DataDir {
         self
     }
 
+    /// Where the registry is (`--registry`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The registry. Callers see only the [`Store`] trait: SQLite and
     /// PostgreSQL answer alike.
     pub fn store(&self) -> Result<Box<dyn Store>> {

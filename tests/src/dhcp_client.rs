@@ -207,6 +207,35 @@ impl Client {
         Ok(())
     }
 
+    /// The next reply to any transaction within `window` (a client driving
+    /// many transactions at once); `None` when none came.
+    pub fn next_reply(&self, window: Duration) -> Result<Option<Message>> {
+        let end = Instant::now() + window;
+        let mut buf = [0u8; 1500];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.sock.set_read_timeout(Some(left))?;
+            let n = match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => bail!("receiving DHCP: {e}"),
+            };
+            if let Some(m) = Message::decode(&buf[..n]).filter(|m| m.op == 2) {
+                return Ok(Some(m));
+            }
+        }
+    }
+
     /// The replies to `xid` that arrive within `window`, at most `max`; others
     /// (other transactions, requests, noise) are skipped.
     pub fn replies(

@@ -115,6 +115,14 @@ impl Leases {
         Ok(())
     }
 
+    /// Where the search for a never-used address starts (clamped to the
+    /// pool). Servers sharing one pool start at different points, so that
+    /// they do not all race for the same first free address; the search
+    /// still wraps to the pool's start.
+    pub fn search_from(&mut self, ip: Ipv4Addr) {
+        self.cursor = u32::from(ip).clamp(self.first, self.last);
+    }
+
     pub fn set_reserved(&mut self, reserved: HashSet<Ipv4Addr>) {
         self.reserved = reserved;
     }

@@ -5,6 +5,7 @@
 //! answered as soon as it is decided. The decision itself holds no sockets.
 
 use super::lease::Leases;
+use super::ledger::{Ledger, Verdict};
 use super::nodes::Nodes;
 use super::reply::{Destination, Reply};
 use super::server::{handle_with_token, Mode, NodeLookup, Params};
@@ -19,6 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Decisions per request when the registry keeps refusing the address chosen.
+const CLAIM_TRIES: usize = 8;
+
 /// Datagrams decided before the lease changes are flushed and replies sent.
 const BATCH: usize = 64;
 
@@ -26,6 +30,9 @@ const BATCH: usize = 64;
 pub struct Shared {
     pub params: Params,
     pub leases: Option<Mutex<Leases>>,
+    /// Leases in the PostgreSQL registry (several servers): every address
+    /// offered or ACKed is claimed there first.
+    pub ledger: Option<Mutex<Ledger>>,
     pub nodes: Mutex<Nodes>,
     pub stop: AtomicBool,
     /// Requests decoded and replies sent, as boot events.
@@ -60,12 +67,14 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
                 }
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        // Idle or busy, a server follows the others' leases.
+        sync(&shared, now);
+        if batch.is_empty() {
+            continue;
+        }
         decide(&shared, port, &bufs, &batch, now, &mut out);
         if out.is_empty() {
             continue;
@@ -91,6 +100,24 @@ pub fn run(sock: DhcpSocket, shared: Arc<Shared>) {
     }
 }
 
+/// With leases in the registry: every server's leases into this server's
+/// table (at most once a second), and the bound ones new since the last
+/// time into the grants, so that any server admits any node's script fetch.
+fn sync(shared: &Shared, now: u64) {
+    let (Some(leases), Some(ledger)) = (&shared.leases, &shared.ledger) else {
+        return;
+    };
+    let mut l = leases.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lg = ledger.lock().unwrap_or_else(|e| e.into_inner());
+    let at = Instant::now();
+    for (mac, ip, expires) in lg.sync(&mut l, now) {
+        let left = Duration::from_secs(expires.saturating_sub(now));
+        shared
+            .grants
+            .lease(&mac, std::net::IpAddr::V4(ip), at + left, at);
+    }
+}
+
 fn decide(
     shared: &Shared,
     port: u16,
@@ -112,6 +139,10 @@ fn decide(
         .leases
         .as_ref()
         .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut ledger = shared
+        .ledger
+        .as_ref()
+        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
     for (i, a) in batch {
         let Some(req) = bufs.get(*i).and_then(|b| Request::decode(b.get(..a.len)?)) else {
             continue;
@@ -126,6 +157,13 @@ fn decide(
             // The address is no longer the node's: neither is the script
             // fetched from it.
             shared.grants.end_lease(&mac);
+            let ip = match req.msg_type {
+                MessageType::Release => Some(req.msg.ciaddr()),
+                _ => req.requested_ip(),
+            };
+            if let (Some(lg), Some(ip)) = (ledger.as_deref_mut(), ip) {
+                lg.release(mac, ip);
+            }
         }
         // In proxy mode bootd never learns the address a node will fetch
         // its script from: the boot URL carries a one-time token instead.
@@ -135,16 +173,35 @@ fn decide(
             }
             _ => None,
         };
-        let reply = handle_with_token(
-            &req,
-            port,
-            a.from,
-            &shared.params,
-            leases.as_deref_mut(),
-            &node,
-            now,
-            token.as_deref(),
-        );
+        let mut reply = None;
+        // A lost claim teaches the table who holds the address: the next
+        // decision picks another (bounded: a pool raced for by many
+        // servers sends the client round again instead).
+        for _ in 0..CLAIM_TRIES {
+            let decided = handle_with_token(
+                &req,
+                port,
+                a.from,
+                &shared.params,
+                leases.as_deref_mut(),
+                &node,
+                now,
+                token.as_deref(),
+            );
+            match (ledger.as_deref_mut(), leases.as_deref_mut()) {
+                (Some(lg), Some(l)) => match lg.confirm(&req, decided, l, &shared.params, now) {
+                    Verdict::Send(r) => {
+                        reply = r;
+                        break;
+                    }
+                    Verdict::Again => {}
+                },
+                _ => {
+                    reply = decided;
+                    break;
+                }
+            }
+        }
         tracing::debug!(%mac, kind = ?req.msg_type, ?node, mode = ?shared.params.mode, answered = reply.is_some(), "dhcp");
         if let Some(reply) = reply {
             out.push(Pending {

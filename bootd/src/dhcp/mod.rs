@@ -6,6 +6,7 @@ pub mod binaries;
 pub mod driver;
 pub mod iface;
 pub mod lease_file;
+pub mod ledger;
 pub mod nodes;
 pub mod ra;
 pub mod socket;

@@ -5,7 +5,7 @@
 use super::binaries::BootDir;
 use super::driver::{self, Shared};
 use super::lease::Leases;
-use super::lease_file::FileLeaseStore;
+use super::ledger::{LeaseHome, Ledger};
 use super::nodes::Nodes;
 use super::server::{Mode, Params};
 use super::socket::DhcpSocket;
@@ -17,7 +17,6 @@ use crate::serve::grants::Grants;
 use crate::service::Shutdown;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +25,8 @@ use std::sync::{Arc, Mutex};
 pub struct Bound {
     params: Params,
     leases: Option<Mutex<Leases>>,
+    /// With leases in the PostgreSQL registry: its side of them.
+    ledger: Option<Mutex<Ledger>>,
     sockets: Vec<DhcpSocket>,
     ra: Option<super::ra::Responder>,
     interface: String,
@@ -40,7 +41,7 @@ pub struct DhcpContext {
 }
 
 /// `None` with `--dhcp off`. `http_port` is the port actually bound.
-pub fn bind(s: &ServeConfig, lease_file: PathBuf, http_port: u16) -> Result<Option<Bound>> {
+pub fn bind(s: &ServeConfig, lease_home: LeaseHome, http_port: u16) -> Result<Option<Bound>> {
     let Some(mode) = s.dhcp() else {
         return Ok(None);
     };
@@ -61,13 +62,13 @@ pub fn bind(s: &ServeConfig, lease_file: PathBuf, http_port: u16) -> Result<Opti
                 s.interface.as_deref().unwrap_or("(any)")
             )
         })?;
-    let leases = match (mode, s.pool.map(|p| (p.first, p.last))) {
-        (Mode::Full, Some(pool)) => Some(Mutex::new(
-            Leases::open(pool, Box::new(FileLeaseStore::new(lease_file.clone())))
-                .with_context(|| format!("reading leases {}", lease_file.display()))?,
-        )),
+    let (leases, ledger) = match (mode, s.pool.map(|p| (p.first, p.last))) {
+        (Mode::Full, Some(pool)) => {
+            let (l, ledger) = super::ledger::open(&lease_home, pool)?;
+            (Some(Mutex::new(l)), ledger.map(Mutex::new))
+        }
         (Mode::Full, None) => bail!("--dhcp full needs --pool FIRST-LAST"),
-        (Mode::Proxy, _) => None,
+        (Mode::Proxy, _) => (None, None),
     };
     let server = found.ip;
     let boot_dir = s
@@ -108,6 +109,7 @@ pub fn bind(s: &ServeConfig, lease_file: PathBuf, http_port: u16) -> Result<Opti
             relays: s.relays.clone(),
         },
         leases,
+        ledger,
         sockets,
         ra,
         interface,
@@ -123,6 +125,7 @@ pub async fn run(bound: Bound, ctx: DhcpContext, mut shutdown: Shutdown) -> Resu
     let shared = Arc::new(Shared {
         params: bound.params,
         leases: bound.leases,
+        ledger: bound.ledger,
         nodes: Mutex::new(Nodes::new(ctx.view, ctx.enroller)),
         stop: Default::default(),
         events: ctx.events,

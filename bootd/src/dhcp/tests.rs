@@ -197,6 +197,7 @@ fn driver_answers_inform_over_udp() -> R {
             (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 102)),
             Box::new(FileLeaseStore::new(dir.path().join("leases"))),
         )?)),
+        ledger: None,
         // An empty fleet.
         nodes: Mutex::new(Nodes::new(
             crate::fleet::FleetView::fixed(Default::default()),

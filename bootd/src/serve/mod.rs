@@ -100,8 +100,15 @@ async fn serve(
     server.observe(session_events(events.clone()));
     server.observe_commands(command_events(events.clone()));
     let tick_recorder = recorder.clone();
-    // Beside the registry in the data directory's root.
-    let lease_file = dd.overlays().with_file_name("dhcp-leases");
+    // Beside the registry in the data directory's root, or in a shared
+    // PostgreSQL registry's `leases` table, where every server sees them.
+    let lease_home = match dd.registry() {
+        crate::store::url::Registry::Postgres(target) => crate::dhcp::ledger::LeaseHome::Registry {
+            target: target.clone(),
+            me: id.clone(),
+        },
+        _ => crate::dhcp::ledger::LeaseHome::File(dd.overlays().with_file_name("dhcp-leases")),
+    };
     let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
         .with_space(s.node_quota, s.reserve_free, s.warn_free)?
         .with_ownership(owned::Ownership {
@@ -168,7 +175,7 @@ async fn serve(
             )?)
         }
     };
-    let dhcp = crate::dhcp::start::bind(&s, lease_file, http_local.port())?;
+    let dhcp = crate::dhcp::start::bind(&s, lease_home, http_local.port())?;
     let dhcp_context = crate::dhcp::start::DhcpContext {
         view: view.clone(),
         enroller,

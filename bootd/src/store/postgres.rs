@@ -469,6 +469,7 @@ impl Store for PgStore {
     }
 }
 
+pub mod leases;
 pub mod notify;
 pub mod off_runtime;
 mod records;

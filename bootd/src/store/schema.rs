@@ -105,6 +105,23 @@ pub const MIGRATIONS: &[&str] = &[
         CHECK (owner_epoch >= 0);
     ALTER TABLE nodes ADD COLUMN pinned_server TEXT;
     ",
+    // 6: DHCP leases shared by servers on one registry (`--dhcp full`):
+    // one row per address (the primary key is the unique constraint that
+    // keeps two servers from granting it twice), the MAC holding it, the
+    // server that granted it, `offered` (held for the REQUEST) or `bound`,
+    // and its expiry in Unix milliseconds of the registry's clock. A
+    // single SQLite server keeps its leases in the `dhcp-leases` file; the
+    // table is here so that both dialects have one history.
+    "
+    CREATE TABLE leases (
+        address     TEXT PRIMARY KEY,
+        mac         TEXT NOT NULL,
+        server_id   TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('offered', 'bound')),
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX leases_mac ON leases(mac);
+    ",
 ];
 
 /// The version a fully migrated database has.
@@ -220,6 +237,17 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
         ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0
             CONSTRAINT nodes_owner_epoch_check CHECK (owner_epoch >= 0),
         ADD COLUMN pinned_server TEXT COLLATE "C";
+    "#,
+    // 6
+    r#"
+    CREATE TABLE leases (
+        address     TEXT COLLATE "C" PRIMARY KEY,
+        mac         TEXT COLLATE "C" NOT NULL,
+        server_id   TEXT COLLATE "C" NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('offered', 'bound')),
+        expires_at  BIGINT NOT NULL
+    );
+    CREATE INDEX leases_mac ON leases(mac);
     "#,
 ];
 

@@ -6,6 +6,7 @@
 //! they skip with a printed reason when PostgreSQL is not installed and
 //! `BOOTD_E2E` is unset, and fail when `BOOTD_E2E=1`.
 
+mod leases;
 mod suite;
 
 use super::{Result, Store, StoreError};

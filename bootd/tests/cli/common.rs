@@ -185,7 +185,12 @@ impl Serve {
     /// `bootd ARGS` (a serve command line of its own); waits for the ready
     /// lines. `listen` is what they said: iSCSI, HTTP, TFTP addresses.
     pub fn start_args(env: &Env, args: &[&str]) -> Result<Self> {
-        let mut cmd = env.bootd_cmd(args);
+        Self::start_cmd(env.bootd_cmd(args))
+    }
+
+    /// [`Serve::start_args`] for a command made elsewhere (inside a network
+    /// namespace, say).
+    pub fn start_cmd(mut cmd: Command) -> Result<Self> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

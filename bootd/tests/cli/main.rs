@@ -4,6 +4,7 @@
 mod boot_http;
 mod boot_stages;
 mod common;
+mod dhcp_leases;
 mod images;
 mod nocloud;
 mod nodes;

@@ -68,3 +68,26 @@ fn a_failed_append_is_repaired_by_a_rewrite() -> R {
     assert_eq!(Mem::load(&store.mem)?.len(), 3);
     Ok(())
 }
+
+/// A server sharing the pool starts its search where `search_from` says,
+/// and still wraps round to the addresses below once those above are gone.
+#[test]
+fn the_search_starts_where_told_and_wraps() -> R {
+    let mut l = Leases::open(
+        (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 103)),
+        Box::new(Mem::default()),
+    )?;
+    l.search_from(Ipv4Addr::new(192, 0, 2, 102));
+    let mut got = Vec::new();
+    for i in 0..4u8 {
+        let mac = Mac::new([2, 0, 0, 0, 0, i]);
+        let ip = l.choose(mac, None, None, 10).ok_or("pool exhausted")?;
+        l.bind(mac, ip, 100, true);
+        got.push(ip.octets()[3]);
+    }
+    assert_eq!(got, [102, 103, 100, 101]);
+    // Out of the pool: clamped.
+    l.search_from(Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(l.choose(Mac::new([2, 0, 0, 0, 1, 0]), None, None, 10), None);
+    Ok(())
+}

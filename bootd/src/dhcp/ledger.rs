@@ -1,0 +1,290 @@
+//! Where the DHCP driver keeps leases: the lease file for one server (the
+//! default, and always with SQLite), or the registry's `leases` table when
+//! several servers share a PostgreSQL registry. The sans-IO core decides
+//! from its in-memory table as before; with the registry, every address it
+//! puts in an OFFER or ACK is first claimed in PostgreSQL (the unique
+//! address settles races between servers), a lost claim sends the core
+//! back for another address (OFFER) or becomes a NAK (ACK), and the table
+//! follows the registry's rows every second, so each server sees every
+//! server's leases.
+
+use super::lease::{Change, Lease, LeaseStore, Leases, OFFER_HOLD_SECS};
+use super::lease_file::FileLeaseStore;
+use super::reply::{self, Reply};
+use super::server::Params;
+use super::Request;
+use crate::store::postgres::leases::{Claim, LeaseRow, LeaseState, PgLeases};
+use crate::store::postgres::off_runtime;
+use crate::store::url::PgTarget;
+use anyhow::{Context, Result};
+use bootd_plan::Mac;
+use dhcproto::v4::MessageType;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How often a server reads every server's leases into its table.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Where `--dhcp full` keeps its leases.
+#[derive(Debug, Clone)]
+pub enum LeaseHome {
+    /// The data directory's `dhcp-leases` file: one server.
+    File(PathBuf),
+    /// The PostgreSQL registry's `leases` table, rows granted as server `me`.
+    Registry { target: Box<PgTarget>, me: String },
+}
+
+/// The core's lease table, opened from its home, and the registry's side
+/// when leases live there.
+pub fn open(home: &LeaseHome, pool: (Ipv4Addr, Ipv4Addr)) -> Result<(Leases, Option<Ledger>)> {
+    match home {
+        LeaseHome::File(path) => {
+            let l = Leases::open(pool, Box::new(FileLeaseStore::new(path.clone())))
+                .with_context(|| format!("reading leases {}", path.display()))?;
+            Ok((l, None))
+        }
+        LeaseHome::Registry { target, me } => {
+            // Connecting blocks: off serve's runtime.
+            let (pg, rows) = off_runtime::run(|| -> Result<_> {
+                let mut pg = PgLeases::open(target, me)?;
+                let rows = pg.live()?;
+                Ok((pg, rows))
+            })
+            .with_context(|| format!("DHCP leases in registry {}", target.shown))?;
+            let now = unix_now();
+            let store = RegistryRows(rows.iter().filter_map(|r| local(r, now)).collect());
+            let mut l = Leases::open(pool, Box::new(store))?;
+            l.search_from(spread(me, pool));
+            Ok((
+                l,
+                Some(Ledger {
+                    pg: Some(pg),
+                    pool,
+                    synced: Instant::now(),
+                    granted: HashMap::new(),
+                    fresh: Vec::new(),
+                }),
+            ))
+        }
+    }
+}
+
+/// Where server `me` starts looking for a free address: a point in the
+/// pool fixed by its id, so that servers sharing the pool mostly try
+/// different addresses instead of all claiming the first free one.
+fn spread(me: &str, pool: (Ipv4Addr, Ipv4Addr)) -> Ipv4Addr {
+    use sha2::{Digest, Sha256};
+    let (first, last) = (u32::from(pool.0), u32::from(pool.1));
+    let size = u64::from(last.saturating_sub(first)) + 1;
+    let h = Sha256::digest(me.as_bytes());
+    let n = h
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    // `n % size` < size <= 2^32: fits.
+    Ipv4Addr::from(first.saturating_add(u32::try_from(n % size).unwrap_or(0)))
+}
+
+/// The core's [`LeaseStore`] with the registry: it starts from the rows
+/// live at start, and has nothing left to write, because every change
+/// reached the registry (claim or release) before its answer was decided.
+struct RegistryRows(HashMap<Mac, Lease>);
+
+impl LeaseStore for RegistryRows {
+    fn load(&mut self) -> std::io::Result<HashMap<Mac, Lease>> {
+        Ok(std::mem::take(&mut self.0))
+    }
+    fn append(&mut self, _: &[Change]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn rewrite(&mut self, _: &HashMap<Mac, Lease>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A registry row as the core's lease, its expiry on this server's clock
+/// (rounded up: a lease is never taken as over before the registry says so).
+fn local(r: &LeaseRow, now: u64) -> Option<(Mac, Lease)> {
+    let mac = r.mac.parse().ok()?;
+    let left = u64::try_from(r.left_ms).ok()?.div_ceil(1000);
+    Some((
+        mac,
+        Lease {
+            ip: r.address,
+            expires: now + left,
+        },
+    ))
+}
+
+/// What the driver does with a decided reply.
+pub enum Verdict {
+    /// Send this (or nothing).
+    Send(Option<Reply>),
+    /// The address went to another server's client: decide again.
+    Again,
+}
+
+/// One server's connection to the registry's leases.
+pub struct Ledger {
+    /// `None` only while dropping.
+    pg: Option<PgLeases>,
+    pool: (Ipv4Addr, Ipv4Addr),
+    synced: Instant,
+    /// Bound leases already handed to the HTTP side's grants: a sync hands
+    /// over only what changed.
+    granted: HashMap<Mac, (Ipv4Addr, u64)>,
+    /// Bound leases learnt but not yet handed over.
+    fresh: Vec<(Mac, Ipv4Addr, u64)>,
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // The `postgres` crate's client may not be dropped on a runtime thread.
+        if let Some(pg) = self.pg.take() {
+            off_runtime::run(move || drop(pg));
+        }
+    }
+}
+
+impl Ledger {
+    /// Every second: the registry's live leases into `leases` (other
+    /// servers' grants in, the ones that ended there out). Returns the
+    /// bound rows new since the last call, for the HTTP side's grants.
+    pub fn sync(&mut self, leases: &mut Leases, now: u64) -> Vec<(Mac, Ipv4Addr, u64)> {
+        if self.synced.elapsed() >= SYNC_EVERY {
+            self.refresh(leases, now);
+        }
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Reads every live row into `leases` now.
+    fn refresh(&mut self, leases: &mut Leases, now: u64) {
+        self.synced = Instant::now();
+        let Some(pg) = self.pg.as_mut() else {
+            return;
+        };
+        let rows = match pg.live() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("reading the registry's DHCP leases: {e}");
+                return;
+            }
+        };
+        let me = pg.me().to_string();
+        let ours: HashSet<&str> = rows
+            .iter()
+            .filter(|r| r.server == me)
+            .map(|r| r.mac.as_str())
+            .collect();
+        let mut held = HashSet::new();
+        let mut bound = Vec::new();
+        for r in &rows {
+            let Some((mac, l)) = local(r, now) else {
+                continue;
+            };
+            held.insert((mac, l.ip));
+            if r.state == LeaseState::Bound {
+                bound.push((mac, l.ip, l.expires));
+            } else if r.server != me && ours.contains(r.mac.as_str()) {
+                // Another server's offer to a client this server offered
+                // an address too: the core keeps one address per MAC, and
+                // learning theirs would NAK the client's REQUEST for ours.
+                // A claim of their address loses and teaches it instead.
+                continue;
+            }
+            leases.bind(mac, l.ip, l.expires, false);
+        }
+        // Rows that ended in the registry (released, or an offer whose
+        // client took another server's) end here too.
+        let gone: Vec<_> = leases
+            .active(now)
+            .filter(|(mac, ip, _)| !held.contains(&(*mac, *ip)))
+            .collect();
+        for (mac, ip, _) in gone {
+            leases.release(mac, ip, now);
+        }
+        for b @ (mac, ip, exp) in &bound {
+            if self.granted.get(mac) != Some(&(*ip, *exp)) {
+                self.fresh.push(*b);
+            }
+        }
+        self.granted = bound.into_iter().map(|(m, ip, e)| (m, (ip, e))).collect();
+    }
+
+    /// Claims the address in `reply` (an OFFER's or ACK's) before it goes out.
+    pub fn confirm(
+        &mut self,
+        req: &Request,
+        reply: Option<Reply>,
+        leases: &mut Leases,
+        p: &Params,
+        now: u64,
+    ) -> Verdict {
+        let Some(r) = reply else {
+            return Verdict::Send(None);
+        };
+        let ip = r.msg.yiaddr();
+        let (state, hold_secs) = match r.msg.opts().msg_type() {
+            _ if ip.is_unspecified() => return Verdict::Send(Some(r)),
+            Some(MessageType::Offer) => (LeaseState::Offered, OFFER_HOLD_SECS),
+            Some(MessageType::Ack) => (LeaseState::Bound, u64::from(p.lease_secs)),
+            _ => return Verdict::Send(Some(r)),
+        };
+        let Some(pg) = self.pg.as_mut() else {
+            return Verdict::Send(None);
+        };
+        let mac = req.mac();
+        let hold_ms = i64::try_from(hold_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        match pg.claim(ip, &mac.to_string(), state, hold_ms) {
+            Ok(Claim::Won) => Verdict::Send(Some(r)),
+            Ok(Claim::Lost(holder)) => {
+                tracing::debug!(%mac, %ip, ?state, "address held by another client in the registry");
+                match holder.as_ref().and_then(|h| local(h, now)) {
+                    Some((m, l)) => leases.bind(m, l.ip, l.expires, false),
+                    // Ended meanwhile: the next sync shows who has it.
+                    None => leases.release(mac, ip, now),
+                }
+                match state {
+                    LeaseState::Offered => {
+                        // Servers racing from the same first free address
+                        // lose one address after another: learn every
+                        // taken one at once, and search on from a random
+                        // point, so that a server one step behind another
+                        // does not follow it through the pool.
+                        self.refresh(leases, now);
+                        let (first, last) = (u32::from(self.pool.0), u32::from(self.pool.1));
+                        let n =
+                            rand::Rng::gen_range(&mut rand::thread_rng(), first..=last.max(first));
+                        leases.search_from(Ipv4Addr::from(n));
+                        Verdict::Again
+                    }
+                    LeaseState::Bound => Verdict::Send(Some(reply::nak(req, p.server))),
+                }
+            }
+            Err(e) => {
+                // No answer that the registry does not back: the client
+                // asks again.
+                tracing::warn!(%mac, %ip, "claiming a DHCP lease in the registry: {e}");
+                Verdict::Send(None)
+            }
+        }
+    }
+
+    /// RELEASE or DECLINE of `ip` by `mac`: its row ends now.
+    pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) {
+        let Some(pg) = self.pg.as_mut() else {
+            return;
+        };
+        if let Err(e) = pg.release(ip, &mac.to_string()) {
+            tracing::warn!(%mac, %ip, "releasing a DHCP lease in the registry: {e}");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use crate::datadir::DataDir;
 use crate::output;
-use crate::store::Store;
+use crate::store::{Image, Store};
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
@@ -104,18 +104,16 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
             let built = crate::imagebuild::build(dd, store.as_mut(), &name, &args)?;
             let img = &built.image;
             if json {
-                output::json(&json!({
-                    "name": img.name,
-                    "version": img.version,
-                    "path": img.path,
-                    "bytes": img.bytes,
-                    "allocated_bytes": crate::datadir::allocated_bytes(&img.path),
-                    "sha256": img.sha256,
+                output::json(&stored_json(
+                    img,
+                    crate::datadir::allocated_bytes(&img.path),
+                    json!({
                     // With --rootfs the tarball's own release is built, not --suite.
                     "suite": args.rootfs.is_none().then_some(&args.suite),
                     "rootfs": args.rootfs,
                     "seconds": built.elapsed.as_secs_f64(),
-                }))?;
+                    }),
+                ))?;
             } else {
                 println!(
                     "built {} version {} ({} {}, {} allocated) in {:.0} s: {} (sha256 {})",
@@ -152,20 +150,18 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
             let img = &c.image;
             let allocated = crate::datadir::allocated_bytes(&img.path);
             if json {
-                output::json(&json!({
-                    "name": img.name,
-                    "version": img.version,
-                    "path": img.path,
-                    "bytes": img.bytes,
-                    "allocated_bytes": allocated,
-                    "sha256": img.sha256,
+                output::json(&stored_json(
+                    img,
+                    allocated,
+                    json!({
                     "node": c.node,
                     "from": {"name": c.from.name, "version": c.from.version},
                     "copied_bytes": c.flattened.data_bytes,
                     "scrubbed": c.scrubbed.is_some(),
                     "root_partition": c.scrubbed,
                     "seconds": c.elapsed.as_secs_f64(),
-                }))?;
+                    }),
+                ))?;
             } else {
                 println!(
                     "captured node {} ({} v{} + its writes) as {} version {} ({}, {} allocated, {}) in {:.0} s: {} (sha256 {})",
@@ -233,6 +229,23 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
     Ok(())
 }
 
+/// What every `--json` answer says of a stored image version, with the
+/// command's own fields (`more`, an object) after it.
+fn stored_json(img: &Image, allocated: u64, more: serde_json::Value) -> serde_json::Value {
+    let mut v = json!({
+        "name": img.name,
+        "version": img.version,
+        "path": img.path,
+        "bytes": img.bytes,
+        "allocated_bytes": allocated,
+        "sha256": img.sha256,
+    });
+    if let (Some(o), serde_json::Value::Object(m)) = (v.as_object_mut(), more) {
+        o.extend(m);
+    }
+    v
+}
+
 fn list(store: &dyn Store, as_json: bool) -> Result<()> {
     let images = store.images()?;
     let nodes = store.nodes()?;
@@ -242,18 +255,16 @@ fn list(store: &dyn Store, as_json: bool) -> Result<()> {
         let list: Vec<_> = images
             .iter()
             .map(|i| {
-                json!({
-                    "name": i.name,
-                    "version": i.version,
+                stored_json(
+                    i,
+                    crate::datadir::allocated_bytes(&i.path),
+                    json!({
                     "latest": latest(&i.name, i.version),
-                    "path": i.path,
-                    "bytes": i.bytes,
-                    "allocated_bytes": crate::datadir::allocated_bytes(&i.path),
-                    "sha256": i.sha256,
                     "checksum": format!("sha256:{}", i.sha256),
                     "nodes": users(i.id),
                     "created": i.created,
-                })
+                    }),
+                )
             })
             .collect();
         return output::json(&json!(list));

@@ -189,16 +189,10 @@ fn migrate(client: &mut Client) -> Result<()> {
             .query_one("SELECT MAX(version)::BIGINT FROM schema_version", &[])?
             .try_get::<_, Option<i64>>(0)?
             .unwrap_or(0);
-        if current > schema::latest() {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                known: schema::latest(),
-            });
-        }
-        if current == schema::latest() {
+        let Some(next) = schema::next(current)? else {
             return Ok(());
-        }
-        tx.batch_execute(POSTGRES_MIGRATIONS[current as usize])?;
+        };
+        tx.batch_execute(POSTGRES_MIGRATIONS[next])?;
         tx.execute("DELETE FROM schema_version", &[])?;
         tx.execute(
             // Cast: an older table may have an INTEGER column.

@@ -129,6 +129,19 @@ pub fn latest() -> i64 {
     MIGRATIONS.len() as i64
 }
 
+/// The migration a database at `current` needs next (an index into either
+/// backend's list), `None` when it is up to date; a database newer than this
+/// binary is an error for both backends alike.
+pub fn next(current: i64) -> Result<Option<usize>, super::StoreError> {
+    if current > latest() {
+        return Err(super::StoreError::SchemaTooNew {
+            found: current,
+            known: latest(),
+        });
+    }
+    Ok((current < latest()).then_some(current.max(0) as usize))
+}
+
 /// The same history in PostgreSQL's dialect: entry `i` makes the same
 /// tables and columns as [`MIGRATIONS`]`[i]`. Differences: integers are
 /// BIGINT (Rust reads every one as i64), ids are identity columns, flags are

@@ -83,16 +83,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
                 r.get::<_, Option<i64>>(0)
             })?
             .unwrap_or(0);
-        if current > schema::latest() {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                known: schema::latest(),
-            });
-        }
-        if current == schema::latest() {
+        let Some(next) = schema::next(current)? else {
             return Ok(());
-        }
-        tx.execute_batch(MIGRATIONS[current as usize])?;
+        };
+        tx.execute_batch(MIGRATIONS[next])?;
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",

@@ -87,11 +87,15 @@ async fn serve(
     // Session locks tell `image capture` (another process) which nodes are
     // logged in.
     let session_locks = Arc::new(SessionLocks::new(dd.clone(), view.clone()));
+    let (trigger, shutdown) = crate::service::channel();
+    // The API's live feed: stages from the boot log, I/O from the events.
+    let (feed, io_rates) = crate::api::events::Feed::new(bootlog.feed(), shutdown.clone());
     let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![
         metrics.clone(),
         Arc::new(bootlog),
         sessions.clone(),
         session_locks,
+        io_rates.subscriber(),
     ];
     if let Some(r) = &recorder {
         subscribers.push(r.clone());
@@ -128,6 +132,11 @@ async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let http_listener = bind_http(&s).await?;
+    let api_listener = bind_api(&s).await?;
+    let api_tls = match (&s.api_cert, &s.api_key) {
+        (Some(cert), Some(key)) => Some(crate::api::Tls::load(cert, key)?),
+        _ => None,
+    };
     let boot_files = crate::tftp::open_root(s.tftp_dir.as_deref())?;
     let (tftp_socket, tftp) = crate::tftp::bind(
         SocketAddr::new(s.listen_ip(), s.tftp_port()),
@@ -140,7 +149,6 @@ async fn serve(
     // Handlers go in before the ready line: a SIGTERM right after it must
     // still shut down cleanly.
     let signal = crate::service::signal()?;
-    let (trigger, shutdown) = crate::service::channel();
     let trigger = Arc::new(trigger);
     // Ready lines on stdout so scripts can wait for them and learn the
     // ports; one write, so a reader that takes only the first line still gets
@@ -182,7 +190,10 @@ async fn serve(
         events: events.clone(),
         grants: grants.clone(),
     };
-    let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
+    let mut lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
+    if let Some(l) = &api_listener {
+        lines.push_str(&format!("api {}\n", l.local_addr()?));
+    }
     let http = crate::http::HttpServer::new(
         view.clone(),
         boot_files,
@@ -208,6 +219,7 @@ async fn serve(
     drop(out);
     tracing::info!(server = %id, listen = %local, nodes = targets.len(), "serving");
 
+    let api_view = view.clone();
     // Registry changes reach the targets as they come; the timer checks
     // free space, retries failed targets and flushes the I/O trace.
     let mut stop = shutdown.clone();
@@ -247,6 +259,15 @@ async fn serve(
         http.serve(http_listener, sd).await;
         ("http", Ok(()))
     });
+    if let Some(listener) = api_listener {
+        let (router, _) = crate::api::router(crate::api::Api::new(dd.clone(), feed));
+        let sd = shutdown.clone();
+        drivers.spawn(async move {
+            crate::api::serve(listener, router, api_tls, sd).await;
+            ("api", Ok(()))
+        });
+        tokio::spawn(io_rates.run(api_view, shutdown.clone()));
+    }
     if let Some(bound) = dhcp {
         let sd = shutdown.clone();
         drivers.spawn(async move {
@@ -390,4 +411,23 @@ async fn bind_http(s: &ServeConfig) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// The operator API's listener, unless `--api-listen off`. The default
+/// port being taken only costs the API (a warning), never the boot
+/// network; a port asked for must be had.
+async fn bind_api(s: &ServeConfig) -> Result<Option<tokio::net::TcpListener>> {
+    let (Some(addr), default) = s.api_listen() else {
+        return Ok(None);
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if default => {
+            tracing::warn!(
+                "api: cannot listen on {addr} ({e}); serving without the API (see --api-listen)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("--api-listen: cannot listen on {addr}")),
+    }
 }

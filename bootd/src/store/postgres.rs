@@ -469,3 +469,4 @@ pub mod off_runtime;
 mod records;
 mod rows;
 mod servers;
+mod tokens;

@@ -98,6 +98,13 @@ pub fn router(api: Api) -> (axum::Router, utoipa::openapi::OpenApi) {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such API route")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the route does not take this method",
+            )
+        })
         .layer(
             ServiceBuilder::new()
                 .layer(tower::limit::ConcurrencyLimitLayer::new(CONCURRENT))

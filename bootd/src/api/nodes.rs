@@ -90,10 +90,7 @@ fn options(mutual_chap: bool, user_data: Option<String>) -> anyhow::Result<AddOp
 
 fn source(image: Option<String>, template: Option<String>) -> ApiResult<crate::lifecycle::Source> {
     if image.is_some() == template.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "give exactly one of image and template",
-        ));
+        return Err(ApiError::invalid("give exactly one of image and template"));
     }
     Ok(cmd_node::source(image, template)?)
 }
@@ -197,8 +194,7 @@ async fn move_node(
     Body(b): Body<MoveBody>,
 ) -> ApiResult<Json<Value>> {
     if b.latest == b.server.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::invalid(
             "give exactly one of latest: true and server",
         ));
     }
@@ -246,10 +242,7 @@ async fn list_discovered(State(api): State<Api>) -> ApiResult<Json<Value>> {
     responses((status = 200, description = "The nodes made, without secrets", body = Value)))]
 async fn adopt(State(api): State<Api>, Body(b): Body<AdoptBody>) -> ApiResult<Json<Value>> {
     if b.all != b.macs.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "give exactly one of macs and all: true",
-        ));
+        return Err(ApiError::invalid("give exactly one of macs and all: true"));
     }
     let source = source(b.image, b.template)?;
     let opts = options(b.mutual_chap, b.user_data)?;

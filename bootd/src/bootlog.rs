@@ -402,6 +402,42 @@ mod tests {
         Ok(())
     }
 
+    /// Live views get each stage as recorded, resolved to its node and
+    /// numbered; a client that is no node's gets nothing.
+    #[test]
+    fn the_feed_carries_each_recorded_stage() -> Res<()> {
+        let (mut rec, _watcher) = recorder()?;
+        let mut feed = rec.feed.subscribe();
+        for (who, stage, ms) in [
+            (
+                Who::Addr(std::net::Ipv4Addr::new(192, 0, 2, 77).into()),
+                Stage::Tftp,
+                500,
+            ),
+            (Who::Mac(MAC), Stage::IpxeDhcp, 1_000),
+            (Who::Target("iqn.t:n1".into()), Stage::IscsiLogin, 2_000),
+        ] {
+            rec.record(Report {
+                who,
+                stage,
+                detail: "400001370000 iPXE".into(),
+                at_ms: ms,
+            });
+        }
+        let first = feed.try_recv()?;
+        assert_eq!(
+            (first.node.as_str(), first.stage.as_str(), first.new_boot),
+            ("n1", "ipxe-dhcp", true)
+        );
+        assert_eq!(first.mac, MAC.to_string());
+        let second = feed.try_recv()?;
+        assert_eq!(second.stage, "iscsi-login-1");
+        assert_eq!((second.at_ms, second.boot_started_ms), (2_000, 1_000));
+        assert!(!second.new_boot);
+        assert!(feed.try_recv().is_err(), "the unknown client's stage");
+        Ok(())
+    }
+
     #[test]
     fn stages_of_one_boot_are_numbered_and_kept() -> Result<(), Box<dyn std::error::Error>> {
         let (mut rec, _watcher) = recorder()?;

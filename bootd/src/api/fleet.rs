@@ -3,7 +3,7 @@
 
 use super::body::Body;
 use super::error::ApiResult;
-use super::Api;
+use super::{schema, Api};
 use crate::{cmd_df, cmd_image, cmd_server, cmd_template};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -55,14 +55,14 @@ pub struct TemplateBody {
 
 /// Every stored image version (`image list --json`).
 #[utoipa::path(get, path = "/images", tag = "images",
-    responses((status = 200, description = "Image versions", body = Value)))]
+    responses((status = 200, description = "Image versions", body = Vec<schema::ImageVersion>)))]
 async fn list_images(State(api): State<Api>) -> ApiResult<Json<Value>> {
     Ok(Json(api.blocking(|_, s| cmd_image::list_json(s)).await?))
 }
 
 /// Stores a file on the server as the next version of `name` (`image import`).
 #[utoipa::path(post, path = "/images", tag = "images", request_body = ImportBody,
-    responses((status = 201, description = "The stored version", body = Value)))]
+    responses((status = 201, description = "The stored version", body = schema::StoredImage)))]
 async fn import_image(
     State(api): State<Api>,
     Body(b): Body<ImportBody>,
@@ -80,7 +80,7 @@ async fn import_image(
 /// Deletes every version of an image (`image rm`; refused while used).
 #[utoipa::path(delete, path = "/images/{name}", tag = "images",
     params(("name" = String, Path, description = "Image name")),
-    responses((status = 200, description = "The versions removed", body = Value)))]
+    responses((status = 200, description = "The versions removed", body = schema::RemovedImage)))]
 async fn remove_image(State(api): State<Api>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let v = api
         .blocking(move |_, s| {
@@ -96,7 +96,7 @@ async fn remove_image(State(api): State<Api>, Path(name): Path<String>) -> ApiRe
 
 /// Every template (`template list --json`; user-data only as a flag).
 #[utoipa::path(get, path = "/templates", tag = "templates",
-    responses((status = 200, description = "Templates", body = Value)))]
+    responses((status = 200, description = "Templates", body = Vec<schema::Template>)))]
 async fn list_templates(State(api): State<Api>) -> ApiResult<Json<Value>> {
     let v = api
         .blocking(|_, s| {
@@ -113,7 +113,7 @@ async fn list_templates(State(api): State<Api>) -> ApiResult<Json<Value>> {
 /// Adds a template (`template add`), its script and user-data checked by a
 /// trial render first.
 #[utoipa::path(post, path = "/templates", tag = "templates", request_body = TemplateBody,
-    responses((status = 201, description = "The template", body = Value)))]
+    responses((status = 201, description = "The template", body = schema::Template)))]
 async fn add_template(
     State(api): State<Api>,
     Body(b): Body<TemplateBody>,
@@ -142,7 +142,7 @@ async fn add_template(
 /// One template.
 #[utoipa::path(get, path = "/templates/{name}", tag = "templates",
     params(("name" = String, Path, description = "Template name")),
-    responses((status = 200, description = "The template", body = Value)))]
+    responses((status = 200, description = "The template", body = schema::Template)))]
 async fn show_template(State(api): State<Api>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let v = api
         .blocking(move |_, s| Ok(cmd_template::template_json(&s.template(&name)?)))
@@ -153,7 +153,7 @@ async fn show_template(State(api): State<Api>, Path(name): Path<String>) -> ApiR
 /// Deletes a template (`template rm`; refused while nodes use it).
 #[utoipa::path(delete, path = "/templates/{name}", tag = "templates",
     params(("name" = String, Path, description = "Template name")),
-    responses((status = 200, description = "The template removed", body = Value)))]
+    responses((status = 200, description = "The template removed", body = schema::Template)))]
 async fn remove_template(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -166,14 +166,14 @@ async fn remove_template(
 
 /// The servers sharing the registry (`server list --json`).
 #[utoipa::path(get, path = "/servers", tag = "fleet",
-    responses((status = 200, description = "Servers", body = Value)))]
+    responses((status = 200, description = "Servers", body = Vec<schema::Server>)))]
 async fn servers(State(api): State<Api>) -> ApiResult<Json<Value>> {
     Ok(Json(api.blocking(|_, s| cmd_server::list_json(s)).await?))
 }
 
 /// Physical against logical bytes (`df --json`).
 #[utoipa::path(get, path = "/df", tag = "fleet",
-    responses((status = 200, description = "Space", body = Value)))]
+    responses((status = 200, description = "Space", body = schema::Df)))]
 async fn df(State(api): State<Api>) -> ApiResult<Json<Value>> {
     Ok(Json(
         api.blocking(|dd, s| cmd_df::report_json(dd, s)).await?,

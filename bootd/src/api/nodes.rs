@@ -4,7 +4,7 @@
 use super::auth::Caller;
 use super::body::Body;
 use super::error::{ApiError, ApiResult};
-use super::Api;
+use super::{schema, Api};
 use crate::cmd_node::{self, discovered};
 use crate::lifecycle::AddOptions;
 use axum::extract::{Extension, Path, State};
@@ -107,14 +107,14 @@ fn shown(v: Value, caller: &Caller) -> Value {
 
 /// Every node (`node list --json`): no secrets.
 #[utoipa::path(get, path = "/nodes", tag = "nodes",
-    responses((status = 200, description = "Nodes", body = Value)))]
+    responses((status = 200, description = "Nodes", body = Vec<schema::Node>)))]
 async fn list(State(api): State<Api>) -> ApiResult<Json<Value>> {
     Ok(Json(api.blocking(|_, s| cmd_node::list_json(s)).await?))
 }
 
 /// Registers a machine (`node add`).
 #[utoipa::path(post, path = "/nodes", tag = "nodes", request_body = NewNodeBody,
-    responses((status = 201, description = "The node, as `node show --json`", body = Value)))]
+    responses((status = 201, description = "The node, as `node show --json`", body = schema::NodeDetail)))]
 async fn add(
     State(api): State<Api>,
     Body(b): Body<NewNodeBody>,
@@ -134,7 +134,7 @@ async fn add(
 /// last boot; CHAP secrets only for a full token.
 #[utoipa::path(get, path = "/nodes/{node}", tag = "nodes",
     params(("node" = String, Path, description = "Name or MAC")),
-    responses((status = 200, description = "The node", body = Value)))]
+    responses((status = 200, description = "The node", body = schema::NodeDetail)))]
 async fn show(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
@@ -152,7 +152,7 @@ async fn show(
 /// Deletes the node and its overlay (`node rm`).
 #[utoipa::path(delete, path = "/nodes/{node}", tag = "nodes",
     params(("node" = String, Path, description = "Name or MAC")),
-    responses((status = 200, description = "What was removed", body = Value)))]
+    responses((status = 200, description = "What was removed", body = schema::RemovedNode)))]
 async fn remove(State(api): State<Api>, Path(node): Path<String>) -> ApiResult<Json<Value>> {
     let v = api
         .blocking(move |dd, s| {
@@ -167,7 +167,7 @@ async fn remove(State(api): State<Api>, Path(node): Path<String>) -> ApiResult<J
 /// Discards the node's writes (`node reset [--latest]`).
 #[utoipa::path(post, path = "/nodes/{node}/reset", tag = "nodes", request_body = ResetBody,
     params(("node" = String, Path, description = "Name or MAC")),
-    responses((status = 200, description = "The node after the reset", body = Value)))]
+    responses((status = 200, description = "The node after the reset", body = schema::NodeDetail)))]
 async fn reset(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
@@ -186,7 +186,7 @@ async fn reset(
 /// `node move --latest` or `node move --server S` (`"none"` unpins).
 #[utoipa::path(post, path = "/nodes/{node}/move", tag = "nodes", request_body = MoveBody,
     params(("node" = String, Path, description = "Name or MAC")),
-    responses((status = 200, description = "The node after the move", body = Value)))]
+    responses((status = 200, description = "The node after the move", body = schema::NodeDetail)))]
 async fn move_node(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
@@ -213,7 +213,7 @@ async fn move_node(
 /// The stages of the node's last boot (as in `node show`).
 #[utoipa::path(get, path = "/nodes/{node}/boot", tag = "nodes",
     params(("node" = String, Path, description = "Name or MAC")),
-    responses((status = 200, description = "Stages: stage, at_ms, detail", body = Value)))]
+    responses((status = 200, description = "The last boot", body = schema::BootTimeline)))]
 async fn boot(State(api): State<Api>, Path(node): Path<String>) -> ApiResult<Json<Value>> {
     let v = api
         .blocking(move |_, s| {
@@ -231,7 +231,7 @@ async fn boot(State(api): State<Api>, Path(node): Path<String>) -> ApiResult<Jso
 
 /// Machines that asked to boot unregistered (`node list --discovered`).
 #[utoipa::path(get, path = "/discovered", tag = "nodes",
-    responses((status = 200, description = "Discovered machines", body = Value)))]
+    responses((status = 200, description = "Discovered machines", body = Vec<schema::Discovered>)))]
 async fn list_discovered(State(api): State<Api>) -> ApiResult<Json<Value>> {
     Ok(Json(api.blocking(|_, s| discovered::list_json(s)).await?))
 }
@@ -239,7 +239,7 @@ async fn list_discovered(State(api): State<Api>) -> ApiResult<Json<Value>> {
 /// Registers discovered machines as nodes (`node adopt`); `all: true`
 /// adopts every one (the API has no terminal to confirm on).
 #[utoipa::path(post, path = "/discovered/adopt", tag = "nodes", request_body = AdoptBody,
-    responses((status = 200, description = "The nodes made, without secrets", body = Value)))]
+    responses((status = 200, description = "The nodes made, without secrets", body = Vec<schema::Node>)))]
 async fn adopt(State(api): State<Api>, Body(b): Body<AdoptBody>) -> ApiResult<Json<Value>> {
     if b.all != b.macs.is_empty() {
         return Err(ApiError::invalid("give exactly one of macs and all: true"));

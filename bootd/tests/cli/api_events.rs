@@ -2,6 +2,7 @@
 //! view within a second of happening.
 
 use crate::api::{agent, token, ApiServe};
+use crate::api_openapi::{check_shape, shape};
 use crate::common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -59,6 +60,7 @@ fn boot_stages_and_io_reach_the_event_stream_within_a_second() -> Result {
     let n1 = one_node_at(&env, "52:54:00:ab:cd:31", Some("127.0.0.1"))?;
     let ro = token(&env, "dash", true)?;
     let serve = ApiServe::start(&env, &[])?;
+    let (_, doc) = serve.call("GET", "/openapi.json", None, None)?;
     let rx = subscribe(&serve, &ro)?;
     // Unauthenticated: no stream.
     let r = agent().get(&serve.url("/events")).call();
@@ -84,6 +86,8 @@ fn boot_stages_and_io_reach_the_event_stream_within_a_second() -> Result {
     assert!(v["boot_started_ms"].as_i64().is_some(), "{v}");
     assert!(v["new_boot"].is_boolean() && v["detail"].is_string(), "{v}");
     println!("script stage on the stream {took:?} after the fetch");
+    let (props, required) = shape(&doc, "StageEvent");
+    check_shape("stage event", &v, &props, &required, true);
 
     // Its disk: a login, reads and writes, a logout.
     let field = |k: &str| n1[k].as_str().unwrap_or_default().to_string();
@@ -128,6 +132,10 @@ fn boot_stages_and_io_reach_the_event_stream_within_a_second() -> Result {
     );
     assert!(n["read_bytes_per_s"].as_u64().is_some_and(|b| b > 0), "{v}");
     assert!(v["interval_ms"].as_u64().is_some_and(|ms| ms > 0), "{v}");
+    let (props, required) = shape(&doc, "IoEvent");
+    check_shape("io event", &v, &props, &required, true);
+    let (props, required) = shape(&doc, "IoNode");
+    check_shape("io event's node", n, &props, &required, true);
     // The timeline the stream showed is the one `node show` keeps.
     let shown = env.json(&["node", "show", "n1", "--json"])?;
     let stages: Vec<_> = shown["last_boot"]

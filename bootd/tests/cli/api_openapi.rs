@@ -262,3 +262,148 @@ fn the_api_speaks_tls_with_a_certificate_given() -> Result {
     assert!(!err.contains("PRIVATE KEY"), "{err}");
     Ok(())
 }
+
+/// A schema of the document, `$ref`s followed: its properties and which
+/// are required (for an array, its items').
+fn resolve<'a>(doc: &'a Value, mut s: &'a Value) -> &'a Value {
+    loop {
+        if let Some(r) = s["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/");
+            s = &doc["components"]["schemas"][name];
+        } else if s["type"] == "array" {
+            s = &s["items"];
+        } else {
+            return s;
+        }
+    }
+}
+
+/// The properties and required ones of a named schema.
+pub fn shape(doc: &Value, name: &str) -> (Vec<String>, Vec<String>) {
+    let s = resolve(doc, &doc["components"]["schemas"][name]);
+    fields(s)
+}
+
+fn fields(s: &Value) -> (Vec<String>, Vec<String>) {
+    let mut props: Vec<String> = s["properties"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut required: Vec<String> = s["required"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    props.sort();
+    required.sort();
+    (props, required)
+}
+
+/// An answer has the fields its documented schema has: none that is not
+/// documented, every required one present; `exact`: every documented one.
+pub fn check_shape(what: &str, v: &Value, props: &[String], required: &[String], exact: bool) {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {v}"));
+    let mut keys: Vec<&String> = obj.keys().collect();
+    keys.sort();
+    for k in &keys {
+        assert!(
+            props.contains(k),
+            "{what}: field {k} is not in the document ({props:?})"
+        );
+    }
+    for r in required {
+        assert!(
+            obj.contains_key(r),
+            "{what}: required field {r} missing: {v}"
+        );
+    }
+    if exact {
+        assert_eq!(
+            keys.len(),
+            props.len(),
+            "{what}: {keys:?} against {props:?}"
+        );
+    }
+}
+
+#[test]
+fn every_answer_has_its_documented_shape() -> Result {
+    let env = Env::new()?;
+    let n1 = one_node(&env, "52:54:00:00:b0:01")?;
+    env.ok(&["template", "add", "lab", "--image", "deb"])?;
+    let full = token(&env, "ops", false)?;
+    let ro = token(&env, "viewer", true)?;
+    let db = rusqlite::Connection::open(env.data().join("bootd.db"))?;
+    db.execute(
+        "INSERT INTO discovered (mac, arch, vendor_class, ipxe, first_seen, last_seen, requests)
+         VALUES ('52:54:00:00:b0:07', NULL, '', 1, 1, 2, 1)",
+        [],
+    )?;
+    let serve = ApiServe::start(&env, &[])?;
+    let (_, doc) = serve.call("GET", "/openapi.json", None, None)?;
+    let answer_schema = |method: &str, path: &str, status: &str| {
+        let s = &doc["paths"][format!("/api/v1{path}")][method]["responses"][status]["content"]
+            ["application/json"]["schema"];
+        fields(resolve(&doc, s))
+    };
+    let mut checked = 0;
+    for (path, concrete, token) in [
+        ("/nodes", "/nodes", &ro),
+        ("/nodes/{node}", "/nodes/n1", &full),
+        ("/nodes/{node}", "/nodes/n1", &ro),
+        ("/nodes/{node}/boot", "/nodes/n1/boot", &ro),
+        ("/discovered", "/discovered", &ro),
+        ("/images", "/images", &ro),
+        ("/templates", "/templates", &ro),
+        ("/templates/{name}", "/templates/lab", &ro),
+        ("/servers", "/servers", &ro),
+        ("/df", "/df", &ro),
+    ] {
+        let (s, v) = serve.call("GET", concrete, Some(token), None)?;
+        assert_eq!(s, 200, "{concrete}: {v}");
+        let (props, required) = answer_schema("get", path, "200");
+        assert!(!props.is_empty(), "{path}: no documented schema");
+        let items = match &v {
+            Value::Array(a) => a.clone(),
+            one => vec![one.clone()],
+        };
+        assert!(!items.is_empty(), "{concrete}: nothing to check");
+        // A full token sees every field of a node; a read-only one all but
+        // the secrets.
+        let exact = token == &full || path != "/nodes/{node}";
+        for item in &items {
+            check_shape(concrete, item, &props, &required, exact);
+            checked += 1;
+        }
+    }
+    // The error shape, and the answers of changes.
+    let (s, v) = serve.call("GET", "/nodes/nope", Some(&ro), None)?;
+    assert_eq!(s, 404);
+    let (props, required) = shape(&doc, "ErrorBody");
+    check_shape("error", &v, &props, &required, true);
+    let (props, required) = shape(&doc, "ErrorDetail");
+    check_shape("error detail", &v["error"], &props, &required, true);
+    let (s, v) = serve.call("POST", "/nodes/n1/reset", Some(&full), Some("{}"))?;
+    assert_eq!(s, 200, "{v}");
+    let (props, required) = answer_schema("post", "/nodes/{node}/reset", "200");
+    check_shape("reset", &v, &props, &required, true);
+    let raw = env.path("g.raw");
+    let body = serde_json::json!({"name": "deb", "path": raw}).to_string();
+    let (s, v) = serve.call("POST", "/images", Some(&full), Some(&body))?;
+    assert_eq!(s, 201, "{v}");
+    let (props, required) = answer_schema("post", "/images", "201");
+    check_shape("import", &v, &props, &required, true);
+    let (s, v) = serve.call("DELETE", "/nodes/n1", Some(&full), None)?;
+    assert_eq!(s, 200, "{v}");
+    let (props, required) = answer_schema("delete", "/nodes/{node}", "200");
+    check_shape("node rm", &v, &props, &required, true);
+    assert_eq!(v["mac"], n1["mac"]);
+    assert!(checked >= 10);
+    serve.stop()?;
+    Ok(())
+}

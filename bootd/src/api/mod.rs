@@ -38,11 +38,17 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(1800);
 pub struct Api {
     dd: DataDir,
     feed: events::Feed,
+    /// The only directory images are imported from.
+    import_dir: std::path::PathBuf,
 }
 
 impl Api {
-    pub fn new(dd: DataDir, feed: events::Feed) -> Self {
-        Self { dd, feed }
+    pub fn new(dd: DataDir, feed: events::Feed, import_dir: std::path::PathBuf) -> Self {
+        Self {
+            dd,
+            feed,
+            import_dir,
+        }
     }
 
     /// Runs `f` with a registry connection of its own off the runtime's

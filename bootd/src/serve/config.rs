@@ -91,7 +91,7 @@ pub struct ServeConfig {
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
     /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
     /// per_source, node_quota, reserve_free, warn_free, server_id, api_listen,
-    /// api_cert, api_key (sizes as strings,
+    /// api_cert, api_key, api_import_dir (sizes as strings,
     /// e.g. "20G"). Unknown keys are an error. Flags (and BOOTD_* variables)
     /// override it.
     #[arg(long, env = "BOOTD_CONFIG")]
@@ -233,6 +233,12 @@ pub struct ServeConfig {
     /// PEM private key of --api-cert.
     #[arg(long, value_name = "PEM", env = "BOOTD_API_KEY", requires = "api_cert")]
     pub api_key: Option<PathBuf>,
+    /// The one directory the API imports images from (`POST
+    /// /api/v1/images` with a path in it, or relative to it): serve runs
+    /// as root, and a token must not make it read any file of the machine
+    /// [default: DATA_DIR/import].
+    #[arg(long, value_name = "DIR", env = "BOOTD_API_IMPORT_DIR")]
+    pub api_import_dir: Option<PathBuf>,
 }
 
 /// `--api-listen`: an address, or off.
@@ -377,7 +383,8 @@ impl ServeConfig {
             server_id,
             api_listen,
             api_cert,
-            api_key
+            api_key,
+            api_import_dir
         );
         take_list!(dns, relays, metrics_from);
     }

@@ -95,8 +95,10 @@ async fn serve(
         Arc::new(bootlog),
         sessions.clone(),
         session_locks,
-        io_rates.subscriber(),
     ];
+    if s.api_listen().0.is_some() {
+        subscribers.push(io_rates.subscriber());
+    }
     if let Some(r) = &recorder {
         subscribers.push(r.clone());
     }
@@ -260,7 +262,12 @@ async fn serve(
         ("http", Ok(()))
     });
     if let Some(listener) = api_listener {
-        let (router, _) = crate::api::router(crate::api::Api::new(dd.clone(), feed));
+        let import_dir = s
+            .api_import_dir
+            .clone()
+            .unwrap_or_else(|| dd.images().with_file_name("import"));
+        let api = crate::api::Api::new(dd.clone(), feed, import_dir);
+        let (router, _) = crate::api::router(api);
         let sd = shutdown.clone();
         drivers.spawn(async move {
             crate::api::serve(listener, router, api_tls, sd).await;

@@ -286,11 +286,13 @@ fn every_route_does_what_the_cli_does() -> Result {
     golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
     let full = token(&env, "ops", false)?;
     let ro = token(&env, "viewer", true)?;
-    let serve = ApiServe::start(&env, &[])?;
+    let dir = env.dir.path().to_string_lossy().to_string();
+    let serve = ApiServe::start(&env, &["--api-import-dir", &dir])?;
     let t = Some(full.as_str());
 
-    // Images: import from a path on the server, list, (remove at the end).
-    let body = json!({"name": "deb", "path": raw}).to_string();
+    // Images: import from a path on the server (in the import directory,
+    // absolute or relative), list, (remove at the end).
+    let body = json!({"name": "deb", "path": "g.raw"}).to_string();
     let (s, img) = serve.call("POST", "/images", t, Some(&body))?;
     assert_eq!(s, 201, "{img}");
     assert_eq!(
@@ -308,9 +310,29 @@ fn every_route_does_what_the_cli_does() -> Result {
         "POST",
         "/images",
         t,
-        Some(r#"{"name":"x","path":"/nonexistent/file"}"#),
+        Some(r#"{"name":"x","path":"nonexistent.raw"}"#),
     )?;
-    assert_eq!((s, code(&v)), (422, "rejected"), "{v}");
+    assert_eq!((s, code(&v)), (404, "not_found"), "{v}");
+    // Nothing outside the import directory: not by absolute path, `..`
+    // or a symbolic link (serve runs as root: a token must not read
+    // /etc/shadow into an image).
+    std::os::unix::fs::symlink("/etc/passwd", env.path("link.raw"))?;
+    for path in [
+        "/etc/passwd",
+        "../../etc/passwd",
+        "link.raw",
+        "/etc/nonexistent",
+    ] {
+        let body = json!({"name": "x", "path": path}).to_string();
+        let (s, v) = serve.call("POST", "/images", t, Some(&body))?;
+        assert_eq!((s, code(&v)), (403, "path_not_allowed"), "{path}: {v}");
+    }
+    assert_eq!(
+        env.json(&["image", "list", "--json"])?
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 
     // Templates: add (checked by a trial render), list, show, refuse a
     // broken script, remove.
@@ -648,5 +670,30 @@ fn the_api_works_on_a_postgres_registry() -> Result {
     let (s, _) = serve.call("GET", "/nodes", None, None)?;
     assert_eq!(s, 401);
     serve.stop()?;
+    Ok(())
+}
+
+#[test]
+fn token_commands_check_names_and_refuse_what_is_not_there() -> Result {
+    let env = Env::new()?;
+    assert_eq!(env.json(&["token", "list", "--json"])?, json!([]));
+    let a = token(&env, "ops", false)?;
+    let b = token(&env, "ops2", false)?;
+    assert_ne!(a, b);
+    let err = env.fails(&["token", "add", "ops"])?;
+    assert!(err.contains("already exists"), "{err}");
+    let err = env.fails(&["token", "add", "../x"])?;
+    assert!(err.contains("invalid"), "{err}");
+    let err = env.fails(&["token", "rm", "nope"])?;
+    assert!(err.contains("does not exist"), "{err}");
+    env.ok(&["token", "rm", "ops2"])?;
+    let list = env.json(&["token", "list", "--json"])?;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["read_only"], false);
+    assert_eq!(list[0]["last_used"], Value::Null);
+    // The registry holds the hash, not the token.
+    let db = rusqlite::Connection::open(env.data().join("bootd.db"))?;
+    let stored: String = db.query_row("SELECT sha256 FROM api_tokens", [], |r| r.get(0))?;
+    assert_eq!(stored, sha256_hex(&a));
     Ok(())
 }

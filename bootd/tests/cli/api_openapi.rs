@@ -344,7 +344,8 @@ fn every_answer_has_its_documented_shape() -> Result {
          VALUES ('52:54:00:00:b0:07', NULL, '', 1, 1, 2, 1)",
         [],
     )?;
-    let serve = ApiServe::start(&env, &[])?;
+    let dir = env.dir.path().to_string_lossy().to_string();
+    let serve = ApiServe::start(&env, &["--api-import-dir", &dir])?;
     let (_, doc) = serve.call("GET", "/openapi.json", None, None)?;
     let answer_schema = |method: &str, path: &str, status: &str| {
         let s = &doc["paths"][format!("/api/v1{path}")][method]["responses"][status]["content"]

@@ -4,6 +4,7 @@
 mod api;
 mod api_events;
 mod api_openapi;
+mod api_routes;
 mod boot_http;
 mod boot_stages;
 mod common;

@@ -122,4 +122,22 @@ mod tests {
         assert!(!same(hash(&a).as_bytes(), hash(&b).as_bytes()));
         assert!(!same(b"ab", b"abc"));
     }
+
+    #[test]
+    fn the_bearer_header_is_read_strictly() {
+        let with = |v: &[u8]| {
+            let req = axum::http::Request::builder()
+                .header(header::AUTHORIZATION, v)
+                .body(axum::body::Body::empty())
+                .ok()?;
+            bearer(&req).map(str::to_string)
+        };
+        assert_eq!(with(b"Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(with(b"bearer  abc ").as_deref(), Some("abc"));
+        assert_eq!(with(b"Basic abc"), None);
+        assert_eq!(with(b"Bearer"), None);
+        assert_eq!(with(b"Bearer \xff\xfe"), None);
+        assert!(reads_only(&Method::GET) && !reads_only(&Method::POST));
+        assert!(!reads_only(&Method::DELETE) && !reads_only(&Method::PUT));
+    }
 }

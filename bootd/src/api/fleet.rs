@@ -2,7 +2,7 @@
 //! `template`, `server list` and `df` do, through the same functions.
 
 use super::body::Body;
-use super::error::{ApiError, ApiResult};
+use super::error::ApiResult;
 use super::{schema, Api};
 use crate::{cmd_df, cmd_image, cmd_server, cmd_template};
 use axum::extract::{Path, State};
@@ -68,7 +68,7 @@ async fn import_image(
     State(api): State<Api>,
     Body(b): Body<ImportBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let file = importable(&api.import_dir, &b.path)?;
+    let file = super::paths::importable(&api.import_dir, &b.path)?;
     let v = api
         .blocking(move |dd, s| {
             let img = crate::import::import(dd, s, &b.name, &file)?;
@@ -180,45 +180,4 @@ async fn df(State(api): State<Api>) -> ApiResult<Json<Value>> {
     Ok(Json(
         api.blocking(|dd, s| cmd_df::report_json(dd, s)).await?,
     ))
-}
-
-/// The file an import may read: `asked` inside `dir` (relative paths are
-/// taken from `dir`), symbolic links and `..` resolved. Anything else is
-/// refused before the file is looked at, so the answer does not tell
-/// whether a file outside exists.
-fn importable(dir: &std::path::Path, asked: &std::path::Path) -> ApiResult<PathBuf> {
-    use std::path::Component;
-    let refused = || {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "path_not_allowed",
-            format!(
-                "{}: images are imported only from {} (serve --api-import-dir)",
-                asked.display(),
-                dir.display()
-            ),
-        )
-    };
-    let full = dir.join(asked);
-    if !full.starts_with(dir) || full.components().any(|c| c == Component::ParentDir) {
-        return Err(refused());
-    }
-    let root = dir.canonicalize().map_err(|e| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("import directory {}: {e}", dir.display()),
-        )
-    })?;
-    let real = full.canonicalize().map_err(|e| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{}: {e}", asked.display()),
-        )
-    })?;
-    if !real.starts_with(&root) {
-        return Err(refused());
-    }
-    Ok(real)
 }

@@ -12,6 +12,7 @@ pub mod events;
 mod fleet;
 mod listen;
 mod nodes;
+mod paths;
 mod schema;
 
 use crate::datadir::DataDir;

@@ -341,3 +341,51 @@ fn token_commands_check_names_and_refuse_what_is_not_there() -> Result {
     assert_eq!(stored, sha256_hex(&a));
     Ok(())
 }
+
+/// `--api-listen off` starts no API; a port given that is taken is an
+/// error (a port left at its default that is taken is only a warning: the
+/// boot network matters more than the API).
+#[test]
+fn api_listen_off_and_a_taken_port() -> Result {
+    let env = Env::new()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let base = [
+        "serve",
+        "--listen-ip",
+        "127.0.0.1",
+        "--iscsi-port",
+        "0",
+        "--http-port",
+        "0",
+        "--tftp-port",
+        "0",
+        "--api-listen",
+    ];
+    let mut args = base.to_vec();
+    args.push(&addr);
+    let err = env.fails(&args)?;
+    assert!(err.contains("--api-listen") && err.contains(&addr), "{err}");
+    let err = env.fails(&[&base[..], &["nonsense"]].concat())?;
+    assert!(err.contains("nonsense"), "{err}");
+    // Off: the ready lines stop at tftp.
+    let mut cmd = env.bootd_cmd(&[&base[..], &["off"]].concat());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn()?;
+    let mut out = BufReader::new(child.stdout.take().ok_or("stdout")?);
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut l = String::new();
+        out.read_line(&mut l)?;
+        lines.push(l);
+    }
+    assert!(lines[2].starts_with("tftp "), "{lines:?}");
+    tool("kill", &["-TERM", &child.id().to_string()])?;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest)?;
+    assert!(child.wait()?.success());
+    assert_eq!(rest, "", "no api line");
+    Ok(())
+}

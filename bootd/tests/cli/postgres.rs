@@ -4,19 +4,8 @@
 //! not installed, unless `BOOTD_E2E=1`.
 
 use crate::common::*;
-use bootd_tests::postgres::{shared, PgServer, PASSWORD};
+use bootd_tests::postgres::{shared, PASSWORD};
 use std::time::{Duration, Instant};
-
-/// An Env whose bootd runs use a fresh database on the shared server.
-fn on_postgres(server: &PgServer) -> Result<(Env, String)> {
-    let db = server.create_database()?;
-    let mut env = Env::new()?;
-    env.vars = vec![
-        ("BOOTD_REGISTRY".into(), server.url(&db)),
-        ("PGPASSWORD".into(), PASSWORD.into()),
-    ];
-    Ok((env, db))
-}
 
 fn names(list: &serde_json::Value) -> Vec<String> {
     list.as_array()
@@ -33,10 +22,7 @@ fn commands_work_against_a_postgres_registry() -> Result {
     let Some(server) = shared("cli::postgres::commands_work_against_a_postgres_registry") else {
         return Ok(());
     };
-    let (env, db) = on_postgres(server)?;
-    let raw = env.path("g.raw");
-    golden(&raw, 32 << 20, 1 << 20, 0x5a)?;
-    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    let (env, db) = on_postgres_with_image(server, Via::Tcp, 32 << 20)?;
     env.ok(&["template", "add", "lab", "--image", "deb"])?;
     env.ok(&[
         "node",
@@ -109,7 +95,7 @@ fn the_registry_password_is_never_shown() -> Result {
     let Some(server) = shared("cli::postgres::the_registry_password_is_never_shown") else {
         return Ok(());
     };
-    let (env, db) = on_postgres(server)?;
+    let (env, db) = on_postgres(server, Via::Tcp)?;
     let secret = "pw-7d1e-never-shown";
     let url = format!("postgres://bootd:{secret}@127.0.0.1:{}/{db}", server.port);
     let e = env.fails(&["--registry", &url, "node", "list"])?;
@@ -143,10 +129,7 @@ fn serve_follows_a_postgres_registry() -> Result {
     let Some(server) = shared("cli::postgres::serve_follows_a_postgres_registry") else {
         return Ok(());
     };
-    let (env, _db) = on_postgres(server)?;
-    let raw = env.path("g.raw");
-    golden(&raw, 32 << 20, 1 << 20, 0x5a)?;
-    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    let (env, _db) = on_postgres_with_image(server, Via::Tcp, 32 << 20)?;
     let serve = Serve::start(&env)?;
     let t = Instant::now();
     env.ok(&[

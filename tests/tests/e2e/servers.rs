@@ -136,18 +136,11 @@ fn logins_at_the_wrong_server_are_redirected_to_the_owner() -> Result<()> {
     for (n, ns) in (1..=3).zip(&hosts) {
         let id = format!("s{n}");
         let mut extra = vec!["--iscsi-port", ISCSI_PORT];
-        // One DHCP server is enough for one LAN; any server answers HTTP.
+        // One DHCP server is enough for one LAN; any server answers HTTP. Its
+        // router advertisements (on with --dhcp full) end iPXE's IPv6
+        // configuration at once instead of after its 15 s wait.
         if n == 1 {
-            extra.extend([
-                "--dhcp",
-                "full",
-                "--interface",
-                "eth0",
-                "--pool",
-                POOL,
-                "--ipv6-ra",
-                "off",
-            ]);
+            extra.extend(["--dhcp", "full", "--interface", "eth0", "--pool", POOL]);
         }
         peers.push(reg.serve(ns, &id, &ip(&id), &extra)?);
     }
@@ -278,6 +271,12 @@ fn logins_at_the_wrong_server_are_redirected_to_the_owner() -> Result<()> {
         );
     }
     redirected(&peers, wrong, &owner, KERNEL.0, &sessions)?;
+    let stages = last_boot(&reg, KERNEL.0)?;
+    println!(
+        "{test}: {}'s logins:\n{}",
+        KERNEL.0,
+        show_stages(&stages).trim_end()
+    );
 
     for p in peers {
         p.stop()?;

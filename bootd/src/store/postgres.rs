@@ -467,6 +467,7 @@ impl Store for PgStore {
     }
 }
 
+mod binding;
 pub mod leases;
 pub mod notify;
 pub mod off_runtime;

@@ -309,7 +309,12 @@ fn the_registry_over_tls() -> Result {
 
     // verify-full with the CA that signed the server's certificate: every
     // command works (pg_hba.conf admits TCP clients over TLS only).
-    let full = url("127.0.0.1", root("verify-full", &ca));
+    // channel_binding=require: the login is SCRAM-SHA-256-PLUS, bound to
+    // this TLS session (tls-server-end-point), or there is none.
+    let full = url(
+        "127.0.0.1",
+        format!("{}&channel_binding=require", root("verify-full", &ca)),
+    );
     let raw = env.path("g.raw");
     golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
     env.ok(&[

@@ -190,10 +190,14 @@ impl TlsConnect<Socket> for RustlsConnect {
 pub struct RustlsStream(tokio_rustls::client::TlsStream<Socket>);
 
 impl TlsStream for RustlsStream {
-    // No tls-server-end-point binding: SCRAM without -PLUS (its hash
-    // depends on the certificate's signature algorithm).
+    /// `tls-server-end-point` of the server's certificate (see `binding`):
+    /// SCRAM-SHA-256-PLUS where the server offers it.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let (_, conn) = self.0.get_ref();
+        conn.peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| super::binding::end_point(cert))
+            .map_or_else(ChannelBinding::none, ChannelBinding::tls_server_end_point)
     }
 }
 

@@ -41,11 +41,12 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      initdb and postgres from /usr/lib/postgresql/15/bin themselves, as the
 #                      postgres user, in a temporary directory (the package's own cluster
 #                      service is not used)
+#   openssl            the registry TLS test's CA and server certificates
 #   python3-venv       the venv for PyPI tools the tests run (see install_venv below)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
-    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15 python3-venv
+    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15 openssl python3-venv
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 

@@ -50,7 +50,8 @@ struct Cli {
     )]
     data_dir: PathBuf,
     /// The registry: sqlite:PATH (default: bootd.db in the data directory)
-    /// or postgres://USER@HOST[:PORT]/DB (password from PGPASSWORD; no TLS).
+    /// or postgres://USER@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=CA.pem]
+    /// (password from PGPASSWORD).
     /// Images and overlays stay in the data directory either way.
     #[arg(long, env = "BOOTD_REGISTRY", hide_env_values = true, global = true)]
     registry: Option<String>,

@@ -134,7 +134,7 @@ async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let http_listener = bind_http(&s).await?;
-    let api_listener = bind_api(&s).await?;
+    let (api_listener, api_skipped) = bind_api(&s).await?;
     let api_tls = match (&s.api_cert, &s.api_key) {
         (Some(cert), Some(key)) => Some(crate::api::Tls::load(cert, key)?),
         _ => None,
@@ -220,6 +220,10 @@ async fn serve(
     out.flush()?;
     drop(out);
     tracing::info!(server = %id, listen = %local, nodes = targets.len(), "serving");
+    // Said once serving: a serve that fails to start says one line, its error.
+    if let Some(why) = api_skipped {
+        tracing::warn!("{why}");
+    }
 
     let api_view = view.clone();
     // Registry changes reach the targets as they come; the timer checks
@@ -421,20 +425,20 @@ async fn bind_http(s: &ServeConfig) -> Result<tokio::net::TcpListener> {
 }
 
 /// The operator API's listener, unless `--api-listen off`. The default
-/// port being taken only costs the API (a warning), never the boot
-/// network; a port asked for must be had.
-async fn bind_api(s: &ServeConfig) -> Result<Option<tokio::net::TcpListener>> {
+/// port being taken only costs the API (the warning returned, said once
+/// serve is up), never the boot network; a port asked for must be had.
+async fn bind_api(s: &ServeConfig) -> Result<(Option<tokio::net::TcpListener>, Option<String>)> {
     let (Some(addr), default) = s.api_listen() else {
-        return Ok(None);
+        return Ok((None, None));
     };
     match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => Ok(Some(l)),
-        Err(e) if default => {
-            tracing::warn!(
+        Ok(l) => Ok((Some(l), None)),
+        Err(e) if default => Ok((
+            None,
+            Some(format!(
                 "api: cannot listen on {addr} ({e}); serving without the API (see --api-listen)"
-            );
-            Ok(None)
-        }
+            )),
+        )),
         Err(e) => Err(e).with_context(|| format!("--api-listen: cannot listen on {addr}")),
     }
 }

@@ -18,11 +18,16 @@ pub enum ServerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The child process `serve` starts to hold its overlays' file locks
+    /// (see `peers::keeper`); not for operators.
+    #[command(hide = true)]
+    FenceKeeper,
 }
 
 pub fn run(dd: &DataDir, cmd: ServerCmd) -> Result<()> {
     match cmd {
         ServerCmd::List { json } => list(dd, json),
+        ServerCmd::FenceKeeper => peers::keeper::run(),
     }
 }
 

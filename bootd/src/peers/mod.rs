@@ -5,6 +5,8 @@
 
 pub mod fence;
 pub mod heartbeat;
+pub mod keeper;
+pub mod lease;
 pub mod rendezvous;
 
 use std::time::Duration;

@@ -109,19 +109,31 @@ async fn serve(
         },
         _ => crate::dhcp::ledger::LeaseHome::File(dd.overlays().with_file_name("dhcp-leases")),
     };
+    // With a shared registry, ownership is a lease the heartbeats renew
+    // (nothing is served before the first); the overlays' locks live in
+    // the fence keeper, which drops them when it lapses (`peers::lease`).
+    let shared = matches!(dd.registry(), crate::store::url::Registry::Postgres(_));
+    let lease = if shared {
+        crate::peers::lease::Lease::lapsed()
+    } else {
+        crate::peers::lease::Lease::forever()
+    };
+    let root = dd.overlays().parent().map(std::path::Path::to_path_buf);
+    let keeper = Arc::new(crate::peers::keeper::Keeper::spawn(
+        &root.unwrap_or_default(),
+    )?);
+    if !shared {
+        keeper.until(u64::MAX)?;
+    }
     let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
         .with_space(s.node_quota, s.reserve_free, s.warn_free)?
         .with_ownership(owned::Ownership {
             me: id.clone(),
             registry: registry.clone(),
             sessions: sessions.clone(),
+            lease: lease.clone(),
+            keeper: keeper.clone(),
         });
-    // Who is live decides which nodes are this server's from the first tick.
-    let first_peers = {
-        let r = registry.clone();
-        tokio::task::spawn_blocking(move || r.with(|s| s.servers())).await??
-    };
-    targets.tick(&view.current(), &first_peers).await;
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -158,6 +170,11 @@ async fn serve(
             sessions: sessions.clone(),
             metrics: metrics.clone(),
         }),
+        crate::peers::heartbeat::Fencing {
+            lease: lease.clone(),
+            keeper: keeper.clone(),
+            shared,
+        },
     )?;
     let enroller = match (s.dhcp(), s.unknown()) {
         (None, _) | (_, UnknownPolicy::Ignore) => None,
@@ -202,6 +219,11 @@ async fn serve(
             }),
         },
     );
+    // Who is live decides which nodes are this server's from the first
+    // tick, which comes after the first heartbeat (the lease) and before
+    // the ready lines.
+    let first_peers = peers.borrow().clone();
+    targets.tick(&view.current(), &first_peers).await;
     let mut out = std::io::stdout().lock();
     out.write_all(lines.as_bytes())?;
     out.flush()?;
@@ -288,10 +310,27 @@ async fn serve(
         }
     }
     let mut targets = reconciler.await.context("target reconciler")?;
+    // Heartbeats go on while the overlays are committed (the lease must
+    // hold), then stop, and the server gives its nodes up and is listed
+    // dead at once: peers take them on their next look, not 5 s later.
+    let unflushed = targets.close_all().await;
+    let _ = tokio::task::spawn_blocking(move || heartbeat.stop()).await;
+    lease.end();
+    drop(targets);
+    let retire = {
+        let (r, me) = (registry.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            r.with(|s| s.retire_server(&me, crate::peers::dead_after_ms()))
+        })
+        .await
+    };
+    match retire {
+        Ok(Ok(n)) => tracing::info!(nodes = n, "nodes released; listed dead"),
+        Ok(Err(e)) => tracing::warn!("releasing nodes at shutdown: {e}"),
+        Err(e) => tracing::warn!("releasing nodes at shutdown: {e}"),
+    }
     watch_stop.store(true, Relaxed);
     let _ = tokio::task::spawn_blocking(move || watch_thread.join()).await;
-    let _ = tokio::task::spawn_blocking(move || heartbeat.stop()).await;
-    let unflushed = targets.close_all().await;
     if let Some(r) = &recorder {
         r.flush(true);
     }

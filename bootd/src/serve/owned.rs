@@ -7,9 +7,12 @@
 //! The owner a node should have is rendezvous hashing over the live
 //! servers (`peers::rendezvous`), or its pinned server. A node moves only
 //! while it has no session: its owner keeps serving it until the session
-//! ends, then closes it and releases it, and the new owner claims it. (A
-//! move of a node in use, and taking over from a dead server with sessions
-//! that carry on, are issue 15's.)
+//! ends, then closes it and releases it, and the new owner claims it.
+//!
+//! Ownership is a lease: it lasts while the owner's heartbeats reach the
+//! registry; the owner stops serving by itself before peers may claim
+//! (`peers::lease`), and a node whose registry row names another live
+//! server is dropped without a write.
 
 use crate::events::sessions::Sessions;
 use crate::fleet::Registry;
@@ -34,6 +37,10 @@ pub struct Ownership {
     pub me: String,
     pub registry: Registry,
     pub sessions: Arc<Sessions>,
+    /// This server's ownership lease (renewed by its heartbeats).
+    pub lease: Arc<peers::lease::Lease>,
+    /// Holds the overlays' file locks; drops them when the lease lapses.
+    pub keeper: Arc<peers::keeper::Keeper>,
 }
 
 impl Ownership {

@@ -181,6 +181,10 @@ impl Servers for Rooted {
         self.inner.release_node(node, me)
     }
 
+    fn retire_server(&mut self, id: &str, dead_after_ms: i64) -> Result<u64> {
+        self.inner.retire_server(id, dead_after_ms)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         let n = self.inner.pin_node(node, server)?;
         Ok(self.node(n))

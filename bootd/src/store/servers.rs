@@ -53,6 +53,12 @@ pub trait Servers {
     /// Clears the node's owner if it is `me` (its overlay closed); whether
     /// it was. Moves the generation when it does.
     fn release_node(&mut self, node: &str, me: &str) -> Result<bool>;
+    /// A server stopping cleanly: its nodes lose their owner (their
+    /// overlays are closed) and it is listed dead at once, its heartbeat
+    /// set `dead_after_ms` in the past, so peers take its nodes without
+    /// waiting for it to expire. How many nodes it gave up. Moves the
+    /// generation.
+    fn retire_server(&mut self, id: &str, dead_after_ms: i64) -> Result<u64>;
     /// Pins the node to `server` (`None`: unpins). `NotFound` for a node or
     /// server that does not exist. Moves the generation.
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node>;
@@ -99,6 +105,14 @@ pub fn claim_sql(now: &str) -> String {
             OR owner NOT IN (SELECT id FROM servers WHERE {now} - heartbeat_at <= $3))
          RETURNING owner_epoch"
     )
+}
+
+/// `$1` server: every node it owns loses its owner.
+pub const RELEASE_ALL_SQL: &str = "UPDATE nodes SET owner = NULL WHERE owner = $1";
+
+/// `$1` server, `$2` dead after (ms): listed dead from now on.
+pub fn retire_sql(now: &str) -> String {
+    format!("UPDATE servers SET heartbeat_at = {now} - $2 - 1, sessions = 0 WHERE id = $1")
 }
 
 pub const RELEASE_SQL: &str = "UPDATE nodes SET owner = NULL WHERE name = $1 AND owner = $2";

@@ -12,5 +12,6 @@ mod postgres;
 mod security;
 mod serve;
 mod servers;
+mod takeover;
 mod tftp;
 mod user_data;

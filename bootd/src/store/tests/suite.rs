@@ -533,5 +533,20 @@ pub fn servers_heartbeat_and_claim_nodes(f: Fixture) -> Result<()> {
         (s1.iscsi.as_str(), s1.sessions, s1.heartbeat_age_ms < 5000),
         ("127.0.0.9:3261", 0, true)
     );
+    // A clean stop: s1's nodes lose their owner, s1 is dead at once, and
+    // s2 claims without waiting for s1's heartbeat to expire.
+    assert!(s.heartbeat("s2", 0, 0)?);
+    assert_eq!(s.node("a")?.owner.as_deref(), Some("s1"));
+    let g3 = s.generation()?;
+    assert_eq!(s.retire_server("s1", 5000)?, 1);
+    assert!(
+        s.generation()? > g3,
+        "a retirement must reach the fleet views"
+    );
+    assert_eq!(s.node("a")?.owner, None);
+    let s1 = &s.servers()?[0];
+    assert!(s1.heartbeat_age_ms > 5000, "{s1:?}");
+    assert_eq!(s.retire_server("s1", 5000)?, 0);
+    assert_eq!(s.claim_node("a", "s2", 5000)?, Some(5));
     Ok(())
 }

@@ -1,0 +1,303 @@
+//! Takeover between servers on one PostgreSQL registry (issue 15): a
+//! paused owner fences itself before its ownership expires, a peer takes
+//! its node only after the expiry, and a clean stop hands nodes over at
+//! once. Real PostgreSQL (skipped with a reason when it is not installed,
+//! unless `BOOTD_E2E=1`), real serves, qemu-io (libiscsi) as the node.
+
+use crate::common::*;
+use crate::servers::{holders, io_ok_at, owners, servers, within};
+use bootd_tests::postgres::{shared, PASSWORD};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `serve` as server `id` on `ip`, its log in `log` (read by the test).
+fn serve_logged(env: &Env, id: &str, ip: &str, log: &std::path::Path) -> Result<Serve> {
+    let args = [
+        "serve",
+        "--server-id",
+        id,
+        "--dhcp",
+        "off",
+        "--listen-ip",
+        ip,
+        "--iscsi-port",
+        "0",
+        "--http-port",
+        "0",
+        "--tftp-port",
+        "0",
+        "--script-access",
+        "open",
+    ];
+    let inner = env.bootd_cmd(&args);
+    // `exec` keeps the pid bootd's, so SIGSTOP reaches serve itself.
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"log="$1"; shift; exec "$@" 2>>"$log""#)
+        .arg("sh")
+        .arg(log)
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    Serve::start_cmd(c)
+}
+
+/// A database of its own on the shared PostgreSQL, one golden image and
+/// node `n1`; `None` when PostgreSQL is missing (and not required).
+fn registry_with_one_node(test: &str) -> Result<Option<(Env, serde_json::Value)>> {
+    let Some(pg) = shared(test) else {
+        return Ok(None);
+    };
+    let db = pg.create_database()?;
+    let mut env = Env::new()?;
+    env.vars = vec![
+        ("BOOTD_REGISTRY".into(), pg.url(&db)),
+        ("PGPASSWORD".into(), PASSWORD.into()),
+    ];
+    let raw = env.path("g.raw");
+    golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
+    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    env.ok(&[
+        "node",
+        "add",
+        "02:00:00:00:03:01",
+        "--image",
+        "deb",
+        "--name",
+        "n1",
+    ])?;
+    let node = env.json(&["node", "show", "n1", "--json"])?;
+    Ok(Some((env, node)))
+}
+
+/// qemu-io's image options for `node` at `ip:port`.
+fn opts(ip: &str, port: u16, node: &serde_json::Value) -> String {
+    let s = |k: &str| node[k].as_str().unwrap_or_default().to_string();
+    format!(
+        "driver=iscsi,transport=tcp,portal={ip}:{port},target={},lun=0,initiator-name={},user={},password={}",
+        s("target_iqn"),
+        s("initiator_iqn"),
+        s("chap_user"),
+        s("chap_secret")
+    )
+}
+
+/// Waits for `child` at most `limit`; its output.
+fn finish(mut child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
+    let t = Instant::now();
+    while child.try_wait()?.is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            return Err(format!("qemu-io still running after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// `e` with the serves' logs, to see why.
+fn with_logs(
+    e: Box<dyn std::error::Error>,
+    logs: &[&std::path::Path],
+) -> Box<dyn std::error::Error> {
+    let mut m = e.to_string();
+    for l in logs {
+        m.push_str(&format!(
+            "\n--- {}:\n{}",
+            l.display(),
+            std::fs::read_to_string(l).unwrap_or_default()
+        ));
+    }
+    m.into()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_paused_owner_fences_itself_and_its_peer_takes_over() -> Result {
+    let Some((env, node)) = registry_with_one_node(
+        "cli::takeover::a_paused_owner_fences_itself_and_its_peer_takes_over",
+    )?
+    else {
+        return Ok(());
+    };
+    let path = node["overlay_path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
+    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log1)?;
+    within(Duration::from_secs(15), "n1 owned by s1", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
+    })?;
+    // Pinned to s1 while s1 is live; to the survivor when it is not.
+    env.ok(&["node", "move", "n1", "--server", "s1"])?;
+    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
+    within(Duration::from_secs(10), "s2 live", || {
+        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
+    })?;
+    let epoch0 = env.json(&["node", "show", "n1", "--json"])?["owner_epoch"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // A session on s1 that lives through the pause: one write before,
+    // one after (libiscsi reconnects when its connection is cut).
+    let session = Command::new("qemu-io")
+        .args([
+            "--image-opts",
+            &opts("127.0.0.1", s1.port, &node),
+            "-c",
+            "write -P 0xa1 0 64k",
+            "-c",
+            "sleep 16000",
+            "-c",
+            "write -P 0xa2 64k 64k",
+            "-c",
+            "read -P 0xa1 0 64k",
+            "-c",
+            "read -P 0xa2 64k 64k",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    within(Duration::from_secs(10), "a session on s1", || {
+        Ok(servers(&env)?["s1"]["sessions"].as_u64().unwrap_or(0) > 0)
+    })?;
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // s1 freezes with the overlay open and a session on it.
+    let s1_pid = s1.pid()?.to_string();
+    tool("kill", &["-STOP", &s1_pid])?;
+    let stopped = Instant::now();
+    let both = [("s1", &s1), ("s2", &s2)];
+    let took = within(Duration::from_secs(20), "s2 serving n1", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s2") && s2.open_count(path.as_ref())? > 0)
+    })
+    .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    // Not before s1's ownership had expired in the registry: its last
+    // heartbeat came at most a period before the pause, expiry 5 s after.
+    assert!(took >= Duration::from_millis(3900), "taken after {took:?}");
+    let after = env.json(&["node", "show", "n1", "--json"])?;
+    assert!(
+        after["owner_epoch"].as_u64().unwrap_or(0) > epoch0,
+        "{after}"
+    );
+    println!(
+        "s1 paused: n1 served by s2 {took:?} later (epoch {epoch0} -> {})",
+        after["owner_epoch"]
+    );
+    // s2 serves the write s1 acknowledged before it froze, and takes new
+    // ones, while s1 (frozen) still has the file open.
+    io_ok_at(
+        "127.0.0.2",
+        s2.port,
+        &node,
+        &["read -P 0xa1 0 64k", "write -P 0xb1 1M 64k"],
+    )
+    .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    assert_eq!(holders(&both, &path)?, ["s1", "s2"]);
+
+    // s1 thaws: it finds its lease lapsed and lets go of the overlay
+    // without writing it; its session ends.
+    tool("kill", &["-CONT", &s1_pid])?;
+    let thawed = Instant::now();
+    let fenced = within(Duration::from_secs(5), "s1 closing n1's overlay", || {
+        Ok(s1.open_count(path.as_ref())? == 0)
+    })?;
+    println!(
+        "s1 resumed: overlay closed {fenced:?} later; the pause lasted {:?}",
+        thawed - stopped
+    );
+    let log = std::fs::read_to_string(&log1)?;
+    assert!(log.contains("ownership lease lapsed"), "{log}");
+    assert!(
+        !log.contains("closing overlay"),
+        "s1 tried to commit a fenced overlay: {log}"
+    );
+    // The session's later write reaches the owner (re-login, redirect).
+    let out = finish(session, Duration::from_secs(40))?;
+    let t = text(&out);
+    assert!(
+        out.status.success() && !t.contains("failed") && !t.contains("error"),
+        "{t}"
+    );
+    let s2_log = std::fs::read_to_string(&log2)?;
+    assert!(s2_log.contains("serving"), "{s2_log}");
+
+    // Once idle, n1 goes back to s1 (pinned, live again), and only one
+    // server ever has it open from then on.
+    within(Duration::from_secs(20), "n1 back on s1", || {
+        let h = holders(&both, &path)?;
+        assert!(h.len() <= 1, "n1 open on {h:?}");
+        Ok(h == ["s1"] && owners(&env)?["n1"].as_deref() == Some("s1"))
+    })?;
+    io_ok_at(
+        "127.0.0.1",
+        s1.port,
+        &node,
+        &[
+            "read -P 0xa1 0 64k",
+            "read -P 0xa2 64k 64k",
+            "read -P 0xb1 1M 64k",
+            "read -P 0x5a 512k 64k",
+        ],
+    )?;
+    s2.stop()?;
+    s1.stop()?;
+    tool("qemu-img", &["check", &path])?;
+    Ok(())
+}
+
+#[test]
+fn a_clean_stop_hands_nodes_over_at_once() -> Result {
+    let Some((env, node)) =
+        registry_with_one_node("cli::takeover::a_clean_stop_hands_nodes_over_at_once")?
+    else {
+        return Ok(());
+    };
+    let path = node["overlay_path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
+    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log1)?;
+    within(Duration::from_secs(15), "n1 owned by s1", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
+    })?;
+    env.ok(&["node", "move", "n1", "--server", "s1"])?;
+    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
+    within(Duration::from_secs(10), "s2 live", || {
+        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
+    })?;
+    io_ok_at("127.0.0.1", s1.port, &node, &["write -P 0xc1 0 64k"])?;
+    let stopping = Instant::now();
+    s1.stop()?;
+    let stopped = stopping.elapsed();
+    // Listed dead at once, not after 5 s, and its node is s2's.
+    let list = servers(&env)?;
+    assert_eq!(list["s1"]["live"], false, "{}", list["s1"]);
+    let taken = within(Duration::from_secs(3), "n1 on s2", || {
+        Ok(s2.open_count(path.as_ref())? > 0)
+    })?;
+    println!("s1 stopped in {stopped:?}; n1 served by s2 {taken:?} after that");
+    io_ok_at(
+        "127.0.0.2",
+        s2.port,
+        &node,
+        &["read -P 0xc1 0 64k", "read -P 0x5a 64k 64k"],
+    )?;
+    s2.stop()?;
+    tool("qemu-img", &["check", &path])?;
+    Ok(())
+}

@@ -18,6 +18,20 @@ pub enum ServerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand every node of server NAME to its peers, sessions and all, and
+    /// wait until it owns none: each session ends and its initiator's next
+    /// login is redirected to the node's new owner. The server keeps
+    /// running (redirecting); it takes nodes again after `--undo` or a
+    /// restart.
+    Drain {
+        name: String,
+        /// Stop draining: the server takes its share of nodes again.
+        #[arg(long)]
+        undo: bool,
+        /// Seconds to wait for the peers to take every node.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
     /// The child process `serve` starts to hold its overlays' file locks
     /// (see `peers::keeper`); not for operators.
     #[command(hide = true)]
@@ -28,7 +42,26 @@ pub fn run(dd: &DataDir, cmd: ServerCmd) -> Result<()> {
     match cmd {
         ServerCmd::List { json } => list(dd, json),
         ServerCmd::FenceKeeper => peers::keeper::run(),
+        ServerCmd::Drain { name, undo, wait } => drain(dd, &name, undo, wait),
     }
+}
+
+fn drain(dd: &DataDir, name: &str, undo: bool, wait: u64) -> Result<()> {
+    let mut store = dd.store()?;
+    if undo {
+        if !store.set_draining(name, false)? {
+            anyhow::bail!("server {name:?} is not registered");
+        }
+        println!("server {name} takes nodes again");
+        return Ok(());
+    }
+    let (took, n) =
+        peers::drain::drain(store.as_mut(), name, std::time::Duration::from_secs(wait))?;
+    println!(
+        "server {name} drained: {n} node(s) handed to its peers in {:.1}s",
+        took.as_secs_f64()
+    );
+    Ok(())
 }
 
 fn list(dd: &DataDir, as_json: bool) -> Result<()> {
@@ -44,6 +77,7 @@ fn list(dd: &DataDir, as_json: bool) -> Result<()> {
                     "started_at_ms": s.started_at,
                     "heartbeat_age_ms": s.heartbeat_age_ms,
                     "live": peers::live(s.heartbeat_age_ms),
+                    "draining": s.draining,
                     "nodes_owned": s.nodes_owned,
                     "sessions": s.sessions,
                     "bytes_served": s.bytes_served,
@@ -59,10 +93,10 @@ fn list(dd: &DataDir, as_json: bool) -> Result<()> {
                 s.id.clone(),
                 s.iscsi.clone(),
                 format!("{:.1}s", s.heartbeat_age_ms as f64 / 1000.0),
-                if peers::live(s.heartbeat_age_ms) {
-                    "live"
-                } else {
-                    "dead"
+                match (peers::live(s.heartbeat_age_ms), s.draining) {
+                    (true, false) => "live",
+                    (true, true) => "draining",
+                    (false, _) => "dead",
                 }
                 .into(),
                 s.nodes_owned.to_string(),

@@ -3,6 +3,7 @@
 //! peers are live from heartbeat ages (on the registry's clock) and which
 //! server each node should be on ([`rendezvous`]).
 
+pub mod drain;
 pub mod fence;
 pub mod heartbeat;
 pub mod keeper;

@@ -218,6 +218,11 @@ pub struct ServeConfig {
     /// [default: the host name].
     #[arg(long, value_name = "NAME", env = "BOOTD_SERVER_ID")]
     pub server_id: Option<String>,
+    /// On SIGTERM, drain first: hand every node to the peers (as `bootd
+    /// server drain` does), then stop.
+    #[arg(long, env = "BOOTD_DRAIN")]
+    #[serde(default)]
+    pub drain: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +346,7 @@ impl ServeConfig {
             server_id
         );
         take_list!(dns, relays, metrics_from);
+        self.drain |= over.drain;
     }
 
     fn check(&self) -> Result<(), ConfigError> {

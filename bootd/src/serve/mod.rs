@@ -33,6 +33,13 @@ use crate::metrics::Metrics;
 /// trace flushed (registry changes arrive from the fleet view at once).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long `--drain` waits for the peers to take every node at SIGTERM.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a drained server stays to redirect re-logins before it stops
+/// (libiscsi logs in again within about 1.5 s of losing its session).
+const REDIRECT_LINGER: Duration = Duration::from_secs(3);
+
 /// `dd` is the opened data directory, with the registry `--registry` named.
 pub fn run(dd: DataDir, args: ServeConfig) -> Result<()> {
     let s = ServeConfig::load(args)?;
@@ -291,8 +298,34 @@ async fn serve(
         ("iscsi", served.map_err(Into::into))
     });
     let on_signal = trigger.clone();
+    let drain_first = s.drain.then(|| (dd.clone(), id.clone()));
     tokio::spawn(async move {
         signal.await;
+        if let Some((dd, me)) = drain_first {
+            // Its own connection: the wait must not hold the fleet view's.
+            tracing::info!("draining: handing every node to the peers");
+            let drained = tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut store = dd.store()?;
+                Ok(crate::peers::drain::drain(
+                    store.as_mut(),
+                    &me,
+                    DRAIN_LIMIT,
+                )?)
+            })
+            .await;
+            match drained {
+                Ok(Ok((took, n))) => {
+                    tracing::info!(nodes = n, secs = took.as_secs_f64(), "drained");
+                    // Initiators log in again at the portal they know, this
+                    // one: it stays a little to redirect them.
+                    if n > 0 {
+                        tokio::time::sleep(REDIRECT_LINGER).await;
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("drain: {e:#}"),
+                Err(e) => tracing::warn!("drain: {e}"),
+            }
+        }
         tracing::info!("shutting down");
         on_signal.fire();
     });

@@ -46,13 +46,16 @@ pub struct Ownership {
 impl Ownership {
     /// The live servers' ids, sorted; this server is always among them (it
     /// knows it is alive, whatever its last heartbeat's age).
+    ///
+    /// A draining server (this one too) is left out: nodes should be
+    /// elsewhere, and logins go elsewhere.
     pub fn live(&self, peers: &[ServerInfo]) -> Vec<String> {
         let mut v: Vec<String> = peers
             .iter()
-            .filter(|s| peers::live(s.heartbeat_age_ms))
+            .filter(|s| peers::live(s.heartbeat_age_ms) && !s.draining)
             .map(|s| s.id.clone())
             .collect();
-        if !v.contains(&self.me) {
+        if !v.contains(&self.me) && !self.draining(peers) {
             v.push(self.me.clone());
         }
         v.sort();
@@ -90,12 +93,17 @@ impl Ownership {
             .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
     }
 
+    /// Whether this server is being drained.
+    pub fn draining(&self, peers: &[ServerInfo]) -> bool {
+        peers.iter().any(|s| s.id == self.me && s.draining)
+    }
+
     /// What moves redirects: the live servers and their addresses.
-    pub fn peer_key(&self, peers: &[ServerInfo]) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = peers
+    pub fn peer_key(&self, peers: &[ServerInfo]) -> Vec<(String, String, bool)> {
+        let mut v: Vec<(String, String, bool)> = peers
             .iter()
             .filter(|s| peers::live(s.heartbeat_age_ms))
-            .map(|s| (s.id.clone(), s.iscsi.clone()))
+            .map(|s| (s.id.clone(), s.iscsi.clone(), s.draining))
             .collect();
         v.sort();
         v

@@ -61,7 +61,7 @@ pub struct Targets {
     /// again every tick until it ends.
     handing_off: bool,
     /// The live peers and their addresses at the last tick.
-    peer_key: Vec<(String, String)>,
+    peer_key: Vec<(String, String, bool)>,
     /// Logins redirected to a peer, by target IQN: initiator, address.
     redirects: HashMap<String, (String, std::net::SocketAddr)>,
     /// Nodes claimed in the registry whose overlay could not be opened
@@ -221,15 +221,18 @@ impl Targets {
         self.claimed
             .retain(|name, _| wanted.contains_key(name.as_str()));
 
-        // Nodes that should be on another server move once idle.
+        // Nodes that should be on another server move once idle; all of
+        // them, sessions and all, when this server is drained (the
+        // initiator logs in again and is redirected to the new owner).
         self.handing_off = false;
         if let Some(own) = &self.own {
+            let draining = own.draining(peers);
             let mut leaving = Vec::new();
             for (name, node) in &wanted {
                 if !self.served.contains_key(*name) || own.mine(node, &self.live) {
                     continue;
                 }
-                if own.in_use(node) {
+                if own.in_use(node) && !draining {
                     // Stays here while its session lasts.
                     self.handing_off = true;
                 } else {

@@ -185,6 +185,10 @@ impl Servers for Rooted {
         self.inner.retire_server(id, dead_after_ms)
     }
 
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
+        self.inner.set_draining(id, on)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         let n = self.inner.pin_node(node, server)?;
         Ok(self.node(n))

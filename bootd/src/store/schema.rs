@@ -122,6 +122,11 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX leases_mac ON leases(mac);
     ",
+    // 7: a server being drained (`bootd server drain`, `serve --drain`):
+    // it hands its nodes to its peers, sessions and all; 1 or 0.
+    "
+    ALTER TABLE servers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The version a fully migrated database has.
@@ -262,6 +267,10 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX leases_mac ON leases(mac);
     "#,
+    // 7
+    "
+    ALTER TABLE servers ADD COLUMN draining BIGINT NOT NULL DEFAULT 0;
+    ",
 ];
 
 // One history: every migration has both dialects.

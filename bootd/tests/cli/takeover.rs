@@ -12,7 +12,17 @@ use std::time::{Duration, Instant};
 
 /// `serve` as server `id` on `ip`, its log in `log` (read by the test).
 fn serve_logged(env: &Env, id: &str, ip: &str, log: &std::path::Path) -> Result<Serve> {
-    let args = [
+    serve_logged_with(env, id, ip, log, &[])
+}
+
+fn serve_logged_with(
+    env: &Env,
+    id: &str,
+    ip: &str,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> Result<Serve> {
+    let mut args = vec![
         "serve",
         "--server-id",
         id,
@@ -29,6 +39,7 @@ fn serve_logged(env: &Env, id: &str, ip: &str, log: &std::path::Path) -> Result<
         "--script-access",
         "open",
     ];
+    args.extend_from_slice(extra);
     let inner = env.bootd_cmd(&args);
     // `exec` keeps the pid bootd's, so SIGSTOP reaches serve itself.
     let mut c = Command::new("sh");
@@ -297,6 +308,140 @@ fn a_clean_stop_hands_nodes_over_at_once() -> Result {
         &node,
         &["read -P 0xc1 0 64k", "read -P 0x5a 64k 64k"],
     )?;
+    s2.stop()?;
+    tool("qemu-img", &["check", &path])?;
+    Ok(())
+}
+
+/// qemu-io writing 4 KiB blocks `first..first+count` (pattern: the
+/// block's number, 1..=250), 100 ms apart, at `ip:port`.
+fn writer(
+    ip: &str,
+    port: u16,
+    node: &serde_json::Value,
+    first: u64,
+    count: u64,
+) -> Result<std::process::Child> {
+    let mut c = Command::new("qemu-io");
+    c.arg("--image-opts").arg(opts(ip, port, node));
+    for b in first..first + count {
+        c.arg("-c")
+            .arg(format!("write -P {} {} 4k", b % 250 + 1, b * 4096))
+            .arg("-c")
+            .arg("sleep 100");
+    }
+    Ok(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
+}
+
+/// The longest single write qemu-io reported ("4 KiB, 1 ops; 00.01 sec",
+/// "... ops; 0:00:01.36 (...)" from a second on):
+/// the stall the node saw; and how many writes it reported.
+fn longest_write(out: &str) -> (Duration, usize) {
+    let mut longest = Duration::ZERO;
+    let mut n = 0;
+    for line in out.lines() {
+        let Some(t) = line
+            .split("ops; ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        else {
+            continue;
+        };
+        // SS.CC, or H:MM:SS.CC for long ones.
+        let secs = t
+            .split(':')
+            .try_fold(0f64, |acc, p| p.parse::<f64>().ok().map(|v| acc * 60.0 + v));
+        if let Some(s) = secs {
+            n += 1;
+            longest = longest.max(Duration::from_secs_f64(s));
+        }
+    }
+    (longest, n)
+}
+
+/// Every block `first..first+count` reads back with its pattern at `ip:port`.
+fn verify(ip: &str, port: u16, node: &serde_json::Value, first: u64, count: u64) -> Result {
+    let cmds: Vec<String> = (first..first + count)
+        .map(|b| format!("read -P {} {} 4k", b % 250 + 1, b * 4096))
+        .collect();
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    io_ok_at(ip, port, node, &refs)
+}
+
+#[test]
+fn a_drain_hands_a_node_in_use_to_the_peer_with_a_short_stall() -> Result {
+    let Some((env, node)) = registry_with_one_node(
+        "cli::takeover::a_drain_hands_a_node_in_use_to_the_peer_with_a_short_stall",
+    )?
+    else {
+        return Ok(());
+    };
+    let path = node["overlay_path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
+    let s1 = serve_logged_with(&env, "s1", "127.0.0.1", &log1, &["--drain"])?;
+    within(Duration::from_secs(15), "n1 owned by s1", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
+    })?;
+    env.ok(&["node", "move", "n1", "--server", "s1"])?;
+    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
+    within(Duration::from_secs(10), "s2 live", || {
+        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
+    })?;
+    let both = [("s1", &s1), ("s2", &s2)];
+
+    // `server drain` while the node writes every 100 ms.
+    let w = writer("127.0.0.1", s1.port, &node, 0, 60)?;
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = env.ok(&["server", "drain", "s1"])?;
+    assert!(out.contains("s1 drained: 1 node"), "{out}");
+    let list = env.ok(&["server", "list"])?;
+    assert!(list.contains("draining"), "{list}");
+    let done = finish(w, Duration::from_secs(60))?;
+    let t = text(&done);
+    assert!(
+        done.status.success() && !t.contains("failed") && !t.contains("error"),
+        "{t}"
+    );
+    let (stall, n) = longest_write(&t);
+    assert_eq!(n, 60, "{t}");
+    // The re-login at s2 was accepted at once (no session of s1's in the
+    // way), and its first command reported a unit attention (29/00, power
+    // on or reset: the disk may have changed), which qemu retries.
+    assert!(t.contains("UNIT_ATTENTION"), "{t}");
+    assert_eq!(holders(&both, &path)?, ["s2"]);
+    println!("server drain: {} ; longest write {stall:?}", out.trim());
+    assert!(stall < Duration::from_secs(5), "stall {stall:?}");
+    verify("127.0.0.2", s2.port, &node, 0, 60).map_err(|e| with_logs(e, &[&log1, &log2]))?;
+
+    // Undone: n1 (pinned to s1) goes back once idle.
+    env.ok(&["server", "drain", "s1", "--undo"])?;
+    within(Duration::from_secs(15), "n1 back on s1", || {
+        Ok(holders(&both, &path)? == ["s1"])
+    })?;
+
+    // `serve --drain`: SIGTERM hands the node over, then s1 stops.
+    let w = writer("127.0.0.1", s1.port, &node, 100, 60)?;
+    std::thread::sleep(Duration::from_millis(2500));
+    let t0 = Instant::now();
+    s1.stop()?;
+    let stopped = t0.elapsed();
+    let done = finish(w, Duration::from_secs(60))?;
+    let t = text(&done);
+    assert!(
+        done.status.success() && !t.contains("failed") && !t.contains("error"),
+        "{t}"
+    );
+    let (stall, n) = longest_write(&t);
+    assert_eq!(n, 60, "{t}");
+    println!("serve --drain stopped in {stopped:?} after SIGTERM; longest write {stall:?}");
+    assert!(stall < Duration::from_secs(5), "stall {stall:?}");
+    verify("127.0.0.2", s2.port, &node, 100, 60)?;
+    verify("127.0.0.2", s2.port, &node, 0, 60)?;
+    let log = std::fs::read_to_string(&log1)?;
+    assert!(log.contains("drained"), "{log}");
     s2.stop()?;
     tool("qemu-img", &["check", &path])?;
     Ok(())

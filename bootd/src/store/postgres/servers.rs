@@ -79,6 +79,11 @@ impl Servers for PgStore {
         })
     }
 
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
+        let flag = i64::from(on);
+        Ok(self.write_record(sv::DRAIN_SQL, &[&id, &flag])? > 0)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         self.write(|tx| {
             if let Some(s) = server {

@@ -79,6 +79,13 @@ impl Servers for SqliteStore {
         Ok(n as u64)
     }
 
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(&numbered(sv::DRAIN_SQL), params![id, i64::from(on)])?;
+        Ok(n > 0)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         let tx = self.write()?;
         if let Some(s) = server {

@@ -548,5 +548,16 @@ pub fn servers_heartbeat_and_claim_nodes(f: Fixture) -> Result<()> {
     assert!(s1.heartbeat_age_ms > 5000, "{s1:?}");
     assert_eq!(s.retire_server("s1", 5000)?, 0);
     assert_eq!(s.claim_node("a", "s2", 5000)?, Some(5));
+    // Draining: a flag on the row, cleared by a restart.
+    assert!(!s.servers()?[1].draining);
+    assert!(s.set_draining("s2", true)?);
+    assert!(s.servers()?[1].draining);
+    assert!(!s.set_draining("nobody", true)?);
+    s.register_server(&NewServer {
+        id: "s2".into(),
+        iscsi: "127.0.0.2:3260".into(),
+        http_port: 8080,
+    })?;
+    assert!(!s.servers()?[1].draining);
     Ok(())
 }

@@ -84,7 +84,12 @@ impl Heartbeat {
         me: NewServer,
         counters: Arc<dyn Counters>,
         fencing: Fencing,
+        portal: Option<watch::Receiver<std::net::SocketAddr>>,
     ) -> anyhow::Result<(Self, Peers)> {
+        let mut me = me;
+        if let Some(p) = &portal {
+            me.iscsi = p.borrow().to_string();
+        }
         let sent = super::lease::now_ns();
         store.register_server(&me)?;
         fencing.renew(sent);
@@ -95,7 +100,7 @@ impl Heartbeat {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("heartbeat".into())
-                .spawn(move || beat(store, me, counters, fencing, tx, stop))?
+                .spawn(move || beat(store, me, counters, fencing, portal, tx, stop))?
         };
         Ok((Self { thread, stop }, rx))
     }
@@ -109,9 +114,10 @@ impl Heartbeat {
 
 fn beat(
     mut store: Box<dyn Store>,
-    me: NewServer,
+    mut me: NewServer,
     counters: Arc<dyn Counters>,
     fencing: Fencing,
+    mut portal: Option<watch::Receiver<std::net::SocketAddr>>,
     tx: watch::Sender<Arc<Vec<ServerInfo>>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -123,6 +129,18 @@ fn beat(
         }
         // Taken before the statement: the registry stamps the heartbeat
         // later, so its expiry comes after ours.
+        // A floating address arrived or left: peers redirect, and scripts
+        // point, to the portal published now.
+        if let Some(p) = portal.as_mut().filter(|p| p.has_changed().unwrap_or(false)) {
+            let now = p.borrow_and_update().to_string();
+            match store.set_portal(&me.id, &now) {
+                Ok(_) => {
+                    tracing::info!(portal = %now, "portal published");
+                    me.iscsi = now;
+                }
+                Err(e) => tracing::warn!("publishing the portal: {e}"),
+            }
+        }
         let sent = super::lease::now_ns();
         let beat = store
             .heartbeat(&me.id, counters.sessions(), counters.bytes_served())

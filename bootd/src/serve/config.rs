@@ -218,6 +218,19 @@ pub struct ServeConfig {
     /// [default: the host name].
     #[arg(long, value_name = "NAME", env = "BOOTD_SERVER_ID")]
     pub server_id: Option<String>,
+    /// A floating address (keepalived, pacemaker's IPaddr2, `ip addr add`)
+    /// this server answers iSCSI on while the host has it, following the
+    /// host's addresses (netlink); while it holds one, it publishes it as
+    /// its portal and takes the nodes of a dead server that published it.
+    /// Repeatable.
+    #[arg(
+        long = "floating-ip",
+        value_name = "ADDR",
+        env = "BOOTD_FLOATING_IP",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub floating_ip: Vec<IpAddr>,
     /// On SIGTERM, drain first: hand every node to the peers (as `bootd
     /// server drain` does), then stop.
     #[arg(long, env = "BOOTD_DRAIN")]
@@ -345,7 +358,7 @@ impl ServeConfig {
             warn_free,
             server_id
         );
-        take_list!(dns, relays, metrics_from);
+        take_list!(dns, relays, metrics_from, floating_ip);
         self.drain |= over.drain;
     }
 

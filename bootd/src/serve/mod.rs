@@ -132,6 +132,11 @@ async fn serve(
     if !shared {
         keeper.until(u64::MAX)?;
     }
+    // The portal this server publishes: its own address, or a floating
+    // one while the host holds it (`peers::floating`).
+    let floating = s.floating_ip.clone();
+    let (portal_tx, portal_rx) =
+        tokio::sync::watch::channel(SocketAddr::new(s.listen_ip(), s.iscsi_port()));
     let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
         .with_space(s.node_quota, s.reserve_free, s.warn_free)?
         .with_ownership(owned::Ownership {
@@ -140,6 +145,8 @@ async fn serve(
             sessions: sessions.clone(),
             lease: lease.clone(),
             keeper: keeper.clone(),
+            held: (!floating.is_empty()).then(|| portal_rx.clone()),
+            floating: floating.clone(),
         });
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
     let listener = tokio::net::TcpListener::bind(addr)
@@ -165,6 +172,23 @@ async fn serve(
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
+    if !floating.is_empty() {
+        let addrs = crate::peers::addrs::follow().context("following the host's addresses")?;
+        portal_tx.send_replace(crate::peers::floating::portal(
+            &floating,
+            &addrs.borrow(),
+            local.port(),
+            local,
+        ));
+        tokio::spawn(crate::peers::floating::run(
+            server.clone(),
+            floating.clone(),
+            local,
+            addrs,
+            portal_tx,
+            shutdown.clone(),
+        ));
+    }
     // Registered once the ports are known: peers redirect to this address.
     let (heartbeat, peers) = crate::peers::heartbeat::Heartbeat::start(
         dd.store()?,
@@ -182,6 +206,7 @@ async fn serve(
             keeper: keeper.clone(),
             shared,
         },
+        (!floating.is_empty()).then(|| portal_rx.clone()),
     )?;
     let enroller = match (s.dhcp(), s.unknown()) {
         (None, _) | (_, UnknownPolicy::Ignore) => None,
@@ -221,7 +246,6 @@ async fn serve(
             per_source: s.per_source(),
             sessions,
             portals: Some(crate::peers::Portals {
-                me: id.clone(),
                 peers: peers.clone(),
             }),
         },

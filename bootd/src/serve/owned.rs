@@ -41,6 +41,10 @@ pub struct Ownership {
     pub lease: Arc<peers::lease::Lease>,
     /// Holds the overlays' file locks; drops them when the lease lapses.
     pub keeper: Arc<peers::keeper::Keeper>,
+    /// The floating addresses this host holds now (`serve --floating-ip`).
+    pub held: Option<tokio::sync::watch::Receiver<std::net::SocketAddr>>,
+    /// The floating addresses serve was given.
+    pub floating: Vec<std::net::IpAddr>,
 }
 
 impl Ownership {
@@ -60,6 +64,30 @@ impl Ownership {
         }
         v.sort();
         v
+    }
+
+    /// Whether this server holds `ip` as a floating address now.
+    fn holds(&self, ip: std::net::IpAddr) -> bool {
+        self.floating.contains(&ip) && self.held.as_ref().is_some_and(|h| h.borrow().ip() == ip)
+    }
+
+    /// Whether `node` should be on this server: [`Ownership::mine`], or
+    /// its owner is dead and published the floating address this server
+    /// holds now (the node reconnects to that address, here).
+    pub fn mine_now(&self, node: &NodePlan, live: &[String], peers: &[ServerInfo]) -> bool {
+        if self.mine(node, live) {
+            return true;
+        }
+        let Some(owner) = node.owner.as_deref().filter(|o| *o != self.me) else {
+            return false;
+        };
+        peers.iter().any(|p| {
+            p.id == owner
+                && !peers::live(p.heartbeat_age_ms)
+                && p.iscsi
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| self.holds(a.ip()))
+        })
     }
 
     /// Whether `node` should be on this server, given the `live` servers.
@@ -91,6 +119,9 @@ impl Ownership {
             .find(|p| p.id == owner)
             .and_then(|p| p.iscsi.parse::<std::net::SocketAddr>().ok())
             .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+            // A dead owner's floating address that is here now: never
+            // redirect a login to ourselves.
+            .filter(|a| !self.holds(a.ip()))
     }
 
     /// Whether this server is being drained.
@@ -105,6 +136,11 @@ impl Ownership {
             .filter(|s| peers::live(s.heartbeat_age_ms))
             .map(|s| (s.id.clone(), s.iscsi.clone(), s.draining))
             .collect();
+        // And the floating address held here: it decides which dead
+        // server's nodes are ours.
+        if let Some(h) = &self.held {
+            v.push((String::new(), h.borrow().to_string(), false));
+        }
         v.sort();
         v
     }

@@ -229,7 +229,7 @@ impl Targets {
             let draining = own.draining(peers);
             let mut leaving = Vec::new();
             for (name, node) in &wanted {
-                if !self.served.contains_key(*name) || own.mine(node, &self.live) {
+                if !self.served.contains_key(*name) || own.mine_now(node, &self.live, peers) {
                     continue;
                 }
                 if own.in_use(node) && !draining {
@@ -276,7 +276,7 @@ impl Targets {
                 continue;
             }
             if let Some(own) = &self.own {
-                if !own.mine(node, &self.live) {
+                if !own.mine_now(node, &self.live, peers) {
                     // Not ours: let the owner it should have claim it.
                     if node.owner.as_deref() == Some(own.me.as_str()) {
                         own.release(name).await;

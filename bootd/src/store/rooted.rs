@@ -189,6 +189,10 @@ impl Servers for Rooted {
         self.inner.set_draining(id, on)
     }
 
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        self.inner.set_portal(id, iscsi)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         let n = self.inner.pin_node(node, server)?;
         Ok(self.node(n))

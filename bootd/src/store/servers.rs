@@ -64,6 +64,9 @@ pub trait Servers {
     /// Starts (or, `false`, stops) draining the server; `false` if it is
     /// not registered. A restart of the server stops it too.
     fn set_draining(&mut self, id: &str, on: bool) -> Result<bool>;
+    /// The portal (`IP:PORT`) peers redirect to and scripts point at now
+    /// (a floating address arrived or left); `false` if not registered.
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool>;
     /// Pins the node to `server` (`None`: unpins). `NotFound` for a node or
     /// server that does not exist. Moves the generation.
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node>;
@@ -122,6 +125,9 @@ pub fn retire_sql(now: &str) -> String {
 
 /// `$1` server, `$2` 1 or 0.
 pub const DRAIN_SQL: &str = "UPDATE servers SET draining = $2 WHERE id = $1";
+
+/// `$1` server, `$2` its portal.
+pub const PORTAL_SQL: &str = "UPDATE servers SET iscsi = $2 WHERE id = $1";
 
 pub const RELEASE_SQL: &str = "UPDATE nodes SET owner = NULL WHERE name = $1 AND owner = $2";
 pub const PIN_SQL: &str = "UPDATE nodes SET pinned_server = $2 WHERE name = $1";

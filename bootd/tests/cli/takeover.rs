@@ -446,3 +446,91 @@ fn a_drain_hands_a_node_in_use_to_the_peer_with_a_short_stall() -> Result {
     tool("qemu-img", &["check", &path])?;
     Ok(())
 }
+
+/// `serve --floating-ip` in a network namespace of its own (root only;
+/// SQLite registry): the address is followed as `ip addr` adds and removes
+/// it, served on, published as the portal, and named by the node's script.
+#[test]
+fn a_floating_address_is_served_and_published_while_the_host_has_it() -> Result {
+    if tool("id", &["-u"])?.trim() != "0" {
+        println!("skipped: needs root for a network namespace");
+        return Ok(());
+    }
+    let env = Env::new()?;
+    let node = one_node(&env, "02:00:00:00:04:01")?;
+    let inner = env.bootd_cmd(&[
+        "serve",
+        "--server-id",
+        "f1",
+        "--dhcp",
+        "off",
+        "--listen-ip",
+        "127.0.0.1",
+        "--iscsi-port",
+        "0",
+        "--http-port",
+        "0",
+        "--tftp-port",
+        "0",
+        "--script-access",
+        "open",
+        "--floating-ip",
+        "192.0.2.50",
+    ]);
+    let mut c = Command::new("unshare");
+    c.args(["-n", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let serve = Serve::start_cmd(c)?;
+    let pid = serve.pid()?.to_string();
+    let inside = |args: &[&str]| -> Result<String> {
+        let mut a = vec!["-t", pid.as_str(), "-n"];
+        a.extend_from_slice(args);
+        tool("nsenter", &a)
+    };
+    let portal = || -> Result<String> {
+        Ok(servers(&env)?["f1"]["iscsi"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let own = format!("127.0.0.1:{}", serve.port);
+    let floating = format!("192.0.2.50:{}", serve.port);
+    within(Duration::from_secs(5), "own portal published", || {
+        Ok(portal()? == own)
+    })?;
+    let mac = node["mac"].as_str().unwrap_or_default().replace(':', "-");
+    let script_url = format!("http://127.0.0.1:{}/boot/{mac}.ipxe", serve.http);
+    let t = Instant::now();
+    inside(&["ip", "addr", "add", "192.0.2.50/32", "dev", "lo"])?;
+    let published = within(Duration::from_secs(5), "floating portal published", || {
+        Ok(portal()? == floating)
+    })?;
+    println!("floating address added: published as the portal {published:?} later ({:?} since the ip command)", t.elapsed());
+    let script = inside(&["curl", "-sf", "--max-time", "10", &script_url])?;
+    assert!(script.contains("iscsi:192.0.2.50::"), "{script}");
+    let s = |k: &str| node[k].as_str().unwrap_or_default().to_string();
+    let opts = format!(
+        "driver=iscsi,transport=tcp,portal={floating},target={},lun=0,initiator-name={},user={},password={}",
+        s("target_iqn"),
+        s("initiator_iqn"),
+        s("chap_user"),
+        s("chap_secret")
+    );
+    let out = inside(&["qemu-io", "--image-opts", &opts, "-c", "read -P 0x5a 0 4k"])?;
+    assert!(out.contains("read 4096/4096"), "{out}");
+    inside(&["ip", "addr", "del", "192.0.2.50/32", "dev", "lo"])?;
+    within(Duration::from_secs(5), "own portal again", || {
+        Ok(portal()? == own)
+    })?;
+    let script = inside(&["curl", "-sf", "--max-time", "10", &script_url])?;
+    assert!(!script.contains("192.0.2.50"), "{script}");
+    serve.stop()?;
+    Ok(())
+}

@@ -123,6 +123,9 @@ impl Servers for OffRuntime {
     fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
         self.with_mut(|s| s.set_draining(id, on))
     }
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        self.with_mut(|s| s.set_portal(id, iscsi))
+    }
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         self.with_mut(|s| s.pin_node(node, server))
     }

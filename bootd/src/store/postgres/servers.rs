@@ -84,6 +84,10 @@ impl Servers for PgStore {
         Ok(self.write_record(sv::DRAIN_SQL, &[&id, &flag])? > 0)
     }
 
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        Ok(self.write_record(sv::PORTAL_SQL, &[&id, &iscsi])? > 0)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         self.write(|tx| {
             if let Some(s) = server {

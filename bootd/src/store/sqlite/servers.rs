@@ -86,6 +86,13 @@ impl Servers for SqliteStore {
         Ok(n > 0)
     }
 
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(&numbered(sv::PORTAL_SQL), params![id, iscsi])?;
+        Ok(n > 0)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         let tx = self.write()?;
         if let Some(s) = server {

@@ -559,5 +559,8 @@ pub fn servers_heartbeat_and_claim_nodes(f: Fixture) -> Result<()> {
         http_port: 8080,
     })?;
     assert!(!s.servers()?[1].draining);
+    assert!(s.set_portal("s2", "192.0.2.50:3260")?);
+    assert_eq!(s.servers()?[1].iscsi, "192.0.2.50:3260");
+    assert!(!s.set_portal("nobody", "192.0.2.50:3260")?);
     Ok(())
 }

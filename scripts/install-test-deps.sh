@@ -41,10 +41,13 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      initdb and postgres from /usr/lib/postgresql/15/bin themselves, as the
 #                      postgres user, in a temporary directory (the package's own cluster
 #                      service is not used)
+#   keepalived         VRRP moving a floating address between servers in the takeover test
+#                      (run by the test in network namespaces; the package's service is not used)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
     dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15
+    keepalived
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 

@@ -13,5 +13,6 @@ mod security;
 mod serve;
 mod servers;
 mod takeover;
+mod takeover_vrrp;
 mod tftp;
 mod user_data;

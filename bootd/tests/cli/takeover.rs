@@ -87,7 +87,7 @@ fn registry_with_one_node(test: &str) -> Result<Option<(Env, serde_json::Value)>
 }
 
 /// qemu-io's image options for `node` at `ip:port`.
-fn opts(ip: &str, port: u16, node: &serde_json::Value) -> String {
+pub(crate) fn opts(ip: &str, port: u16, node: &serde_json::Value) -> String {
     let s = |k: &str| node[k].as_str().unwrap_or_default().to_string();
     format!(
         "driver=iscsi,transport=tcp,portal={ip}:{port},target={},lun=0,initiator-name={},user={},password={}",
@@ -99,7 +99,10 @@ fn opts(ip: &str, port: u16, node: &serde_json::Value) -> String {
 }
 
 /// Waits for `child` at most `limit`; its output.
-fn finish(mut child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
+pub(crate) fn finish(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> Result<std::process::Output> {
     let t = Instant::now();
     while child.try_wait()?.is_none() {
         if t.elapsed() > limit {
@@ -112,7 +115,7 @@ fn finish(mut child: std::process::Child, limit: Duration) -> Result<std::proces
 }
 
 /// `e` with the serves' logs, to see why.
-fn with_logs(
+pub(crate) fn with_logs(
     e: Box<dyn std::error::Error>,
     logs: &[&std::path::Path],
 ) -> Box<dyn std::error::Error> {
@@ -127,7 +130,7 @@ fn with_logs(
     m.into()
 }
 
-fn text(out: &std::process::Output) -> String {
+pub(crate) fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -315,7 +318,7 @@ fn a_clean_stop_hands_nodes_over_at_once() -> Result {
 
 /// qemu-io writing 4 KiB blocks `first..first+count` (pattern: the
 /// block's number, 1..=250), 100 ms apart, at `ip:port`.
-fn writer(
+pub(crate) fn writer(
     ip: &str,
     port: u16,
     node: &serde_json::Value,
@@ -336,7 +339,7 @@ fn writer(
 /// The longest single write qemu-io reported ("4 KiB, 1 ops; 00.01 sec",
 /// "... ops; 0:00:01.36 (...)" from a second on):
 /// the stall the node saw; and how many writes it reported.
-fn longest_write(out: &str) -> (Duration, usize) {
+pub(crate) fn longest_write(out: &str) -> (Duration, usize) {
     let mut longest = Duration::ZERO;
     let mut n = 0;
     for line in out.lines() {
@@ -360,7 +363,13 @@ fn longest_write(out: &str) -> (Duration, usize) {
 }
 
 /// Every block `first..first+count` reads back with its pattern at `ip:port`.
-fn verify(ip: &str, port: u16, node: &serde_json::Value, first: u64, count: u64) -> Result {
+pub(crate) fn verify(
+    ip: &str,
+    port: u16,
+    node: &serde_json::Value,
+    first: u64,
+    count: u64,
+) -> Result {
     let cmds: Vec<String> = (first..first + count)
         .map(|b| format!("read -P {} {} 4k", b % 250 + 1, b * 4096))
         .collect();

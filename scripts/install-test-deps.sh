@@ -43,10 +43,13 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      service is not used)
 #   openssl            the registry TLS test's CA and server certificates
 #   python3-venv       the venv for PyPI tools the tests run (see install_venv below)
+#   keepalived         VRRP moving a floating address between servers in the takeover test
+#                      (run by the test in network namespaces; the package's service is not used)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
     dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15 openssl python3-venv
+    keepalived
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 

@@ -114,19 +114,26 @@ fn open(path: &Path) -> Result<File> {
         .with_context(|| format!("{}", path.display()))
 }
 
-/// Takes the exclusive lock, waiting: a prober holds its shared lock only
-/// between two syscalls, so the wait is short and a login is never refused
-/// for it.
+/// Takes the exclusive lock, waiting a little: a prober holds its shared
+/// lock only between two syscalls. Not for ever: another server that
+/// owned the node before a takeover may hold it, frozen (it runs on the
+/// login's thread, so waiting would stall the survivor's logins).
 fn lock(path: &Path) -> Result<File> {
     let f = open(path)?;
+    let mut tries = 0;
     loop {
         // SAFETY: plain syscall on a descriptor `f` keeps open.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return Ok(f);
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).with_context(|| format!("locking {}", path.display()));
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => return Err(e).with_context(|| format!("locking {}", path.display())),
         }
     }
 }

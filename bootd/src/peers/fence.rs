@@ -18,6 +18,10 @@ pub enum FenceError {
     },
     #[error("overlay {path} is locked by another server (or process)")]
     Held { path: String },
+    #[error("overlay {path}: not locked, the ownership lease has lapsed (self-fenced)")]
+    Fenced { path: String },
+    #[error("overlay lock: {0}")]
+    Keeper(String),
     #[error("locking overlay {path}: {source}")]
     Lock {
         path: String,

@@ -4,6 +4,11 @@
 //! reconciler (who is live decides which nodes this server should own).
 //! It has its own registry connection, so a heartbeat never queues behind
 //! the fleet view's reads, and its statements never move the generation.
+//!
+//! Each heartbeat that reaches the registry also renews this server's
+//! ownership lease (`peers::lease`), first in the fence keeper (which drops
+//! the overlays' locks when it lapses), then in serve's own copy (which
+//! every I/O checks).
 
 use super::HEARTBEAT_EVERY;
 use crate::store::{NewServer, ServerInfo, Store};
@@ -37,6 +42,35 @@ impl Counters for ServeCounters {
     }
 }
 
+/// The lease a shared registry's heartbeats renew, and the keeper that
+/// enforces it.
+pub struct Fencing {
+    pub lease: Arc<super::lease::Lease>,
+    pub keeper: Arc<super::keeper::Keeper>,
+    /// Whether peers can take nodes (a shared registry): without, the
+    /// lease never lapses.
+    pub shared: bool,
+}
+
+impl Fencing {
+    /// A heartbeat sent at `sent_ns` reached the registry.
+    fn renew(&self, sent_ns: u64) {
+        if !self.shared {
+            return;
+        }
+        let until = sent_ns.saturating_add(super::lease::FENCE_AFTER.as_nanos() as u64);
+        // The keeper first: serve never holds a lease its locks lack.
+        match self.keeper.until(until) {
+            Ok(()) => {
+                if !self.lease.renewed(sent_ns) {
+                    tracing::warn!("ownership lease had lapsed: renewed once every node is fenced");
+                }
+            }
+            Err(e) => tracing::error!("fence keeper: {e}; the lease is not renewed"),
+        }
+    }
+}
+
 pub struct Heartbeat {
     thread: std::thread::JoinHandle<()>,
     stop: Arc<AtomicBool>,
@@ -49,8 +83,16 @@ impl Heartbeat {
         mut store: Box<dyn Store>,
         me: NewServer,
         counters: Arc<dyn Counters>,
+        fencing: Fencing,
+        portal: Option<watch::Receiver<std::net::SocketAddr>>,
     ) -> anyhow::Result<(Self, Peers)> {
+        let mut me = me;
+        if let Some(p) = &portal {
+            me.iscsi = p.borrow().to_string();
+        }
+        let sent = super::lease::now_ns();
         store.register_server(&me)?;
+        fencing.renew(sent);
         let first = store.servers()?;
         let (tx, rx) = watch::channel(Arc::new(first));
         let stop = Arc::new(AtomicBool::new(false));
@@ -58,7 +100,7 @@ impl Heartbeat {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("heartbeat".into())
-                .spawn(move || beat(store, me, counters, tx, stop))?
+                .spawn(move || beat(store, me, counters, fencing, portal, tx, stop))?
         };
         Ok((Self { thread, stop }, rx))
     }
@@ -72,8 +114,10 @@ impl Heartbeat {
 
 fn beat(
     mut store: Box<dyn Store>,
-    me: NewServer,
+    mut me: NewServer,
     counters: Arc<dyn Counters>,
+    fencing: Fencing,
+    mut portal: Option<watch::Receiver<std::net::SocketAddr>>,
     tx: watch::Sender<Arc<Vec<ServerInfo>>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -83,6 +127,21 @@ fn beat(
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        // Taken before the statement: the registry stamps the heartbeat
+        // later, so its expiry comes after ours.
+        // A floating address arrived or left: peers redirect, and scripts
+        // point, to the portal published now.
+        if let Some(p) = portal.as_mut().filter(|p| p.has_changed().unwrap_or(false)) {
+            let now = p.borrow_and_update().to_string();
+            match store.set_portal(&me.id, &now) {
+                Ok(_) => {
+                    tracing::info!(portal = %now, "portal published");
+                    me.iscsi = now;
+                }
+                Err(e) => tracing::warn!("publishing the portal: {e}"),
+            }
+        }
+        let sent = super::lease::now_ns();
         let beat = store
             .heartbeat(&me.id, counters.sessions(), counters.bytes_served())
             .and_then(|found| {
@@ -91,6 +150,7 @@ fn beat(
                     tracing::warn!(server = %me.id, "server row gone from the registry; registering again");
                     store.register_server(&me)?;
                 }
+                fencing.renew(sent);
                 store.servers()
             });
         match beat {

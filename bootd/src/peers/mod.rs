@@ -3,8 +3,14 @@
 //! peers are live from heartbeat ages (on the registry's clock) and which
 //! server each node should be on ([`rendezvous`]).
 
+pub mod addrs;
+pub mod drain;
 pub mod fence;
+pub mod floating;
 pub mod heartbeat;
+pub mod keeper;
+pub mod lease;
+pub mod netlink;
 pub mod rendezvous;
 
 use std::time::Duration;
@@ -29,15 +35,15 @@ pub fn live(age_ms: i64) -> bool {
 /// Where each node's owner serves: what a node's script points at.
 #[derive(Clone)]
 pub struct Portals {
-    pub me: String,
     pub peers: heartbeat::Peers,
 }
 
 impl Portals {
-    /// The portal of `node`'s owner when that is a live peer (not this
-    /// server) with a usable address; `None`: this server's own portal.
+    /// The portal of `node`'s owner as it published it (a floating address
+    /// while it holds one) when that is a live server with a usable
+    /// address; `None`: this server's own portal.
     pub fn of(&self, node: &bootd_plan::NodePlan) -> Option<std::net::SocketAddr> {
-        let owner = node.owner.as_deref().filter(|o| *o != self.me)?;
+        let owner = node.owner.as_deref()?;
         let peers = self.peers.borrow();
         peers
             .iter()

@@ -239,6 +239,24 @@ pub struct ServeConfig {
     /// [default: DATA_DIR/import].
     #[arg(long, value_name = "DIR", env = "BOOTD_API_IMPORT_DIR")]
     pub api_import_dir: Option<PathBuf>,
+    /// A floating address (keepalived, pacemaker's IPaddr2, `ip addr add`)
+    /// this server answers iSCSI on while the host has it, following the
+    /// host's addresses (netlink); while it holds one, it publishes it as
+    /// its portal and takes the nodes of a dead server that published it.
+    /// Repeatable.
+    #[arg(
+        long = "floating-ip",
+        value_name = "ADDR",
+        env = "BOOTD_FLOATING_IP",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub floating_ip: Vec<IpAddr>,
+    /// On SIGTERM, drain first: hand every node to the peers (as `bootd
+    /// server drain` does), then stop.
+    #[arg(long, env = "BOOTD_DRAIN")]
+    #[serde(default)]
+    pub drain: bool,
 }
 
 /// `--api-listen`: an address, or off.
@@ -386,7 +404,8 @@ impl ServeConfig {
             api_key,
             api_import_dir
         );
-        take_list!(dns, relays, metrics_from);
+        take_list!(dns, relays, metrics_from, floating_ip);
+        self.drain |= over.drain;
     }
 
     fn check(&self) -> Result<(), ConfigError> {

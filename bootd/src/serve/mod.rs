@@ -33,6 +33,13 @@ use crate::metrics::Metrics;
 /// trace flushed (registry changes arrive from the fleet view at once).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long `--drain` waits for the peers to take every node at SIGTERM.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a drained server stays to redirect re-logins before it stops
+/// (libiscsi logs in again within about 1.5 s of losing its session).
+const REDIRECT_LINGER: Duration = Duration::from_secs(3);
+
 /// `dd` is the opened data directory, with the registry `--registry` named.
 pub fn run(dd: DataDir, args: ServeConfig) -> Result<()> {
     let s = ServeConfig::load(args)?;
@@ -115,19 +122,38 @@ async fn serve(
         },
         _ => crate::dhcp::ledger::LeaseHome::File(dd.overlays().with_file_name("dhcp-leases")),
     };
+    // With a shared registry, ownership is a lease the heartbeats renew
+    // (nothing is served before the first); the overlays' locks live in
+    // the fence keeper, which drops them when it lapses (`peers::lease`).
+    let shared = matches!(dd.registry(), crate::store::url::Registry::Postgres(_));
+    let lease = if shared {
+        crate::peers::lease::Lease::lapsed()
+    } else {
+        crate::peers::lease::Lease::forever()
+    };
+    let root = dd.overlays().parent().map(std::path::Path::to_path_buf);
+    let keeper = Arc::new(crate::peers::keeper::Keeper::spawn(
+        &root.unwrap_or_default(),
+    )?);
+    if !shared {
+        keeper.until(u64::MAX)?;
+    }
+    // The portal this server publishes: its own address, or a floating
+    // one while the host holds it (`peers::floating`).
+    let floating = s.floating_ip.clone();
+    let (portal_tx, portal_rx) =
+        tokio::sync::watch::channel(SocketAddr::new(s.listen_ip(), s.iscsi_port()));
     let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
         .with_space(s.node_quota, s.reserve_free, s.warn_free)?
         .with_ownership(owned::Ownership {
             me: id.clone(),
             registry: registry.clone(),
             sessions: sessions.clone(),
+            lease: lease.clone(),
+            keeper: keeper.clone(),
+            held: (!floating.is_empty()).then(|| portal_rx.clone()),
+            floating: floating.clone(),
         });
-    // Who is live decides which nodes are this server's from the first tick.
-    let first_peers = {
-        let r = registry.clone();
-        tokio::task::spawn_blocking(move || r.with(|s| s.servers())).await??
-    };
-    targets.tick(&view.current(), &first_peers).await;
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -156,6 +182,23 @@ async fn serve(
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
+    if !floating.is_empty() {
+        let addrs = crate::peers::addrs::follow().context("following the host's addresses")?;
+        portal_tx.send_replace(crate::peers::floating::portal(
+            &floating,
+            &addrs.borrow(),
+            local.port(),
+            local,
+        ));
+        tokio::spawn(crate::peers::floating::run(
+            server.clone(),
+            floating.clone(),
+            local,
+            addrs,
+            portal_tx,
+            shutdown.clone(),
+        ));
+    }
     // Registered once the ports are known: peers redirect to this address.
     let (heartbeat, peers) = crate::peers::heartbeat::Heartbeat::start(
         dd.store()?,
@@ -168,6 +211,12 @@ async fn serve(
             sessions: sessions.clone(),
             metrics: metrics.clone(),
         }),
+        crate::peers::heartbeat::Fencing {
+            lease: lease.clone(),
+            keeper: keeper.clone(),
+            shared,
+        },
+        (!floating.is_empty()).then(|| portal_rx.clone()),
     )?;
     let enroller = match (s.dhcp(), s.unknown()) {
         (None, _) | (_, UnknownPolicy::Ignore) => None,
@@ -210,11 +259,15 @@ async fn serve(
             per_source: s.per_source(),
             sessions,
             portals: Some(crate::peers::Portals {
-                me: id.clone(),
                 peers: peers.clone(),
             }),
         },
     );
+    // Who is live decides which nodes are this server's from the first
+    // tick, which comes after the first heartbeat (the lease) and before
+    // the ready lines.
+    let first_peers = peers.borrow().clone();
+    targets.tick(&view.current(), &first_peers).await;
     let mut out = std::io::stdout().lock();
     out.write_all(lines.as_bytes())?;
     out.flush()?;
@@ -301,8 +354,34 @@ async fn serve(
         ("iscsi", served.map_err(Into::into))
     });
     let on_signal = trigger.clone();
+    let drain_first = s.drain.then(|| (dd.clone(), id.clone()));
     tokio::spawn(async move {
         signal.await;
+        if let Some((dd, me)) = drain_first {
+            // Its own connection: the wait must not hold the fleet view's.
+            tracing::info!("draining: handing every node to the peers");
+            let drained = tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut store = dd.store()?;
+                Ok(crate::peers::drain::drain(
+                    store.as_mut(),
+                    &me,
+                    DRAIN_LIMIT,
+                )?)
+            })
+            .await;
+            match drained {
+                Ok(Ok((took, n))) => {
+                    tracing::info!(nodes = n, secs = took.as_secs_f64(), "drained");
+                    // Initiators log in again at the portal they know, this
+                    // one: it stays a little to redirect them.
+                    if n > 0 {
+                        tokio::time::sleep(REDIRECT_LINGER).await;
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("drain: {e:#}"),
+                Err(e) => tracing::warn!("drain: {e}"),
+            }
+        }
         tracing::info!("shutting down");
         on_signal.fire();
     });
@@ -320,10 +399,27 @@ async fn serve(
         }
     }
     let mut targets = reconciler.await.context("target reconciler")?;
+    // Heartbeats go on while the overlays are committed (the lease must
+    // hold), then stop, and the server gives its nodes up and is listed
+    // dead at once: peers take them on their next look, not 5 s later.
+    let unflushed = targets.close_all().await;
+    let _ = tokio::task::spawn_blocking(move || heartbeat.stop()).await;
+    lease.end();
+    drop(targets);
+    let retire = {
+        let (r, me) = (registry.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            r.with(|s| s.retire_server(&me, crate::peers::dead_after_ms()))
+        })
+        .await
+    };
+    match retire {
+        Ok(Ok(n)) => tracing::info!(nodes = n, "nodes released; listed dead"),
+        Ok(Err(e)) => tracing::warn!("releasing nodes at shutdown: {e}"),
+        Err(e) => tracing::warn!("releasing nodes at shutdown: {e}"),
+    }
     watch_stop.store(true, Relaxed);
     let _ = tokio::task::spawn_blocking(move || watch_thread.join()).await;
-    let _ = tokio::task::spawn_blocking(move || heartbeat.stop()).await;
-    let unflushed = targets.close_all().await;
     if let Some(r) = &recorder {
         r.flush(true);
     }

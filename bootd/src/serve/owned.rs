@@ -7,9 +7,12 @@
 //! The owner a node should have is rendezvous hashing over the live
 //! servers (`peers::rendezvous`), or its pinned server. A node moves only
 //! while it has no session: its owner keeps serving it until the session
-//! ends, then closes it and releases it, and the new owner claims it. (A
-//! move of a node in use, and taking over from a dead server with sessions
-//! that carry on, are issue 15's.)
+//! ends, then closes it and releases it, and the new owner claims it.
+//!
+//! Ownership is a lease: it lasts while the owner's heartbeats reach the
+//! registry; the owner stops serving by itself before peers may claim
+//! (`peers::lease`), and a node whose registry row names another live
+//! server is dropped without a write.
 
 use crate::events::sessions::Sessions;
 use crate::fleet::Registry;
@@ -34,22 +37,57 @@ pub struct Ownership {
     pub me: String,
     pub registry: Registry,
     pub sessions: Arc<Sessions>,
+    /// This server's ownership lease (renewed by its heartbeats).
+    pub lease: Arc<peers::lease::Lease>,
+    /// Holds the overlays' file locks; drops them when the lease lapses.
+    pub keeper: Arc<peers::keeper::Keeper>,
+    /// The floating addresses this host holds now (`serve --floating-ip`).
+    pub held: Option<tokio::sync::watch::Receiver<std::net::SocketAddr>>,
+    /// The floating addresses serve was given.
+    pub floating: Vec<std::net::IpAddr>,
 }
 
 impl Ownership {
     /// The live servers' ids, sorted; this server is always among them (it
     /// knows it is alive, whatever its last heartbeat's age).
+    ///
+    /// A draining server (this one too) is left out: nodes should be
+    /// elsewhere, and logins go elsewhere.
     pub fn live(&self, peers: &[ServerInfo]) -> Vec<String> {
         let mut v: Vec<String> = peers
             .iter()
-            .filter(|s| peers::live(s.heartbeat_age_ms))
+            .filter(|s| peers::live(s.heartbeat_age_ms) && !s.draining)
             .map(|s| s.id.clone())
             .collect();
-        if !v.contains(&self.me) {
+        if !v.contains(&self.me) && !self.draining(peers) {
             v.push(self.me.clone());
         }
         v.sort();
         v
+    }
+
+    /// Whether this server holds `ip` as a floating address now.
+    fn holds(&self, ip: std::net::IpAddr) -> bool {
+        self.floating.contains(&ip) && self.held.as_ref().is_some_and(|h| h.borrow().ip() == ip)
+    }
+
+    /// Whether `node` should be on this server: [`Ownership::mine`], or
+    /// its owner is dead and published the floating address this server
+    /// holds now (the node reconnects to that address, here).
+    pub fn mine_now(&self, node: &NodePlan, live: &[String], peers: &[ServerInfo]) -> bool {
+        if self.mine(node, live) {
+            return true;
+        }
+        let Some(owner) = node.owner.as_deref().filter(|o| *o != self.me) else {
+            return false;
+        };
+        peers.iter().any(|p| {
+            p.id == owner
+                && !peers::live(p.heartbeat_age_ms)
+                && p.iscsi
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| self.holds(a.ip()))
+        })
     }
 
     /// Whether `node` should be on this server, given the `live` servers.
@@ -81,15 +119,28 @@ impl Ownership {
             .find(|p| p.id == owner)
             .and_then(|p| p.iscsi.parse::<std::net::SocketAddr>().ok())
             .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+            // A dead owner's floating address that is here now: never
+            // redirect a login to ourselves.
+            .filter(|a| !self.holds(a.ip()))
+    }
+
+    /// Whether this server is being drained.
+    pub fn draining(&self, peers: &[ServerInfo]) -> bool {
+        peers.iter().any(|s| s.id == self.me && s.draining)
     }
 
     /// What moves redirects: the live servers and their addresses.
-    pub fn peer_key(&self, peers: &[ServerInfo]) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = peers
+    pub fn peer_key(&self, peers: &[ServerInfo]) -> Vec<(String, String, bool)> {
+        let mut v: Vec<(String, String, bool)> = peers
             .iter()
             .filter(|s| peers::live(s.heartbeat_age_ms))
-            .map(|s| (s.id.clone(), s.iscsi.clone()))
+            .map(|s| (s.id.clone(), s.iscsi.clone(), s.draining))
             .collect();
+        // And the floating address held here: it decides which dead
+        // server's nodes are ours.
+        if let Some(h) = &self.held {
+            v.push((String::new(), h.borrow().to_string(), false));
+        }
         v.sort();
         v
     }

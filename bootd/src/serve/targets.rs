@@ -24,10 +24,15 @@ struct Served {
     iqn: String,
     image_id: i64,
     overlay: Arc<Overlay>,
-    /// The overlay's OFD lock, held while it is open.
-    fence: std::fs::File,
+    path: std::path::PathBuf,
+    /// The overlay's OFD lock when this process holds it itself (no
+    /// registry peers); else the fence keeper holds it (`peers::keeper`).
+    fence: Option<std::fs::File>,
     /// The fencing epoch of this server's claim.
     epoch: u64,
+    /// The owner the registry named when this server opened the node: a
+    /// fleet view that still names it predates the claim.
+    taken_from: Option<String>,
     failure_logged: bool,
 }
 
@@ -56,7 +61,7 @@ pub struct Targets {
     /// again every tick until it ends.
     handing_off: bool,
     /// The live peers and their addresses at the last tick.
-    peer_key: Vec<(String, String)>,
+    peer_key: Vec<(String, String, bool)>,
     /// Logins redirected to a peer, by target IQN: initiator, address.
     redirects: HashMap<String, (String, std::net::SocketAddr)>,
     /// Nodes claimed in the registry whose overlay could not be opened
@@ -160,6 +165,17 @@ impl Targets {
     /// a retry.
     pub async fn tick(&mut self, snap: &Snapshot, peers: &[crate::store::ServerInfo]) {
         self.watch();
+        if self.own.as_ref().is_some_and(|o| !o.lease.valid()) {
+            // No heartbeat has reached the registry for too long: peers
+            // may soon take this server's nodes. Nothing is served, or
+            // claimed, until one does again.
+            self.fence_all().await;
+            if let Some(o) = &self.own {
+                o.lease.rearm();
+            }
+            self.seen = None;
+            return;
+        }
         let generation = snap.generation();
         let live = self.own.as_ref().map(|o| o.live(peers)).unwrap_or_default();
         let peer_key = self
@@ -205,48 +221,44 @@ impl Targets {
         self.claimed
             .retain(|name, _| wanted.contains_key(name.as_str()));
 
-        // Nodes that should be on another server move once idle.
+        // Nodes that should be on another server move once idle; all of
+        // them, sessions and all, when this server is drained (the
+        // initiator logs in again and is redirected to the new owner).
         self.handing_off = false;
         if let Some(own) = &self.own {
+            let draining = own.draining(peers);
             let mut leaving = Vec::new();
             for (name, node) in &wanted {
-                if !self.served.contains_key(*name) || own.mine(node, &self.live) {
+                if !self.served.contains_key(*name) || own.mine_now(node, &self.live, peers) {
                     continue;
                 }
-                if own.in_use(node) {
+                if own.in_use(node) && !draining {
                     // Stays here while its session lasts.
                     self.handing_off = true;
                 } else {
                     leaving.push(name.to_string());
                 }
             }
-            // A node served here whose registry row names another owner
-            // (claimed while this server seemed dead, say paused): claimed
-            // back once that owner lets go. The overlay's file lock kept
-            // the other server from opening it meanwhile. (Stopping by
-            // itself when it cannot renew ownership is issue 15's
-            // self-fencing.)
-            let mut reclaim = Vec::new();
-            for (name, node) in &wanted {
-                if self.served.contains_key(*name)
-                    && own.mine(node, &self.live)
-                    && node.owner.as_deref() != Some(own.me.as_str())
-                {
-                    reclaim.push(node);
-                }
-            }
-            for node in reclaim {
-                match own.claim(node).await {
-                    Ok(epoch) => {
-                        if let Some(s) = self.served.get_mut(&node.name) {
-                            s.epoch = epoch;
-                        }
-                        tracing::info!(node = %node.name, epoch, "ownership claimed back");
-                    }
-                    Err(e) => {
-                        tracing::warn!(node = %node.name, "serving, but {e}");
-                        self.handing_off = true;
-                    }
+            // A node served here whose registry row names another live
+            // server: it was taken while this server could not renew its
+            // lease (and had fenced itself, or is about to). Dropped
+            // without a commit: the file is the other server's now.
+            let lost: Vec<String> = wanted
+                .iter()
+                .filter(|(name, node)| {
+                    self.served.contains_key(**name)
+                        && node.owner.as_deref().is_some_and(|o| {
+                            o != own.me
+                                && self.live.iter().any(|l| l == o)
+                                && self.served[**name].taken_from.as_deref() != Some(o)
+                        })
+                })
+                .map(|(name, _)| name.to_string())
+                .collect();
+            for name in lost {
+                if let Some(s) = self.served.remove(&name) {
+                    tracing::error!(node = %name, "taken by another server: stopped serving it without writing");
+                    self.abandon(s);
                 }
             }
             for name in leaving {
@@ -264,7 +276,7 @@ impl Targets {
                 continue;
             }
             if let Some(own) = &self.own {
-                if !own.mine(node, &self.live) {
+                if !own.mine_now(node, &self.live, peers) {
                     // Not ours: let the owner it should have claim it.
                     if node.owner.as_deref() == Some(own.me.as_str()) {
                         own.release(name).await;
@@ -329,17 +341,83 @@ impl Targets {
     /// Removes the target (ending its sessions) and commits the overlay.
     async fn drop_target(&self, name: &str, s: Served) {
         self.server.remove_target(&s.iqn);
-        if let Err(e) = s.overlay.close().await {
+        // A commit after the lease has lapsed could land on a file a peer
+        // has opened: it is skipped (the write-ahead log has every
+        // acknowledged write; the next owner replays it).
+        let lapsed = self.own.as_ref().is_some_and(|o| !o.lease.valid());
+        if lapsed {
+            tracing::warn!(node = %name, "lease lapsed: overlay left uncommitted for its next owner");
+        } else if let Err(e) = s.overlay.close().await {
             tracing::error!(node = %name, "closing overlay: {e}");
         }
         // Only once the overlay is closed may another server lock it.
-        drop(s.fence);
+        self.unlock(s);
         tracing::info!(node = %name, "stopped serving");
     }
 
+    /// Stops serving a node without writing its overlay (it may be
+    /// another server's now): sessions end, the overlay is not committed.
+    fn abandon(&self, s: Served) {
+        self.server.remove_target(&s.iqn);
+        self.unlock(s);
+    }
+
+    fn unlock(&self, s: Served) {
+        let Served {
+            overlay,
+            path,
+            fence,
+            ..
+        } = s;
+        // Every request the overlay still gets goes through the lease
+        // (`Fenced`) or has been committed; its own descriptor closes when
+        // the last session lets go of it.
+        drop(overlay);
+        match (fence, &self.own) {
+            (Some(f), _) => drop(f),
+            (None, Some(own)) => own.keeper.unlock(&path),
+            (None, None) => {}
+        }
+    }
+
+    /// Self-fencing: every node dropped without a write.
+    async fn fence_all(&mut self) {
+        self.claimed.clear();
+        if self.served.is_empty() {
+            return;
+        }
+        let n = self.served.len();
+        let served: Vec<(String, Served)> = self.served.drain().collect();
+        for (_, s) in served {
+            self.abandon(s);
+        }
+        tracing::error!(
+            nodes = n,
+            "ownership lease lapsed (no heartbeat reached the registry in {:?}): stopped serving every node without writing its overlay; peers take them once the lease has expired in the registry",
+            crate::peers::lease::FENCE_AFTER
+        );
+    }
+
     async fn open(&mut self, node: &NodePlan) -> Result<Served> {
+        let opened = self.open_locked(node).await;
+        if opened.is_err() {
+            // The lock taken for it goes again (not the claim: a retry
+            // reuses it without moving the epoch).
+            if let Some(own) = &self.own {
+                own.keeper.unlock(&node.overlay);
+            }
+        } else {
+            self.claimed.remove(&node.name);
+        }
+        opened
+    }
+
+    async fn open_locked(&mut self, node: &NodePlan) -> Result<Served> {
         // Ownership first: the registry's claim, then the file lock; the
         // overlay is opened only with both.
+        if self.own.as_ref().is_some_and(|o| !o.lease.valid()) {
+            anyhow::bail!("not claimed: this server's ownership lease has lapsed");
+        }
         let epoch = match &self.own {
             Some(own) => match self.claimed.get(&node.name) {
                 Some(e) if node.owner.as_deref() == Some(own.me.as_str()) => *e,
@@ -352,8 +430,12 @@ impl Targets {
             None => 0,
         };
         let path = node.overlay.clone();
-        let fence = tokio::task::spawn_blocking(move || crate::peers::fence::lock(&path)).await??;
-        self.claimed.remove(&node.name);
+        let keeper = self.own.as_ref().map(|o| o.keeper.clone());
+        let fence = tokio::task::spawn_blocking(move || match keeper {
+            Some(k) => k.lock(&path).map(|()| None),
+            None => crate::peers::fence::lock(&path).map(Some),
+        })
+        .await??;
         let golden = match self.goldens.get(&node.image.id) {
             Some(g) => g.clone(),
             None => {
@@ -375,10 +457,18 @@ impl Targets {
         };
         let path = node.overlay.clone();
         let backing: Arc<dyn BlockDevice> = golden;
-        let overlay =
-            tokio::task::spawn_blocking(move || Overlay::open(&path, Some(backing), false))
-                .await?
-                .with_context(|| format!("overlay {}", node.overlay.display()))?;
+        // With a keeper, the keeper's locks keep other writers out: a
+        // `flock` of this process's would outlive a freeze (`peers::keeper`).
+        let elsewhere = self.own.is_some();
+        let overlay = tokio::task::spawn_blocking(move || {
+            if elsewhere {
+                Overlay::open_locked_elsewhere(&path, Some(backing))
+            } else {
+                Overlay::open(&path, Some(backing), false)
+            }
+        })
+        .await?
+        .with_context(|| format!("overlay {}", node.overlay.display()))?;
         let r = overlay.recovered();
         if r.replayed > 0 {
             tracing::warn!(node = %node.name, records = r.replayed, "recovered writes acknowledged before a crash from the write-ahead log");
@@ -389,8 +479,16 @@ impl Targets {
         overlay.set_limits(self.limits);
         let overlay = Arc::new(overlay);
         let id = crate::names::stable_id(&node.target_iqn);
+        // Every request checks the lease first (`peers::lease`).
+        let device: Arc<dyn BlockDevice> = match &self.own {
+            Some(own) => Arc::new(crate::peers::lease::Fenced {
+                inner: overlay.clone(),
+                lease: own.lease.clone(),
+            }),
+            None => overlay.clone(),
+        };
         let lun = Lun::new(
-            overlay.clone(),
+            device,
             LunConfig {
                 serial: format!("{id:016x}"),
                 naa_id: id,
@@ -420,8 +518,10 @@ impl Targets {
             iqn: node.target_iqn.clone(),
             image_id: node.image.id,
             overlay,
+            path: node.overlay.clone(),
             fence,
             epoch,
+            taken_from: node.owner.clone(),
             failure_logged: false,
         })
     }
@@ -431,12 +531,18 @@ impl Targets {
     /// many could not be committed.
     pub async fn close_all(&mut self) -> usize {
         let mut failed = 0;
-        for (name, s) in self.served.drain() {
+        let served: Vec<(String, Served)> = self.served.drain().collect();
+        for (name, s) in served {
+            if self.own.as_ref().is_some_and(|o| !o.lease.valid()) {
+                // Self-fenced meanwhile: not ours to write.
+                self.abandon(s);
+                continue;
+            }
             if let Err(e) = s.overlay.close().await {
                 tracing::error!(node = %name, "closing overlay: {e}");
                 failed += 1;
             }
-            drop(s.fence);
+            self.unlock(s);
         }
         failed
     }

@@ -181,6 +181,18 @@ impl Servers for Rooted {
         self.inner.release_node(node, me)
     }
 
+    fn retire_server(&mut self, id: &str, dead_after_ms: i64) -> Result<u64> {
+        self.inner.retire_server(id, dead_after_ms)
+    }
+
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
+        self.inner.set_draining(id, on)
+    }
+
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        self.inner.set_portal(id, iscsi)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         let n = self.inner.pin_node(node, server)?;
         Ok(self.node(n))

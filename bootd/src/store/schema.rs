@@ -134,6 +134,11 @@ pub const MIGRATIONS: &[&str] = &[
         last_used  INTEGER
     );
     ",
+    // 8: a server being drained (`bootd server drain`, `serve --drain`):
+    // it hands its nodes to its peers, sessions and all; 1 or 0.
+    "
+    ALTER TABLE servers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The version a fully migrated database has.
@@ -284,6 +289,10 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
         last_used  BIGINT
     );
     "#,
+    // 8
+    "
+    ALTER TABLE servers ADD COLUMN draining BIGINT NOT NULL DEFAULT 0;
+    ",
 ];
 
 // One history: every migration has both dialects.

@@ -34,6 +34,8 @@ pub struct ServerInfo {
     pub bytes_served: u64,
     /// Nodes whose owner it is.
     pub nodes_owned: u64,
+    /// Being drained: it hands its nodes to its peers and takes none.
+    pub draining: bool,
 }
 
 pub trait Servers {
@@ -53,6 +55,18 @@ pub trait Servers {
     /// Clears the node's owner if it is `me` (its overlay closed); whether
     /// it was. Moves the generation when it does.
     fn release_node(&mut self, node: &str, me: &str) -> Result<bool>;
+    /// A server stopping cleanly: its nodes lose their owner (their
+    /// overlays are closed) and it is listed dead at once, its heartbeat
+    /// set `dead_after_ms` in the past, so peers take its nodes without
+    /// waiting for it to expire. How many nodes it gave up. Moves the
+    /// generation.
+    fn retire_server(&mut self, id: &str, dead_after_ms: i64) -> Result<u64>;
+    /// Starts (or, `false`, stops) draining the server; `false` if it is
+    /// not registered. A restart of the server stops it too.
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool>;
+    /// The portal (`IP:PORT`) peers redirect to and scripts point at now
+    /// (a floating address arrived or left); `false` if not registered.
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool>;
     /// Pins the node to `server` (`None`: unpins). `NotFound` for a node or
     /// server that does not exist. Moves the generation.
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node>;
@@ -70,7 +84,7 @@ pub fn register_sql(now: &str) -> String {
          ON CONFLICT (id) DO UPDATE SET
             iscsi = excluded.iscsi, http_port = excluded.http_port,
             started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
-            sessions = 0, bytes_served = 0"
+            sessions = 0, bytes_served = 0, draining = 0"
     )
 }
 
@@ -86,7 +100,7 @@ pub fn list_sql(now: &str) -> String {
     format!(
         "SELECT s.id, s.iscsi, s.http_port, s.started_at, {now} - s.heartbeat_at,
                 s.sessions, s.bytes_served,
-                (SELECT COUNT(*) FROM nodes n WHERE n.owner = s.id)
+                (SELECT COUNT(*) FROM nodes n WHERE n.owner = s.id), s.draining
          FROM servers s ORDER BY s.id"
     )
 }
@@ -100,6 +114,20 @@ pub fn claim_sql(now: &str) -> String {
          RETURNING owner_epoch"
     )
 }
+
+/// `$1` server: every node it owns loses its owner.
+pub const RELEASE_ALL_SQL: &str = "UPDATE nodes SET owner = NULL WHERE owner = $1";
+
+/// `$1` server, `$2` dead after (ms): listed dead from now on.
+pub fn retire_sql(now: &str) -> String {
+    format!("UPDATE servers SET heartbeat_at = {now} - $2 - 1, sessions = 0 WHERE id = $1")
+}
+
+/// `$1` server, `$2` 1 or 0.
+pub const DRAIN_SQL: &str = "UPDATE servers SET draining = $2 WHERE id = $1";
+
+/// `$1` server, `$2` its portal.
+pub const PORTAL_SQL: &str = "UPDATE servers SET iscsi = $2 WHERE id = $1";
 
 pub const RELEASE_SQL: &str = "UPDATE nodes SET owner = NULL WHERE name = $1 AND owner = $2";
 pub const PIN_SQL: &str = "UPDATE nodes SET pinned_server = $2 WHERE name = $1";
@@ -121,5 +149,6 @@ pub fn server_row<R: super::rows::Columns>(row: &R) -> std::result::Result<Serve
         sessions: count(5)?,
         bytes_served: count(6)?,
         nodes_owned: count(7)?,
+        draining: row.int(8)? != 0,
     })
 }

@@ -16,5 +16,7 @@ mod postgres;
 mod security;
 mod serve;
 mod servers;
+mod takeover;
+mod takeover_vrrp;
 mod tftp;
 mod user_data;

@@ -117,6 +117,15 @@ impl Servers for OffRuntime {
     fn release_node(&mut self, node: &str, me: &str) -> Result<bool> {
         self.with_mut(|s| s.release_node(node, me))
     }
+    fn retire_server(&mut self, id: &str, dead_after_ms: i64) -> Result<u64> {
+        self.with_mut(|s| s.retire_server(id, dead_after_ms))
+    }
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
+        self.with_mut(|s| s.set_draining(id, on))
+    }
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        self.with_mut(|s| s.set_portal(id, iscsi))
+    }
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         self.with_mut(|s| s.pin_node(node, server))
     }

@@ -70,6 +70,24 @@ impl Servers for PgStore {
         }
     }
 
+    fn retire_server(&mut self, id: &str, dead_after_ms: i64) -> Result<u64> {
+        let sql = sv::retire_sql(POSTGRES_NOW_MS);
+        self.write(|tx| {
+            let n = tx.execute(sv::RELEASE_ALL_SQL, &[&id])?;
+            tx.execute(&sql, &[&id, &dead_after_ms])?;
+            Ok(n)
+        })
+    }
+
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
+        let flag = i64::from(on);
+        Ok(self.write_record(sv::DRAIN_SQL, &[&id, &flag])? > 0)
+    }
+
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        Ok(self.write_record(sv::PORTAL_SQL, &[&id, &iscsi])? > 0)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         self.write(|tx| {
             if let Some(s) = server {

@@ -67,6 +67,32 @@ impl Servers for SqliteStore {
         Ok(changed)
     }
 
+    fn retire_server(&mut self, id: &str, dead_after_ms: i64) -> Result<u64> {
+        let tx = self.write()?;
+        let n = tx.execute(&numbered(sv::RELEASE_ALL_SQL), params![id])?;
+        tx.execute(
+            &numbered(&sv::retire_sql(SQLITE_NOW_MS)),
+            params![id, dead_after_ms],
+        )?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    fn set_draining(&mut self, id: &str, on: bool) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(&numbered(sv::DRAIN_SQL), params![id, i64::from(on)])?;
+        Ok(n > 0)
+    }
+
+    fn set_portal(&mut self, id: &str, iscsi: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(&numbered(sv::PORTAL_SQL), params![id, iscsi])?;
+        Ok(n > 0)
+    }
+
     fn pin_node(&mut self, node: &str, server: Option<&str>) -> Result<Node> {
         let tx = self.write()?;
         if let Some(s) = server {

@@ -533,6 +533,35 @@ pub fn servers_heartbeat_and_claim_nodes(f: Fixture) -> Result<()> {
         (s1.iscsi.as_str(), s1.sessions, s1.heartbeat_age_ms < 5000),
         ("127.0.0.9:3261", 0, true)
     );
+    // A clean stop: s1's nodes lose their owner, s1 is dead at once, and
+    // s2 claims without waiting for s1's heartbeat to expire.
+    assert!(s.heartbeat("s2", 0, 0)?);
+    assert_eq!(s.node("a")?.owner.as_deref(), Some("s1"));
+    let g3 = s.generation()?;
+    assert_eq!(s.retire_server("s1", 5000)?, 1);
+    assert!(
+        s.generation()? > g3,
+        "a retirement must reach the fleet views"
+    );
+    assert_eq!(s.node("a")?.owner, None);
+    let s1 = &s.servers()?[0];
+    assert!(s1.heartbeat_age_ms > 5000, "{s1:?}");
+    assert_eq!(s.retire_server("s1", 5000)?, 0);
+    assert_eq!(s.claim_node("a", "s2", 5000)?, Some(5));
+    // Draining: a flag on the row, cleared by a restart.
+    assert!(!s.servers()?[1].draining);
+    assert!(s.set_draining("s2", true)?);
+    assert!(s.servers()?[1].draining);
+    assert!(!s.set_draining("nobody", true)?);
+    s.register_server(&NewServer {
+        id: "s2".into(),
+        iscsi: "127.0.0.2:3260".into(),
+        http_port: 8080,
+    })?;
+    assert!(!s.servers()?[1].draining);
+    assert!(s.set_portal("s2", "192.0.2.50:3260")?);
+    assert_eq!(s.servers()?[1].iscsi, "192.0.2.50:3260");
+    assert!(!s.set_portal("nobody", "192.0.2.50:3260")?);
     Ok(())
 }
 

@@ -205,6 +205,28 @@ impl Overlay {
         backing: Option<Arc<dyn BlockDevice>>,
         read_only: bool,
     ) -> Result<Self, ImageError> {
+        Self::open_with(path, backing, read_only, true)
+    }
+
+    /// [`Overlay::open`] read-write without taking the `flock`: for a
+    /// caller whose own lock on the file keeps every other writer out and
+    /// must be able to outlive this process's descriptor going away (a
+    /// server that fences itself lets a separate process drop the lock
+    /// while this one may be frozen; a `flock` on this descriptor would
+    /// stay with it).
+    pub fn open_locked_elsewhere(
+        path: &Path,
+        backing: Option<Arc<dyn BlockDevice>>,
+    ) -> Result<Self, ImageError> {
+        Self::open_with(path, backing, false, false)
+    }
+
+    fn open_with(
+        path: &Path,
+        backing: Option<Arc<dyn BlockDevice>>,
+        read_only: bool,
+        flock: bool,
+    ) -> Result<Self, ImageError> {
         let at = |e: std::io::Error| {
             ImageError::Io(std::io::Error::new(
                 e.kind(),
@@ -223,7 +245,12 @@ impl Overlay {
                 path.display()
             )));
         }
-        io::lock(&file, !read_only).map_err(|e| {
+        let locked = if flock {
+            io::lock(&file, !read_only)
+        } else {
+            Ok(())
+        };
+        locked.map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 ImageError::Io(std::io::Error::new(
                     e.kind(),

@@ -187,6 +187,8 @@ pub struct Server {
     started_at_ms: i64,
     heartbeat_age_ms: i64,
     live: bool,
+    /// Being drained (`bootd server drain`): it hands its nodes to peers.
+    draining: bool,
     nodes_owned: u64,
     sessions: u64,
     bytes_served: u64,

@@ -6,9 +6,11 @@
 //! address settles races between servers), a lost claim sends the core
 //! back for another address (OFFER) or becomes a NAK (ACK), and the table
 //! follows the registry's rows every second, so each server sees every
-//! server's leases.
+//! server's leases. Each second's read fetches only the rows written since
+//! the last one ([`PgLeases::changes`]) into a mirror of the registry's
+//! rows; the table is then set from the mirror in memory.
 
-use super::lease::{Change, Lease, LeaseStore, Leases, OFFER_HOLD_SECS};
+use super::lease::{Change, Lease, LeaseStore, Leases, DECLINE_HOLD_SECS, OFFER_HOLD_SECS};
 use super::lease_file::FileLeaseStore;
 use super::reply::{self, Reply};
 use super::server::Params;
@@ -24,7 +26,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// How often a server reads every server's leases into its table.
+/// How often a server reads the other servers' lease changes into its table.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Where `--dhcp full` keeps its leases.
@@ -47,26 +49,33 @@ pub fn open(home: &LeaseHome, pool: (Ipv4Addr, Ipv4Addr)) -> Result<(Leases, Opt
         }
         LeaseHome::Registry { target, me } => {
             // Connecting blocks: off serve's runtime.
-            let (pg, rows) = off_runtime::run(|| -> Result<_> {
+            let (pg, (rows, since)) = off_runtime::run(|| -> Result<_> {
                 let mut pg = PgLeases::open(target, me)?;
-                let rows = pg.live()?;
+                let rows = pg.changes(0)?;
                 Ok((pg, rows))
             })
             .with_context(|| format!("DHCP leases in registry {}", target.shown))?;
             let now = unix_now();
-            let store = RegistryRows(rows.iter().filter_map(|r| local(r, now)).collect());
+            let store = RegistryRows(
+                rows.iter()
+                    .filter(|r| r.state != LeaseState::Declined)
+                    .filter_map(|r| local(r, now))
+                    .collect(),
+            );
             let mut l = Leases::open(pool, Box::new(store))?;
             l.search_from(spread(me, pool));
-            Ok((
-                l,
-                Some(Ledger {
-                    pg: Some(pg),
-                    pool,
-                    synced: Instant::now(),
-                    granted: HashMap::new(),
-                    fresh: Vec::new(),
-                }),
-            ))
+            let mut ledger = Ledger {
+                pg: Some(pg),
+                pool,
+                synced: Instant::now(),
+                since,
+                mirror: HashMap::new(),
+                granted: HashMap::new(),
+                fresh: Vec::new(),
+            };
+            ledger.absorb(rows, now);
+            ledger.apply(&mut l, now);
+            Ok((l, Some(ledger)))
         }
     }
 }
@@ -132,12 +141,27 @@ pub enum Verdict {
     Again,
 }
 
+/// A registry row as last read, its expiry on this server's clock (0 once
+/// it ended).
+#[derive(Debug, Clone)]
+struct Mirrored {
+    mac: Mac,
+    server: String,
+    state: LeaseState,
+    expires: u64,
+}
+
 /// One server's connection to the registry's leases.
 pub struct Ledger {
     /// `None` only while dropping.
     pg: Option<PgLeases>,
     pool: (Ipv4Addr, Ipv4Addr),
     synced: Instant,
+    /// Where the next read of changed rows starts.
+    since: i64,
+    /// Every row of the registry's `leases` as last read, by address
+    /// (rows are never deleted: at most one per pool address).
+    mirror: HashMap<Ipv4Addr, Mirrored>,
     /// Bound leases already handed to the HTTP side's grants: a sync hands
     /// over only what changed.
     granted: HashMap<Mac, (Ipv4Addr, u64)>,
@@ -155,7 +179,7 @@ impl Drop for Ledger {
 }
 
 impl Ledger {
-    /// Every second: the registry's live leases into `leases` (other
+    /// Every second: the registry's lease changes into `leases` (other
     /// servers' grants in, the ones that ended there out). Returns the
     /// bound rows new since the last call, for the HTTP side's grants.
     pub fn sync(&mut self, leases: &mut Leases, now: u64) -> Vec<(Mac, Ipv4Addr, u64)> {
@@ -165,42 +189,76 @@ impl Ledger {
         std::mem::take(&mut self.fresh)
     }
 
-    /// Reads every live row into `leases` now.
+    /// Reads the rows changed since the last read, then sets `leases`
+    /// from the registry's rows.
     fn refresh(&mut self, leases: &mut Leases, now: u64) {
         self.synced = Instant::now();
         let Some(pg) = self.pg.as_mut() else {
             return;
         };
-        let rows = match pg.live() {
-            Ok(r) => r,
+        match pg.changes(self.since) {
+            Ok((rows, next)) => {
+                self.since = next;
+                self.absorb(rows, now);
+            }
             Err(e) => {
                 tracing::warn!("reading the registry's DHCP leases: {e}");
                 return;
             }
-        };
-        let me = pg.me().to_string();
-        let ours: HashSet<&str> = rows
-            .iter()
-            .filter(|r| r.server == me)
-            .map(|r| r.mac.as_str())
+        }
+        self.apply(leases, now);
+    }
+
+    /// Changed rows into the mirror.
+    fn absorb(&mut self, rows: Vec<LeaseRow>, now: u64) {
+        for r in rows {
+            let Ok(mac) = r.mac.parse::<Mac>() else {
+                continue;
+            };
+            let expires = local(&r, now).map_or(0, |(_, l)| l.expires);
+            self.mirror.insert(
+                r.address,
+                Mirrored {
+                    mac,
+                    server: r.server,
+                    state: r.state,
+                    expires,
+                },
+            );
+        }
+    }
+
+    /// The mirror's live rows into `leases`; what ended there ends here.
+    fn apply(&mut self, leases: &mut Leases, now: u64) {
+        let me = self
+            .pg
+            .as_ref()
+            .map(|p| p.me().to_string())
+            .unwrap_or_default();
+        let live = || self.mirror.iter().filter(|(_, m)| m.expires > now);
+        let ours: HashSet<Mac> = live()
+            .filter(|(_, m)| m.server == me && m.state == LeaseState::Offered)
+            .map(|(_, m)| m.mac)
             .collect();
         let mut held = HashSet::new();
         let mut bound = Vec::new();
-        for r in &rows {
-            let Some((mac, l)) = local(r, now) else {
-                continue;
-            };
-            held.insert((mac, l.ip));
-            if r.state == LeaseState::Bound {
-                bound.push((mac, l.ip, l.expires));
-            } else if r.server != me && ours.contains(r.mac.as_str()) {
+        for (ip, m) in live() {
+            match m.state {
+                LeaseState::Declined => {
+                    // Nobody's lease: the address stays out of every offer.
+                    leases.hold_declined(*ip, m.expires);
+                    continue;
+                }
+                LeaseState::Bound => bound.push((m.mac, *ip, m.expires)),
                 // Another server's offer to a client this server offered
                 // an address too: the core keeps one address per MAC, and
                 // learning theirs would NAK the client's REQUEST for ours.
                 // A claim of their address loses and teaches it instead.
-                continue;
+                LeaseState::Offered if m.server != me && ours.contains(&m.mac) => continue,
+                LeaseState::Offered => {}
             }
-            leases.bind(mac, l.ip, l.expires, false);
+            held.insert((m.mac, *ip));
+            leases.bind(m.mac, *ip, m.expires, false);
         }
         // Rows that ended in the registry (released, or an offer whose
         // client took another server's) end here too.
@@ -245,9 +303,19 @@ impl Ledger {
         let hold_ms = i64::try_from(hold_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         match pg.claim(ip, &mac.to_string(), state, hold_ms) {
             Ok(Claim::Won) => Verdict::Send(Some(r)),
+            Ok(Claim::Lost(Some(h))) if h.mac == mac.to_string() && h.address != ip => {
+                // The client has a running lease elsewhere (granted by
+                // another server, not read here yet): offer it that one.
+                if let Some((m, l)) = local(&h, now) {
+                    leases.bind(m, l.ip, l.expires, false);
+                }
+                Verdict::Again
+            }
             Ok(Claim::Lost(holder)) => {
                 tracing::debug!(%mac, %ip, ?state, "address held by another client in the registry");
+                let declined = holder.as_ref().map(|h| h.state) == Some(LeaseState::Declined);
                 match holder.as_ref().and_then(|h| local(h, now)) {
+                    Some((_, l)) if declined => leases.hold_declined(l.ip, l.expires),
                     Some((m, l)) => leases.bind(m, l.ip, l.expires, false),
                     // Ended meanwhile: the next sync shows who has it.
                     None => leases.release(mac, ip, now),
@@ -266,7 +334,10 @@ impl Ledger {
                         leases.search_from(Ipv4Addr::from(n));
                         Verdict::Again
                     }
-                    LeaseState::Bound => Verdict::Send(Some(reply::nak(req, p.server))),
+                    // (Declined is never claimed.)
+                    LeaseState::Bound | LeaseState::Declined => {
+                        Verdict::Send(Some(reply::nak(req, p.server)))
+                    }
                 }
             }
             Err(e) => {
@@ -278,13 +349,24 @@ impl Ledger {
         }
     }
 
-    /// RELEASE or DECLINE of `ip` by `mac`: its row ends now.
+    /// RELEASE of `ip` by `mac`: its row ends now.
     pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) {
         let Some(pg) = self.pg.as_mut() else {
             return;
         };
         if let Err(e) = pg.release(ip, &mac.to_string()) {
             tracing::warn!(%mac, %ip, "releasing a DHCP lease in the registry: {e}");
+        }
+    }
+
+    /// DECLINE of `ip` by `mac`: no server offers it for the decline hold.
+    pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr) {
+        let Some(pg) = self.pg.as_mut() else {
+            return;
+        };
+        let hold_ms = i64::try_from(DECLINE_HOLD_SECS.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let Err(e) = pg.decline(ip, &mac.to_string(), hold_ms) {
+            tracing::warn!(%mac, %ip, "declining a DHCP lease in the registry: {e}");
         }
     }
 }

@@ -146,7 +146,6 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 struct Mirrored {
     mac: Mac,
-    server: String,
     state: LeaseState,
     expires: u64,
 }
@@ -220,7 +219,6 @@ impl Ledger {
                 r.address,
                 Mirrored {
                     mac,
-                    server: r.server,
                     state: r.state,
                     expires,
                 },
@@ -230,16 +228,7 @@ impl Ledger {
 
     /// The mirror's live rows into `leases`; what ended there ends here.
     fn apply(&mut self, leases: &mut Leases, now: u64) {
-        let me = self
-            .pg
-            .as_ref()
-            .map(|p| p.me().to_string())
-            .unwrap_or_default();
         let live = || self.mirror.iter().filter(|(_, m)| m.expires > now);
-        let ours: HashSet<Mac> = live()
-            .filter(|(_, m)| m.server == me && m.state == LeaseState::Offered)
-            .map(|(_, m)| m.mac)
-            .collect();
         let mut held = HashSet::new();
         let mut bound = Vec::new();
         for (ip, m) in live() {
@@ -250,11 +239,22 @@ impl Ledger {
                     continue;
                 }
                 LeaseState::Bound => bound.push((m.mac, *ip, m.expires)),
-                // Another server's offer to a client this server offered
-                // an address too: the core keeps one address per MAC, and
-                // learning theirs would NAK the client's REQUEST for ours.
-                // A claim of their address loses and teaches it instead.
-                LeaseState::Offered if m.server != me && ours.contains(&m.mac) => continue,
+                // An offer (another server's, or one whose row another
+                // server's offer of the same address took over) to a MAC
+                // this table already has a running lease for elsewhere:
+                // the core keeps one address per MAC, and learning this one
+                // would NAK the client's REQUEST for the address this
+                // server offered it (the NAKs seen with three servers: the
+                // row naming the server was the only guard, and a same-MAC
+                // claim by another server rewrites it). A claim of this
+                // address loses and teaches it instead.
+                LeaseState::Offered
+                    if leases
+                        .get(m.mac)
+                        .is_some_and(|l| l.expires > now && l.ip != *ip) =>
+                {
+                    continue
+                }
                 LeaseState::Offered => {}
             }
             held.insert((m.mac, *ip));
@@ -368,5 +368,80 @@ impl Ledger {
         if let Err(e) = pg.decline(ip, &mac.to_string(), hold_ms) {
             tracing::warn!(%mac, %ip, "declining a DHCP lease in the registry: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> Ledger {
+        Ledger {
+            pg: None,
+            pool: (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20)),
+            synced: Instant::now(),
+            since: 0,
+            mirror: HashMap::new(),
+            granted: HashMap::new(),
+            fresh: Vec::new(),
+        }
+    }
+
+    fn row(ip: u8, mac: &str, server: &str, state: LeaseState, left_ms: i64) -> LeaseRow {
+        LeaseRow {
+            address: Ipv4Addr::new(192, 0, 2, ip),
+            mac: mac.into(),
+            server: server.into(),
+            state,
+            left_ms,
+        }
+    }
+
+    /// This server offered X to a client; by its next read, another server
+    /// offered the same client X too (taking the row over: it now names
+    /// that server) and a third offered W. The client's REQUEST for X must
+    /// find X in the table: learning W as the client's lease would NAK it.
+    #[test]
+    fn another_servers_offer_never_replaces_the_clients_running_lease() -> anyhow::Result<()> {
+        let pool = (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20));
+        let mut l = Leases::open(pool, Box::new(RegistryRows(HashMap::new())))?;
+        let mut lg = ledger();
+        let now = 1_000;
+        let m1 = "02:00:00:00:00:01";
+        let mac: Mac = m1.parse()?;
+        let x = Ipv4Addr::new(192, 0, 2, 12);
+        l.bind(mac, x, now + 60, false);
+        lg.absorb(
+            vec![
+                row(12, m1, "t", LeaseState::Offered, 60_000),
+                row(15, m1, "u", LeaseState::Offered, 60_000),
+            ],
+            now,
+        );
+        lg.apply(&mut l, now);
+        assert_eq!(l.get(mac).map(|l| l.ip), Some(x));
+        // The client took u's offer after all: the bound row wins.
+        lg.absorb(vec![row(15, m1, "u", LeaseState::Bound, 600_000)], now);
+        lg.apply(&mut l, now);
+        assert_eq!(l.get(mac).map(|l| l.ip), Some(Ipv4Addr::new(192, 0, 2, 15)));
+        assert_eq!(lg.fresh.len(), 1, "the bound lease goes to the grants");
+        // A declined address is kept out of this server's offers.
+        let m2: Mac = "02:00:00:00:00:02".parse()?;
+        lg.absorb(
+            vec![row(
+                10,
+                "02:00:00:00:00:03",
+                "u",
+                LeaseState::Declined,
+                600_000,
+            )],
+            now,
+        );
+        lg.apply(&mut l, now);
+        assert_ne!(
+            l.choose(m2, None, Some(Ipv4Addr::new(192, 0, 2, 10)), now),
+            Some(Ipv4Addr::new(192, 0, 2, 10))
+        );
+        Ok(())
     }
 }

@@ -17,6 +17,15 @@
 //! round trip on every node's boot path) or IP_TRANSPARENT sockets (which
 //! send from foreign addresses, but leave the replies with nobody to
 //! answer ARP for them).
+//!
+//! The servers reach the pool through the bridge's address (a route
+//! `198.19.0.0/16 via 198.18.255.254`), as they would reach nodes behind a
+//! router: the kernel's ARP table is one for all namespaces (its limit,
+//! gc_thresh3, is 1024 entries by default and shared with whatever else
+//! runs on the machine), and a server talking to thousands of nodes on
+//! the link filled it ("neighbor table overflow"): packets, DHCP
+//! broadcasts included, were dropped. With the route each server has one
+//! neighbour for all the nodes.
 
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
@@ -180,6 +189,20 @@ impl Wire {
             ])?;
             ip(&["-n", &s.ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &s.ns, "link", "set", "lo", "up"])?;
+            // The nodes through the bridge's address, not on the link: one
+            // neighbour entry per server instead of one per node (see above).
+            let gw = BRIDGE_IP.to_string();
+            ip(&[
+                "-n",
+                &s.ns,
+                "route",
+                "add",
+                &format!("{POOL_NET}/16"),
+                "via",
+                &gw,
+                "dev",
+                "eth0",
+            ])?;
         }
         Ok(w)
     }

@@ -137,11 +137,6 @@ impl PgLeases {
         })
     }
 
-    /// The server id this connection grants leases as.
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     /// The connection, made again if the server closed it: a lease
     /// statement that failed on a lost connection is not retried here (the
     /// client retries its DHCP message).

@@ -232,6 +232,13 @@ impl Leases {
         }
     }
 
+    /// Keeps `ip` out of every offer until `until` (Unix seconds): another
+    /// server's client declined it.
+    pub fn hold_declined(&mut self, ip: Ipv4Addr, until: u64) {
+        let t = self.declined.entry(ip).or_insert(until);
+        *t = (*t).max(until);
+    }
+
     /// DECLINE: the address is in use by someone else; forget the lease and
     /// keep the address out of the pool for a while.
     pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr, now: u64) {

@@ -162,7 +162,10 @@ fn decide(
                 _ => req.requested_ip(),
             };
             if let (Some(lg), Some(ip)) = (ledger.as_deref_mut(), ip) {
-                lg.release(mac, ip);
+                match req.msg_type {
+                    MessageType::Release => lg.release(mac, ip),
+                    _ => lg.decline(mac, ip),
+                }
             }
         }
         // In proxy mode bootd never learns the address a node will fetch

@@ -6,9 +6,11 @@
 //! address settles races between servers), a lost claim sends the core
 //! back for another address (OFFER) or becomes a NAK (ACK), and the table
 //! follows the registry's rows every second, so each server sees every
-//! server's leases.
+//! server's leases. Each second's read fetches only the rows written since
+//! the last one ([`PgLeases::changes`]) into a mirror of the registry's
+//! rows; the table is then set from the mirror in memory.
 
-use super::lease::{Change, Lease, LeaseStore, Leases, OFFER_HOLD_SECS};
+use super::lease::{Change, Lease, LeaseStore, Leases, DECLINE_HOLD_SECS, OFFER_HOLD_SECS};
 use super::lease_file::FileLeaseStore;
 use super::reply::{self, Reply};
 use super::server::Params;
@@ -24,7 +26,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// How often a server reads every server's leases into its table.
+/// How often a server reads the other servers' lease changes into its table.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Where `--dhcp full` keeps its leases.
@@ -47,26 +49,33 @@ pub fn open(home: &LeaseHome, pool: (Ipv4Addr, Ipv4Addr)) -> Result<(Leases, Opt
         }
         LeaseHome::Registry { target, me } => {
             // Connecting blocks: off serve's runtime.
-            let (pg, rows) = off_runtime::run(|| -> Result<_> {
+            let (pg, (rows, since)) = off_runtime::run(|| -> Result<_> {
                 let mut pg = PgLeases::open(target, me)?;
-                let rows = pg.live()?;
+                let rows = pg.changes(0)?;
                 Ok((pg, rows))
             })
             .with_context(|| format!("DHCP leases in registry {}", target.shown))?;
             let now = unix_now();
-            let store = RegistryRows(rows.iter().filter_map(|r| local(r, now)).collect());
+            let store = RegistryRows(
+                rows.iter()
+                    .filter(|r| r.state != LeaseState::Declined)
+                    .filter_map(|r| local(r, now))
+                    .collect(),
+            );
             let mut l = Leases::open(pool, Box::new(store))?;
             l.search_from(spread(me, pool));
-            Ok((
-                l,
-                Some(Ledger {
-                    pg: Some(pg),
-                    pool,
-                    synced: Instant::now(),
-                    granted: HashMap::new(),
-                    fresh: Vec::new(),
-                }),
-            ))
+            let mut ledger = Ledger {
+                pg: Some(pg),
+                pool,
+                synced: Instant::now(),
+                since,
+                mirror: HashMap::new(),
+                granted: HashMap::new(),
+                fresh: Vec::new(),
+            };
+            ledger.absorb(rows, now);
+            ledger.apply(&mut l, now);
+            Ok((l, Some(ledger)))
         }
     }
 }
@@ -132,12 +141,26 @@ pub enum Verdict {
     Again,
 }
 
+/// A registry row as last read, its expiry on this server's clock (0 once
+/// it ended).
+#[derive(Debug, Clone)]
+struct Mirrored {
+    mac: Mac,
+    state: LeaseState,
+    expires: u64,
+}
+
 /// One server's connection to the registry's leases.
 pub struct Ledger {
     /// `None` only while dropping.
     pg: Option<PgLeases>,
     pool: (Ipv4Addr, Ipv4Addr),
     synced: Instant,
+    /// Where the next read of changed rows starts.
+    since: i64,
+    /// Every row of the registry's `leases` as last read, by address
+    /// (rows are never deleted: at most one per pool address).
+    mirror: HashMap<Ipv4Addr, Mirrored>,
     /// Bound leases already handed to the HTTP side's grants: a sync hands
     /// over only what changed.
     granted: HashMap<Mac, (Ipv4Addr, u64)>,
@@ -155,7 +178,7 @@ impl Drop for Ledger {
 }
 
 impl Ledger {
-    /// Every second: the registry's live leases into `leases` (other
+    /// Every second: the registry's lease changes into `leases` (other
     /// servers' grants in, the ones that ended there out). Returns the
     /// bound rows new since the last call, for the HTTP side's grants.
     pub fn sync(&mut self, leases: &mut Leases, now: u64) -> Vec<(Mac, Ipv4Addr, u64)> {
@@ -165,42 +188,77 @@ impl Ledger {
         std::mem::take(&mut self.fresh)
     }
 
-    /// Reads every live row into `leases` now.
+    /// Reads the rows changed since the last read, then sets `leases`
+    /// from the registry's rows.
     fn refresh(&mut self, leases: &mut Leases, now: u64) {
         self.synced = Instant::now();
         let Some(pg) = self.pg.as_mut() else {
             return;
         };
-        let rows = match pg.live() {
-            Ok(r) => r,
+        match pg.changes(self.since) {
+            Ok((rows, next)) => {
+                self.since = next;
+                self.absorb(rows, now);
+            }
             Err(e) => {
                 tracing::warn!("reading the registry's DHCP leases: {e}");
                 return;
             }
-        };
-        let me = pg.me().to_string();
-        let ours: HashSet<&str> = rows
-            .iter()
-            .filter(|r| r.server == me)
-            .map(|r| r.mac.as_str())
-            .collect();
-        let mut held = HashSet::new();
-        let mut bound = Vec::new();
-        for r in &rows {
-            let Some((mac, l)) = local(r, now) else {
+        }
+        self.apply(leases, now);
+    }
+
+    /// Changed rows into the mirror.
+    fn absorb(&mut self, rows: Vec<LeaseRow>, now: u64) {
+        for r in rows {
+            let Ok(mac) = r.mac.parse::<Mac>() else {
                 continue;
             };
-            held.insert((mac, l.ip));
-            if r.state == LeaseState::Bound {
-                bound.push((mac, l.ip, l.expires));
-            } else if r.server != me && ours.contains(r.mac.as_str()) {
-                // Another server's offer to a client this server offered
-                // an address too: the core keeps one address per MAC, and
-                // learning theirs would NAK the client's REQUEST for ours.
-                // A claim of their address loses and teaches it instead.
-                continue;
+            let expires = local(&r, now).map_or(0, |(_, l)| l.expires);
+            self.mirror.insert(
+                r.address,
+                Mirrored {
+                    mac,
+                    state: r.state,
+                    expires,
+                },
+            );
+        }
+    }
+
+    /// The mirror's live rows into `leases`; what ended there ends here.
+    fn apply(&mut self, leases: &mut Leases, now: u64) {
+        let live = || self.mirror.iter().filter(|(_, m)| m.expires > now);
+        let mut held = HashSet::new();
+        let mut bound = Vec::new();
+        for (ip, m) in live() {
+            match m.state {
+                LeaseState::Declined => {
+                    // Nobody's lease: the address stays out of every offer.
+                    leases.hold_declined(*ip, m.expires);
+                    continue;
+                }
+                LeaseState::Bound => bound.push((m.mac, *ip, m.expires)),
+                // An offer (another server's, or one whose row another
+                // server's offer of the same address took over) to a MAC
+                // this table already has a running lease for elsewhere:
+                // the core keeps one address per MAC, and learning this one
+                // would NAK the client's REQUEST for the address this
+                // server offered it (the NAKs seen with three servers: the
+                // row naming the server was the only guard, and a same-MAC
+                // claim by another server rewrites it). A claim of this
+                // address loses and teaches it instead.
+                LeaseState::Offered
+                    if leases
+                        .get(m.mac)
+                        .is_some_and(|l| l.expires > now && l.ip != *ip) =>
+                {
+                    continue
+                }
+                LeaseState::Offered => {}
             }
-            leases.bind(mac, l.ip, l.expires, false);
+            held.insert((m.mac, *ip));
+            leases.bind(m.mac, *ip, m.expires, false);
         }
         // Rows that ended in the registry (released, or an offer whose
         // client took another server's) end here too.
@@ -245,9 +303,19 @@ impl Ledger {
         let hold_ms = i64::try_from(hold_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         match pg.claim(ip, &mac.to_string(), state, hold_ms) {
             Ok(Claim::Won) => Verdict::Send(Some(r)),
+            Ok(Claim::Lost(Some(h))) if h.mac == mac.to_string() && h.address != ip => {
+                // The client has a running lease elsewhere (granted by
+                // another server, not read here yet): offer it that one.
+                if let Some((m, l)) = local(&h, now) {
+                    leases.bind(m, l.ip, l.expires, false);
+                }
+                Verdict::Again
+            }
             Ok(Claim::Lost(holder)) => {
                 tracing::debug!(%mac, %ip, ?state, "address held by another client in the registry");
+                let declined = holder.as_ref().map(|h| h.state) == Some(LeaseState::Declined);
                 match holder.as_ref().and_then(|h| local(h, now)) {
+                    Some((_, l)) if declined => leases.hold_declined(l.ip, l.expires),
                     Some((m, l)) => leases.bind(m, l.ip, l.expires, false),
                     // Ended meanwhile: the next sync shows who has it.
                     None => leases.release(mac, ip, now),
@@ -266,7 +334,10 @@ impl Ledger {
                         leases.search_from(Ipv4Addr::from(n));
                         Verdict::Again
                     }
-                    LeaseState::Bound => Verdict::Send(Some(reply::nak(req, p.server))),
+                    // (Declined is never claimed.)
+                    LeaseState::Bound | LeaseState::Declined => {
+                        Verdict::Send(Some(reply::nak(req, p.server)))
+                    }
                 }
             }
             Err(e) => {
@@ -278,7 +349,7 @@ impl Ledger {
         }
     }
 
-    /// RELEASE or DECLINE of `ip` by `mac`: its row ends now.
+    /// RELEASE of `ip` by `mac`: its row ends now.
     pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) {
         let Some(pg) = self.pg.as_mut() else {
             return;
@@ -286,5 +357,91 @@ impl Ledger {
         if let Err(e) = pg.release(ip, &mac.to_string()) {
             tracing::warn!(%mac, %ip, "releasing a DHCP lease in the registry: {e}");
         }
+    }
+
+    /// DECLINE of `ip` by `mac`: no server offers it for the decline hold.
+    pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr) {
+        let Some(pg) = self.pg.as_mut() else {
+            return;
+        };
+        let hold_ms = i64::try_from(DECLINE_HOLD_SECS.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let Err(e) = pg.decline(ip, &mac.to_string(), hold_ms) {
+            tracing::warn!(%mac, %ip, "declining a DHCP lease in the registry: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> Ledger {
+        Ledger {
+            pg: None,
+            pool: (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20)),
+            synced: Instant::now(),
+            since: 0,
+            mirror: HashMap::new(),
+            granted: HashMap::new(),
+            fresh: Vec::new(),
+        }
+    }
+
+    fn row(ip: u8, mac: &str, server: &str, state: LeaseState, left_ms: i64) -> LeaseRow {
+        LeaseRow {
+            address: Ipv4Addr::new(192, 0, 2, ip),
+            mac: mac.into(),
+            server: server.into(),
+            state,
+            left_ms,
+        }
+    }
+
+    /// This server offered X to a client; by its next read, another server
+    /// offered the same client X too (taking the row over: it now names
+    /// that server) and a third offered W. The client's REQUEST for X must
+    /// find X in the table: learning W as the client's lease would NAK it.
+    #[test]
+    fn another_servers_offer_never_replaces_the_clients_running_lease() -> anyhow::Result<()> {
+        let pool = (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20));
+        let mut l = Leases::open(pool, Box::new(RegistryRows(HashMap::new())))?;
+        let mut lg = ledger();
+        let now = 1_000;
+        let m1 = "02:00:00:00:00:01";
+        let mac: Mac = m1.parse()?;
+        let x = Ipv4Addr::new(192, 0, 2, 12);
+        l.bind(mac, x, now + 60, false);
+        lg.absorb(
+            vec![
+                row(12, m1, "t", LeaseState::Offered, 60_000),
+                row(15, m1, "u", LeaseState::Offered, 60_000),
+            ],
+            now,
+        );
+        lg.apply(&mut l, now);
+        assert_eq!(l.get(mac).map(|l| l.ip), Some(x));
+        // The client took u's offer after all: the bound row wins.
+        lg.absorb(vec![row(15, m1, "u", LeaseState::Bound, 600_000)], now);
+        lg.apply(&mut l, now);
+        assert_eq!(l.get(mac).map(|l| l.ip), Some(Ipv4Addr::new(192, 0, 2, 15)));
+        assert_eq!(lg.fresh.len(), 1, "the bound lease goes to the grants");
+        // A declined address is kept out of this server's offers.
+        let m2: Mac = "02:00:00:00:00:02".parse()?;
+        lg.absorb(
+            vec![row(
+                10,
+                "02:00:00:00:00:03",
+                "u",
+                LeaseState::Declined,
+                600_000,
+            )],
+            now,
+        );
+        lg.apply(&mut l, now);
+        assert_ne!(
+            l.choose(m2, None, Some(Ipv4Addr::new(192, 0, 2, 10)), now),
+            Some(Ipv4Addr::new(192, 0, 2, 10))
+        );
+        Ok(())
     }
 }

@@ -139,6 +139,27 @@ pub const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE servers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
     ",
+    // 9: DHCP leases, for several servers at a storm's scale. `changed_xid`
+    // is the id of the transaction that last wrote the row, so that a
+    // server reads only the rows changed since its last read (PostgreSQL
+    // fills it in; a sequence would not do, since values are taken before
+    // commit and a reader could pass a row that commits late). A
+    // `declined` row keeps an address out of every server's offers until it
+    // expires (a client found someone else using it). SQLite cannot change
+    // a CHECK: the unused table is made again.
+    "
+    DROP TABLE leases;
+    CREATE TABLE leases (
+        address     TEXT PRIMARY KEY,
+        mac         TEXT NOT NULL,
+        server_id   TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('offered', 'bound', 'declined')),
+        expires_at  INTEGER NOT NULL,
+        changed_xid INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX leases_mac ON leases(mac);
+    CREATE INDEX leases_changed ON leases(changed_xid);
+    ",
 ];
 
 /// The version a fully migrated database has.
@@ -293,6 +314,16 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE servers ADD COLUMN draining BIGINT NOT NULL DEFAULT 0;
     ",
+    // 9
+    r#"
+    ALTER TABLE leases
+        DROP CONSTRAINT leases_state_check,
+        ADD CONSTRAINT leases_state_check
+            CHECK (state IN ('offered', 'bound', 'declined')),
+        ADD COLUMN changed_xid BIGINT NOT NULL
+            DEFAULT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT);
+    CREATE INDEX leases_changed ON leases(changed_xid);
+    "#,
 ];
 
 // One history: every migration has both dialects.

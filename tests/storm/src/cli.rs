@@ -8,22 +8,27 @@ use std::path::PathBuf;
 #[command(
     name = "bootd-storm",
     version,
-    about = "Boot storm: N simulated nodes boot from one bootd at once, end to end",
-    long_about = "Boot storm: N simulated nodes boot from one bootd at once, end to end.\n\n\
+    about = "Boot storm: N simulated nodes boot from one or more bootd servers at once, end to end",
+    long_about = "Boot storm: N simulated nodes boot from one or more bootd servers at once, end to end.\n\n\
 Needs root. Builds a throw-away data directory (a golden image of random bytes, N \
-registered nodes with MACs 52:54:00:xx:xx:xx), two private network namespaces joined \
-by a veth (bootd at 192.0.2.1/24, the nodes at 192.0.2.2/24; nothing else on that \
-wire, nothing touches the host's interfaces), and runs `bootd serve --dhcp full` in \
-one of them. Each node then does what a diskless machine does: DHCP as a PXE BIOS ROM \
+registered nodes with MACs 52:54:00:xx:xx:xx), a private LAN (a namespace for the nodes \
+holding a bridge, and one namespace per server on it; addresses in 198.18.0.0/15, \
+nothing touches the host's interfaces), and runs `bootd serve --server-id sK --dhcp full` \
+in each server namespace. With --servers above 1 the servers share one PostgreSQL \
+registry the storm starts and the one data directory, and bootd's rendezvous placement \
+spreads the nodes over them. Each node then does what a diskless machine does: DHCP as a PXE BIOS ROM \
 (expects undionly.kpxe), TFTP of that file (blksize 1428, checked byte for byte), DHCP \
 again as iPXE (expects the /boot.ipxe URL), HTTP /boot.ipxe and its chain to the \
-node's script, iSCSI login with the script's initiator IQN and CHAP secret, the boot's \
+node's script, iSCSI login with the script's initiator IQN and CHAP secret (following \
+a login redirect if the server reached does not own the node), the boot's \
 I/O (a trace, scaled to --read-set-mib of distinct reads; reads checked against the \
 golden image or the node's own writes), logout, and DHCP RELEASE.",
-    after_help = "ADDRESSES: a /24 leaves bootd the pool 192.0.2.10-192.0.2.250 (241 \
-addresses), fewer than the nodes of a big storm. Every node releases its address when \
-it is done (DHCP RELEASE), so the pool is reused; --concurrency is therefore capped at \
-241. All nodes' TCP and TFTP traffic comes from 192.0.2.2.\n\n\
+    after_help = "ADDRESSES: servers at 198.18.0.1..N/15, the DHCP pool from 198.19.0.1 \
+with an address for every node and some to spare (at most 65534 nodes). Every node's \
+TFTP, HTTP, iSCSI and DHCP RELEASE traffic comes from the address its lease gave it: \
+the nodes' namespace holds the pool's /16 as a local route, so any leased address can be \
+bound at once. Scripts are served only to the node's leased address (bootd's default \
+--script-access bound).\n\n\
 TRACE FORMAT (--trace, --emit-trace; `bootd serve --record-io DIR` writes it):\n  \
 # bootd-io-trace v1 block_size=512\n  <ms since login> R|W|F <lba> <blocks>\n\
 F is SYNCHRONIZE CACHE (lba and blocks 0). Without --trace, the recorded boot of the \
@@ -40,9 +45,24 @@ pub struct Args {
     /// Simulated nodes.
     #[arg(long, default_value_t = 100)]
     pub nodes: usize,
-    /// Nodes booting at the same time (at most 241, the DHCP pool).
+    /// Nodes booting at the same time.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// bootd serve processes, each in its own namespace on the one LAN.
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
+    /// The registry: sqlite (the data directory's, one server only) or
+    /// postgres (started by the storm) [default: sqlite for one server,
+    /// postgres for more].
+    #[arg(long, value_enum)]
+    pub registry: Option<crate::registry::Kind>,
+    /// Every Nth node sends its iSCSI login to a server that does not own
+    /// it (and must be redirected to the owner); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub misdirect: usize,
+    /// Seconds the servers may take to place every node (setup).
+    #[arg(long, default_value_t = 120)]
+    pub place_limit: u64,
     /// Seconds the storm may run before it stops by itself (setup not included).
     #[arg(long, default_value_t = 300)]
     pub time_limit: u64,
@@ -76,7 +96,8 @@ pub struct Args {
     /// Golden image size in MiB [default: the plan's extent rounded up, at least 128].
     #[arg(long)]
     pub image_mib: Option<u64>,
-    /// Where bootd's stderr goes [default: bootd-storm-PID.log in the temp directory].
+    /// Where bootd's stderr goes [default: bootd-storm-PID.log in the temp
+    /// directory]; with several servers, server K's goes to FILE.sK.
     #[arg(long)]
     pub bootd_log: Option<PathBuf>,
     /// Pass `--record-io DIR` to bootd serve: every node's I/O as bootd saw

@@ -32,7 +32,6 @@ type Waiters = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>>;
 pub struct Dhcp {
     sock: Arc<UdpSocket>,
     waiters: Waiters,
-    server: Ipv4Addr,
     recv_task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,7 +68,7 @@ impl Drop for Slot<'_> {
 
 impl Dhcp {
     /// Binds 0.0.0.0:68 on `ifname` and starts the receiver.
-    pub fn bind(ifname: &str, server: Ipv4Addr) -> Result<Self> {
+    pub fn bind(ifname: &str) -> Result<Self> {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         s.set_reuse_address(true)?;
         s.set_broadcast(true)?;
@@ -86,7 +85,6 @@ impl Dhcp {
         Ok(Self {
             sock,
             waiters,
-            server,
             recv_task,
         })
     }
@@ -211,6 +209,8 @@ impl Dhcp {
     }
 
     /// RELEASE: the address goes back to the pool (no answer is sent).
+    /// Sent as a bound client sends it: from its address and port 68,
+    /// unicast to the server that granted the lease.
     pub async fn release(&self, mac: [u8; 6], lease: &Lease) -> Result<()> {
         let slot = self.slot();
         let mut m = Message::new(
@@ -225,7 +225,16 @@ impl Dhcp {
             .insert(DhcpOption::MessageType(MessageType::Release));
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier(lease.server_id));
-        self.send(&m, SocketAddrV4::new(self.server, 67)).await
+        let mut buf = Vec::with_capacity(576);
+        m.encode(&mut Encoder::new(&mut buf))?;
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        // Beside the shared 0.0.0.0:68 socket, which also set it.
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from((lease.ip, 68)).into())
+            .with_context(|| format!("binding {}:68 for RELEASE", lease.ip))?;
+        s.send_to(&buf, &SocketAddr::from((lease.server_id, 67)).into())
+            .with_context(|| format!("RELEASE to {}", lease.server_id))?;
+        Ok(())
     }
 }
 

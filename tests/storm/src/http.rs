@@ -2,10 +2,10 @@
 //! node's own script, and read what `sanboot` needs from it.
 
 use anyhow::{bail, Context, Result};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Connect plus the whole answer.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -25,17 +25,25 @@ pub fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
     Ok((addr, path.to_string()))
 }
 
-/// GET `path` from `addr`; the body of a 200 answer.
-pub async fn get(addr: SocketAddr, path: &str) -> Result<String> {
-    tokio::time::timeout(LIMIT, get_inner(addr, path))
+/// A TCP connection to `addr` from the node's address `local`.
+pub async fn connect_from(local: Ipv4Addr, addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(SocketAddr::from((local, 0)))
+        .with_context(|| format!("binding {local}"))?;
+    s.connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr} from {local}"))
+}
+
+/// GET `path` from `addr` (from `local`); the body of a 200 answer.
+pub async fn get(local: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<String> {
+    tokio::time::timeout(LIMIT, get_inner(local, addr, path))
         .await
         .with_context(|| format!("GET {path}: no complete answer within {LIMIT:?}"))?
 }
 
-async fn get_inner(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+async fn get_inner(local: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = connect_from(local, addr).await?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nConnection: close\r\nUser-Agent: iPXE/1.21.1\r\nHost: {addr}\r\n\r\n"
     );

@@ -3,12 +3,13 @@
 //! answers R2Ts and NOP-In pings itself. This file only moves bytes and
 //! turns events into results.
 
+use crate::redirect::{self, Redirect};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use iscsi_proto::initiator::{Event, Initiator, InitiatorConfig, Outcome};
 use iscsi_proto::pdu::Response;
 use iscsi_proto::scsi::opcode::{self as op, sai};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,6 +21,8 @@ pub const PDU_LIMIT: Duration = Duration::from_secs(30);
 
 /// Who logs in where.
 pub struct Identity<'a> {
+    /// The node's own address: every connection comes from it.
+    pub local: Ipv4Addr,
     pub portal: SocketAddr,
     pub initiator: &'a str,
     pub target: &'a str,
@@ -28,9 +31,23 @@ pub struct Identity<'a> {
     pub isid: [u8; 6],
 }
 
+/// Login redirects followed before giving up (a loop between servers).
+pub const MAX_REDIRECTS: u32 = 4;
+
+/// How a login ended.
+pub enum Login {
+    In(Box<Session>),
+    /// The target sent the initiator elsewhere (status class 1).
+    Moved(Redirect),
+}
+
 /// A logged-in session with one connection.
 pub struct Session {
     stream: TcpStream,
+    /// Where the session is (after any redirects).
+    pub portal: SocketAddr,
+    /// A redirect seen in the login's last response, if any.
+    redirect: Option<Redirect>,
     buf: BytesMut,
     ini: Initiator,
     pub block_size: u32,
@@ -74,13 +91,25 @@ const OFFER: [(&str, &str); 14] = [
 ];
 
 impl Session {
-    /// Connects and logs in: security stage with CHAP, then the
-    /// operational stage, then full feature phase.
-    pub async fn login(id: &Identity<'_>) -> Result<Self> {
-        let stream = tokio::time::timeout(PDU_LIMIT, TcpStream::connect(id.portal))
+    /// Logs in at `id.portal`, following up to [`MAX_REDIRECTS`] login
+    /// redirects; the session and how many redirects it took.
+    pub async fn login_following(id: &Identity<'_>) -> Result<(Self, u32)> {
+        let mut portal = id.portal;
+        for hops in 0..=MAX_REDIRECTS {
+            match Self::login(id, portal).await? {
+                Login::In(s) => return Ok((*s, hops)),
+                Login::Moved(r) => portal = r.to,
+            }
+        }
+        bail!("more than {MAX_REDIRECTS} login redirects (last to {portal})")
+    }
+
+    /// Connects to `portal` and logs in: security stage with CHAP, then
+    /// the operational stage, then full feature phase.
+    pub async fn login(id: &Identity<'_>, portal: SocketAddr) -> Result<Login> {
+        let stream = tokio::time::timeout(PDU_LIMIT, crate::http::connect_from(id.local, portal))
             .await
-            .map_err(|_| anyhow!("connect to {} timed out", id.portal))?
-            .with_context(|| format!("connecting to {}", id.portal))?;
+            .map_err(|_| anyhow!("connect to {portal} timed out"))??;
         stream.set_nodelay(true)?;
         let config = InitiatorConfig {
             isid: id.isid,
@@ -92,6 +121,8 @@ impl Session {
         };
         let mut s = Self {
             stream,
+            portal,
+            redirect: None,
             buf: BytesMut::with_capacity(OUR_MAX_RECV as usize * 2),
             ini: Initiator::new(config),
             block_size: 512,
@@ -99,7 +130,11 @@ impl Session {
         };
         s.ini.login();
         match s.next_event().await? {
-            Event::LoggedIn { .. } => Ok(s),
+            Event::LoggedIn { .. } => Ok(Login::In(Box::new(s))),
+            Event::LoginFailed { class: 1, detail } => match s.redirect {
+                Some(r) => Ok(Login::Moved(r)),
+                None => bail!("login redirect (detail {detail}) without a usable TargetAddress"),
+            },
             Event::LoginFailed { class, detail } => {
                 let why = match (class, detail) {
                     (2, 1) => " (authentication failed)",
@@ -130,6 +165,11 @@ impl Session {
                 .map_err(|_| anyhow!("no PDU from the target within {PDU_LIMIT:?}"))??;
             if n == 0 {
                 bail!("target closed the connection");
+            }
+            // The initiator consumes the PDU and reports only its status:
+            // a redirect's address is read first.
+            if let Some(r) = redirect::parse(&self.buf) {
+                self.redirect = Some(r);
             }
             self.ini.handle_input(&mut self.buf)?;
         }

@@ -1,6 +1,7 @@
-//! bootd-storm: N simulated nodes boot from one `bootd serve` at once,
-//! end to end (DHCP, TFTP, DHCP as iPXE, HTTP, iSCSI login, the boot's
-//! I/O, logout, RELEASE), and the server's cost is measured. See `--help`.
+//! bootd-storm: N simulated nodes boot from one or more `bootd serve`
+//! processes at once, end to end (DHCP, TFTP, DHCP as iPXE, HTTP, iSCSI
+//! login, the boot's I/O, logout, RELEASE), each node from its own
+//! address, and every server's cost is measured. See `--help`.
 
 mod cli;
 mod dhcp;
@@ -9,6 +10,8 @@ mod iscsi;
 mod netns;
 mod node;
 mod procstat;
+mod redirect;
+mod registry;
 mod report;
 mod setup;
 mod stats;
@@ -18,7 +21,7 @@ mod trace;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use netns::{Wire, POOL_SIZE, SERVER_IP};
+use netns::Wire;
 use node::Ctx;
 use report::{Report, ServerInfo, TraceInfo};
 use stats::Phase;
@@ -93,9 +96,18 @@ fn run(args: cli::Args) -> Result<bool> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    if args.concurrency == 0 || args.concurrency > POOL_SIZE {
-        bail!("--concurrency must be 1 to {POOL_SIZE} (the DHCP pool of a /24)");
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
     }
+    let kind = match args.registry {
+        Some(k) => k,
+        None if args.servers > 1 => registry::Kind::Postgres,
+        None => registry::Kind::Sqlite,
+    };
+    if kind == registry::Kind::Sqlite && args.servers > 1 {
+        bail!("several servers share a PostgreSQL registry (--registry postgres)");
+    }
+    let (pool, pool_size) = netns::pool(args.nodes)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root (network namespaces, DHCP port 68)");
@@ -128,7 +140,7 @@ fn run(args: cli::Args) -> Result<bool> {
         .tempdir()
         .context("creating the work directory")?;
 
-    let wire = Wire::create()?;
+    let wire = Wire::create(args.servers)?;
     wire.enter_client()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,36 +167,62 @@ fn run(args: cli::Args) -> Result<bool> {
         let t0 = Instant::now();
         let data = work.path().join("data");
         std::fs::create_dir_all(&data)?;
+        // PostgreSQL (as an unprivileged user, its socket in its own
+        // temporary directory) lives as long as this closure.
+        let reg = registry::Registry::start(kind)?;
+        let bootd = setup::Bootd {
+            bin: bin.clone(),
+            data: data.clone(),
+            env: reg.env.clone(),
+        };
         let golden = setup::golden_bytes(image, args.seed);
-        let reg = bar(args.nodes as u64, args.json, "registering");
-        setup::populate(&bin, &data, &golden, args.nodes, &|n| {
-            reg.set_position(n as u64);
+        let pb = bar(args.nodes as u64, args.json, "registering");
+        setup::populate(&bootd, &golden, args.nodes, &|n| {
+            pb.set_position(n as u64);
             !*stop_rx.borrow()
         })?;
-        reg.finish_and_clear();
+        pb.finish_and_clear();
         if *stop_rx.borrow() {
             bail!("interrupted");
         }
         let (tftp_dir, ipxe_name, ipxe_bytes) = setup::tftp_dir(work.path(), &args.ipxe)?;
-        let mut server = setup::Server::start(
-            &wire,
-            &setup::ServeOptions {
-                bin: &bin,
-                data: &data,
-                tftp_dir: &tftp_dir,
-                log: &log,
-                log_level: &args.bootd_log_level,
-                lease_secs: args.lease_secs,
-                record_io: args.record_io.as_deref(),
-            },
+        let opts = setup::ServeOptions {
+            bootd: &bootd,
+            pool: &pool,
+            tftp_dir: &tftp_dir,
+            log_level: &args.bootd_log_level,
+            lease_secs: args.lease_secs,
+            record_io: args.record_io.as_deref(),
+        };
+        let log_of = |k: usize| match k {
+            0 => log.clone(),
+            _ => PathBuf::from(format!("{}.s{}", log.display(), k + 1)),
+        };
+        let mut servers = Vec::new();
+        for (k, ns) in wire.servers.iter().enumerate() {
+            servers.push(setup::Server::start(
+                ns,
+                &format!("s{}", k + 1),
+                &log_of(k),
+                &opts,
+            )?);
+        }
+        let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+        let placed = registry::wait_placed(
+            &bootd,
+            &ids,
+            args.nodes,
+            Duration::from_secs(args.place_limit),
         )?;
         let setup_secs = t0.elapsed().as_secs_f64();
         let ctx = rt.block_on(async {
             anyhow::Ok(Arc::new(Ctx {
-                dhcp: dhcp::Dhcp::bind(&wire.client_if, SERVER_IP)?,
-                server: SERVER_IP,
-                tftp: server.tftp,
-                http_port: server.http.port(),
+                dhcp: dhcp::Dhcp::bind(&wire.client_if)?,
+                servers: servers.iter().map(|s| s.ip).collect(),
+                tftp_port: setup::TFTP_PORT,
+                http_port: setup::HTTP_PORT,
+                misdirect: args.misdirect,
+                holders: Default::default(),
                 ipxe_name,
                 ipxe_bytes,
                 plan: plan.clone(),
@@ -195,7 +233,10 @@ fn run(args: cli::Args) -> Result<bool> {
                 stats: stats::Stats::default(),
             }))
         })?;
-        let before = procstat::usage(server.pid)?;
+        let before = servers
+            .iter()
+            .map(|s| procstat::usage(s.pid))
+            .collect::<Result<Vec<_>>>()?;
         let own0 = procstat::own_cpu_secs();
         let t1 = Instant::now();
         let limit = Duration::from_secs(args.time_limit);
@@ -211,16 +252,31 @@ fn run(args: cli::Args) -> Result<bool> {
         });
         let wall = t1.elapsed().as_secs_f64();
         b.finish_and_clear();
-        let after = procstat::usage(server.pid);
+        let after: Vec<_> = servers.iter().map(|s| procstat::usage(s.pid)).collect();
         let own = procstat::own_cpu_secs() - own0;
-        let alive = server.alive();
+        let alive: Vec<bool> = servers.iter_mut().map(|s| s.alive()).collect();
         let time_limit_hit = outcome?;
-        let after = after?;
-        let stopped = server.stop();
+        let after = after.into_iter().collect::<Result<Vec<_>>>()?;
+        let stopped: Vec<_> = servers.iter_mut().map(|s| s.stop()).collect();
         let totals = ctx.stats.totals(|t| *t);
         let phases = ctx.stats.report(&Phase::BOOT);
         let commands = ctx.stats.report(&Phase::COMMANDS);
         let errors = phases.iter().chain(&commands).map(|p| p.errors).sum();
+        let server_infos = servers
+            .iter()
+            .zip(before.iter().zip(&after))
+            .map(|(s, (b, a))| ServerInfo {
+                id: s.id.clone(),
+                address: s.ip.to_string(),
+                pid: s.pid,
+                nodes_placed: placed.get(&s.id).copied().unwrap_or(0),
+                counts: ctx.stats.server(s.ip, |c| *c),
+                peak_rss_bytes: a.peak_rss_bytes,
+                peak_rss_before_bytes: b.peak_rss_bytes,
+                cpu_secs: a.cpu_secs - b.cpu_secs,
+                cpu_secs_total: a.cpu_secs,
+            })
+            .collect();
         let report = Report {
             nodes: args.nodes,
             concurrency: args.concurrency,
@@ -247,16 +303,12 @@ fn run(args: cli::Args) -> Result<bool> {
             bytes_written: totals.bytes_written,
             tftp_bytes: totals.tftp_bytes,
             read_mib_per_sec: totals.bytes_read as f64 / (1 << 20) as f64 / wall.max(1e-9),
-            server: ServerInfo {
-                pid: server.pid,
-                peak_rss_bytes: after.peak_rss_bytes,
-                peak_rss_before_bytes: before.peak_rss_bytes,
-                cpu_secs: after.cpu_secs - before.cpu_secs,
-                cpu_secs_total: after.cpu_secs,
-            },
+            registry: format!("{kind:?}").to_lowercase(),
+            servers: server_infos,
+            redirects: totals.redirects,
             storm_cpu_secs: own,
-            dhcp_pool_size: POOL_SIZE,
-            dhcp_pool_reused: args.nodes > POOL_SIZE,
+            dhcp_pool: pool.clone(),
+            dhcp_pool_size: pool_size,
             bootd_log: log.display().to_string(),
         };
         if args.json {
@@ -264,16 +316,22 @@ fn run(args: cli::Args) -> Result<bool> {
         } else {
             print!("{}", report.text());
         }
-        if !alive {
-            eprintln!(
-                "bootd-storm: bootd exited during the storm (see {})",
-                log.display()
-            );
+        let mut clean = report.ok();
+        for ((s, alive), stopped) in servers.iter().zip(&alive).zip(&stopped) {
+            if !alive {
+                clean = false;
+                eprintln!(
+                    "bootd-storm: bootd {} exited during the storm (see its log)",
+                    s.id
+                );
+            }
+            if let Err(e) = stopped {
+                eprintln!("bootd-storm: {} {e:#} (see its log)", s.id);
+            }
         }
-        if let Err(e) = stopped {
-            eprintln!("bootd-storm: {e:#} (see {})", log.display());
-        }
-        Ok(report.ok() && alive)
+        drop(servers);
+        drop(reg);
+        Ok(clean)
     })();
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(wire);

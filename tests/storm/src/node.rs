@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// iPXE asks for the largest block that fits a 1500-byte MTU.
@@ -36,9 +36,15 @@ pub enum Verify {
 /// What every node shares.
 pub struct Ctx {
     pub dhcp: Dhcp,
-    pub server: Ipv4Addr,
-    pub tftp: SocketAddr,
+    /// Every server's address, in order (server k is `servers[k]`).
+    pub servers: Vec<Ipv4Addr>,
+    pub tftp_port: u16,
     pub http_port: u16,
+    /// Every this many nodes log in at a server other than their script's
+    /// portal (0: none), to be redirected to the owner.
+    pub misdirect: usize,
+    /// Who holds which address now: a second holder is an error.
+    pub holders: Mutex<HashMap<Ipv4Addr, usize>>,
     pub ipxe_name: String,
     pub ipxe_bytes: Vec<u8>,
     pub plan: Plan,
@@ -80,19 +86,54 @@ pub async fn boot(ctx: Arc<Ctx>, i: usize) -> Result<(), ()> {
         if l.boot_file != c.ipxe_name {
             bail!("boot file {:?}, expected {:?}", l.boot_file, c.ipxe_name);
         }
-        if l.next_server != c.server {
-            bail!("next-server {}, expected {}", l.next_server, c.server);
+        if l.next_server != l.server_id || !c.servers.contains(&l.server_id) {
+            bail!(
+                "next-server {}, expected the answering server {}",
+                l.next_server,
+                l.server_id
+            );
         }
         Ok(l)
     })
     .await?;
+    if let Err(e) = c.hold(i, &lease) {
+        c.stats.fail(Phase::DhcpPxe, format!("{e:#}"));
+        return Err(());
+    }
+    c.stats.server(lease.server_id, |s| s.dhcp_acks += 1);
 
     let r = after_lease(c, i, m, &lease).await;
     if r.is_err() {
-        // Give the address back at once: the pool is smaller than the fleet.
+        // Give the address back at once, as a node that gives up would not,
+        // but the next storm on this pool should not wait for its expiry.
+        c.unhold(i, lease.ip);
         let _ = c.dhcp.release(m, &lease).await;
     }
     r
+}
+
+impl Ctx {
+    /// Node `i` holds `lease`: no other node may hold its address now.
+    fn hold(&self, i: usize, lease: &Lease) -> Result<()> {
+        let mut h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        match h.insert(lease.ip, i) {
+            Some(other) if other != i => {
+                bail!(
+                    "address {} leased to node {i} by {} while node {other} holds it",
+                    lease.ip,
+                    lease.server_id
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn unhold(&self, i: usize, ip: Ipv4Addr) {
+        let mut h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        if h.get(&ip) == Some(&i) {
+            h.remove(&ip);
+        }
+    }
 }
 
 /// Everything after the first lease.
@@ -100,8 +141,9 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     let retry = |p: Phase| move |msg: String| c.stats.error(p, msg);
     // 2. The ROM fetches iPXE.
     let got = phase(c, Phase::Tftp, async {
-        let tftp = SocketAddr::new(lease.next_server.into(), c.tftp.port());
+        let tftp = SocketAddr::new(lease.next_server.into(), c.tftp_port);
         tftp::fetch(
+            lease.ip,
             tftp,
             &lease.boot_file,
             BLKSIZE,
@@ -116,7 +158,7 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     // 3. iPXE: DORA again, now expecting the script URL.
     let ipxe_lease = phase(c, Phase::DhcpIpxe, async {
         let l = c.dhcp.dora(m, true, &mut retry(Phase::DhcpIpxe)).await?;
-        let want = format!("http://{}:{}/boot.ipxe", c.server, c.http_port);
+        let want = format!("http://{}:{}/boot.ipxe", l.server_id, c.http_port);
         if l.boot_file != want {
             bail!("boot file {:?}, expected {want:?}", l.boot_file);
         }
@@ -130,9 +172,10 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     // 4. iPXE's scripts: /boot.ipxe, then the node's own.
     let script = phase(c, Phase::Http, async {
         let (addr, path) = http::parse_url(&ipxe_lease.boot_file)?;
-        let chain = get_retrying(c, addr, &path).await?;
+        let chain = get_retrying(c, lease.ip, addr, &path).await?;
         let (addr, path) = http::parse_url(&http::chain_url(&chain, m)?)?;
-        let body = get_retrying(c, addr, &path).await?;
+        let body = get_retrying(c, lease.ip, addr, &path).await?;
+        c.stats.server(ipxe_lease.server_id, |s| s.scripts += 1);
         http::parse_sanboot(&body).with_context(|| format!("in {path}"))
     })
     .await?;
@@ -141,7 +184,8 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     let mut session = phase(c, Phase::IscsiLogin, async {
         let n = i as u32;
         let id = Identity {
-            portal: script.portal,
+            local: lease.ip,
+            portal: c.login_portal(i, script.portal),
             initiator: &script.initiator_iqn,
             target: &script.target_iqn,
             user: &script.username,
@@ -151,12 +195,25 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
         let mut tries = 0;
         loop {
             let attempt = async {
-                let mut s = Session::login(&id).await?;
+                let (mut s, hops) = Session::login_following(&id).await?;
                 s.ready().await?;
-                anyhow::Ok(s)
+                anyhow::Ok((s, hops))
             };
             match attempt.await {
-                Ok(s) => break Ok(s),
+                Ok((s, hops)) => {
+                    if let std::net::IpAddr::V4(at) = s.portal.ip() {
+                        c.stats.server(at, |v| v.sessions += 1);
+                    }
+                    c.stats.totals(|t| t.redirects += u64::from(hops));
+                    if s.portal.ip() != script.portal.ip() {
+                        bail!(
+                            "session on {}, the script's portal is {}",
+                            s.portal,
+                            script.portal
+                        );
+                    }
+                    break Ok(s);
+                }
                 Err(e) if tries + 1 < LOGIN_TRIES => {
                     tries += 1;
                     c.stats.error(Phase::IscsiLogin, format!("{e:#} (retried)"));
@@ -172,17 +229,31 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     phase(c, Phase::Io, replay(c, i, &mut session)).await?;
     phase(c, Phase::Logout, session.logout()).await?;
 
-    // 7. The address goes back to the pool for the nodes still to come.
+    // 7. The address goes back to the pool.
+    c.unhold(i, ipxe_lease.ip);
     phase(c, Phase::Release, c.dhcp.release(m, &ipxe_lease)).await?;
     c.stats.totals(|t| t.nodes_done += 1);
     Ok(())
 }
 
+impl Ctx {
+    /// Where node `i` sends its login: the script's portal, or with
+    /// `misdirect`, for every such node, the next server's (same port).
+    fn login_portal(&self, i: usize, portal: SocketAddr) -> SocketAddr {
+        if self.misdirect == 0 || !i.is_multiple_of(self.misdirect) || self.servers.len() < 2 {
+            return portal;
+        }
+        let at = self.servers.iter().position(|s| portal.ip() == *s);
+        let other = at.map_or(0, |k| (k + 1) % self.servers.len());
+        SocketAddr::new(self.servers[other].into(), portal.port())
+    }
+}
+
 /// GET with up to [`HTTP_TRIES`] attempts; each failed one is counted.
-async fn get_retrying(c: &Ctx, addr: SocketAddr, path: &str) -> Result<String> {
+async fn get_retrying(c: &Ctx, local: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<String> {
     let mut tries = 0;
     loop {
-        match http::get(addr, path).await {
+        match http::get(local, addr, path).await {
             Ok(body) => return Ok(body),
             Err(e) if tries + 1 < HTTP_TRIES => {
                 tries += 1;

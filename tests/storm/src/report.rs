@@ -1,6 +1,6 @@
 //! The storm's result: one JSON object, or a table for people.
 
-use crate::stats::PhaseReport;
+use crate::stats::{PhaseReport, ServerCounts};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -19,7 +19,14 @@ pub struct TraceInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerInfo {
+    /// `--server-id`.
+    pub id: String,
+    pub address: String,
     pub pid: u32,
+    /// Nodes bootd's placement gave it before the storm.
+    pub nodes_placed: u64,
+    /// What it did for the nodes, as they saw it.
+    pub counts: ServerCounts,
     /// VmHWM of bootd at the end of the storm (setup included).
     pub peak_rss_bytes: u64,
     /// VmHWM when the storm began: every node registered and served, none booted.
@@ -52,11 +59,16 @@ pub struct Report {
     pub bytes_written: u64,
     pub tftp_bytes: u64,
     pub read_mib_per_sec: f64,
-    pub server: ServerInfo,
+    /// `sqlite` or `postgres`.
+    pub registry: String,
+    pub servers: Vec<ServerInfo>,
+    /// iSCSI login redirects the nodes followed.
+    pub redirects: u64,
     /// The storm process's own CPU time over the storm.
     pub storm_cpu_secs: f64,
+    pub dhcp_pool: String,
     pub dhcp_pool_size: usize,
-    pub dhcp_pool_reused: bool,
+    /// Server 1's log (the others' beside it, `.sK`).
     pub bootd_log: String,
 }
 
@@ -130,22 +142,44 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "bootd: peak memory (VmHWM) {:.1} MiB ({:.1} MiB before the first boot), CPU {:.1} s during the storm ({:.1} s since start); storm client CPU {:.1} s",
-            self.server.peak_rss_bytes as f64 / MIB,
-            self.server.peak_rss_before_bytes as f64 / MIB,
-            self.server.cpu_secs,
-            self.server.cpu_secs_total,
+            "{} server(s), registry {}; {} login redirects followed; storm client CPU {:.1} s",
+            self.servers.len(),
+            self.registry,
+            self.redirects,
             self.storm_cpu_secs
         );
         let _ = writeln!(
             o,
-            "DHCP pool: {} addresses{}",
-            self.dhcp_pool_size,
-            if self.dhcp_pool_reused {
-                ", reused through DHCP RELEASE (more nodes than addresses)"
-            } else {
-                ""
-            }
+            "  {:<6} {:<12} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9}",
+            "server",
+            "address",
+            "placed",
+            "leases",
+            "scripts",
+            "sessions",
+            "peak MiB",
+            "before MiB",
+            "CPU s"
+        );
+        for s in &self.servers {
+            let _ = writeln!(
+                o,
+                "  {:<6} {:<12} {:>7} {:>7} {:>7} {:>8} {:>10.1} {:>10.1} {:>9.1}",
+                s.id,
+                s.address,
+                s.nodes_placed,
+                s.counts.dhcp_acks,
+                s.counts.scripts,
+                s.counts.sessions,
+                s.peak_rss_bytes as f64 / MIB,
+                s.peak_rss_before_bytes as f64 / MIB,
+                s.cpu_secs
+            );
+        }
+        let _ = writeln!(
+            o,
+            "DHCP pool: {} ({} addresses, one per node and some spare); every node's traffic from its leased address",
+            self.dhcp_pool, self.dhcp_pool_size
         );
         for p in self.phases.iter().chain(&self.commands) {
             for (msg, n) in &p.error_samples {

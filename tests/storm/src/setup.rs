@@ -1,14 +1,16 @@
 //! Everything the storm needs before the first node boots: a data
 //! directory with a golden image of random bytes and N registered nodes, a
-//! TFTP directory with iPXE, and `bootd serve` running in its namespace.
+//! TFTP directory with iPXE, the registry (the data directory's SQLite, or
+//! a PostgreSQL server of the storm's own that every server shares), and
+//! the `bootd serve` processes, each in its namespace.
 
-use crate::netns::{Wire, POOL, SERVER_IP};
+use crate::netns::ServerNs;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,23 +41,46 @@ pub fn node_name(i: usize) -> String {
     format!("storm-{:05}", i + 1)
 }
 
-/// `bootd --data-dir D ARGS`, failing with bootd's stderr.
-fn bootd(bin: &Path, data: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new(bin)
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "`bootd {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// Ports every server listens on, each in its own namespace.
+pub const TFTP_PORT: u16 = 69;
+pub const HTTP_PORT: u16 = 8080;
+pub const ISCSI_PORT: u16 = 3260;
+
+/// What every bootd process of the storm is started with.
+#[derive(Clone)]
+pub struct Bootd {
+    pub bin: PathBuf,
+    pub data: PathBuf,
+    /// BOOTD_REGISTRY and PGPASSWORD with PostgreSQL; nothing with SQLite.
+    pub env: Vec<(String, String)>,
+}
+
+impl Bootd {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--data-dir")
+            .arg(&self.data)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        c
     }
-    Ok(())
+
+    /// `bootd --data-dir D ARGS`: its stdout, failing with bootd's stderr.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "`bootd {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 /// The golden image's bytes, kept in memory to check every read against.
@@ -69,16 +94,15 @@ pub fn golden_bytes(size: u64, seed: u64) -> Vec<u8> {
 /// `REGISTER_WORKERS` at a time; `progress` is told each one done and
 /// answers whether to go on.
 pub fn populate(
-    bin: &Path,
-    data: &Path,
+    bootd: &Bootd,
     golden: &[u8],
     nodes: usize,
     progress: &(dyn Fn(usize) -> bool + Sync),
 ) -> Result<()> {
-    let file = data.with_file_name("golden.raw");
+    let file = bootd.data.with_file_name("golden.raw");
     std::fs::write(&file, golden).context("writing the golden image")?;
     let file_s = file.to_string_lossy().into_owned();
-    bootd(bin, data, &["image", "import", "storm", &file_s])?;
+    bootd.run(&["image", "import", "storm", &file_s])?;
     std::fs::remove_file(&file)?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
@@ -95,7 +119,7 @@ pub fn populate(
                         let args = ["node", "add", &m, "--image", "storm", "--name", &name];
                         // The registry may be busy with the other workers: retry.
                         let mut tries = 0;
-                        while let Err(e) = bootd(bin, data, &args) {
+                        while let Err(e) = bootd.run(&args) {
                             tries += 1;
                             if tries == 3 {
                                 return Err(e);
@@ -138,6 +162,8 @@ pub fn tftp_dir(work: &Path, ipxe: &Path) -> Result<(PathBuf, String, Vec<u8>)> 
 /// A running `bootd serve` and the addresses it printed.
 pub struct Server {
     child: Option<Child>,
+    pub id: String,
+    pub ip: Ipv4Addr,
     pub pid: u32,
     pub iscsi: SocketAddr,
     pub http: SocketAddr,
@@ -145,34 +171,43 @@ pub struct Server {
 }
 
 pub struct ServeOptions<'a> {
-    pub bin: &'a Path,
-    pub data: &'a Path,
+    pub bootd: &'a Bootd,
+    /// `--pool` for `--dhcp full`.
+    pub pool: &'a str,
     pub tftp_dir: &'a Path,
-    pub log: &'a Path,
     pub log_level: &'a str,
     pub lease_secs: u32,
     pub record_io: Option<&'a Path>,
 }
 
 impl Server {
-    /// `bootd serve --dhcp full` inside the server namespace, stderr to
+    /// `bootd serve --server-id ID --dhcp full` inside `ns`, stderr to
     /// `log`; returns once the ready lines are printed.
-    pub fn start(wire: &Wire, o: &ServeOptions) -> Result<Self> {
-        let log = std::fs::File::create(o.log)
-            .with_context(|| format!("creating {}", o.log.display()))?;
+    pub fn start(ns: &ServerNs, id: &str, log_path: &Path, o: &ServeOptions) -> Result<Self> {
+        let log = std::fs::File::create(log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let b = o.bootd;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &wire.server_ns])
-            .arg(o.bin)
+        cmd.args(["netns", "exec", &ns.ns])
+            .arg(&b.bin)
             .arg("--data-dir")
-            .arg(o.data)
-            .args(["serve", "--dhcp", "full", "--interface", &wire.server_if])
-            .args(["--listen-ip", &SERVER_IP.to_string(), "--pool", POOL])
-            .args(["--lease-secs", &o.lease_secs.to_string()])
-            .args(["--http-port", "0", "--tftp-port", "0", "--iscsi-port", "0"])
-            // Every simulated node fetches from the one client address, not
-            // from its lease: scripts open to all, and that address may hold
-            // as many connections and transfers as the whole fleet.
-            .args(["--script-access", "open", "--per-source", "100000"])
+            .arg(&b.data)
+            .envs(b.env.iter().map(|(k, v)| (k, v)))
+            .args(["serve", "--server-id", id])
+            .args(["--dhcp", "full", "--interface", &ns.ifname])
+            .args(["--listen-ip", &ns.ip.to_string(), "--pool", o.pool])
+            .args([
+                "--lease-secs",
+                &o.lease_secs.to_string(),
+                "--ipv6-ra",
+                "off",
+            ])
+            .args(["--http-port", &HTTP_PORT.to_string()])
+            .args(["--tftp-port", &TFTP_PORT.to_string()])
+            .args(["--iscsi-port", &ISCSI_PORT.to_string()])
+            // Scripts only to the node, from the address its lease gave it
+            // (the default): every node fetches from its own address.
+            .args(["--script-access", "bound"])
             .arg("--tftp-dir")
             .arg(o.tftp_dir)
             .env("BOOTD_LOG", o.log_level)
@@ -201,10 +236,12 @@ impl Server {
         });
         let mut server = Self {
             child: Some(child),
+            id: id.to_string(),
+            ip: ns.ip,
             pid,
-            iscsi: SocketAddr::from((SERVER_IP, 0)),
-            http: SocketAddr::from((SERVER_IP, 0)),
-            tftp: SocketAddr::from((SERVER_IP, 0)),
+            iscsi: SocketAddr::from((ns.ip, 0)),
+            http: SocketAddr::from((ns.ip, 0)),
+            tftp: SocketAddr::from((ns.ip, 0)),
         };
         let deadline = Instant::now() + START_LIMIT;
         let mut seen = 0;
@@ -213,8 +250,8 @@ impl Server {
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
                 Err(_) => bail!(
-                    "bootd serve printed no ready lines within {START_LIMIT:?} (see {})",
-                    o.log.display()
+                    "bootd serve {id} printed no ready lines within {START_LIMIT:?} (see {})",
+                    log_path.display()
                 ),
             };
             let Some((kind, addr)) = line.split_once(' ') else {

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -70,6 +71,18 @@ struct PhaseData {
 pub struct Stats {
     phases: Mutex<BTreeMap<Phase, PhaseData>>,
     totals: Mutex<Totals>,
+    servers: Mutex<BTreeMap<Ipv4Addr, ServerCounts>>,
+}
+
+/// What one server did for the nodes, as the nodes saw it.
+#[derive(Default, Debug, Clone, Copy, Serialize)]
+pub struct ServerCounts {
+    /// PXE leases it ACKed.
+    pub dhcp_acks: u64,
+    /// Node scripts fetched from it.
+    pub scripts: u64,
+    /// iSCSI sessions that ran on it (after any redirect).
+    pub sessions: u64,
 }
 
 #[derive(Default, Clone, Copy, Serialize)]
@@ -79,6 +92,8 @@ pub struct Totals {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub tftp_bytes: u64,
+    /// iSCSI login redirects followed.
+    pub redirects: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +152,11 @@ impl Stats {
             Self::note(p, msg);
         });
         self.totals(|t| t.nodes_failed += 1);
+    }
+
+    pub fn server<R>(&self, at: Ipv4Addr, f: impl FnOnce(&mut ServerCounts) -> R) -> R {
+        let mut s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        f(s.entry(at).or_default())
     }
 
     pub fn totals<R>(&self, f: impl FnOnce(&mut Totals) -> R) -> R {

@@ -44,16 +44,20 @@ fn oack_options(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Fetches `name` from `server` and checks it equals `expect`. Every
-/// retransmission is passed to `retry` (an error to count).
+/// Fetches `name` from `server` from the node's address `local` and checks
+/// it equals `expect`. Every retransmission is passed to `retry` (an error
+/// to count).
 pub async fn fetch(
+    local: Ipv4Addr,
     server: SocketAddr,
     name: &str,
     blksize: u16,
     expect: &[u8],
     retry: &mut (dyn FnMut(String) + Send),
 ) -> Result<u64> {
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    let sock = UdpSocket::bind((local, 0))
+        .await
+        .with_context(|| format!("binding {local} for TFTP"))?;
     let mut last: Vec<u8> = rrq(name, blksize);
     // The transfer's own port on the server, learned from its first packet.
     let mut peer: Option<SocketAddr> = None;

@@ -1,5 +1,6 @@
 //! A small boot storm end to end: 100 nodes through every phase against a
-//! real `bootd serve`, every read checked byte for byte. Runs as root with
+//! real `bootd serve`, every read checked byte for byte; and 100 nodes
+//! against three servers sharing a PostgreSQL registry. Runs as root with
 //! BOOTD_E2E=1 (as CI does); prints "skipped" otherwise. The figures are
 //! printed, not asserted against time.
 
@@ -98,7 +99,12 @@ fn a_hundred_nodes_boot_with_zero_errors() -> Res<()> {
     );
     assert_eq!(num(&report, "completed")?, NODES);
     assert_eq!(num(&report, "errors")?, 0);
-    assert!(num(&report["server"], "peak_rss_bytes")? > 0);
+    let server = &report["servers"][0];
+    assert!(num(server, "peak_rss_bytes")? > 0);
+    // One server: it served every node, each from its own address.
+    for k in ["dhcp_acks", "scripts", "sessions"] {
+        assert_eq!(num(&server["counts"], k)?, NODES, "{k}");
+    }
     assert!(out.status.success(), "bootd-storm failed: {stderr}");
     // bootd recorded exactly what a node replayed, in the format it replays.
     let plan = work.path().join("plan.trace");
@@ -124,8 +130,97 @@ fn a_hundred_nodes_boot_with_zero_errors() -> Res<()> {
     println!(
         "storm: {NODES} nodes in {:.2} s, bootd peak {} MiB, bootd CPU {:.2} s",
         report["wall_secs"].as_f64().unwrap_or(0.0),
-        num(&report["server"], "peak_rss_bytes")? >> 20,
-        report["server"]["cpu_secs"].as_f64().unwrap_or(0.0)
+        num(server, "peak_rss_bytes")? >> 20,
+        server["cpu_secs"].as_f64().unwrap_or(0.0)
     );
+    Ok(())
+}
+
+/// Three servers on one PostgreSQL registry and one data directory, 100
+/// nodes from 100 addresses: every node boots from the server placement
+/// gave it, every tenth one first knocks at another server and is
+/// redirected, and no address is held by two nodes at once (the storm
+/// counts that as an error).
+#[test]
+fn three_servers_share_a_hundred_nodes_with_zero_errors() -> Res<()> {
+    const SERVERS: u64 = 3;
+    const MISDIRECT: u64 = 10;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || std::env::var("BOOTD_E2E").as_deref() != Ok("1") {
+        println!("skipped: the boot storm needs root and BOOTD_E2E=1");
+        return Ok(());
+    }
+    let bootd = bootd_bin()?;
+    let work = tempfile::tempdir()?;
+    let log = work.path().join("bootd.log");
+    let t0 = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_bootd-storm"))
+        .args(["--nodes", &NODES.to_string(), "--concurrency", "32"])
+        .args(["--servers", &SERVERS.to_string()])
+        .args(["--misdirect", &MISDIRECT.to_string()])
+        .args(["--read-set-mib", "16", "--place-limit", "40"])
+        .args(["--time-limit", "60", "--verify", "full", "--json"])
+        .arg("--bootd-log")
+        .arg(&log)
+        .arg("--bootd")
+        .arg(&bootd)
+        .output()?;
+    let took = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        for k in 1..=SERVERS {
+            let path = match k {
+                1 => log.clone(),
+                _ => PathBuf::from(format!("{}.s{k}", log.display())),
+            };
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            println!("server s{k} log (last lines):");
+            for l in text.lines().rev().take(20).collect::<Vec<_>>().iter().rev() {
+                println!("  {l}");
+            }
+        }
+    }
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("no JSON report ({e}); stdout: {stdout}; stderr: {stderr}"))?;
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().ok_or(format!("no {k} in {v}"));
+    for p in report["phases"].as_array().ok_or("no phases")? {
+        assert_eq!(num(p, "errors")?, 0, "errors in {p}");
+        assert_eq!(num(p, "count")?, NODES, "every node through {}", p["phase"]);
+    }
+    assert_eq!(num(&report, "errors")?, 0);
+    assert_eq!(num(&report, "completed")?, NODES);
+    assert_eq!(report["registry"], "postgres");
+    let servers = report["servers"].as_array().ok_or("no servers")?;
+    assert_eq!(servers.len() as u64, SERVERS);
+    let mut sessions = 0;
+    for s in servers {
+        let c = &s["counts"];
+        println!(
+            "{}: placed {} leases {} scripts {} sessions {} peak {} MiB CPU {:.2} s",
+            s["id"],
+            s["nodes_placed"],
+            c["dhcp_acks"],
+            c["scripts"],
+            c["sessions"],
+            num(s, "peak_rss_bytes")? >> 20,
+            s["cpu_secs"].as_f64().unwrap_or(0.0)
+        );
+        // Every server served some nodes, each node on its owner.
+        assert!(num(c, "sessions")? > 0, "{s}");
+        assert_eq!(num(c, "sessions")?, num(s, "nodes_placed")?, "{s}");
+        sessions += num(c, "sessions")?;
+    }
+    assert_eq!(sessions, NODES);
+    // Nodes 0, 10, 20, ...: each sent to a non-owner first.
+    assert_eq!(num(&report, "redirects")?, NODES / MISDIRECT);
+    assert!(out.status.success(), "bootd-storm failed: {stderr}");
+    println!(
+        "storm: {NODES} nodes on {SERVERS} servers in {:.2} s (whole run with setup {:.1} s)",
+        report["wall_secs"].as_f64().unwrap_or(0.0),
+        took.as_secs_f64()
+    );
+    assert!(took.as_secs() < 110, "the run took {took:?}");
     Ok(())
 }

@@ -91,3 +91,35 @@ fn the_search_starts_where_told_and_wraps() -> R {
     assert_eq!(l.choose(Mac::new([2, 0, 0, 0, 1, 0]), None, None, 10), None);
     Ok(())
 }
+
+/// An address another server's client declined is offered to nobody (not
+/// even as a requested address) until the hold ends, then it is free.
+#[test]
+fn a_held_declined_address_is_skipped_until_its_hold_ends() -> R {
+    let mut l = Leases::open(
+        (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 101)),
+        Box::new(Mem::default()),
+    )?;
+    let x = Ipv4Addr::new(192, 0, 2, 100);
+    l.hold_declined(x, 50);
+    // A shorter hold learnt later does not shorten it.
+    l.hold_declined(x, 20);
+    let mac = Mac::new([2, 0, 0, 0, 2, 1]);
+    assert_eq!(
+        l.choose(mac, None, Some(x), 10),
+        Some(Ipv4Addr::new(192, 0, 2, 101))
+    );
+    l.bind(
+        Mac::new([2, 0, 0, 0, 2, 2]),
+        Ipv4Addr::new(192, 0, 2, 101),
+        100,
+        true,
+    );
+    assert_eq!(
+        l.choose(mac, None, Some(x), 30),
+        None,
+        "pool exhausted but for x"
+    );
+    assert_eq!(l.choose(mac, None, Some(x), 50), Some(x));
+    Ok(())
+}

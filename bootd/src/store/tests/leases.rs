@@ -134,3 +134,108 @@ fn offers_expire_bound_leases_end_other_offers_and_release_frees() -> Result<()>
     assert_eq!(a.claim(y, m2, LeaseState::Bound, 60_000)?, Claim::Won);
     Ok(())
 }
+
+#[test]
+fn a_declined_address_is_offered_by_no_server_until_its_hold_ends() -> Result<()> {
+    let Some(t) = target("store::leases_decline")? else {
+        return Ok(());
+    };
+    let (mut a, mut b) = (PgLeases::open(&t, "a")?, PgLeases::open(&t, "b")?);
+    let x = Ipv4Addr::new(192, 0, 2, 20);
+    let (m1, m2) = ("02:00:00:00:00:01", "02:00:00:00:00:02");
+    assert_eq!(a.claim(x, m1, LeaseState::Bound, 60_000)?, Claim::Won);
+    // Only the holder declines.
+    assert!(!b.decline(x, m2, 60_000)?, "a stranger's DECLINE counts");
+    assert!(a.decline(x, m1, 500)?);
+    // No server may offer it now: not another MAC, not the decliner, and a
+    // RELEASE from the decliner does not end the hold.
+    for (s, m) in [(&mut b, m2), (&mut a, m1)] {
+        match s.claim(x, m, LeaseState::Offered, 60_000)? {
+            Claim::Lost(Some(r)) => assert_eq!(r.state, LeaseState::Declined),
+            other => panic!("a declined address was claimed: {other:?}"),
+        }
+    }
+    assert!(!a.release(x, m1)?);
+    assert!(matches!(
+        b.claim(x, m2, LeaseState::Bound, 60_000)?,
+        Claim::Lost(Some(_))
+    ));
+    // The hold ends: the address is free again.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(b.claim(x, m2, LeaseState::Offered, 60_000)?, Claim::Won);
+    Ok(())
+}
+
+#[test]
+fn changes_read_only_rows_written_since_the_last_read_and_miss_none() -> Result<()> {
+    let Some(t) = target("store::leases_changes")? else {
+        return Ok(());
+    };
+    let (mut a, mut b) = (PgLeases::open(&t, "a")?, PgLeases::open(&t, "b")?);
+    let ip = |n: u8| Ipv4Addr::new(192, 0, 2, n);
+    let (m1, m2, m3) = (
+        "02:00:00:00:00:01",
+        "02:00:00:00:00:02",
+        "02:00:00:00:00:03",
+    );
+    let (all, mut since) = b.changes(0)?;
+    assert!(all.is_empty());
+    // Nothing written: nothing read.
+    let (none, next) = b.changes(since)?;
+    assert!(none.is_empty(), "{none:?}");
+    since = next;
+    assert_eq!(a.claim(ip(1), m1, LeaseState::Offered, 60_000)?, Claim::Won);
+    assert_eq!(a.claim(ip(2), m2, LeaseState::Bound, 60_000)?, Claim::Won);
+    let (got, next) = b.changes(since)?;
+    let addrs: Vec<_> = got.iter().map(|r| r.address).collect();
+    assert_eq!(addrs, vec![ip(1), ip(2)]);
+    since = next;
+    // m1 binds elsewhere: its offer ends (expired, not deleted), and both
+    // rows come back changed; the untouched ip(2) does not.
+    assert_eq!(b.claim(ip(3), m1, LeaseState::Bound, 60_000)?, Claim::Won);
+    let (got, next) = b.changes(since)?;
+    let ended = got.iter().find(|r| r.address == ip(1));
+    assert!(ended.is_some_and(|r| r.left_ms <= 0), "{got:?}");
+    assert!(got.iter().any(|r| r.address == ip(3) && r.mac == m1));
+    assert!(got.iter().all(|r| r.address != ip(2)), "{got:?}");
+    since = next;
+    // A write whose transaction began before a read and commits after it
+    // is read next time, although later writes committed first.
+    let server =
+        bootd_tests::postgres::shared("store::leases_changes").ok_or_else(|| io("no server"))?;
+    let db = t
+        .config
+        .get_dbname()
+        .ok_or_else(|| io("no database name"))?;
+    let mut slow = server.connect(db).map_err(|e| io(format!("{e:#}")))?;
+    let mut tx = slow.transaction()?;
+    tx.execute(
+        "INSERT INTO leases (address, mac, server_id, state, expires_at, changed_xid)
+         VALUES ('192.0.2.9', $1, 'slow', 'bound',
+                 CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + 60000,
+                 CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT))",
+        &[&m3],
+    )?;
+    // (An offer of another address to a MAC with a running bound lease
+    // loses to that lease.)
+    assert!(matches!(
+        a.claim(ip(4), m2, LeaseState::Offered, 60_000)?,
+        Claim::Lost(Some(r)) if r.address == ip(2) && r.state == LeaseState::Bound
+    ));
+    let m4 = "02:00:00:00:00:04";
+    assert_eq!(a.claim(ip(5), m4, LeaseState::Bound, 60_000)?, Claim::Won);
+    let (got, next) = b.changes(since)?;
+    assert!(got.iter().any(|r| r.address == ip(5)), "{got:?}");
+    assert!(
+        got.iter().all(|r| r.address != ip(9)),
+        "uncommitted row read"
+    );
+    since = next;
+    tx.commit()?;
+    let (got, _) = b.changes(since)?;
+    assert!(
+        got.iter().any(|r| r.address == ip(9) && r.mac == m3),
+        "a late commit was missed: {got:?}"
+    );
+    Ok(())
+}

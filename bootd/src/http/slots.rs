@@ -4,9 +4,12 @@
 //! or trickling one) is evicted to make room, the longest-waiting one of
 //! the busiest source first. One machine opening sockets and sending
 //! nothing can no longer keep every other machine from its script.
+//! With keep-alive a connection waiting for its next request head is as
+//! idle as a new one: it is evictable again between requests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -19,7 +22,9 @@ pub const PER_SOURCE: usize = 16;
 /// A connection's place; dropping it frees the slot.
 pub struct Slot {
     slots: Arc<Slots>,
-    id: u64,
+    /// Its key among the connections reading a head: a fresh one each time
+    /// it goes idle, so the longest-idle connection is evicted first.
+    id: AtomicU64,
     source: IpAddr,
     /// Notified when the connection is evicted while reading its head.
     pub evicted: Arc<Notify>,
@@ -30,14 +35,25 @@ impl Slot {
     /// evicted for newcomers (the answer is bounded by its write limit).
     pub fn answering(&self) {
         let mut s = self.slots.lock();
-        s.reading.remove(&self.id);
+        s.reading.remove(&self.id.load(Ordering::Relaxed));
+    }
+
+    /// The answer is out and the connection waits for its next request
+    /// head (keep-alive): evictable again, as the newest idle one.
+    pub fn idle(&self) {
+        let mut s = self.slots.lock();
+        let id = s.next;
+        s.next += 1;
+        let old = self.id.swap(id, Ordering::Relaxed);
+        s.reading.remove(&old);
+        s.reading.insert(id, (self.source, self.evicted.clone()));
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut s = self.slots.lock();
-        s.reading.remove(&self.id);
+        s.reading.remove(&self.id.load(Ordering::Relaxed));
         s.total = s.total.saturating_sub(1);
         if let Some(n) = s.by_source.get_mut(&self.source) {
             *n = n.saturating_sub(1);
@@ -123,7 +139,7 @@ impl Slots {
         drop(s);
         Ok(Slot {
             slots: self.clone(),
-            id,
+            id: AtomicU64::new(id),
             source,
             evicted,
         })
@@ -189,5 +205,27 @@ mod tests {
             s.answering();
         }
         assert_eq!(slots.take(ip(3)).err(), Some(Refused::Full));
+    }
+
+    #[test]
+    fn a_kept_alive_connection_is_evictable_between_requests() {
+        let slots = Slots::new(2, 2);
+        let a = slots.take(ip(1)).ok();
+        let b = slots.take(ip(2)).ok();
+        for s in [&a, &b].into_iter().flatten() {
+            s.answering();
+        }
+        // `a` has sent its answer and waits for another request.
+        if let Some(a) = &a {
+            a.idle();
+        }
+        assert!(slots.take(ip(3)).is_ok());
+        let told = a.iter().any(|s| {
+            let fut = s.evicted.notified();
+            tokio::pin!(fut);
+            fut.as_mut().enable()
+        });
+        assert!(told, "the idle keep-alive connection was evicted");
+        drop((a, b));
     }
 }

@@ -171,8 +171,9 @@ impl HttpServer {
 
     /// Accepts until `shutdown`; connections under way finish within their
     /// own time limits. Accepting never waits for a slot: a connection over
-    /// its source's share is closed at once, and when all slots are taken
-    /// an idle one is evicted (slots.rs).
+    /// its source's share replaces that source's oldest idle one or is
+    /// closed at once, and when all slots are taken an idle one of the
+    /// busiest source is evicted (slots.rs).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: Shutdown) {
         let router = self.clone().router();
         let answering = Arc::new(Semaphore::new(MAX_ANSWERING));

@@ -42,10 +42,12 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #                      initdb and postgres from /usr/lib/postgresql/15/bin themselves, as the
 #                      postgres user, in a temporary directory (the package's own cluster
 #                      service is not used)
+#   openssl            the registry TLS test's CA and server certificates
+#   python3-venv       the venv for PyPI tools the tests run (see install_venv below)
 PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
-    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15
+    dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15 openssl python3-venv
     apache2-utils
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
@@ -73,8 +75,26 @@ if [[ -n $(installed_version qemu-utils) && $(installed_version qemu-utils) == "
     qemu_img_has_iscsi; then
     qemu_ok=1
 fi
+# PyPI tools the tests run, in a venv of their own (Debian's python3 stays as it is):
+#   openapi-spec-validator   validates `serve --api-listen`'s /api/v1/openapi.json
+#                            (bootd/tests/cli/api_openapi.rs runs VENV/bin/openapi-spec-validator)
+# Idempotent: nothing is fetched when the validator is already there and runs.
+VENV=/opt/bootd-test-venv
+PYPI_PACKAGES=(openapi-spec-validator)
+install_venv() {
+    if [[ -x $VENV/bin/openapi-spec-validator ]] && "$VENV/bin/openapi-spec-validator" --help >/dev/null 2>&1; then
+        log "$VENV has ${PYPI_PACKAGES[*]}"
+        return
+    fi
+    log "making $VENV with ${PYPI_PACKAGES[*]}"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PYPI_PACKAGES[@]}"
+    "$VENV/bin/openapi-spec-validator" --help >/dev/null || die "openapi-spec-validator does not run"
+}
+
 if [[ ${#missing[@]} -eq 0 && $qemu_ok -eq 1 ]]; then
     log "all test packages present"
+    install_venv
     exit 0
 fi
 log "missing: ${missing[*]:-none}; qemu-utils/qemu-block-extra matched with iscsi: $qemu_ok"
@@ -118,4 +138,5 @@ qemu_img_has_iscsi || die "qemu-img does not list the iscsi block driver (qemu-b
 for tool in initdb postgres; do
     [[ -x /usr/lib/postgresql/15/bin/$tool ]] || die "after install, /usr/lib/postgresql/15/bin/$tool is missing"
 done
+install_venv
 log "done: qemu-img $(installed_version qemu-utils) with iscsi"

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
 
 /// Stages waiting to be recorded before new ones are dropped.
 const QUEUE: usize = 8192;
@@ -76,7 +77,29 @@ struct Report {
 #[derive(Clone)]
 pub struct BootLog {
     tx: SyncSender<Report>,
+    feed: broadcast::Sender<Arc<StageEvent>>,
 }
+
+/// A stage resolved to its node, as recorded: what live views (the API's
+/// event stream) follow.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageEvent {
+    pub node: String,
+    pub mac: String,
+    /// As `node show` names it: `dhcp`, `tftp`, `ipxe-dhcp`, `script`,
+    /// `cloud-init`, `iscsi-login-N`, `iscsi-logout-N`.
+    pub stage: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// When this boot's first stage was seen (Unix milliseconds).
+    pub boot_started_ms: i64,
+    /// This stage began a new boot (the node's earlier stages are gone).
+    pub new_boot: bool,
+    pub detail: String,
+}
+
+/// Stages a slow live view may fall behind by before it misses some.
+const FEED: usize = 4096;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -94,10 +117,18 @@ impl BootLog {
         grants: Arc<Grants>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
+        let recorder = Recorder::new(registry, view, grants);
+        let feed = recorder.feed.clone();
         std::thread::Builder::new()
             .name("bootlog".into())
-            .spawn(move || Recorder::new(registry, view, grants).run(rx))?;
-        Ok(Self { tx })
+            .spawn(move || recorder.run(rx))?;
+        Ok(Self { tx, feed })
+    }
+
+    /// Every stage recorded from now on, resolved to its node. Sending to
+    /// nobody costs nothing.
+    pub fn feed(&self) -> broadcast::Sender<Arc<StageEvent>> {
+        self.feed.clone()
     }
 
     pub fn report(&self, who: Who, stage: Stage, detail: impl Into<String>) {
@@ -185,6 +216,7 @@ struct Recorder {
     view: FleetView,
     grants: Arc<Grants>,
     boots: HashMap<Mac, Boot>,
+    feed: broadcast::Sender<Arc<StageEvent>>,
 }
 
 impl Recorder {
@@ -194,6 +226,7 @@ impl Recorder {
             view,
             grants,
             boots: HashMap::new(),
+            feed: broadcast::channel(FEED).0,
         }
     }
 
@@ -268,6 +301,17 @@ impl Recorder {
         };
         let since = (r.at_ms - boot.started_ms) as f64 / 1000.0;
         tracing::info!("boot {node} {stage} +{since:.2}s {} ({mac})", r.detail);
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(Arc::new(StageEvent {
+                node: node.clone(),
+                mac: mac.to_string(),
+                stage: stage.clone(),
+                at_ms: r.at_ms,
+                boot_started_ms: boot.started_ms,
+                new_boot,
+                detail: r.detail.clone(),
+            }));
+        }
         let rec = BootStage {
             stage,
             at_ms: r.at_ms,
@@ -355,6 +399,42 @@ mod tests {
         rec.record(tftp([192, 0, 2, 77], 3_000));
         let at = rec.registry.with(|s| s.boot_stages(&MAC.to_string()))?;
         assert_eq!(at.iter().map(|s| s.at_ms).max(), Some(3_000));
+        Ok(())
+    }
+
+    /// Live views get each stage as recorded, resolved to its node and
+    /// numbered; a client that is no node's gets nothing.
+    #[test]
+    fn the_feed_carries_each_recorded_stage() -> Res<()> {
+        let (mut rec, _watcher) = recorder()?;
+        let mut feed = rec.feed.subscribe();
+        for (who, stage, ms) in [
+            (
+                Who::Addr(std::net::Ipv4Addr::new(192, 0, 2, 77).into()),
+                Stage::Tftp,
+                500,
+            ),
+            (Who::Mac(MAC), Stage::IpxeDhcp, 1_000),
+            (Who::Target("iqn.t:n1".into()), Stage::IscsiLogin, 2_000),
+        ] {
+            rec.record(Report {
+                who,
+                stage,
+                detail: "400001370000 iPXE".into(),
+                at_ms: ms,
+            });
+        }
+        let first = feed.try_recv()?;
+        assert_eq!(
+            (first.node.as_str(), first.stage.as_str(), first.new_boot),
+            ("n1", "ipxe-dhcp", true)
+        );
+        assert_eq!(first.mac, MAC.to_string());
+        let second = feed.try_recv()?;
+        assert_eq!(second.stage, "iscsi-login-1");
+        assert_eq!((second.at_ms, second.boot_started_ms), (2_000, 1_000));
+        assert!(!second.new_boot);
+        assert!(feed.try_recv().is_err(), "the unknown client's stage");
         Ok(())
     }
 

@@ -6,8 +6,22 @@ use crate::output;
 use anyhow::Result;
 use serde_json::json;
 
-pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
-    let store = dd.store()?;
+/// What `df` measures.
+struct Df {
+    images: usize,
+    nodes: usize,
+    images_bytes: u64,
+    overlays_bytes: u64,
+    physical: u64,
+    logical: u64,
+    saved: u64,
+    free: u64,
+    reserve: u64,
+    headroom: u64,
+    percent: f64,
+}
+
+fn measure(dd: &DataDir, store: &dyn crate::store::Store) -> Result<Df> {
     let images = store.images()?;
     let nodes = store.nodes()?;
     let images_bytes: u64 = images.iter().map(|i| allocated_bytes(&i.path)).sum();
@@ -32,21 +46,57 @@ pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
     } else {
         saved as f64 * 100.0 / logical as f64
     };
+    Ok(Df {
+        images: images.len(),
+        nodes: nodes.len(),
+        images_bytes,
+        overlays_bytes,
+        physical,
+        logical,
+        saved,
+        free,
+        reserve,
+        headroom,
+        percent,
+    })
+}
+
+/// `df --json`.
+pub fn report_json(dd: &DataDir, store: &dyn crate::store::Store) -> Result<serde_json::Value> {
+    let d = measure(dd, store)?;
+    Ok(json!({
+        "physical_bytes": d.physical,
+        "logical_bytes": d.logical,
+        "saved_bytes": d.saved,
+        "saving_percent": (d.percent * 10.0).round() / 10.0,
+        "images_bytes": d.images_bytes,
+        "overlays_bytes": d.overlays_bytes,
+        "images": d.images,
+        "nodes": d.nodes,
+        "free_bytes": d.free,
+        "reserve_bytes": d.reserve,
+        "headroom_bytes": d.headroom,
+    }))
+}
+
+pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
+    let store = dd.store()?;
     if as_json {
-        return output::json(&json!({
-            "physical_bytes": physical,
-            "logical_bytes": logical,
-            "saved_bytes": saved,
-            "saving_percent": (percent * 10.0).round() / 10.0,
-            "images_bytes": images_bytes,
-            "overlays_bytes": overlays_bytes,
-            "images": images.len(),
-            "nodes": nodes.len(),
-            "free_bytes": free,
-            "reserve_bytes": reserve,
-            "headroom_bytes": headroom,
-        }));
+        return output::json(&report_json(dd, store.as_ref())?);
     }
+    let Df {
+        images,
+        nodes,
+        images_bytes,
+        overlays_bytes,
+        physical,
+        logical,
+        saved,
+        free,
+        reserve,
+        headroom,
+        percent,
+    } = measure(dd, store.as_ref())?;
     output::table(
         &["", "BYTES", "SIZE"],
         &[
@@ -63,8 +113,8 @@ pub fn run(dd: &DataDir, as_json: bool) -> Result<()> {
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
         "{} on {}; saving {percent:.1}% against full copies of the nodes' disks",
-        plural(nodes.len(), "node", "nodes"),
-        plural(images.len(), "image version", "image versions")
+        plural(nodes, "node", "nodes"),
+        plural(images, "image version", "image versions")
     );
     println!(
         "headroom: free space above the {} kept in reserve for the overlays' filesystem",

@@ -195,14 +195,7 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
         }
         ImageCmd::List { json } => list(store.as_ref(), json)?,
         ImageCmd::Rm { name } => {
-            let removed = store.remove_image(&name)?;
-            for img in &removed {
-                if let Err(e) = std::fs::remove_file(&img.path) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        eprintln!("bootd: warning: {}: {e}", img.path.display());
-                    }
-                }
-            }
+            let removed = remove(store.as_mut(), &name)?;
             println!("removed image {name} ({} versions)", removed.len());
         }
         ImageCmd::Upgrade { name } => {
@@ -231,7 +224,44 @@ pub fn run(dd: &DataDir, cmd: ImageCmd) -> Result<()> {
 
 /// What every `--json` answer says of a stored image version, with the
 /// command's own fields (`more`, an object) after it.
-fn stored_json(img: &Image, allocated: u64, more: serde_json::Value) -> serde_json::Value {
+/// `image rm`: every version of `name` out of the registry, then its files.
+pub fn remove(store: &mut dyn Store, name: &str) -> Result<Vec<Image>> {
+    let removed = store.remove_image(name)?;
+    for img in &removed {
+        if let Err(e) = std::fs::remove_file(&img.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("bootd: warning: {}: {e}", img.path.display());
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// `image list --json`: every stored version.
+pub fn list_json(store: &dyn Store) -> Result<serde_json::Value> {
+    let images = store.images()?;
+    let nodes = store.nodes()?;
+    let users = |id: i64| nodes.iter().filter(|n| n.image.id == id).count();
+    let latest = |name: &str, v: u32| !images.iter().any(|i| i.name == name && i.version > v);
+    let list: Vec<_> = images
+        .iter()
+        .map(|i| {
+            stored_json(
+                i,
+                crate::datadir::allocated_bytes(&i.path),
+                json!({
+                "latest": latest(&i.name, i.version),
+                "checksum": format!("sha256:{}", i.sha256),
+                "nodes": users(i.id),
+                "created": i.created,
+                }),
+            )
+        })
+        .collect();
+    Ok(json!(list))
+}
+
+pub fn stored_json(img: &Image, allocated: u64, more: serde_json::Value) -> serde_json::Value {
     let mut v = json!({
         "name": img.name,
         "version": img.version,
@@ -252,22 +282,7 @@ fn list(store: &dyn Store, as_json: bool) -> Result<()> {
     let users = |id: i64| nodes.iter().filter(|n| n.image.id == id).count();
     let latest = |name: &str, v: u32| !images.iter().any(|i| i.name == name && i.version > v);
     if as_json {
-        let list: Vec<_> = images
-            .iter()
-            .map(|i| {
-                stored_json(
-                    i,
-                    crate::datadir::allocated_bytes(&i.path),
-                    json!({
-                    "latest": latest(&i.name, i.version),
-                    "checksum": format!("sha256:{}", i.sha256),
-                    "nodes": users(i.id),
-                    "created": i.created,
-                    }),
-                )
-            })
-            .collect();
-        return output::json(&json!(list));
+        return output::json(&list_json(store)?);
     }
     let rows: Vec<Vec<String>> = images
         .iter()

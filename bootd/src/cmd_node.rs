@@ -1,7 +1,7 @@
 //! `bootd node add|list|adopt|show|chap|rm|reset|move`.
 
-mod discovered;
-mod stages;
+pub mod discovered;
+pub mod stages;
 
 use crate::datadir::{allocated_bytes, DataDir};
 use crate::lifecycle::{AddOptions, Source};
@@ -174,15 +174,11 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
         }
         NodeCmd::Show { node, json } => {
             let n = lookup(store.as_ref(), &node)?;
+            if json {
+                return output::json(&show_json(store.as_ref(), &n)?);
+            }
             let last_boot = store.boot_stages(&n.mac.to_string())?;
             let user_data = user_data_source(store.as_ref(), &n)?;
-            if json {
-                let mut v = node_json(&n);
-                v["user_data"] = json!(user_data);
-                v["overlay_generation"] = json!(n.overlay_generation);
-                v["last_boot"] = stages::to_json(&last_boot);
-                return output::json(&v);
-            }
             show(&n, user_data);
             stages::print(&last_boot);
         }
@@ -198,9 +194,7 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
             server: Some(server),
             ..
         } => {
-            let to = (server != "none").then_some(server.as_str());
-            let n = lookup(store.as_ref(), &node)?;
-            let n = store.pin_node(&n.name, to)?;
+            let n = pin(store.as_mut(), &node, &server)?;
             match &n.pinned_server {
                 Some(s) => println!("node {} pinned to server {s}", n.name),
                 None => println!("node {} unpinned", n.name),
@@ -211,12 +205,19 @@ pub fn run(dd: &DataDir, cmd: NodeCmd) -> Result<()> {
     Ok(())
 }
 
-fn source(image: Option<String>, template: Option<String>) -> Result<Source> {
+pub fn source(image: Option<String>, template: Option<String>) -> Result<Source> {
     Ok(match (image, template) {
         (Some(i), _) => Source::Image(i),
         (None, Some(t)) => Source::Template(t),
         (None, None) => bail!("give --image or --template"),
     })
+}
+
+/// `node move --server S`: pins the node to S (`none` unpins).
+pub fn pin(store: &mut dyn Store, key: &str, server: &str) -> Result<Node> {
+    let to = (server != "none").then_some(server);
+    let n = lookup(store, key)?;
+    Ok(store.pin_node(&n.name, to)?)
 }
 
 /// Reads and checks `--user-data` before anything is stored.
@@ -245,14 +246,20 @@ fn user_data_source(store: &dyn Store, n: &Node) -> Result<&'static str> {
     Ok("default")
 }
 
-fn move_node(dd: &DataDir, store: &mut dyn Store, key: &str, latest: bool) -> Result<()> {
+/// `node reset` (and `node move --latest`): a fresh overlay on the node's
+/// image version, or with `latest` on its image's newest.
+pub fn reset(dd: &DataDir, store: &mut dyn Store, key: &str, latest: bool) -> Result<Node> {
     let n = lookup(store, key)?;
     let image = if latest {
         store.latest_image(&n.image.name)?
     } else {
         n.image.clone()
     };
-    let done = crate::lifecycle::recreate(dd, store, &n, &image)?;
+    crate::lifecycle::recreate(dd, store, &n, &image)
+}
+
+fn move_node(dd: &DataDir, store: &mut dyn Store, key: &str, latest: bool) -> Result<()> {
+    let done = reset(dd, store, key, latest)?;
     println!(
         "node {}: overlay reset on {} version {}",
         done.name, done.image.name, done.image.version
@@ -296,7 +303,7 @@ pub fn lookup(store: &dyn Store, key: &str) -> Result<Node> {
     match store.node(key) {
         Err(StoreError::NotFound { .. }) => match names::normalize_mac(key) {
             Ok(mac) => Ok(store.node(&mac)?),
-            Err(_) => bail!("node {key:?} does not exist"),
+            Err(_) => Err(crate::store::shared::not_found("node", key).into()),
         },
         other => Ok(other?),
     }
@@ -328,24 +335,44 @@ pub fn node_json(n: &Node) -> serde_json::Value {
     })
 }
 
-fn list(store: &dyn Store, as_json: bool) -> Result<()> {
-    let nodes = store.nodes()?;
-    if as_json {
-        // A listing goes into scripts, logs and tickets: no secrets in it
-        // (`node show NODE` has the node's).
-        let listed: Vec<_> = nodes
-            .iter()
-            .map(|n| {
-                let mut v = node_json(n);
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("chap_secret");
-                    o.remove("mutual_chap_secret");
-                }
-                v
-            })
-            .collect();
-        return output::json(&json!(listed));
+/// `node show --json` (and the API's node): everything about the node,
+/// its CHAP secrets included, and the stages of its last boot.
+pub fn show_json(store: &dyn Store, n: &Node) -> Result<serde_json::Value> {
+    let last_boot = store.boot_stages(&n.mac.to_string())?;
+    let user_data = user_data_source(store, n)?;
+    let mut v = node_json(n);
+    v["user_data"] = json!(user_data);
+    v["overlay_generation"] = json!(n.overlay_generation);
+    v["last_boot"] = stages::to_json(&last_boot);
+    Ok(v)
+}
+
+/// The node's secrets out of its JSON (for listings and read-only callers).
+pub fn without_secrets(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("chap_secret");
+        o.remove("mutual_chap_secret");
     }
+    v
+}
+
+/// `node list --json`: every node, without secrets.
+pub fn list_json(store: &dyn Store) -> Result<serde_json::Value> {
+    // A listing goes into scripts, logs and tickets: no secrets in it
+    // (`node show NODE` has the node's).
+    let listed: Vec<_> = store
+        .nodes()?
+        .iter()
+        .map(|n| without_secrets(node_json(n)))
+        .collect();
+    Ok(json!(listed))
+}
+
+fn list(store: &dyn Store, as_json: bool) -> Result<()> {
+    if as_json {
+        return output::json(&list_json(store)?);
+    }
+    let nodes = store.nodes()?;
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {

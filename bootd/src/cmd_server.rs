@@ -26,13 +26,13 @@ pub fn run(dd: &DataDir, cmd: ServerCmd) -> Result<()> {
     }
 }
 
-fn list(dd: &DataDir, as_json: bool) -> Result<()> {
-    let servers = dd.store()?.servers()?;
-    if as_json {
-        let rows: Vec<_> = servers
-            .iter()
-            .map(|s| {
-                json!({
+/// `server list --json`.
+pub fn list_json(store: &dyn crate::store::Store) -> Result<serde_json::Value> {
+    let rows: Vec<_> = store
+        .servers()?
+        .iter()
+        .map(|s| {
+            json!({
                     "id": s.id,
                     "iscsi": s.iscsi,
                     "http_port": s.http_port,
@@ -42,11 +42,18 @@ fn list(dd: &DataDir, as_json: bool) -> Result<()> {
                     "nodes_owned": s.nodes_owned,
                     "sessions": s.sessions,
                     "bytes_served": s.bytes_served,
-                })
             })
-            .collect();
-        return output::json(&serde_json::Value::Array(rows));
+        })
+        .collect();
+    Ok(serde_json::Value::Array(rows))
+}
+
+fn list(dd: &DataDir, as_json: bool) -> Result<()> {
+    let store = dd.store()?;
+    if as_json {
+        return output::json(&list_json(store.as_ref())?);
     }
+    let servers = store.servers()?;
     let rows: Vec<Vec<String>> = servers
         .iter()
         .map(|s| {

@@ -58,10 +58,16 @@ pub fn run(dd: &DataDir, cmd: TemplateCmd) -> Result<()> {
                 None => None,
             };
             if let (Some(p), Some(t)) = (&script, &text) {
-                bootd_ipxe::validate(t).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                check_script(&p.display().to_string(), t)?;
             }
             let user_data = user_data.as_deref().map(read_user_data).transpose()?;
-            store.add_template(&name, &image, text.as_deref(), user_data.as_deref())?;
+            add(
+                store.as_mut(),
+                &name,
+                &image,
+                text.as_deref(),
+                user_data.as_deref(),
+            )?;
             println!(
                 "added template {name} (image {image}{})",
                 if user_data.is_some() {
@@ -74,19 +80,7 @@ pub fn run(dd: &DataDir, cmd: TemplateCmd) -> Result<()> {
         TemplateCmd::List { json } => {
             let list = store.templates()?;
             if json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "name": t.name,
-                            "image": t.image,
-                            "script": t.script,
-                            // Whether it has one: the text may hold secrets.
-                            "user_data": t.user_data.is_some(),
-                            "created": t.created,
-                        })
-                    })
-                    .collect();
+                let v: Vec<_> = list.iter().map(template_json).collect();
                 return output::json(&json!(v));
             }
             let rows: Vec<Vec<String>> = list
@@ -110,6 +104,37 @@ pub fn run(dd: &DataDir, cmd: TemplateCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A template as `template list --json` shows it.
+pub fn template_json(t: &crate::store::Template) -> serde_json::Value {
+    json!({
+        "name": t.name,
+        "image": t.image,
+        "script": t.script,
+        // Whether it has one: the text may hold secrets.
+        "user_data": t.user_data.is_some(),
+        "created": t.created,
+    })
+}
+
+/// `template add` once the texts are read and checked: the name checked,
+/// then stored.
+pub fn add(
+    store: &mut dyn crate::store::Store,
+    name: &str,
+    image: &str,
+    script: Option<&str>,
+    user_data: Option<&str>,
+) -> Result<crate::store::Template> {
+    crate::names::check_image_name("template", name)?;
+    Ok(store.add_template(name, image, script, user_data)?)
+}
+
+/// An iPXE script template renders against a sample node; `label` names it
+/// in the error (a file, or the API's field).
+pub fn check_script(label: &str, text: &str) -> Result<()> {
+    bootd_ipxe::validate(text).map_err(|e| anyhow::anyhow!("{label}: {e}"))
 }
 
 fn utf8(p: &Path, raw: Vec<u8>) -> Result<String> {
@@ -139,7 +164,16 @@ pub fn read_user_data(p: &Path) -> Result<String> {
         );
     }
     let text = utf8(p, raw)?;
-    bootd_ipxe::validate_user_data(&text)
-        .map_err(|e| anyhow::anyhow!("{}: user-data {e}", p.display()))?;
+    check_user_data(&p.display().to_string(), &text)?;
     Ok(text)
+}
+
+/// User-data text (from a file or the API): at most 64 KiB that renders
+/// against a sample node. The error names `label`, never the content.
+pub fn check_user_data(label: &str, text: &str) -> Result<()> {
+    const MAX: usize = bootd_ipxe::MAX_USER_DATA_BYTES;
+    if text.len() > MAX {
+        anyhow::bail!("{label}: user-data is larger than {MAX} bytes, the most allowed");
+    }
+    bootd_ipxe::validate_user_data(text).map_err(|e| anyhow::anyhow!("{label}: user-data {e}"))
 }

@@ -1,12 +1,14 @@
 //! bootd: network boot for diskless fleets. This binary is the operator CLI
 //! and the daemon; the protocol work lives in the library crates.
 
+mod api;
 mod bootlog;
 mod cmd_df;
 mod cmd_image;
 mod cmd_node;
 mod cmd_server;
 mod cmd_template;
+mod cmd_token;
 mod datadir;
 mod dhcp;
 mod events;
@@ -48,7 +50,8 @@ struct Cli {
     )]
     data_dir: PathBuf,
     /// The registry: sqlite:PATH (default: bootd.db in the data directory)
-    /// or postgres://USER@HOST[:PORT]/DB (password from PGPASSWORD; no TLS).
+    /// or postgres://USER@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=CA.pem]
+    /// (password from PGPASSWORD).
     /// Images and overlays stay in the data directory either way.
     #[arg(long, env = "BOOTD_REGISTRY", hide_env_values = true, global = true)]
     registry: Option<String>,
@@ -61,7 +64,7 @@ enum Command {
     /// Serve one raw file as LUN 0 of one iSCSI target until SIGINT/SIGTERM.
     Export(export::ExportArgs),
     /// Serve every node's disk (its overlay) as LUN 0 of its own target.
-    Serve(serve::config::ServeConfig),
+    Serve(Box<serve::config::ServeConfig>),
     /// Golden images.
     #[command(subcommand)]
     Image(cmd_image::ImageCmd),
@@ -74,6 +77,9 @@ enum Command {
     /// The servers sharing this registry.
     #[command(subcommand)]
     Server(cmd_server::ServerCmd),
+    /// Bearer tokens for the operator API (`serve --api-listen`).
+    #[command(subcommand)]
+    Token(cmd_token::TokenCmd),
     /// Physical vs logical bytes of the fleet's disks.
     Df {
         #[arg(long)]
@@ -117,11 +123,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Export(args) => export::run(&cli.data_dir, args),
-        Command::Serve(args) => open(&cli.data_dir).and_then(|d| serve::run(d, args)),
+        Command::Serve(args) => open(&cli.data_dir).and_then(|d| serve::run(d, *args)),
         Command::Image(cmd) => open(&cli.data_dir).and_then(|d| cmd_image::run(&d, cmd)),
         Command::Template(cmd) => open(&cli.data_dir).and_then(|d| cmd_template::run(&d, cmd)),
         Command::Node(cmd) => open(&cli.data_dir).and_then(|d| cmd_node::run(&d, cmd)),
         Command::Server(cmd) => open(&cli.data_dir).and_then(|d| cmd_server::run(&d, cmd)),
+        Command::Token(cmd) => open(&cli.data_dir).and_then(|d| cmd_token::run(&d, cmd)),
         Command::Df { json } => open(&cli.data_dir).and_then(|d| cmd_df::run(&d, json)),
     };
     match result {

@@ -20,6 +20,7 @@ pub mod dnsmasq;
 pub mod env;
 pub mod export;
 pub mod faults;
+pub mod fleet;
 pub mod golden;
 pub mod guest;
 pub mod imagecheck;

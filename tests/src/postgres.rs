@@ -46,6 +46,17 @@ pub fn bin_dir() -> Option<PathBuf> {
         .filter(|d| has(d))
 }
 
+/// What [`PgServer::start_with`] adds to a default server: files put in its
+/// data directory (owned by the server's user, mode 0600; settings name
+/// them relative to it), `-c NAME=VALUE` settings, and a `pg_hba.conf` in
+/// place of initdb's.
+#[derive(Debug, Default, Clone)]
+pub struct Setup {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub settings: Vec<(String, String)>,
+    pub hba: Option<String>,
+}
+
 pub struct PgServer {
     child: Child,
     dir: tempfile::TempDir,
@@ -100,6 +111,12 @@ fn free_port() -> Result<u16> {
 impl PgServer {
     /// Runs initdb and starts the server; fails if the binaries are missing.
     pub fn start() -> Result<Self> {
+        Self::start_with(&Setup::default())
+    }
+
+    /// [`PgServer::start`] with `setup`'s files, settings and pg_hba.conf
+    /// (TLS, say).
+    pub fn start_with(setup: &Setup) -> Result<Self> {
         let t0 = Instant::now();
         let bin = bin_dir().context("PostgreSQL not found (Debian package postgresql-15)")?;
         let ids = run_as()?;
@@ -136,11 +153,22 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        for (name, bytes) in &setup.files {
+            let path = data.join(name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            chown(&path, ids)?;
+        }
+        if let Some(hba) = &setup.hba {
+            let path = data.join("pg_hba.conf");
+            std::fs::write(&path, hba)?;
+            chown(&path, ids)?;
+        }
         // A free port may be taken between the check and the bind: retry.
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port()?;
-            match Self::spawn(&bin, dir.path(), &data, port, ids) {
+            match Self::spawn(&bin, dir.path(), &data, port, ids, &setup.settings) {
                 Ok(child) => {
                     return Ok(Self {
                         child,
@@ -162,6 +190,7 @@ impl PgServer {
         data: &Path,
         port: u16,
         ids: Option<(u32, u32)>,
+        settings: &[(String, String)],
     ) -> Result<Child> {
         let log = dir.join("log");
         let logf = std::fs::File::create(&log)?;
@@ -173,10 +202,11 @@ impl PgServer {
             .arg(format!("unix_socket_directories={}", dir.display()))
             // A test database need not survive a crash.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logf);
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"]);
+        for (k, v) in settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
         // SAFETY: prctl is async-signal-safe; it runs after the uid change
         // (which would clear it). A test process that dies without dropping
         // the server (a panic in a static, a kill) takes the server with it:
@@ -229,10 +259,12 @@ impl PgServer {
         format!("postgres://{USER}@{dir}:{}/{db}", self.port)
     }
 
-    /// A connection configuration for `db`, password included.
+    /// A connection configuration for `db`, password included. Through the
+    /// Unix socket: it works whatever pg_hba.conf says of TCP (TLS only,
+    /// say).
     pub fn config(&self, db: &str) -> postgres::Config {
         let mut c = postgres::Config::new();
-        c.host("127.0.0.1")
+        c.host_path(self.dir.path())
             .port(self.port)
             .user(USER)
             .password(PASSWORD)

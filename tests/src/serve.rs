@@ -73,6 +73,11 @@ impl DataDir {
         self.dir.path()
     }
 
+    /// The bootd binary commands on this directory run.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// `bootd ARGS` with `BOOTD_DATA_DIR` pointing here.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);

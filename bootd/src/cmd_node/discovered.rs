@@ -8,11 +8,20 @@ use crate::store::{Discovered, Store};
 use anyhow::{bail, Result};
 use serde_json::json;
 
+/// `node list --discovered --json`.
+pub fn list_json(store: &dyn Store) -> Result<serde_json::Value> {
+    Ok(json!(store
+        .discovered()?
+        .iter()
+        .map(to_json)
+        .collect::<Vec<_>>()))
+}
+
 pub fn list(store: &dyn Store, as_json: bool) -> Result<()> {
-    let found = store.discovered()?;
     if as_json {
-        return output::json(&json!(found.iter().map(to_json).collect::<Vec<_>>()));
+        return output::json(&list_json(store)?);
     }
+    let found = store.discovered()?;
     let rows: Vec<Vec<String>> = found
         .iter()
         .map(|d| {
@@ -77,6 +86,21 @@ pub fn adopt(
     source: &Source,
     opts: &AddOptions,
 ) -> Result<()> {
+    adopt_each(dd, store, which, source, opts, |n| {
+        println!("adopted {} as node {}: {}", n.mac, n.name, n.target_iqn)
+    })
+    .map(drop)
+}
+
+/// [`adopt`], calling `done` with each node as it is added; returns them.
+pub fn adopt_each(
+    dd: &DataDir,
+    store: &mut dyn Store,
+    which: Which<'_>,
+    source: &Source,
+    opts: &AddOptions,
+    mut done: impl FnMut(&crate::store::Node),
+) -> Result<Vec<crate::store::Node>> {
     let found = store.discovered()?;
     if found.is_empty() {
         bail!("nothing to adopt: no machine has been discovered");
@@ -99,11 +123,13 @@ pub fn adopt(
             out
         }
     };
+    let mut added = Vec::new();
     for mac in chosen {
         let n = crate::lifecycle::add_with(dd, store, &mac, source, None, None, opts)?;
-        println!("adopted {} as node {}: {}", n.mac, n.name, n.target_iqn);
+        done(&n);
+        added.push(n);
     }
-    Ok(())
+    Ok(added)
 }
 
 /// Lists what `--all` would adopt and asks on the terminal; without one,

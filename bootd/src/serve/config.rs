@@ -90,7 +90,8 @@ pub struct ServeConfig {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, ipv6_ra, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
     /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
-    /// per_source, node_quota, reserve_free, warn_free, server_id (sizes as strings,
+    /// per_source, node_quota, reserve_free, warn_free, server_id, api_listen,
+    /// api_cert, api_key, api_import_dir (sizes as strings,
     /// e.g. "20G"). Unknown keys are an error. Flags (and BOOTD_* variables)
     /// override it.
     #[arg(long, env = "BOOTD_CONFIG")]
@@ -218,6 +219,43 @@ pub struct ServeConfig {
     /// [default: the host name].
     #[arg(long, value_name = "NAME", env = "BOOTD_SERVER_ID")]
     pub server_id: Option<String>,
+    /// Where the operator API (JSON under /api/v1, bearer tokens from
+    /// `bootd token add`) listens, ADDR:PORT, or off; a listener of its
+    /// own, never the boot network's HTTP port [default: 127.0.0.1:9090,
+    /// skipped with a warning when taken]. A port given that cannot be
+    /// bound is an error.
+    #[arg(long, value_name = "ADDR:PORT|off", env = "BOOTD_API_LISTEN")]
+    #[serde(deserialize_with = "from_text")]
+    pub api_listen: Option<ApiListen>,
+    /// PEM certificate chain: the API speaks TLS (with --api-key).
+    #[arg(long, value_name = "PEM", env = "BOOTD_API_CERT", requires = "api_key")]
+    pub api_cert: Option<PathBuf>,
+    /// PEM private key of --api-cert.
+    #[arg(long, value_name = "PEM", env = "BOOTD_API_KEY", requires = "api_cert")]
+    pub api_key: Option<PathBuf>,
+    /// The one directory the API imports images from (`POST
+    /// /api/v1/images` with a path in it, or relative to it): serve runs
+    /// as root, and a token must not make it read any file of the machine
+    /// [default: DATA_DIR/import].
+    #[arg(long, value_name = "DIR", env = "BOOTD_API_IMPORT_DIR")]
+    pub api_import_dir: Option<PathBuf>,
+}
+
+/// `--api-listen`: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiListen(pub Option<std::net::SocketAddr>);
+
+impl FromStr for ApiListen {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|_| ConfigError::ApiListen(s.to_string()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +283,10 @@ pub enum ConfigError {
     LeaseTime(u32),
     #[error("serve needs --interface or --listen-ip to know which network to serve on (--listen-ip 0.0.0.0 serves on every address)")]
     NoNetwork,
+    #[error("--api-listen {0:?} is not ADDR:PORT or off")]
+    ApiListen(String),
+    #[error("--api-cert and --api-key go together")]
+    ApiTls,
     #[error("--per-source {0}: at least 1")]
     PerSource(u32),
     #[error("interface {0} has no IPv4 address to serve on")]
@@ -338,7 +380,11 @@ impl ServeConfig {
             node_quota,
             reserve_free,
             warn_free,
-            server_id
+            server_id,
+            api_listen,
+            api_cert,
+            api_key,
+            api_import_dir
         );
         take_list!(dns, relays, metrics_from);
     }
@@ -349,6 +395,10 @@ impl ServeConfig {
         }
         if let Some(l) = self.lease_secs.filter(|&l| l < 60) {
             return Err(ConfigError::LeaseTime(l));
+        }
+        // A config file may name one without the other.
+        if self.api_cert.is_some() != self.api_key.is_some() {
+            return Err(ConfigError::ApiTls);
         }
         Ok(())
     }
@@ -404,12 +454,24 @@ impl ServeConfig {
         self.script_access.unwrap_or(ScriptAccess::Bound)
     }
 
+    /// Where the API listens (`None`: off), and whether that is the
+    /// default rather than asked for.
+    pub fn api_listen(&self) -> (Option<std::net::SocketAddr>, bool) {
+        match self.api_listen {
+            Some(ApiListen(a)) => (a, false),
+            None => (Some(DEFAULT_API_LISTEN), true),
+        }
+    }
+
     /// HTTP connections and TFTP transfers one client address may hold.
     pub fn per_source(&self) -> usize {
         usize::try_from(self.per_source.unwrap_or(DEFAULT_PER_SOURCE)).unwrap_or(usize::MAX)
     }
 }
 
+/// Where the operator API listens unless told otherwise: this machine only.
+const DEFAULT_API_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 /// Where iPXE scripts are served unless told otherwise.
 const DEFAULT_HTTP_PORT: u16 = 8080;
 /// Discovered MACs kept, and the registry size auto-registration stops at.

@@ -87,12 +87,18 @@ async fn serve(
     // Session locks tell `image capture` (another process) which nodes are
     // logged in.
     let session_locks = Arc::new(SessionLocks::new(dd.clone(), view.clone()));
+    let (trigger, shutdown) = crate::service::channel();
+    // The API's live feed: stages from the boot log, I/O from the events.
+    let (feed, io_rates) = crate::api::events::Feed::new(bootlog.feed(), shutdown.clone());
     let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![
         metrics.clone(),
         Arc::new(bootlog),
         sessions.clone(),
         session_locks,
     ];
+    if s.api_listen().0.is_some() {
+        subscribers.push(io_rates.subscriber());
+    }
     if let Some(r) = &recorder {
         subscribers.push(r.clone());
     }
@@ -128,6 +134,11 @@ async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let http_listener = bind_http(&s).await?;
+    let (api_listener, api_skipped) = bind_api(&s).await?;
+    let api_tls = match (&s.api_cert, &s.api_key) {
+        (Some(cert), Some(key)) => Some(crate::api::Tls::load(cert, key)?),
+        _ => None,
+    };
     let boot_files = crate::tftp::open_root(s.tftp_dir.as_deref())?;
     let (tftp_socket, tftp) = crate::tftp::bind(
         SocketAddr::new(s.listen_ip(), s.tftp_port()),
@@ -140,7 +151,6 @@ async fn serve(
     // Handlers go in before the ready line: a SIGTERM right after it must
     // still shut down cleanly.
     let signal = crate::service::signal()?;
-    let (trigger, shutdown) = crate::service::channel();
     let trigger = Arc::new(trigger);
     // Ready lines on stdout so scripts can wait for them and learn the
     // ports; one write, so a reader that takes only the first line still gets
@@ -182,7 +192,10 @@ async fn serve(
         events: events.clone(),
         grants: grants.clone(),
     };
-    let lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
+    let mut lines = format!("iscsi {local}\nhttp {http_local}\ntftp {tftp_local}\n");
+    if let Some(l) = &api_listener {
+        lines.push_str(&format!("api {}\n", l.local_addr()?));
+    }
     let http = crate::http::HttpServer::new(
         view.clone(),
         boot_files,
@@ -207,7 +220,12 @@ async fn serve(
     out.flush()?;
     drop(out);
     tracing::info!(server = %id, listen = %local, nodes = targets.len(), "serving");
+    // Said once serving: a serve that fails to start says one line, its error.
+    if let Some(why) = api_skipped {
+        tracing::warn!("{why}");
+    }
 
+    let api_view = view.clone();
     // Registry changes reach the targets as they come; the timer checks
     // free space, retries failed targets and flushes the I/O trace.
     let mut stop = shutdown.clone();
@@ -247,6 +265,20 @@ async fn serve(
         http.serve(http_listener, sd).await;
         ("http", Ok(()))
     });
+    if let Some(listener) = api_listener {
+        let import_dir = s
+            .api_import_dir
+            .clone()
+            .unwrap_or_else(|| dd.images().with_file_name("import"));
+        let api = crate::api::Api::new(dd.clone(), feed, import_dir);
+        let (router, _) = crate::api::router(api);
+        let sd = shutdown.clone();
+        drivers.spawn(async move {
+            crate::api::serve(listener, router, api_tls, sd).await;
+            ("api", Ok(()))
+        });
+        tokio::spawn(io_rates.run(api_view, shutdown.clone()));
+    }
     if let Some(bound) = dhcp {
         let sd = shutdown.clone();
         drivers.spawn(async move {
@@ -390,4 +422,23 @@ async fn bind_http(s: &ServeConfig) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// The operator API's listener, unless `--api-listen off`. The default
+/// port being taken only costs the API (the warning returned, said once
+/// serve is up), never the boot network; a port asked for must be had.
+async fn bind_api(s: &ServeConfig) -> Result<(Option<tokio::net::TcpListener>, Option<String>)> {
+    let (Some(addr), default) = s.api_listen() else {
+        return Ok((None, None));
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok((Some(l), None)),
+        Err(e) if default => Ok((
+            None,
+            Some(format!(
+                "api: cannot listen on {addr} ({e}); serving without the API (see --api-listen)"
+            )),
+        )),
+        Err(e) => Err(e).with_context(|| format!("--api-listen: cannot listen on {addr}")),
+    }
 }

@@ -17,10 +17,12 @@ pub mod shared;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
 pub mod url;
 
 pub use records::{BootStage, Discovered, Records};
 pub use servers::{NewServer, ServerInfo, Servers};
+pub use tokens::{TokenInfo, Tokens};
 
 use bootd_plan::Mac;
 use std::net::IpAddr;
@@ -203,7 +205,7 @@ pub trait ChangeFeed: Send {
     fn wait(&mut self, timeout: std::time::Duration) -> bool;
 }
 
-pub trait Store: Records + Servers + Send {
+pub trait Store: Records + Servers + Tokens + Send {
     /// A feed of change notifications from this registry.
     fn changes(&self) -> Result<Box<dyn ChangeFeed>>;
     /// Changes so far; moves on every committed write.

@@ -6,7 +6,8 @@
 //! write and answer with the same errors. A trigger on the generation row
 //! NOTIFYs `bootd_registry` on commit ([`notify`]).
 //!
-//! Plain TCP (or a Unix socket), no TLS. The `postgres` crate runs its own
+//! TCP with TLS as the URL's `sslmode` says ([`tls`]), or a Unix socket
+//! (never TLS, as in libpq). The `postgres` crate runs its own
 //! small tokio runtime per connection; [`off_runtime::OffRuntime`] keeps its
 //! blocking calls off serve's runtime.
 
@@ -39,14 +40,17 @@ pub fn open(target: &PgTarget) -> Result<Box<dyn Store>> {
     Ok(Box::new(off_runtime::OffRuntime::new(Box::new(store))))
 }
 
+/// Every connection bootd makes to the registry (store, notify feed,
+/// leases) is made here.
 pub(super) fn connect(target: &PgTarget) -> Result<Client> {
-    target
-        .config
-        .connect(NoTls)
-        .map_err(|source| StoreError::Connect {
-            registry: target.shown.clone(),
-            source,
-        })
+    let connected = match &target.tls {
+        Some(tls) => target.config.connect(tls.clone()),
+        None => target.config.connect(NoTls),
+    };
+    connected.map_err(|source| StoreError::Connect {
+        registry: target.shown.clone(),
+        source,
+    })
 }
 
 impl PgStore {
@@ -463,9 +467,12 @@ impl Store for PgStore {
     }
 }
 
+mod binding;
 pub mod leases;
 pub mod notify;
 pub mod off_runtime;
 mod records;
 mod rows;
 mod servers;
+pub mod tls;
+mod tokens;

@@ -187,6 +187,24 @@ impl Servers for Rooted {
     }
 }
 
+impl super::Tokens for Rooted {
+    fn add_token(&mut self, name: &str, sha256: &str, read_only: bool) -> Result<super::TokenInfo> {
+        self.inner.add_token(name, sha256, read_only)
+    }
+
+    fn tokens(&self) -> Result<Vec<super::TokenInfo>> {
+        self.inner.tokens()
+    }
+
+    fn remove_token(&mut self, name: &str) -> Result<super::TokenInfo> {
+        self.inner.remove_token(name)
+    }
+
+    fn token_used(&mut self, name: &str, at: i64) -> Result<()> {
+        self.inner.token_used(name, at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

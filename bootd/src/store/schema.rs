@@ -122,6 +122,18 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX leases_mac ON leases(mac);
     ",
+    // 7: API bearer tokens (`bootd token add`): only each token's SHA-256
+    // (hex) is kept, with whether it may only read, when it was made and
+    // when it was last used (Unix seconds; NULL = never).
+    "
+    CREATE TABLE api_tokens (
+        name       TEXT PRIMARY KEY,
+        sha256     TEXT NOT NULL UNIQUE,
+        read_only  INTEGER NOT NULL CHECK (read_only IN (0, 1)),
+        created    INTEGER NOT NULL,
+        last_used  INTEGER
+    );
+    ",
 ];
 
 /// The version a fully migrated database has.
@@ -261,6 +273,16 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
         expires_at  BIGINT NOT NULL
     );
     CREATE INDEX leases_mac ON leases(mac);
+    "#,
+    // 7
+    r#"
+    CREATE TABLE api_tokens (
+        name       TEXT COLLATE "C" PRIMARY KEY,
+        sha256     TEXT NOT NULL UNIQUE,
+        read_only  BOOLEAN NOT NULL,
+        created    BIGINT NOT NULL,
+        last_used  BIGINT
+    );
     "#,
 ];
 

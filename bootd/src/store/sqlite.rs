@@ -420,3 +420,4 @@ pub mod notify;
 mod records;
 mod rows;
 mod servers;
+mod tokens;

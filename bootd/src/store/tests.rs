@@ -162,6 +162,7 @@ for_both_backends!(
     two_processes_migrating_at_once_both_succeed,
     racing_writers_get_the_same_errors,
     servers_heartbeat_and_claim_nodes,
+    tokens_are_stored_by_hash_and_listed_by_name,
 );
 
 /// PostgreSQL only: SQLite has no connection to lose.

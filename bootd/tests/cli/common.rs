@@ -364,3 +364,43 @@ pub fn one_node_at(env: &Env, mac: &str, ip: Option<&str>) -> Result<serde_json:
     env.ok(&args)?;
     env.json(&["node", "show", "n1", "--json"])
 }
+
+/// How bootd reaches the test's PostgreSQL server.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// 127.0.0.1 and the server's port.
+    Tcp,
+    /// The server's Unix socket: what serves in other network namespaces
+    /// (which cannot reach the host's loopback) share.
+    Unix,
+}
+
+/// An Env whose bootd runs use a fresh database on `server` (through
+/// `via`; the password in `PGPASSWORD`), and the database's name.
+pub fn on_postgres(server: &bootd_tests::postgres::PgServer, via: Via) -> Result<(Env, String)> {
+    let db = server.create_database()?;
+    let url = match via {
+        Via::Tcp => server.url(&db),
+        Via::Unix => server.unix_url(&db),
+    };
+    let mut env = Env::new()?;
+    env.vars = vec![
+        ("BOOTD_REGISTRY".into(), url),
+        ("PGPASSWORD".into(), bootd_tests::postgres::PASSWORD.into()),
+    ];
+    Ok((env, db))
+}
+
+/// [`on_postgres`] with image `deb` imported: `size` bytes, its first MiB
+/// 0x5a.
+pub fn on_postgres_with_image(
+    server: &bootd_tests::postgres::PgServer,
+    via: Via,
+    size: u64,
+) -> Result<(Env, String)> {
+    let (env, db) = on_postgres(server, via)?;
+    let raw = env.path("g.raw");
+    golden(&raw, size, 1 << 20, 0x5a)?;
+    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    Ok((env, db))
+}

@@ -10,7 +10,7 @@ use crate::common::*;
 use bootd_tests::dhcp_client::{Client, Message, ACK, DISCOVER, NAK, OFFER, REQUEST};
 use bootd_tests::diskless::Lan;
 use bootd_tests::netns::NetNs;
-use bootd_tests::postgres::{shared, PASSWORD};
+use bootd_tests::postgres::shared;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -165,17 +165,9 @@ fn three_full_dhcp_servers_never_bind_one_address_twice() -> Result {
     let Some(pg) = shared(name) else {
         return Ok(());
     };
-    let db = pg.create_database()?;
-    let mut env = Env::new()?;
     // The Unix socket: the serves in their namespaces cannot reach the
     // host's loopback.
-    env.vars = vec![
-        ("BOOTD_REGISTRY".into(), pg.unix_url(&db)),
-        ("PGPASSWORD".into(), PASSWORD.into()),
-    ];
-    let raw = env.path("g.raw");
-    golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
-    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    let (env, db) = on_postgres_with_image(pg, Via::Unix, 8 << 20)?;
     // Registered nodes: their scripts are what the servers admit only
     // from the address a lease gave them.
     for i in 0..CLIENTS {

@@ -1,6 +1,10 @@
 //! bootd's operator commands end to end: the real binary, a temporary data
 //! directory, and qemu-img / qemu-io / iscsi-ls as clients. One test binary.
 
+mod api;
+mod api_events;
+mod api_openapi;
+mod api_routes;
 mod boot_http;
 mod boot_stages;
 mod common;

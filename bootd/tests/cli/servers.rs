@@ -5,7 +5,7 @@
 //! unless `BOOTD_E2E=1`), and the single-server case on SQLite.
 
 use crate::common::*;
-use bootd_tests::postgres::{shared, PASSWORD};
+use bootd_tests::postgres::shared;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -174,15 +174,7 @@ fn three_servers_share_one_postgres_registry() -> Result {
     let Some(pg) = shared("cli::servers::three_servers_share_one_postgres_registry") else {
         return Ok(());
     };
-    let db = pg.create_database()?;
-    let mut env = Env::new()?;
-    env.vars = vec![
-        ("BOOTD_REGISTRY".into(), pg.url(&db)),
-        ("PGPASSWORD".into(), PASSWORD.into()),
-    ];
-    let raw = env.path("g.raw");
-    golden(&raw, 8 << 20, 1 << 20, 0x5a)?;
-    env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
+    let (env, _db) = on_postgres_with_image(pg, Via::Tcp, 8 << 20)?;
     let names: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
     for (i, n) in names.iter().enumerate() {
         env.ok(&[

@@ -16,3 +16,4 @@ mod mutual_chap;
 mod netboot;
 mod qemu;
 mod registry;
+mod servers;

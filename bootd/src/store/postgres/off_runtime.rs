@@ -122,6 +122,26 @@ impl Servers for OffRuntime {
     }
 }
 
+impl crate::store::Tokens for OffRuntime {
+    fn add_token(
+        &mut self,
+        name: &str,
+        sha256: &str,
+        read_only: bool,
+    ) -> Result<crate::store::TokenInfo> {
+        self.with_mut(|s| s.add_token(name, sha256, read_only))
+    }
+    fn tokens(&self) -> Result<Vec<crate::store::TokenInfo>> {
+        self.with(|s| s.tokens())
+    }
+    fn remove_token(&mut self, name: &str) -> Result<crate::store::TokenInfo> {
+        self.with_mut(|s| s.remove_token(name))
+    }
+    fn token_used(&mut self, name: &str, at: i64) -> Result<()> {
+        self.with_mut(|s| s.token_used(name, at))
+    }
+}
+
 impl Store for OffRuntime {
     fn changes(&self) -> Result<Box<dyn ChangeFeed>> {
         let feed = self.with(|s| s.changes())?;

@@ -535,3 +535,42 @@ pub fn servers_heartbeat_and_claim_nodes(f: Fixture) -> Result<()> {
     );
     Ok(())
 }
+
+/// API tokens: stored by hash, listed by name, a name or hash taken twice
+/// is `Duplicate`, use is recorded, removal of a missing one `NotFound`;
+/// none of it moves the generation (serve serves nothing differently).
+pub fn tokens_are_stored_by_hash_and_listed_by_name(f: Fixture) -> Result<()> {
+    let mut s = f.open()?;
+    let g0 = s.generation()?;
+    let (h1, h2) = ("ab".repeat(32), "cd".repeat(32));
+    let t = s.add_token("ops", &h1, false)?;
+    assert_eq!(
+        (t.name.as_str(), t.read_only, t.last_used),
+        ("ops", false, None)
+    );
+    s.add_token("dash", &h2, true)?;
+    assert!(matches!(
+        s.add_token("ops", &"ef".repeat(32), true),
+        Err(StoreError::Duplicate { kind: "token", .. })
+    ));
+    assert!(matches!(
+        s.add_token("other", &h1, true),
+        Err(StoreError::Duplicate { kind: "token", .. })
+    ));
+    s.token_used("ops", 1_800_000_000)?;
+    // Another connection sees the same.
+    let listed = f.open()?.tokens()?;
+    let names: Vec<_> = listed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["dash", "ops"]);
+    assert_eq!(listed[0].sha256, h2);
+    assert!(listed[0].read_only);
+    assert_eq!(listed[1].last_used, Some(1_800_000_000));
+    assert_eq!(s.generation()?, g0);
+    assert_eq!(s.remove_token("dash")?.name, "dash");
+    assert!(matches!(
+        s.remove_token("dash"),
+        Err(StoreError::NotFound { kind: "token", .. })
+    ));
+    assert_eq!(s.tokens()?.len(), 1);
+    Ok(())
+}

@@ -26,6 +26,7 @@ command -v apt-get >/dev/null || die "needs apt-get (Debian 12)"
 #   ipxe               iPXE binaries served to PXE clients
 #   iproute2           network namespaces, bridges, veth, tap
 #   curl procps        tftp:// and http:// clients; pgrep/ps for process checks
+#   apache2-utils      ab, the HTTP load generator of scripts/bench-http.sh
 #   dnsmasq-base       the site's DHCP server beside proxy mode, and the DHCP benchmark's peer
 #                      (the binary only: no service that would answer on the host)
 #   kea-admin          perfdhcp, the DHCP load generator
@@ -49,7 +50,7 @@ PACKAGES=(
     libiscsi-bin tgt open-iscsi qemu-system-x86 ipxe-qemu ovmf busybox-static ipxe cpio kmod iproute2
     e2fsprogs xz-utils zstd curl procps dnsmasq-base kea-admin syslinux syslinux-common mtools
     dosfstools fdisk systemd-boot-efi python3-fusepy ndisc6 mmdebstrap postgresql-15 openssl python3-venv
-    keepalived
+    keepalived apache2-utils
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 

@@ -6,8 +6,9 @@
 //! requester's address holds. Anyone else gets a 404 and a log line: the
 //! user-data may carry secrets.
 
-use super::{HttpServer, Response};
+use super::{text, HttpServer};
 use crate::events::Event;
+use axum::response::Response;
 use bootd_ipxe::{render_user_data, UserDataVars};
 use bootd_plan::urls::NoCloudFile;
 use bootd_plan::NodePlan;
@@ -24,24 +25,24 @@ impl HttpServer {
         let Some(node) = self.booting_from(peer) else {
             self.events.emit(Event::MetadataRefused);
             tracing::warn!(%peer, ?file, "nocloud: refused: no node's iSCSI session or bootd lease is at this address");
-            return Response::text(404, "no node boots from this address\n");
+            return text(404, "no node boots from this address\n");
         };
         match file {
-            NoCloudFile::MetaData => Response::text(200, meta_data(&node)),
+            NoCloudFile::MetaData => text(200, meta_data(&node)),
             NoCloudFile::UserData => match user_data(&node) {
-                Ok(text) => {
+                Ok(data) => {
                     self.events.emit(Event::MetadataServed { mac: node.mac });
-                    Response::text(200, text)
+                    text(200, data)
                 }
                 Err(e) => {
                     // Checked at `template add`/`node add`; a stored text that
                     // no longer renders is the operator's to fix.
                     tracing::error!(node = %node.name, "nocloud: user-data: {e}");
-                    Response::text(500, "the node's user-data does not render\n")
+                    text(500, "the node's user-data does not render\n")
                 }
             },
-            NoCloudFile::VendorData => Response::text(200, ""),
-            NoCloudFile::NetworkConfig => Response::text(200, NETWORK_CONFIG),
+            NoCloudFile::VendorData => text(200, ""),
+            NoCloudFile::NetworkConfig => text(200, NETWORK_CONFIG),
         }
     }
 

@@ -13,9 +13,35 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 async fn ask(port: u16, request: &str) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(request.as_bytes()).await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
+    let out = response(&mut s, request.starts_with("HEAD ")).await?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// One whole response: its head and `Content-Length` bytes of body (the
+/// connection stays open for the next request), or all until the server
+/// closes.
+async fn response(s: &mut tokio::net::TcpStream, head_only: bool) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let want = if head_only { Some(0) } else { len };
+            if want.is_some_and(|n| out.len() >= end + 4 + n) {
+                return Ok(out);
+            }
+        }
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(15), s.read(&mut chunk)).await??;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn new_node(template: Option<&str>, image_id: i64) -> NewNode {
@@ -113,9 +139,10 @@ async fn node_scripts_follow_the_registry() -> Result {
     let len = ok.split("\r\n\r\n").nth(1).map(str::len).ok_or("no body")?;
     assert!(ok.contains(&format!("Content-Length: {len}\r\n")), "{ok}");
 
+    // hyper answers an HTTP/1.0 client in HTTP/1.0 (and closes after).
     let head = ask(port, "HEAD /boot/02000000000a.ipxe HTTP/1.0\r\n\r\n").await?;
     assert!(
-        head.starts_with("HTTP/1.1 200 ") && head.ends_with("\r\n\r\n"),
+        head.starts_with("HTTP/1.0 200 ") && head.ends_with("\r\n\r\n"),
         "{head}"
     );
     assert!(
@@ -152,8 +179,7 @@ async fn binaries_for_http_boot_come_from_the_boot_directory() -> Result {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(b"GET /ipxe/snponly.efi HTTP/1.1\r\n\r\n")
         .await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
+    let out = response(&mut s, false).await?;
     let split = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -216,5 +242,161 @@ async fn slot_floods_do_not_starve_other_sources() -> Result {
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     timely("after a flood from many sources").await?;
+    Ok(())
+}
+
+/// iPXE keeps its connection open between requests: several answers come
+/// on one connection (the old server closed after each).
+#[tokio::test]
+async fn one_connection_serves_several_requests() -> Result {
+    let (_server, port, _) = start().await?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    for _ in 0..3 {
+        s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let r = String::from_utf8(response(&mut s, false).await?)?;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.contains("/boot/${netX/mac:hexhyp}.ipxe"), "{r}");
+    }
+    // Pipelined: both answers, in order.
+    s.write_all(b"HEAD /boot.ipxe HTTP/1.1\r\n\r\nGET /nothing HTTP/1.1\r\n\r\n")
+        .await?;
+    let r = String::from_utf8(response(&mut s, true).await?)?;
+    assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    let r = String::from_utf8(response(&mut s, false).await?)?;
+    assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+    Ok(())
+}
+
+/// What the hand parser refused is refused by hyper and target.rs, with a
+/// status, through the real server.
+#[tokio::test]
+async fn hostile_heads_are_refused() -> Result {
+    let (_server, port, _) = start().await?;
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(300));
+    let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(super::MAX_HEAD));
+    let cases: [(&str, &[&str]); 11] = [
+        ("POST /boot.ipxe HTTP/1.1\r\n\r\n", &["405"]),
+        ("GET / HTTP/2.0\r\n\r\n", &["400", "505"]),
+        ("GET  / HTTP/1.1\r\n\r\n", &["400"]),
+        ("GET /\r\n\r\n", &["400"]),
+        ("GET /%2e%2e/x HTTP/1.1\r\n\r\n", &["400"]),
+        ("GET http://x/boot.ipxe HTTP/1.1\r\n\r\n", &["400"]),
+        ("GET /\u{e9} HTTP/1.1\r\n\r\n", &["400"]),
+        (&long, &["414"]),
+        (&huge, &["431"]),
+        // No bodies on the boot network.
+        (
+            "GET /boot.ipxe HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            &["413"],
+        ),
+        (
+            "GET /boot.ipxe HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            &["413"],
+        ),
+    ];
+    for (req, want) in cases {
+        let r = ask(port, req).await?;
+        let status = r.get(9..12).unwrap_or_default();
+        assert!(
+            r.starts_with("HTTP/1.1 ") && want.contains(&status),
+            "{req:?}: {r}"
+        );
+    }
+    Ok(())
+}
+
+/// Files larger than TFTP's in-memory limit are streamed, whole or by
+/// range; HEAD gives the length alone.
+#[tokio::test]
+async fn large_files_are_streamed_with_ranges() -> Result {
+    let dir = tempfile::tempdir()?;
+    let size = crate::tftp::files::MAX_FILE_BYTES + (1 << 20);
+    let f = std::fs::File::create(dir.path().join("initrd.img"))?;
+    f.set_len(size)?;
+    // One marked byte near the end, for the range read.
+    std::os::unix::fs::FileExt::write_at(&f, b"Z", size - 10)?;
+    let (_server, port, _) = start_with(Arc::new(crate::tftp::Root::new(dir.path())?)).await?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"HEAD /ipxe/initrd.img HTTP/1.1\r\n\r\n")
+        .await?;
+    let head = String::from_utf8(response(&mut s, true).await?)?;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.contains(&format!("Content-Length: {size}\r\n")),
+        "{head}"
+    );
+    let range = format!(
+        "GET /ipxe/initrd.img HTTP/1.1\r\nRange: bytes={}-{}\r\n\r\n",
+        size - 12,
+        size - 9
+    );
+    s.write_all(range.as_bytes()).await?;
+    let part = response(&mut s, false).await?;
+    let text = String::from_utf8_lossy(&part);
+    assert!(text.starts_with("HTTP/1.1 206 "), "{text}");
+    assert!(part.ends_with(b"\0\0Z\0"), "{text}");
+    // The whole file, counted as it streams.
+    s.write_all(b"GET /ipxe/initrd.img HTTP/1.1\r\n\r\n")
+        .await?;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < size {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    assert!(got > size, "head and {size} bytes of body: {got}");
+    Ok(())
+}
+
+/// Slowloris: a client trickling its head, and one that stops reading a
+/// large answer, are both cut off within their limits.
+#[tokio::test]
+async fn slow_clients_are_cut_off() -> Result {
+    let dir = tempfile::tempdir()?;
+    std::fs::File::create(dir.path().join("big"))?.set_len(256 << 20)?;
+    let (_server, port, _) = start_with(Arc::new(crate::tftp::Root::new(dir.path())?)).await?;
+    let began = std::time::Instant::now();
+    let trickle = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        for b in b"GET /boot.ipxe HTTP/1.1\r\nX: ".iter().cycle().take(60) {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        // Cut off: reading ends (EOF or reset) instead of waiting.
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut sink))
+            .await?;
+        Result::Ok(began.elapsed())
+    };
+    let stalled = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /ipxe/big HTTP/1.1\r\n\r\n").await?;
+        // Never read until the server must have given up ...
+        tokio::time::sleep(std::time::Duration::from_secs(14)).await;
+        // ... then it is gone before the file is through.
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        Result::Ok(got)
+    };
+    let (trickled, got) = tokio::try_join!(trickle, stalled)?;
+    assert!(
+        trickled < std::time::Duration::from_secs(13),
+        "trickling head lasted {trickled:?}"
+    );
+    assert!(got < 256 << 20, "a stalled reader kept its answer: {got}");
     Ok(())
 }

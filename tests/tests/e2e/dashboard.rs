@@ -333,6 +333,52 @@ fn dashboard_follows_real_boots_and_adopts_a_discovered_machine() -> Result<()> 
     detail_matches_registry(&b, &data, &adopted)?;
     println!("{}", b.screenshot("after-adopt")?.display());
 
+    // Node actions, each behind the confirm dialog: Cancel changes nothing, OK does.
+    let generation = || -> Result<Value> {
+        Ok(data.json(&["node", "show", REGISTERED.0, "--json"])?["overlay_generation"].take())
+    };
+    let before = generation()?;
+    let reset = format!(
+        "#list .row[data-node=\"{}\"] button[data-action=reset]",
+        REGISTERED.0
+    );
+    let dialog_open = "return document.getElementById('confirm').open";
+    let dialog_closed = "return !document.getElementById('confirm').open";
+    b.click(&reset)?;
+    b.wait("the reset dialog", Duration::from_secs(5), dialog_open)?;
+    b.click("#confirm-cancel")?;
+    b.wait("the dialog closed", Duration::from_secs(5), dialog_closed)?;
+    ensure!(generation()? == before, "Cancel reset the node");
+    b.click(&reset)?;
+    b.wait("the reset dialog", Duration::from_secs(5), dialog_open)?;
+    b.click("#confirm-ok")?;
+    b.wait("the reset done", Duration::from_secs(30), dialog_closed)?;
+    let after = generation()?;
+    ensure!(
+        after.as_i64() > before.as_i64(),
+        "reset from the page: overlay generation {before} -> {after}"
+    );
+    println!("{test}: n1 reset from the page (overlay generation {before} -> {after})");
+    b.click(&reset.replace("reset", "move"))?;
+    b.wait("the move dialog", Duration::from_secs(5), dialog_open)?;
+    let server = b.js(
+        "const o = [...document.querySelectorAll('#confirm-choice option')]
+            .find(o => o.value.startsWith('server:') && o.value !== 'server:none');
+         if (!o) return null;
+         document.getElementById('confirm-choice').value = o.value;
+         return o.value.slice('server:'.length);",
+        json!([]),
+    )?;
+    let server = server.as_str().context("no server to move to")?.to_string();
+    b.click("#confirm-ok")?;
+    b.wait("the move done", Duration::from_secs(30), dialog_closed)?;
+    let pinned = data.json(&["node", "show", REGISTERED.0, "--json"])?["pinned_server"].take();
+    ensure!(
+        pinned == server.as_str(),
+        "moved to {server} from the page: pinned {pinned}"
+    );
+    println!("{test}: n1 pinned to server {server} from the page");
+
     // A read-only token: the fleet, no actions.
     open_with(&b, &ro)?;
     b.wait("signed in read-only", SIGN_IN, SIGNED_IN)?;

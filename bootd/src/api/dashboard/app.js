@@ -102,6 +102,7 @@ const state = {
   fetching: 0,
   frame: 0,
   /** the node list has been read once since sign-in */ loaded: false,
+  /** the slow poll's interval (one, whatever the sign-ins) */ poll: 0,
 };
 
 class ApiError extends Error {
@@ -783,9 +784,11 @@ async function signIn(token) {
   $("signout").hidden = false;
   dirty("list", "side");
   follow();
-  setInterval(() => {
-    if (state.token) loadSide().catch(() => {});
-  }, SLOW_POLL_MS);
+  if (!state.poll) {
+    state.poll = window.setInterval(() => {
+      if (state.token) loadSide().catch(() => {});
+    }, SLOW_POLL_MS);
+  }
 }
 
 function start() {

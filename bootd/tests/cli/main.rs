@@ -7,6 +7,7 @@ mod api_openapi;
 mod boot_http;
 mod boot_stages;
 mod common;
+mod dashboard;
 mod dhcp_leases;
 mod images;
 mod nocloud;

@@ -54,6 +54,14 @@ PACKAGES=(
 )
 QEMU_PAIR=(qemu-utils qemu-block-extra)
 
+# The web dashboard's tests:
+#   chromium chromium-driver   tests/tests/e2e/dashboard.rs drives headless Chromium through
+#                              chromedriver (W3C WebDriver) while guests boot
+#   node-typescript            `tsc --noEmit --checkJs --strict` type-checks the dashboard's
+#                              JavaScript (bootd/src/api/dashboard/app.js: JSDoc types, no
+#                              build step; a unit test of bootd runs it)
+PACKAGES+=(chromium chromium-driver node-typescript)
+
 export DEBIAN_FRONTEND=noninteractive
 APT=(apt-get -y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef
     -o Dpkg::Options::=--force-confold)
@@ -131,7 +139,8 @@ fi
 
 # Verify what the tests rely on.
 for tool in iscsi-test-cu iscsi-ls iscsi-perf tgtd tgtadm qemu-img qemu-io qemu-system-x86_64 \
-    iscsistart busybox cpio mkfs.ext4 ip curl pgrep dnsmasq perfdhcp mcopy mkfs.vfat sfdisk mmdebstrap; do
+    iscsistart busybox cpio mkfs.ext4 ip curl pgrep dnsmasq perfdhcp mcopy mkfs.vfat sfdisk mmdebstrap \
+    chromium chromedriver tsc; do
     command -v "$tool" >/dev/null || die "after install, $tool is still missing"
 done
 [[ $(installed_version qemu-utils) == "$(installed_version qemu-block-extra)" ]] ||

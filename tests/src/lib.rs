@@ -31,4 +31,5 @@ pub mod process;
 pub mod qemu_iscsi;
 pub mod serve;
 pub mod tgt;
+pub mod webdriver;
 pub mod writeback;

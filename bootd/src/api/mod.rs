@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod body;
+mod dashboard;
 mod doc;
 pub mod error;
 pub mod events;
@@ -102,7 +103,9 @@ pub fn router(api: Api) -> (axum::Router, utoipa::openapi::OpenApi) {
         .nest("/api/v1", guarded.merge(doc::routes()))
         .split_for_parts();
     doc::finish(&mut doc);
+    // The dashboard at `/`: static files, no token (the page signs in).
     let router = router
+        .merge(dashboard::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such API route")
         })

@@ -8,6 +8,7 @@ mod api_routes;
 mod boot_http;
 mod boot_stages;
 mod common;
+mod dashboard;
 mod dhcp_leases;
 mod images;
 mod nocloud;

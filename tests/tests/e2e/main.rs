@@ -6,6 +6,7 @@
 
 mod capture;
 mod conformance;
+mod dashboard;
 mod datasafety;
 mod debian;
 mod diskless;

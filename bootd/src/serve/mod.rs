@@ -9,6 +9,7 @@ pub mod config;
 pub mod grants;
 mod owned;
 mod targets;
+mod values;
 
 use crate::datadir::DataDir;
 use crate::fleet::{Registry, Watcher};

@@ -131,6 +131,20 @@ impl Leases {
         self.by_mac.get(&mac)
     }
 
+    /// A client REQUESTs `ip`, which this table would not give it (it
+    /// remembers another address for the MAC): when `ip` is in the pool
+    /// and nobody else holds it unexpired here, `mac` holds it for an
+    /// offer's time and `true` is returned. For servers whose table only
+    /// mirrors a shared registry: the registry's claim, not this table,
+    /// then decides between ACK and NAK.
+    pub fn take_requested(&mut self, mac: Mac, ip: Ipv4Addr, now: u64) -> bool {
+        if !self.in_pool(ip) || !self.free_for(mac, ip, now, false) {
+            return false;
+        }
+        self.bind(mac, ip, now + OFFER_HOLD_SECS, false);
+        true
+    }
+
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
         (self.first..=self.last).contains(&u32::from(ip))
     }

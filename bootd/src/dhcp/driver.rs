@@ -180,6 +180,7 @@ fn decide(
         // A lost claim teaches the table who holds the address: the next
         // decision picks another (bounded: a pool raced for by many
         // servers sends the client round again instead).
+        let mut looked_again = false;
         for _ in 0..CLAIM_TRIES {
             let decided = handle_with_token(
                 &req,
@@ -191,6 +192,14 @@ fn decide(
                 now,
                 token.as_deref(),
             );
+            if let (false, Some(lg), Some(l)) =
+                (looked_again, ledger.as_deref(), leases.as_deref_mut())
+            {
+                if lg.second_look(&req, &decided, l, &shared.params, now) {
+                    looked_again = true;
+                    continue;
+                }
+            }
             match (ledger.as_deref_mut(), leases.as_deref_mut()) {
                 (Some(lg), Some(l)) => match lg.confirm(&req, decided, l, &shared.params, now) {
                     Verdict::Send(r) => {

@@ -277,6 +277,45 @@ impl Ledger {
         self.granted = bound.into_iter().map(|(m, ip, e)| (m, (ip, e))).collect();
     }
 
+    /// The core NAKed a REQUEST addressed to this server because its table,
+    /// a mirror of the registry, remembers another address for the client
+    /// (learnt from a peer's row between this server's OFFER and the
+    /// REQUEST). The registry is the authority on leases: when nobody holds
+    /// the requested address in the table, the client holds it there again
+    /// and the caller decides once more, so the ACK's claim in the registry
+    /// settles it (a NAK only when the registry gives the address to
+    /// someone else). `true` when the caller should decide again.
+    pub fn second_look(
+        &self,
+        req: &Request,
+        decided: &Option<Reply>,
+        leases: &mut Leases,
+        p: &Params,
+        now: u64,
+    ) -> bool {
+        let nak = decided
+            .as_ref()
+            .is_some_and(|r| r.msg.opts().msg_type() == Some(MessageType::Nak));
+        if !nak || req.msg_type != MessageType::Request {
+            return false;
+        }
+        if req.server_id().is_some_and(|id| id != p.server) {
+            return false;
+        }
+        let ciaddr = req.msg.ciaddr();
+        let Some(want) = req
+            .requested_ip()
+            .or((!ciaddr.is_unspecified()).then_some(ciaddr))
+        else {
+            return false;
+        };
+        let mac = req.mac();
+        let had = leases.get(mac).map(|l| l.ip);
+        let again = leases.take_requested(mac, want, now);
+        tracing::info!(%mac, %want, ?had, again, "REQUEST for an address the lease table did not give the client");
+        again
+    }
+
     /// Claims the address in `reply` (an OFFER's or ACK's) before it goes out.
     pub fn confirm(
         &mut self,
@@ -336,6 +375,7 @@ impl Ledger {
                     }
                     // (Declined is never claimed.)
                     LeaseState::Bound | LeaseState::Declined => {
+                        tracing::info!(%mac, %ip, holder = ?holder.map(|h| (h.mac, h.state)), "NAK: the registry gives the address to another client");
                         Verdict::Send(Some(reply::nak(req, p.server)))
                     }
                 }

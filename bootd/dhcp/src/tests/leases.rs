@@ -123,3 +123,35 @@ fn a_held_declined_address_is_skipped_until_its_hold_ends() -> R {
     assert_eq!(l.choose(mac, None, Some(x), 50), Some(x));
     Ok(())
 }
+
+/// A server whose table mirrors a shared registry may have learnt another
+/// address for a client than the one it offered: the REQUEST's address is
+/// taken when nobody else holds it, and the registry's claim decides.
+#[test]
+fn a_requested_address_is_taken_only_when_nobody_else_holds_it() -> R {
+    let mut l = Leases::open(
+        (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 103)),
+        Box::new(Mem::default()),
+    )?;
+    let (m, other) = (Mac::new([2, 0, 0, 0, 3, 1]), Mac::new([2, 0, 0, 0, 3, 2]));
+    let (w, x, y) = (
+        Ipv4Addr::new(192, 0, 2, 100),
+        Ipv4Addr::new(192, 0, 2, 101),
+        Ipv4Addr::new(192, 0, 2, 102),
+    );
+    // The table remembers w for m (another server's offer it mirrored);
+    // m asks for x, which the registry gave it.
+    l.bind(m, w, 100, false);
+    assert_eq!(l.choose(m, None, Some(x), 10), Some(w));
+    assert!(l.take_requested(m, x, 10));
+    assert_eq!(l.choose(m, None, Some(x), 10), Some(x));
+    // Never an address another MAC holds, a declined one, or one outside
+    // the pool.
+    l.bind(other, y, 100, true);
+    assert!(!l.take_requested(m, y, 10));
+    assert_eq!(l.get(other).map(|l| l.ip), Some(y));
+    l.hold_declined(Ipv4Addr::new(192, 0, 2, 103), 50);
+    assert!(!l.take_requested(m, Ipv4Addr::new(192, 0, 2, 103), 10));
+    assert!(!l.take_requested(m, Ipv4Addr::new(192, 0, 2, 99), 10));
+    Ok(())
+}

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod grants;
 mod owned;
+mod pr;
 mod targets;
 
 use crate::datadir::DataDir;
@@ -143,17 +144,18 @@ async fn serve(
     let floating = s.floating_ip.clone();
     let (portal_tx, portal_rx) =
         tokio::sync::watch::channel(SocketAddr::new(s.listen_ip(), s.iscsi_port()));
-    let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
-        .with_space(s.node_quota, s.reserve_free, s.warn_free)?
-        .with_ownership(owned::Ownership {
-            me: id.clone(),
-            registry: registry.clone(),
-            sessions: sessions.clone(),
-            lease: lease.clone(),
-            keeper: keeper.clone(),
-            held: (!floating.is_empty()).then(|| portal_rx.clone()),
-            floating: floating.clone(),
-        });
+    let mut targets =
+        targets::Targets::new(server.clone(), dd.clone(), registry.clone(), events.clone())
+            .with_space(s.node_quota, s.reserve_free, s.warn_free)?
+            .with_ownership(owned::Ownership {
+                me: id.clone(),
+                registry: registry.clone(),
+                sessions: sessions.clone(),
+                lease: lease.clone(),
+                keeper: keeper.clone(),
+                held: (!floating.is_empty()).then(|| portal_rx.clone()),
+                floating: floating.clone(),
+            });
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
     let listener = tokio::net::TcpListener::bind(addr)
         .await

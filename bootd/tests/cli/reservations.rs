@@ -1,0 +1,100 @@
+//! Persistent reservations live in the registry (issue 15): what a node's
+//! initiators registered and reserved is still there after serve is
+//! killed and started again (SQLite), and after another server takes the
+//! node over (PostgreSQL), where a non-holder's write still meets
+//! RESERVATION CONFLICT. The initiator is the protocol crate's, two ISIDs
+//! of the node's IQN being the two I_T nexuses.
+
+use crate::common::*;
+use crate::pr_client::{Session, GOOD, RESERVATION_CONFLICT, WE};
+use crate::servers::{owners, servers, within};
+use crate::takeover::{registry_with_one_node, serve_logged, with_logs};
+use std::time::{Duration, Instant};
+
+const KEY_A: u64 = 0xA1A1_0000_0000_00A1;
+const KEY_B: u64 = 0xB2;
+
+/// Logs in as soon as the node's target is up (serve has just started).
+fn login_eventually(portal: &str, node: &serde_json::Value, isid: u8) -> Result<Session> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Session::login(portal, node, isid) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("login to {portal}: {e}").into())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A registers and reserves Write Exclusive, B registers; B may not write.
+fn register_and_reserve(portal: &str, node: &serde_json::Value) -> Result {
+    let mut a = login_eventually(portal, node, 1)?;
+    let mut b = Session::login(portal, node, 2)?;
+    assert_eq!(a.register(KEY_A)?, GOOD);
+    assert_eq!(b.register(KEY_B)?, GOOD);
+    assert_eq!(a.reserve(KEY_A, WE)?, GOOD);
+    assert_eq!(b.write_block(8, 0xbb)?, RESERVATION_CONFLICT);
+    assert_eq!(a.write_block(8, 0xaa)?, GOOD);
+    Ok(())
+}
+
+/// What a fresh session of B's nexus finds: both keys, A's reservation,
+/// and its own writes refused; A's nexus still writes.
+fn still_reserved(portal: &str, node: &serde_json::Value) -> Result {
+    let mut b = login_eventually(portal, node, 2)?;
+    assert_eq!(b.read_keys()?, (2, vec![KEY_A, KEY_B]));
+    assert_eq!(b.read_reservation()?, Some((KEY_A, WE)));
+    assert_eq!(b.write_block(8, 0xbb)?, RESERVATION_CONFLICT);
+    let mut a = Session::login(portal, node, 1)?;
+    assert_eq!(a.write_block(9, 0xaa)?, GOOD);
+    Ok(())
+}
+
+#[test]
+fn reservations_survive_a_sigkill_and_restart_of_serve() -> Result {
+    let env = Env::new()?;
+    let node = one_node(&env, "02:00:00:00:0a:01")?;
+    let serve = Serve::start(&env)?;
+    register_and_reserve(&format!("127.0.0.1:{}", serve.port), &node)?;
+    // SIGKILL: nothing is written on the way out.
+    drop(serve);
+    let serve = Serve::start(&env)?;
+    still_reserved(&format!("127.0.0.1:{}", serve.port), &node)?;
+    serve.stop()
+}
+
+#[test]
+fn a_peer_that_takes_the_node_over_keeps_its_reservation() -> Result {
+    let Some((env, node)) = registry_with_one_node(
+        "cli::reservations::a_peer_that_takes_the_node_over_keeps_its_reservation",
+    )?
+    else {
+        return Ok(());
+    };
+    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
+    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log1)?;
+    within(Duration::from_secs(15), "n1 owned by s1", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
+    })?;
+    // Pinned to s1 while s1 is live; to the survivor when it is not.
+    env.ok(&["node", "move", "n1", "--server", "s1"])?;
+    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
+    within(Duration::from_secs(10), "s2 live", || {
+        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
+    })?;
+    register_and_reserve(&format!("127.0.0.1:{}", s1.port), &node)
+        .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    // The owner dies; s2 takes n1 once s1's ownership has expired.
+    drop(s1);
+    let killed = Instant::now();
+    within(Duration::from_secs(20), "n1 owned by s2", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s2"))
+    })
+    .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    println!("s1 killed: n1 owned by s2 {:?} later", killed.elapsed());
+    still_reserved(&format!("127.0.0.2:{}", s2.port), &node)
+        .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    s2.stop()
+}

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 
 /// How often free space is checked, failed targets retried and the I/O
 /// trace flushed (registry changes arrive from the fleet view at once).
-const TICK: Duration = Duration::from_secs(1);
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 
 /// How long `--drain` waits for the peers to take every node at SIGTERM.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);

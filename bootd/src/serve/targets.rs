@@ -492,6 +492,7 @@ impl Targets {
             Some(own) => Arc::new(crate::peers::lease::Fenced {
                 inner: overlay.clone(),
                 lease: own.lease.clone(),
+                hold: crate::peers::lease::HOLD_REFUSED,
             }),
             None => overlay.clone(),
         };

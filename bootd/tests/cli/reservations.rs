@@ -98,3 +98,76 @@ fn a_peer_that_takes_the_node_over_keeps_its_reservation() -> Result {
         .map_err(|e| with_logs(e, &[&log1, &log2]))?;
     s2.stop()
 }
+
+/// libiscsi's persistent-reservation tests (`ALL.Prin*`, `ALL.Prout*`:
+/// 20 tests) through serve's registry-backed store, as the conformance
+/// suite runs them through `export`. Both sessions use the node's IQN
+/// (the only one its target admits): libiscsi gives each its own ISID,
+/// so they are two I_T nexuses.
+fn libiscsi_pr_suite(portal: &str, node: &serde_json::Value) -> Result {
+    let s = |k: &str| node[k].as_str().unwrap_or_default().to_string();
+    let url = format!(
+        "iscsi://{}%{}@{portal}/{}/0",
+        s("chap_user"),
+        s("chap_secret"),
+        s("target_iqn")
+    );
+    let (mut passed, mut failed) = (0, Vec::new());
+    for family in ["ALL.Prin*", "ALL.Prout*"] {
+        let mut c = std::process::Command::new("iscsi-test-cu");
+        c.args(["-d", "-t", family, "-i"])
+            .arg(s("initiator_iqn"))
+            .arg("-I")
+            .arg(s("initiator_iqn"))
+            .arg(&url);
+        let out = run(c)?;
+        let log = String::from_utf8_lossy(&out.stdout).to_string();
+        let report = bootd_tests::cunit::parse(&log).map_err(|e| format!("{e:#}\n{log}"))?;
+        passed += report.count(bootd_tests::cunit::Outcome::Passed);
+        failed.extend(
+            report
+                .with(bootd_tests::cunit::Outcome::Failed)
+                .map(|t| t.name.clone()),
+        );
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert_eq!(passed, 20, "libiscsi's PR tests that passed");
+    Ok(())
+}
+
+#[test]
+fn libiscsi_reservation_tests_pass_through_serve() -> Result {
+    if !bootd_tests::env::Needs::new()
+        .tool("iscsi-test-cu", "libiscsi-bin")
+        .met("cli::reservations::libiscsi_reservation_tests_pass_through_serve")
+    {
+        return Ok(());
+    }
+    let env = Env::new()?;
+    let node = one_node(&env, "02:00:00:00:0a:02")?;
+    let serve = Serve::start(&env)?;
+    let portal = format!("127.0.0.1:{}", serve.port);
+    drop(login_eventually(&portal, &node, 1)?);
+    libiscsi_pr_suite(&portal, &node)?;
+    serve.stop()
+}
+
+#[test]
+fn libiscsi_reservation_tests_pass_through_serve_on_postgres() -> Result {
+    let test = "cli::reservations::libiscsi_reservation_tests_pass_through_serve_on_postgres";
+    if !bootd_tests::env::Needs::new()
+        .tool("iscsi-test-cu", "libiscsi-bin")
+        .met(test)
+    {
+        return Ok(());
+    }
+    let Some((env, node)) = registry_with_one_node(test)? else {
+        return Ok(());
+    };
+    let log = env.path("s1.log");
+    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log)?;
+    let portal = format!("127.0.0.1:{}", s1.port);
+    drop(login_eventually(&portal, &node, 1)?);
+    libiscsi_pr_suite(&portal, &node).map_err(|e| with_logs(e, &[&log]))?;
+    s1.stop()
+}

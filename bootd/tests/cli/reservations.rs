@@ -40,11 +40,12 @@ fn register_and_reserve(portal: &str, node: &serde_json::Value) -> Result {
     Ok(())
 }
 
-/// What a fresh session of B's nexus finds: both keys, A's reservation,
-/// and its own writes refused; A's nexus still writes.
-fn still_reserved(portal: &str, node: &serde_json::Value) -> Result {
+/// What a fresh session of B's nexus finds: PRgeneration `generation`,
+/// both keys, A's reservation, and its own writes refused; A's nexus
+/// still writes.
+fn still_reserved(portal: &str, node: &serde_json::Value, generation: u32) -> Result {
     let mut b = login_eventually(portal, node, 2)?;
-    assert_eq!(b.read_keys()?, (2, vec![KEY_A, KEY_B]));
+    assert_eq!(b.read_keys()?, (generation, vec![KEY_A, KEY_B]));
     assert_eq!(b.read_reservation()?, Some((KEY_A, WE)));
     assert_eq!(b.write_block(8, 0xbb)?, RESERVATION_CONFLICT);
     let mut a = Session::login(portal, node, 1)?;
@@ -61,7 +62,7 @@ fn reservations_survive_a_sigkill_and_restart_of_serve() -> Result {
     // SIGKILL: nothing is written on the way out.
     drop(serve);
     let serve = Serve::start(&env)?;
-    still_reserved(&format!("127.0.0.1:{}", serve.port), &node)?;
+    still_reserved(&format!("127.0.0.1:{}", serve.port), &node, 2)?;
     serve.stop()
 }
 
@@ -94,8 +95,30 @@ fn a_peer_that_takes_the_node_over_keeps_its_reservation() -> Result {
     })
     .map_err(|e| with_logs(e, &[&log1, &log2]))?;
     println!("s1 killed: n1 owned by s2 {:?} later", killed.elapsed());
-    still_reserved(&format!("127.0.0.2:{}", s2.port), &node)
+    still_reserved(&format!("127.0.0.2:{}", s2.port), &node, 2)
         .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+
+    // s1 comes back: n1 (pinned, idle) moves back to it, state and all,
+    // and a change made there (A registers its key again: the
+    // PRgeneration moves on) goes with n1 when s1 is drained.
+    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log1)?;
+    within(Duration::from_secs(20), "n1 back on s1", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
+    })
+    .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    let p1 = format!("127.0.0.1:{}", s1.port);
+    still_reserved(&p1, &node, 2).map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    let mut a = Session::login(&p1, &node, 1)?;
+    assert_eq!(a.prout(0, 0, KEY_A, KEY_A)?, GOOD);
+    drop(a);
+    env.ok(&["server", "drain", "s1"])?;
+    within(Duration::from_secs(20), "n1 on s2 after the drain", || {
+        Ok(owners(&env)?["n1"].as_deref() == Some("s2"))
+    })
+    .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    still_reserved(&format!("127.0.0.2:{}", s2.port), &node, 3)
+        .map_err(|e| with_logs(e, &[&log1, &log2]))?;
+    s1.stop()?;
     s2.stop()
 }
 

@@ -108,3 +108,101 @@ impl PrStore for RegistryPr {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewImage, NewNode, Store};
+    use iscsi_proto::scsi::pr::Registration;
+
+    fn registry_with_node() -> anyhow::Result<Registry> {
+        let mut s = SqliteStore::open_in_memory()?;
+        let img = s.add_image(&NewImage {
+            name: "deb".into(),
+            version: 1,
+            path: "/data/images/deb-v1.raw".into(),
+            bytes: 1 << 20,
+            sha256: "00".repeat(32),
+        })?;
+        s.add_node(&NewNode {
+            name: "n1".into(),
+            mac: "02:00:00:00:00:01".parse()?,
+            image_id: img.id,
+            template: None,
+            ip: None,
+            target_iqn: "iqn.t:n1".into(),
+            initiator_iqn: "iqn.i:n1".into(),
+            chap_user: "n1".into(),
+            chap_secret: "0123456789abcdef".into(),
+            overlay_path: "/data/overlays/n1.qcow2".into(),
+            user_data: None,
+        })?;
+        Ok(Registry::new(Box::new(s) as Box<dyn Store>))
+    }
+
+    fn state(aptpl: bool) -> PrState {
+        PrState {
+            generation: 3,
+            regs: vec![Registration {
+                key: 0x1234,
+                initiator_port: "iqn.i:n1,i,0x23d000000001".into(),
+                target_port: "iqn.t:n1,t,0x1".into(),
+                relative_port: 1,
+            }],
+            reservation: None,
+            aptpl,
+        }
+    }
+
+    #[test]
+    fn an_older_serves_state_file_moves_into_the_registry_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let legacy = dir.path().join("node-n1-lun0");
+        PrFile::new(&legacy).save(&state(true))?;
+        let registry = registry_with_node()?;
+        let pr = RegistryPr {
+            registry: registry.clone(),
+            node: "n1".into(),
+            lun: 0,
+            fence: None,
+            legacy: Some(legacy.clone()),
+        };
+        assert_eq!(pr.load()?, state(true));
+        assert!(!legacy.exists(), "the file stays after the move");
+        assert_eq!(registry.with(|s| s.pr_state("n1", 0))?, state(true));
+        // Without APTPL the old serve dropped it at start: so does the move.
+        PrFile::new(&legacy).save(&state(false))?;
+        let fresh = registry_with_node()?;
+        let pr = RegistryPr {
+            registry: fresh.clone(),
+            ..pr
+        };
+        assert_eq!(pr.load()?, PrState::default());
+        assert!(!legacy.exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_save_by_a_server_that_lost_the_node_is_refused() -> anyhow::Result<()> {
+        let registry = registry_with_node()?;
+        let epoch = registry
+            .with(|s| s.claim_node("n1", "s1", 5000))?
+            .unwrap_or(0);
+        let pr = |epoch| RegistryPr {
+            registry: registry.clone(),
+            node: "n1".into(),
+            lun: 0,
+            fence: Some(("s1".into(), epoch)),
+            legacy: None,
+        };
+        pr(epoch).save(&state(false))?;
+        let stale = pr(epoch + 1).save(&state(true));
+        assert!(
+            matches!(&stale, Err(PrStoreError::Backend(e)) if e.to_string().contains("no longer this server's")),
+            "{stale:?}"
+        );
+        assert_eq!(pr(epoch).load()?, state(false));
+        Ok(())
+    }
+}

@@ -42,6 +42,15 @@ pub trait Reservations {
 pub const NODE_SQL: &str =
     "SELECT id, owner, owner_epoch, overlay_generation FROM nodes WHERE name = $1";
 
+/// `$1` node name, `$2` LUN: whether the node has saved state for its
+/// current overlay (one statement: most nodes have none, and serve reads
+/// this for every node it opens). `$1` comes first in the text: SQLite
+/// numbers `$N` parameters in the order they appear.
+pub const ANY_SQL: &str = "SELECT s.pr_generation IS NOT NULL
+     FROM (SELECT id, overlay_generation FROM nodes WHERE name = $1) n
+     LEFT JOIN pr_state s ON s.node_id = n.id AND s.lun = $2
+        AND s.overlay_generation = n.overlay_generation";
+
 /// `$1` node id, `$2` LUN, `$3` overlay generation.
 pub const STATE_SQL: &str = "SELECT pr_generation, aptpl, res_type, holder_initiator, holder_target
      FROM pr_state WHERE node_id = $1 AND lun = $2 AND overlay_generation = $3";

@@ -155,6 +155,23 @@ fn libiscsi_pr_suite(portal: &str, node: &serde_json::Value) -> Result {
     }
     assert!(failed.is_empty(), "failed: {failed:?}");
     assert_eq!(passed, 20, "libiscsi's PR tests that passed");
+    // What a saved change costs: 50 REGISTERs of the same key, each a
+    // registry transaction before its GOOD.
+    let mut a = Session::login(portal, node, 1)?;
+    let (_, keys) = a.read_keys()?;
+    let mut key = keys.first().copied().unwrap_or(0);
+    if key == 0 {
+        assert_eq!(a.register(KEY_A)?, GOOD);
+        key = KEY_A;
+    }
+    let t = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(a.prout(0, 0, key, key)?, GOOD);
+    }
+    println!(
+        "PERSISTENT RESERVE OUT saved in the registry: {:?} each (mean of 50)",
+        t.elapsed() / 50
+    );
     Ok(())
 }
 

@@ -31,6 +31,13 @@ fn node_ref(c: &mut impl GenericClient, node: &str, lock: bool) -> Result<NodeRe
 impl Reservations for PgStore {
     fn pr_state(&self, node: &str, lun: u32) -> Result<PrState> {
         let lun = i64::from(lun);
+        let any: bool = self
+            .row_opt(pr::ANY_SQL, &[&node, &lun])?
+            .ok_or_else(|| not_found("node", node))?
+            .try_get(0)?;
+        if !any {
+            return Ok(PrState::default());
+        }
         self.read(|c| {
             let mut tx = c
                 .build_transaction()

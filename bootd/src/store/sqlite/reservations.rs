@@ -23,6 +23,14 @@ fn node_ref(c: &Connection, node: &str) -> Result<NodeRef> {
 
 impl Reservations for SqliteStore {
     fn pr_state(&self, node: &str, lun: u32) -> Result<PrState> {
+        let any = self
+            .conn
+            .query_row(pr::ANY_SQL, params![node, lun], |r| r.get::<_, bool>(0))
+            .optional()?
+            .ok_or_else(|| not_found("node", node))?;
+        if !any {
+            return Ok(PrState::default());
+        }
         // One read transaction: the state and its registrations agree.
         let tx = self.conn.unchecked_transaction()?;
         let n = node_ref(&tx, node)?;

@@ -6,7 +6,7 @@ use clap::Args;
 use imagestore::format::{probe, ImageFormat, PROBE_LEN};
 use imagestore::Overlay;
 use iscsi_proto::conn::ChapCredentials;
-use iscsi_target::lun::{Lun, LunConfig};
+use iscsi_target::lun::{Lun, LunConfig, PrFile, PrStore};
 use iscsi_target::{Server, ServerConfig, Target};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -96,8 +96,10 @@ pub fn run(data_dir: &Path, args: ExportArgs) -> Result<()> {
     let (device, overlay) = open_image(&path, args.backing.as_deref(), args.read_only)?;
     let id = crate::names::stable_id(&format!("{}\0{}", iqn, path.display()));
     let pr_dir = data_dir.join("pr");
-    let pr_state = match std::fs::create_dir_all(&pr_dir) {
-        Ok(()) => Some(pr_dir.join(format!("{id:016x}-lun0"))),
+    let pr_store = match std::fs::create_dir_all(&pr_dir) {
+        Ok(()) => {
+            Some(Arc::new(PrFile::new(pr_dir.join(format!("{id:016x}-lun0")))) as Arc<dyn PrStore>)
+        }
         Err(e) => {
             tracing::warn!(
                 "{}: {e}; persistent reservations kept in memory only",
@@ -113,7 +115,7 @@ pub fn run(data_dir: &Path, args: ExportArgs) -> Result<()> {
             naa_id: id,
             vendor: "BOOTD".into(),
             product: "export".into(),
-            pr_state,
+            pr_store,
             removable: args.removable,
         },
     )

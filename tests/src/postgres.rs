@@ -59,7 +59,13 @@ pub struct Setup {
 
 pub struct PgServer {
     child: Child,
+    /// Whether `child` may still be running (not yet waited for).
+    running: bool,
     dir: tempfile::TempDir,
+    /// What a restart starts again with.
+    bin: PathBuf,
+    ids: Option<(u32, u32)>,
+    settings: Vec<(String, String)>,
     pub port: u16,
     /// How long initdb and the start took.
     pub started_in: Duration,
@@ -172,7 +178,11 @@ impl PgServer {
                 Ok(child) => {
                     return Ok(Self {
                         child,
+                        running: true,
                         dir,
+                        bin,
+                        ids,
+                        settings: setup.settings.clone(),
                         port,
                         started_in: t0.elapsed(),
                         databases: AtomicU32::new(0),
@@ -193,7 +203,11 @@ impl PgServer {
         settings: &[(String, String)],
     ) -> Result<Child> {
         let log = dir.join("log");
-        let logf = std::fs::File::create(&log)?;
+        // Appended to: a restart keeps what the first run logged.
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         chown(&log, ids)?;
         let mut cmd = command(&bin.join("postgres"), dir, ids);
         cmd.args(["-D", &data.to_string_lossy(), "-p", &port.to_string()])
@@ -294,7 +308,45 @@ impl PgServer {
         Ok(name)
     }
 
+    /// `pg_ctl restart -m fast`: a fast shutdown (clients disconnected
+    /// at once), then the same server on the same port and data again.
+    /// How long it was unreachable.
+    pub fn restart(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        self.halt();
+        self.start_again()?;
+        Ok(t.elapsed())
+    }
+
+    /// A fast shutdown, waited for: clients see their connections end and
+    /// new ones refused until [`PgServer::start_again`].
+    pub fn halt(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the halted server again (same port, data and settings).
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.running {
+            bail!("PostgreSQL is running");
+        }
+        let data = self.dir.path().join("data");
+        self.child = Self::spawn(
+            &self.bin,
+            self.dir.path(),
+            &data,
+            self.port,
+            self.ids,
+            &self.settings,
+        )?;
+        self.running = true;
+        Ok(())
+    }
+
     fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
         // SIGINT: fast shutdown (disconnects clients, no waiting).
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: plain signal to our own child.

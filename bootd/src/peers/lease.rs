@@ -121,22 +121,33 @@ impl Lease {
     }
 }
 
+/// How long a request refused by a lapsed lease is held before its error
+/// is answered. The reconciler drops a fenced node's target within a tick
+/// (a second), which ends its sessions: a held request is then answered
+/// nowhere, and the initiator sends it again once it has logged in anew
+/// (here, when the registry is back, or at the node's new owner) instead
+/// of handing a write error to the node's file system. Nothing held is
+/// ever carried out.
+pub const HOLD_REFUSED: Duration = Duration::from_secs(5);
+
 /// A node's disk behind the lease: every request is refused once the
 /// lease has lapsed, before it touches the device.
 pub struct Fenced {
     pub inner: Arc<dyn BlockDevice>,
     pub lease: Arc<Lease>,
+    /// How long a refusal is held ([`HOLD_REFUSED`]).
+    pub hold: Duration,
 }
 
 impl Fenced {
-    fn check(&self) -> Result<(), BlockError> {
+    async fn check(&self) -> Result<(), BlockError> {
         if self.lease.valid() {
-            Ok(())
-        } else {
-            Err(BlockError::Io(std::io::Error::other(
-                "ownership lease lapsed: this server has fenced itself off the node",
-            )))
+            return Ok(());
         }
+        tokio::time::sleep(self.hold).await;
+        Err(BlockError::Io(std::io::Error::other(
+            "ownership lease lapsed: this server has fenced itself off the node",
+        )))
     }
 }
 
@@ -148,32 +159,32 @@ impl BlockDevice for Fenced {
 
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes, BlockError> {
         // Reads too: another server may be changing the disk under us.
-        self.check()?;
+        self.check().await?;
         self.inner.read(offset, len).await
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
-        self.check()?;
+        self.check().await?;
         self.inner.write(offset, data, fua).await
     }
 
     async fn flush(&self) -> Result<(), BlockError> {
-        self.check()?;
+        self.check().await?;
         self.inner.flush().await
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
-        self.check()?;
+        self.check().await?;
         self.inner.discard(offset, len).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), BlockError> {
-        self.check()?;
+        self.check().await?;
         self.inner.write_zeroes(offset, len, unmap).await
     }
 
     async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BlockError> {
-        self.check()?;
+        self.check().await?;
         self.inner.block_status(offset, len).await
     }
 }
@@ -219,6 +230,7 @@ mod tests {
         let d = Fenced {
             inner: mem.clone(),
             lease: lease.clone(),
+            hold: Duration::ZERO,
         };
         d.write(0, Bytes::from(vec![7u8; 512]), false).await?;
         assert_eq!(d.read(0, 512).await?[0], 7);
@@ -231,6 +243,24 @@ mod tests {
         assert!(d.block_status(0, 512).await.is_err());
         // The device never saw the refused write.
         assert_eq!(mem.read(0, 512).await?[0], 7);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_held_long_enough_for_the_session_to_end_first() -> anyhow::Result<()> {
+        let mem: Arc<dyn BlockDevice> = Arc::new(blockdev::MemDevice::new(512, 2048, false));
+        let d = Fenced {
+            inner: mem.clone(),
+            lease: Lease::lapsed(),
+            hold: Duration::from_millis(300),
+        };
+        let t = std::time::Instant::now();
+        assert!(d.write(0, Bytes::from(vec![9u8; 512]), true).await.is_err());
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        // Held, then refused: never carried out.
+        assert_eq!(mem.read(0, 512).await?[0], 0);
+        // Well above the reconciler's tick, which drops the target.
+        assert!(HOLD_REFUSED >= 3 * crate::serve::TICK);
         Ok(())
     }
 }

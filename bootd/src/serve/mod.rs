@@ -8,6 +8,7 @@
 pub mod config;
 pub mod grants;
 mod owned;
+mod pr;
 mod targets;
 mod values;
 
@@ -32,7 +33,7 @@ use crate::metrics::Metrics;
 
 /// How often free space is checked, failed targets retried and the I/O
 /// trace flushed (registry changes arrive from the fleet view at once).
-const TICK: Duration = Duration::from_secs(1);
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 
 /// How long `--drain` waits for the peers to take every node at SIGTERM.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -144,17 +145,18 @@ async fn serve(
     let floating = s.floating_ip.clone();
     let (portal_tx, portal_rx) =
         tokio::sync::watch::channel(SocketAddr::new(s.listen_ip(), s.iscsi_port()));
-    let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
-        .with_space(s.node_quota, s.reserve_free, s.warn_free)?
-        .with_ownership(owned::Ownership {
-            me: id.clone(),
-            registry: registry.clone(),
-            sessions: sessions.clone(),
-            lease: lease.clone(),
-            keeper: keeper.clone(),
-            held: (!floating.is_empty()).then(|| portal_rx.clone()),
-            floating: floating.clone(),
-        });
+    let mut targets =
+        targets::Targets::new(server.clone(), dd.clone(), registry.clone(), events.clone())
+            .with_space(s.node_quota, s.reserve_free, s.warn_free)?
+            .with_ownership(owned::Ownership {
+                me: id.clone(),
+                registry: registry.clone(),
+                sessions: sessions.clone(),
+                lease: lease.clone(),
+                keeper: keeper.clone(),
+                held: (!floating.is_empty()).then(|| portal_rx.clone()),
+                floating: floating.clone(),
+            });
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -39,6 +39,8 @@ struct Served {
 pub struct Targets {
     server: Arc<Server>,
     dd: DataDir,
+    /// Where the nodes' persistent reservations are kept (`serve::pr`).
+    registry: crate::fleet::Registry,
     /// Free space and failed overlays go out as events (for /metrics).
     events: Events,
     served: HashMap<String, Served>,
@@ -72,10 +74,16 @@ pub struct Targets {
 }
 
 impl Targets {
-    pub fn new(server: Arc<Server>, dd: DataDir, events: Events) -> Self {
+    pub fn new(
+        server: Arc<Server>,
+        dd: DataDir,
+        registry: crate::fleet::Registry,
+        events: Events,
+    ) -> Self {
         Self {
             server,
             dd,
+            registry,
             events,
             served: HashMap::new(),
             goldens: HashMap::new(),
@@ -484,20 +492,31 @@ impl Targets {
             Some(own) => Arc::new(crate::peers::lease::Fenced {
                 inner: overlay.clone(),
                 lease: own.lease.clone(),
+                hold: crate::peers::lease::HOLD_REFUSED,
             }),
             None => overlay.clone(),
         };
-        let lun = Lun::new(
-            device,
-            LunConfig {
-                serial: format!("{id:016x}"),
-                naa_id: id,
-                vendor: "BOOTD".into(),
-                product: "node disk".into(),
-                pr_state: Some(self.dd.pr_file(&node.name)),
-                removable: false,
-            },
-        )?;
+        // Persistent reservations come from the registry (a restart's or a
+        // takeover's new LUN starts where the last acknowledged change
+        // left off) and every change goes back there, fenced by this
+        // claim's epoch.
+        let pr: Arc<dyn iscsi_target::lun::PrStore> = Arc::new(super::pr::RegistryPr {
+            registry: self.registry.clone(),
+            node: node.name.clone(),
+            lun: 0,
+            fence: self.own.as_ref().map(|o| (o.me.clone(), epoch)),
+            legacy: Some(self.dd.pr_file(&node.name)),
+        });
+        let config = LunConfig {
+            serial: format!("{id:016x}"),
+            naa_id: id,
+            vendor: "BOOTD".into(),
+            product: "node disk".into(),
+            pr_store: Some(pr),
+            removable: false,
+        };
+        // Loading the state reads the registry: off the runtime's workers.
+        let lun = tokio::task::spawn_blocking(move || Lun::new(device, config)).await??;
         self.server.add_target(Target {
             iqn: node.target_iqn.clone(),
             alias: Some(node.name.clone()),

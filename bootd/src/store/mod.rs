@@ -9,6 +9,7 @@
 
 pub mod postgres;
 pub mod records;
+pub mod reservations;
 pub mod rooted;
 pub mod rows;
 pub mod schema;
@@ -21,6 +22,7 @@ pub mod tokens;
 pub mod url;
 
 pub use records::{BootStage, Discovered, Records};
+pub use reservations::Reservations;
 pub use servers::{NewServer, ServerInfo, Servers};
 pub use tokens::{TokenInfo, Tokens};
 
@@ -205,7 +207,7 @@ pub trait ChangeFeed: Send {
     fn wait(&mut self, timeout: std::time::Duration) -> bool;
 }
 
-pub trait Store: Records + Servers + Tokens + Send {
+pub trait Store: Records + Reservations + Servers + Tokens + Send {
     /// A feed of change notifications from this registry.
     fn changes(&self) -> Result<Box<dyn ChangeFeed>>;
     /// Changes so far; moves on every committed write.

@@ -472,6 +472,7 @@ pub mod leases;
 pub mod notify;
 pub mod off_runtime;
 mod records;
+mod reservations;
 mod rows;
 mod servers;
 pub mod tls;

@@ -217,6 +217,21 @@ impl super::Tokens for Rooted {
     }
 }
 
+impl super::Reservations for Rooted {
+    fn pr_state(&self, node: &str, lun: u32) -> Result<iscsi_proto::scsi::pr::PrState> {
+        self.inner.pr_state(node, lun)
+    }
+    fn save_pr_state(
+        &mut self,
+        node: &str,
+        lun: u32,
+        fence: Option<super::reservations::Fence<'_>>,
+        state: &iscsi_proto::scsi::pr::PrState,
+    ) -> Result<bool> {
+        self.inner.save_pr_state(node, lun, fence, state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

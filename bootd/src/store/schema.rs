@@ -160,6 +160,43 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX leases_mac ON leases(mac);
     CREATE INDEX leases_changed ON leases(changed_xid);
     ",
+    // 10: persistent reservations (SPC-4 5.9) per node and LUN, so that
+    // they outlive a serve restart and move with a takeover. `pr_state`:
+    // the PRgeneration, APTPL, and the reservation (type, scope and the
+    // holder's I_T nexus; all NULL when none is held), for the node's
+    // overlay generation they were made on (a fresh overlay is a new disk
+    // and starts with none). `pr_registrations`: one row per registered
+    // I_T nexus, its key's 64 bits as a signed integer, `position` keeping
+    // the order READ KEYS lists them in.
+    "
+    CREATE TABLE pr_state (
+        node_id            INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        lun                INTEGER NOT NULL CHECK (lun >= 0),
+        overlay_generation INTEGER NOT NULL,
+        pr_generation      INTEGER NOT NULL CHECK (pr_generation BETWEEN 0 AND 4294967295),
+        aptpl              INTEGER NOT NULL CHECK (aptpl IN (0, 1)),
+        res_type           INTEGER CHECK (res_type BETWEEN 1 AND 15),
+        res_scope          INTEGER CHECK (res_scope = 0),
+        holder_initiator   TEXT,
+        holder_target      TEXT,
+        CHECK ((res_type IS NULL) = (res_scope IS NULL)
+           AND (res_type IS NULL) = (holder_initiator IS NULL)
+           AND (res_type IS NULL) = (holder_target IS NULL)),
+        PRIMARY KEY (node_id, lun)
+    );
+    CREATE TABLE pr_registrations (
+        node_id        INTEGER NOT NULL,
+        lun            INTEGER NOT NULL,
+        position       INTEGER NOT NULL,
+        initiator_port TEXT NOT NULL,
+        target_port    TEXT NOT NULL,
+        relative_port  INTEGER NOT NULL CHECK (relative_port BETWEEN 0 AND 65535),
+        reg_key        INTEGER NOT NULL,
+        PRIMARY KEY (node_id, lun, initiator_port, target_port),
+        UNIQUE (node_id, lun, position),
+        FOREIGN KEY (node_id, lun) REFERENCES pr_state(node_id, lun) ON DELETE CASCADE
+    );
+    ",
 ];
 
 /// The version a fully migrated database has.
@@ -323,6 +360,36 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
         ADD COLUMN changed_xid BIGINT NOT NULL
             DEFAULT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT);
     CREATE INDEX leases_changed ON leases(changed_xid);
+    "#,
+    // 10
+    r#"
+    CREATE TABLE pr_state (
+        node_id            BIGINT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        lun                BIGINT NOT NULL CHECK (lun >= 0),
+        overlay_generation BIGINT NOT NULL,
+        pr_generation      BIGINT NOT NULL CHECK (pr_generation BETWEEN 0 AND 4294967295),
+        aptpl              BOOLEAN NOT NULL,
+        res_type           BIGINT CHECK (res_type BETWEEN 1 AND 15),
+        res_scope          BIGINT CHECK (res_scope = 0),
+        holder_initiator   TEXT COLLATE "C",
+        holder_target      TEXT COLLATE "C",
+        CHECK ((res_type IS NULL) = (res_scope IS NULL)
+           AND (res_type IS NULL) = (holder_initiator IS NULL)
+           AND (res_type IS NULL) = (holder_target IS NULL)),
+        PRIMARY KEY (node_id, lun)
+    );
+    CREATE TABLE pr_registrations (
+        node_id        BIGINT NOT NULL,
+        lun            BIGINT NOT NULL,
+        position       BIGINT NOT NULL,
+        initiator_port TEXT COLLATE "C" NOT NULL,
+        target_port    TEXT COLLATE "C" NOT NULL,
+        relative_port  BIGINT NOT NULL CHECK (relative_port BETWEEN 0 AND 65535),
+        reg_key        BIGINT NOT NULL,
+        PRIMARY KEY (node_id, lun, initiator_port, target_port),
+        UNIQUE (node_id, lun, position),
+        FOREIGN KEY (node_id, lun) REFERENCES pr_state(node_id, lun) ON DELETE CASCADE
+    );
     "#,
 ];
 

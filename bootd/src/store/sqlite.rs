@@ -418,6 +418,7 @@ fn refuse_if_used(
 
 pub mod notify;
 mod records;
+mod reservations;
 mod rows;
 mod servers;
 mod tokens;

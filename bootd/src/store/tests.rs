@@ -163,6 +163,7 @@ for_both_backends!(
     racing_writers_get_the_same_errors,
     servers_heartbeat_and_claim_nodes,
     tokens_are_stored_by_hash_and_listed_by_name,
+    reservations_are_kept_per_node_fenced_by_owner_and_end_with_the_overlay,
 );
 
 /// PostgreSQL only: SQLite has no connection to lose.

@@ -3,7 +3,7 @@
 //! The SCSI state machine (unit attentions, reservations, mode pages, SPC
 //! answers) lives in `iscsi_proto::scsi::lu`; this file holds it in a mutex
 //! for the moment a decision takes, hands block commands to `block`, and
-//! persists persistent-reservation state.
+//! persists persistent-reservation state through a [`PrStore`].
 
 use blockdev::{BlockDevice, BlockError};
 use iscsi_proto::scsi::cdb;
@@ -14,7 +14,6 @@ use iscsi_proto::scsi::removable;
 use iscsi_proto::scsi::sbc::{self, BlockOp, Geometry};
 use iscsi_proto::scsi::sense::Sense;
 use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, TmfFunction, TmfResponse};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod block;
@@ -23,6 +22,7 @@ mod sanitize;
 mod xcopy;
 
 use block::block_error;
+pub use pr_file::{PrFile, PrStore, PrStoreError};
 
 /// Identity and persistence settings of one LUN.
 #[derive(Debug, Clone)]
@@ -33,8 +33,9 @@ pub struct LunConfig {
     pub naa_id: u64,
     pub vendor: String,
     pub product: String,
-    /// Where persistent reservations are kept across restarts (`None`: memory only).
-    pub pr_state: Option<PathBuf>,
+    /// Where persistent reservations are kept across restarts (`None`:
+    /// memory only, as for a conformance run).
+    pub pr_store: Option<Arc<dyn PrStore>>,
     /// A removable medium (INQUIRY RMB): initiators can eject and load it
     /// with START STOP UNIT and prevent that per I_T nexus. The medium is
     /// loaded at start.
@@ -43,13 +44,8 @@ pub struct LunConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LunError {
-    #[error("persistent reservation state {path}: {source}")]
-    PrState {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("persistent reservation state {path}: malformed persistent reservation state")]
-    PrStateMalformed { path: PathBuf },
+    #[error(transparent)]
+    PrState(#[from] PrStoreError),
     #[error("block size {0} is not a multiple of 512")]
     BlockSize(u32),
 }
@@ -71,8 +67,8 @@ pub struct Lun {
     /// between.
     /// A running SANITIZE holds it exclusively (owned) until it ends.
     write_gate: Arc<tokio::sync::RwLock<()>>,
-    pr_file: Option<PathBuf>,
-    /// Serialises PR state file writes so the newest state lands last.
+    pr_store: Option<Arc<dyn PrStore>>,
+    /// Serialises PR state saves so the newest state lands last.
     pr_persist: tokio::sync::Mutex<()>,
 }
 
@@ -89,8 +85,8 @@ impl Lun {
             thin: caps.thin,
             max_transfer_blocks: 0,
         };
-        let pr = match &config.pr_state {
-            Some(path) => pr_file::load_pr(path)?,
+        let pr = match &config.pr_store {
+            Some(store) => store.load()?,
             None => PrState::default(),
         };
         let id = Identity {
@@ -110,7 +106,7 @@ impl Lun {
             removable: config.removable,
             state: Arc::new(Mutex::new(lu)),
             write_gate: Arc::new(tokio::sync::RwLock::new(())),
-            pr_file: config.pr_state,
+            pr_store: config.pr_store,
             pr_persist: tokio::sync::Mutex::new(()),
         })
     }
@@ -144,9 +140,9 @@ impl Lun {
                 return block_error(&e, true);
             }
         }
-        // PERSISTENT RESERVE OUT with a state file runs alone from its change
-        // to the file's save, so a failed save rolls back exactly its change.
-        let saving = self.pr_file.is_some() && cdb::Cdb(&cmd.cdb).opcode() == PR_OUT;
+        // PERSISTENT RESERVE OUT with a store runs alone from its change to
+        // its save, so a failed save rolls back exactly its change.
+        let saving = self.pr_store.is_some() && cdb::Cdb(&cmd.cdb).opcode() == PR_OUT;
         let _saving = match saving {
             true => Some(self.pr_persist.lock().await),
             false => None,
@@ -166,7 +162,7 @@ impl Lun {
             Spc::Done { result, pr_changed } => {
                 if pr_changed {
                     if let Err(e) = self.save_pr().await {
-                        // Memory and file must agree: what could not be
+                        // Memory and store must agree: what could not be
                         // saved did not happen, and the initiator is told.
                         tracing::error!("persistent reservation state not saved: {e}");
                         if let Some(before) = pr_before {
@@ -209,14 +205,14 @@ impl Lun {
         }
     }
 
-    /// Writes the PR state file (tmp + fsync + rename); the caller holds
-    /// `pr_persist`.
-    async fn save_pr(&self) -> Result<(), pr_file::SaveError> {
-        let Some(path) = self.pr_file.clone() else {
+    /// Saves the PR state through the store, on a blocking thread; the
+    /// caller holds `pr_persist`.
+    async fn save_pr(&self) -> Result<(), PrStoreError> {
+        let Some(store) = self.pr_store.clone() else {
             return Ok(());
         };
-        let bytes = self.lock().pr.encode();
-        tokio::task::spawn_blocking(move || pr_file::write_atomic(&path, &bytes)).await??;
+        let state = self.lock().pr.clone();
+        tokio::task::spawn_blocking(move || store.save(&state)).await??;
         Ok(())
     }
 

@@ -151,6 +151,21 @@ impl crate::store::Tokens for OffRuntime {
     }
 }
 
+impl crate::store::Reservations for OffRuntime {
+    fn pr_state(&self, node: &str, lun: u32) -> Result<iscsi_proto::scsi::pr::PrState> {
+        self.with(|s| s.pr_state(node, lun))
+    }
+    fn save_pr_state(
+        &mut self,
+        node: &str,
+        lun: u32,
+        fence: Option<crate::store::reservations::Fence<'_>>,
+        state: &iscsi_proto::scsi::pr::PrState,
+    ) -> Result<bool> {
+        self.with_mut(|s| s.save_pr_state(node, lun, fence, state))
+    }
+}
+
 impl Store for OffRuntime {
     fn changes(&self) -> Result<Box<dyn ChangeFeed>> {
         let feed = self.with(|s| s.changes())?;

@@ -447,6 +447,8 @@ pub fn discovered_and_stages(f: Fixture) -> Result<()> {
 
 mod concurrent;
 pub use concurrent::*;
+mod reservations;
+pub use reservations::*;
 
 /// Servers register and heartbeat without moving the generation; claims
 /// are a compare-and-set on the owner with a fencing epoch that only grows;

@@ -177,7 +177,7 @@ mod tests {
             naa_id: 1,
             vendor: "BOOTD".into(),
             product: "t".into(),
-            pr_state: None,
+            pr_store: None,
             removable: false,
         };
         Ok(Arc::new(Lun::new(dev, config)?))

@@ -160,7 +160,7 @@ mod tests {
             naa_id: 0x77,
             vendor: "BOOTD".into(),
             product: "t".into(),
-            pr_state: None,
+            pr_store: None,
             removable: false,
         };
         let l = Lun::new(dev, config)?;

@@ -31,7 +31,7 @@ pub fn target(iqn: &str, blocks: u64) -> Res<Target> {
             naa_id: 1,
             vendor: "BOOTD".into(),
             product: "test".into(),
-            pr_state: None,
+            pr_store: None,
             removable: false,
         },
     )?;

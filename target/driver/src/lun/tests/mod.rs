@@ -8,6 +8,7 @@ use bytes::Bytes;
 use iscsi_proto::scsi::cdb::{be32, be64};
 use iscsi_proto::task::{ScsiStatus, TaskAttr};
 use proptest::prelude::*;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 mod block;
@@ -47,7 +48,7 @@ fn config(pr_state: Option<PathBuf>) -> LunConfig {
         naa_id: 0xABCDEF,
         vendor: "BOOTD".into(),
         product: "test disk".into(),
-        pr_state,
+        pr_store: pr_state.map(|p| Arc::new(PrFile::new(p)) as Arc<dyn PrStore>),
         removable: false,
     }
 }

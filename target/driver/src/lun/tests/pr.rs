@@ -237,7 +237,7 @@ fn a_malformed_state_file_is_refused_with_its_path() -> TestResult {
     std::fs::write(&path, b"not a reservation state")?;
     let dev = Arc::new(MemDevice::new(512, 64, false));
     match Lun::new(dev, config(Some(path.clone()))) {
-        Err(e @ LunError::PrStateMalformed { .. }) => assert_eq!(
+        Err(e @ LunError::PrState(PrStoreError::Malformed { .. })) => assert_eq!(
             e.to_string(),
             format!(
                 "persistent reservation state {}: malformed persistent reservation state",
@@ -247,5 +247,70 @@ fn a_malformed_state_file_is_refused_with_its_path() -> TestResult {
         Err(e) => panic!("expected a malformed state, got {e}"),
         Ok(_) => panic!("a malformed state file was accepted"),
     }
+    Ok(())
+}
+
+/// A store of the caller's: what the LUN hands it and what it starts with.
+#[derive(Debug, Default)]
+struct Kept(std::sync::Mutex<Vec<PrState>>);
+
+impl PrStore for Kept {
+    fn load(&self) -> Result<PrState, PrStoreError> {
+        let saved = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(saved.last().cloned().unwrap_or_default())
+    }
+    fn save(&self, state: &PrState) -> Result<(), PrStoreError> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(state.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_store_gets_every_change_before_the_command_completes_and_aptpl_is_its_call() -> TestResult
+{
+    let kept = Arc::new(Kept::default());
+    let with = |k: &Arc<Kept>| LunConfig {
+        pr_store: Some(k.clone() as Arc<dyn PrStore>),
+        ..config(None)
+    };
+    let dev = Arc::new(MemDevice::new(512, 64, false));
+    let (a, b) = (nexus(1), nexus(2));
+    let lun = Lun::new(dev.clone(), with(&kept))?;
+    attach(&lun, &a).await;
+    attach(&lun, &b).await;
+    // Without APTPL: the file drops such state at load, a store may keep it.
+    assert_eq!(
+        pr_out(&lun, &a, 0, 0, 0, 0x1111).await.status,
+        ScsiStatus::GOOD
+    );
+    assert_eq!(kept.0.lock().map(|v| v.len()).unwrap_or(0), 1);
+    assert_eq!(
+        pr_out(&lun, &b, 0, 0, 0, 0x2222).await.status,
+        ScsiStatus::GOOD
+    );
+    assert_eq!(
+        pr_out(&lun, &a, 1, 1, 0x1111, 0).await.status,
+        ScsiStatus::GOOD
+    );
+    // A read changes nothing: no save.
+    read_keys(&lun, &a).await;
+    let saves = kept.0.lock().map(|v| v.len()).unwrap_or(0);
+    assert_eq!(saves, 3);
+    drop(lun);
+    // Another LUN on the same store (a restart, a takeover) starts where
+    // the last acknowledged change left off.
+    let lun = Lun::new(dev, with(&kept))?;
+    attach(&lun, &a).await;
+    attach(&lun, &b).await;
+    assert_eq!(read_keys(&lun, &a).await, (2, vec![0x1111, 0x2222]));
+    assert_eq!(read_reservation(&lun, &b).await, Some((0x1111, 1)));
+    // The holder's write-exclusive reservation holds on the new LUN.
+    let w = run(&lun, &b, &[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 512]).await;
+    assert_eq!(w.status, ScsiStatus::RESERVATION_CONFLICT);
+    let w = run(&lun, &a, &[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 512]).await;
+    assert_eq!(w.status, ScsiStatus::GOOD);
     Ok(())
 }

@@ -96,6 +96,7 @@ pub fn router(api: Api) -> (axum::Router, utoipa::openapi::OpenApi) {
     let guarded = nodes::routes()
         .merge(fleet::routes())
         .merge(events::routes())
+        .merge(auth::routes())
         .layer(limit(TIMEOUT))
         .merge(fleet::import_routes().layer(limit(IMPORT_TIMEOUT)))
         .layer(auth());

@@ -207,6 +207,30 @@ fn no_token_is_401_and_a_read_only_token_cannot_change_anything() -> Result {
     }
     let (s, v) = serve.call("GET", "/nodes", Some(&ro), None)?;
     assert_eq!(s, 200, "{v}");
+    // Who am I: the token's name and powers, never the token or its hash
+    // (the dashboard asks this instead of trying a change).
+    let (s, v) = serve.call("GET", "/token", Some(&ro), None)?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["name"], &v["read_only"]),
+        (&json!("viewer"), &json!(true))
+    );
+    assert!(
+        v["created"].as_i64().is_some_and(|c| c > 1_600_000_000),
+        "{v}"
+    );
+    let (s, v) = serve.call("GET", "/token", Some(&full), None)?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["name"], &v["read_only"]),
+        (&json!("ops"), &json!(false))
+    );
+    let text = v.to_string();
+    assert!(
+        !text.contains(&full) && !text.contains(&sha256_hex(&full)),
+        "{v}"
+    );
+    assert_eq!(serve.call("GET", "/token", None, None)?.0, 401);
     // Every change a read-only token tries is 403, before any work.
     for (method, path, body) in [
         (

@@ -360,10 +360,31 @@ pub fn without_secrets(mut v: serde_json::Value) -> serde_json::Value {
 pub fn list_json(store: &dyn Store) -> Result<serde_json::Value> {
     // A listing goes into scripts, logs and tickets: no secrets in it
     // (`node show NODE` has the node's).
-    let listed: Vec<_> = store
-        .nodes()?
+    listed_json(store, &store.nodes()?)
+}
+
+/// `nodes` as listed: without secrets, each with where its last boot got
+/// to (`last_stage`, from one query for all of them, not one per node).
+pub fn listed_json(store: &dyn Store, nodes: &[Node]) -> Result<serde_json::Value> {
+    let mut last: std::collections::HashMap<String, crate::store::LastStage> = store
+        .last_stages()?
+        .into_iter()
+        .map(|l| (l.mac.clone(), l))
+        .collect();
+    let listed: Vec<_> = nodes
         .iter()
-        .map(|n| without_secrets(node_json(n)))
+        .map(|n| {
+            let mut v = without_secrets(node_json(n));
+            v["last_stage"] = match last.remove(&n.mac.to_string()) {
+                Some(l) => json!({
+                    "stage": l.stage,
+                    "at_ms": l.at_ms,
+                    "boot_started_ms": l.boot_started_ms,
+                }),
+                None => serde_json::Value::Null,
+            };
+            v
+        })
         .collect();
     Ok(json!(listed))
 }

@@ -4,13 +4,17 @@
 //! Tokens never reach a log line: failures say why, not what was sent.
 
 use super::error::ApiError;
-use super::Api;
-use axum::extract::{Request, State};
+use super::{schema, Api};
+use axum::extract::{Extension, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::Json;
 use rand::RngCore;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const PREFIX: &str = "bootd_";
 /// `last_used` is written at most this often per token (seconds): a busy
@@ -35,10 +39,30 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Who a request comes from, for handlers that show secrets.
+/// Who a request comes from: for handlers that show secrets, and for
+/// `GET /token` (a page learns what its token may do without trying).
 #[derive(Debug, Clone)]
 pub struct Caller {
+    pub name: String,
     pub read_only: bool,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+pub fn routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::new().routes(routes!(whoami))
+}
+
+/// The token this request carries: its name and whether it may change
+/// anything (never the token or its hash).
+#[utoipa::path(get, path = "/token", tag = "meta",
+    responses((status = 200, description = "The caller's token", body = schema::TokenSelf)))]
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
+    Json(json!({
+        "name": caller.name,
+        "read_only": caller.read_only,
+        "created": caller.created,
+    }))
 }
 
 /// The token a request carries, if any, in `Authorization: Bearer T`.
@@ -102,7 +126,9 @@ pub async fn require(
         tracing::info!(token = %t.name, "api {} /api/v1{}", req.method(), req.uri().path());
     }
     req.extensions_mut().insert(Caller {
+        name: t.name,
         read_only: t.read_only,
+        created: t.created,
     });
     Ok(next.run(req).await)
 }

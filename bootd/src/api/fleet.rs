@@ -70,7 +70,7 @@ async fn import_image(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let file = super::paths::importable(&api.import_dir, &b.path)?;
     let v = api
-        .blocking(move |dd, s| {
+        .blocking_long(move |dd, s| {
             let img = crate::import::import(dd, s, &b.name, &file)?;
             let allocated = crate::datadir::allocated_bytes(&img.path);
             Ok(cmd_image::stored_json(&img, allocated, json!({})))

@@ -14,6 +14,7 @@ mod fleet;
 mod listen;
 mod nodes;
 mod paths;
+mod pool;
 mod schema;
 
 use crate::datadir::DataDir;
@@ -34,11 +35,11 @@ const CONCURRENT: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(30);
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// What every handler shares: the data directory (each request opens the
-/// registry as a CLI command would) and the boot-event feed.
+/// What every handler shares: the registry's connections (a small pool,
+/// see [`pool`]) and the boot-event feed.
 #[derive(Clone)]
 pub struct Api {
-    dd: DataDir,
+    pool: std::sync::Arc<pool::Pool>,
     feed: events::Feed,
     /// The only directory images are imported from.
     import_dir: std::path::PathBuf,
@@ -47,20 +48,54 @@ pub struct Api {
 impl Api {
     pub fn new(dd: DataDir, feed: events::Feed, import_dir: std::path::PathBuf) -> Self {
         Self {
-            dd,
+            pool: std::sync::Arc::new(pool::Pool::new(dd, pool::SIZE)),
             feed,
             import_dir,
         }
     }
 
-    /// Runs `f` with a registry connection of its own off the runtime's
-    /// workers: the store blocks, and PostgreSQL's client may not run
-    /// inside a runtime.
+    /// Runs `f` with one of the pool's registry connections, off the
+    /// runtime's workers: the store blocks, and PostgreSQL's client may not
+    /// run inside a runtime.
     pub async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&DataDir, &mut dyn Store) -> anyhow::Result<T> + Send + 'static,
     ) -> ApiResult<T> {
-        let dd = self.dd.clone();
+        let permit = self.pool.turn().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "internal",
+                format!("registry connections: {e}"),
+            )
+        })?;
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut lent = pool.take(permit)?;
+            let r = f(pool.data_dir(), lent.store());
+            pool.give_back(lent, &r);
+            r
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("request handler failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+    }
+}
+
+impl Api {
+    /// As [`Api::blocking`] with a connection of its own, outside the
+    /// pool: an import may take minutes and must not hold one of the
+    /// pool's few connections meanwhile.
+    pub async fn blocking_long<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DataDir, &mut dyn Store) -> anyhow::Result<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let dd = self.pool.data_dir().clone();
         tokio::task::spawn_blocking(move || {
             let mut store = dd.store()?;
             f(&dd, store.as_mut())
@@ -96,6 +131,7 @@ pub fn router(api: Api) -> (axum::Router, utoipa::openapi::OpenApi) {
     let guarded = nodes::routes()
         .merge(fleet::routes())
         .merge(events::routes())
+        .merge(auth::routes())
         .layer(limit(TIMEOUT))
         .merge(fleet::import_routes().layer(limit(IMPORT_TIMEOUT)))
         .layer(auth());

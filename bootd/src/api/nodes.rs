@@ -254,10 +254,7 @@ async fn adopt(State(api): State<Api>, Body(b): Body<AdoptBody>) -> ApiResult<Js
                 discovered::Which::Macs(&b.macs)
             };
             let added = discovered::adopt_each(dd, s, which, &source, &opts, |_| {})?;
-            Ok(json!(added
-                .iter()
-                .map(|n| cmd_node::without_secrets(cmd_node::node_json(n)))
-                .collect::<Vec<_>>()))
+            cmd_node::listed_json(s, &added)
         })
         .await?;
     Ok(Json(v))

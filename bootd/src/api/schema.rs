@@ -24,6 +24,17 @@ pub struct ErrorDetail {
     message: String,
 }
 
+/// The caller's own token (`GET /token`): never the token or its hash.
+#[derive(ToSchema)]
+pub struct TokenSelf {
+    /// As given to `bootd token add NAME`.
+    name: String,
+    /// May only read (GET).
+    read_only: bool,
+    /// Unix seconds.
+    created: i64,
+}
+
 /// A node as listed (`node list --json`): no secrets.
 #[derive(ToSchema)]
 pub struct Node {
@@ -53,6 +64,20 @@ pub struct Node {
     pinned_server: Option<String>,
     /// Unix seconds.
     created: i64,
+    /// Where its last boot got to; `null` if never seen booting. The
+    /// whole timeline is `GET /nodes/{node}/boot`.
+    last_stage: Option<LastStage>,
+}
+
+/// The newest stage of a node's last boot.
+#[derive(ToSchema)]
+pub struct LastStage {
+    /// As in [`Stage`].
+    stage: String,
+    /// Unix milliseconds.
+    at_ms: i64,
+    /// When the boot's first stage was seen (Unix milliseconds).
+    boot_started_ms: i64,
 }
 
 /// One node (`node show --json`): [`Node`] and more; the CHAP secrets

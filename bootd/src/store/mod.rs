@@ -21,7 +21,7 @@ mod tests;
 pub mod tokens;
 pub mod url;
 
-pub use records::{BootStage, Discovered, Records};
+pub use records::{BootStage, Discovered, LastStage, Records};
 pub use reservations::Reservations;
 pub use servers::{NewServer, ServerInfo, Servers};
 pub use tokens::{TokenInfo, Tokens};

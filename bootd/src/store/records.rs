@@ -32,6 +32,17 @@ pub struct BootStage {
     pub detail: String,
 }
 
+/// Where a MAC's last boot got to: its newest stage (`node list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastStage {
+    pub mac: String,
+    pub stage: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// When the boot's first stage was seen (Unix milliseconds).
+    pub boot_started_ms: i64,
+}
+
 pub trait Records {
     /// Adds `d.mac` or updates its `last_seen`, `requests`, arch and class.
     fn note_discovered(&mut self, d: &Discovered) -> Result<()>;
@@ -41,4 +52,7 @@ pub trait Records {
     fn record_stage(&mut self, mac: &str, stage: &BootStage, new_boot: bool) -> Result<()>;
     /// The stages of the MAC's last boot, in time order.
     fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>>;
+    /// Every MAC's newest stage, in one query: a listing of thousands of
+    /// nodes must not ask once per node.
+    fn last_stages(&self) -> Result<Vec<LastStage>>;
 }

@@ -158,6 +158,10 @@ impl Records for Rooted {
     fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>> {
         self.inner.boot_stages(mac)
     }
+
+    fn last_stages(&self) -> Result<Vec<super::LastStage>> {
+        self.inner.last_stages()
+    }
 }
 
 impl Servers for Rooted {

@@ -3,7 +3,7 @@
 //! column at the store boundary. A value that does not parse fails the read,
 //! naming the column; a row is never silently dropped.
 
-use super::{BootStage, Discovered, Image, MutualChap, Node, NodeState, Template};
+use super::{BootStage, Discovered, Image, LastStage, MutualChap, Node, NodeState, Template};
 use std::path::PathBuf;
 
 /// The columns of a node and its image, in the order [`node_row`] reads.
@@ -23,6 +23,15 @@ pub const DISCOVERED_SELECT: &str =
     "SELECT mac, arch, vendor_class, ipxe, first_seen, last_seen, requests FROM discovered";
 
 pub const STAGE_SELECT: &str = "SELECT stage, at_ms, detail FROM boot_stages";
+
+/// Each MAC's newest stage (the one `boot_stages` lists last: latest
+/// `at_ms`, then greatest name) and when its boot began. Window functions
+/// as both SQLite (3.25+) and PostgreSQL write them.
+pub const LAST_STAGE_SELECT: &str = "SELECT mac, stage, at_ms, started FROM (
+    SELECT mac, stage, at_ms,
+        MIN(at_ms) OVER (PARTITION BY mac) AS started,
+        ROW_NUMBER() OVER (PARTITION BY mac ORDER BY at_ms DESC, stage DESC) AS nth
+    FROM boot_stages) AS t WHERE nth = 1";
 
 /// One result row as a backend hands it over: typed reads of column `i`,
 /// in the backend's own error type.
@@ -129,6 +138,15 @@ pub fn discovered_row<R: Columns>(row: &R) -> Result<Discovered, R::Error> {
         first_seen: row.int(4)?,
         last_seen: row.int(5)?,
         requests: u64::try_from(row.int(6)?).unwrap_or(0),
+    })
+}
+
+pub fn last_stage_row<R: Columns>(row: &R) -> Result<LastStage, R::Error> {
+    Ok(LastStage {
+        mac: row.text(0)?,
+        stage: row.text(1)?,
+        at_ms: row.int(2)?,
+        boot_started_ms: row.int(3)?,
     })
 }
 

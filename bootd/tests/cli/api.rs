@@ -207,6 +207,30 @@ fn no_token_is_401_and_a_read_only_token_cannot_change_anything() -> Result {
     }
     let (s, v) = serve.call("GET", "/nodes", Some(&ro), None)?;
     assert_eq!(s, 200, "{v}");
+    // Who am I: the token's name and powers, never the token or its hash
+    // (the dashboard asks this instead of trying a change).
+    let (s, v) = serve.call("GET", "/token", Some(&ro), None)?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["name"], &v["read_only"]),
+        (&json!("viewer"), &json!(true))
+    );
+    assert!(
+        v["created"].as_i64().is_some_and(|c| c > 1_600_000_000),
+        "{v}"
+    );
+    let (s, v) = serve.call("GET", "/token", Some(&full), None)?;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["name"], &v["read_only"]),
+        (&json!("ops"), &json!(false))
+    );
+    let text = v.to_string();
+    assert!(
+        !text.contains(&full) && !text.contains(&sha256_hex(&full)),
+        "{v}"
+    );
+    assert_eq!(serve.call("GET", "/token", None, None)?.0, 401);
     // Every change a read-only token tries is 403, before any work.
     for (method, path, body) in [
         (
@@ -313,6 +337,47 @@ fn the_api_works_on_a_postgres_registry() -> Result {
     assert_eq!(s, 200, "{v}");
     let (s, _) = serve.call("GET", "/nodes", None, None)?;
     assert_eq!(s, 401);
+
+    // Requests reuse the API's registry connections: sessions opened on
+    // the database (counted by PostgreSQL when a session reports) stay few
+    // over 40 requests, where opening the registry per request (token,
+    // then handler) made 80.
+    let mut admin = server.connect(&db)?;
+    let sessions = |admin: &mut postgres::Client| -> Result<i64> {
+        std::thread::sleep(Duration::from_millis(1500));
+        let row = admin.query_one(
+            "SELECT sessions FROM pg_stat_database WHERE datname = $1",
+            &[&db],
+        )?;
+        Ok(row.get(0))
+    };
+    // The count moves with every session (else this proves nothing).
+    let base = sessions(&mut admin)?;
+    for _ in 0..3 {
+        drop(server.connect(&db)?);
+    }
+    let before = sessions(&mut admin)?;
+    assert!(
+        before - base >= 3,
+        "sessions not counted: {base} then {before}"
+    );
+    for _ in 0..40 {
+        assert_eq!(serve.call("GET", "/nodes", Some(&ro), None)?.0, 200);
+    }
+    let opened = sessions(&mut admin)? - before;
+    println!("{opened} registry sessions opened for 40 API requests");
+    assert!(opened <= 4, "{opened} sessions opened for 40 requests");
+    // Every connection of serve's cut by the server: the pooled ones are
+    // found lost and made again; the API answers as before.
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        &[&db],
+    )?;
+    for _ in 0..10 {
+        let (s, v) = serve.call("GET", "/nodes", Some(&ro), None)?;
+        assert_eq!((s, v[0]["name"].as_str()), (200, Some("n1")), "{v}");
+    }
     serve.stop()?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use crate::api::{call, code, token, ApiServe};
 use crate::common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Where scripts/install-test-deps.sh puts openapi-spec-validator.
 const VALIDATOR: &str = "/opt/bootd-test-venv/bin/openapi-spec-validator";
@@ -24,6 +24,7 @@ const ROUTES: &[&str] = &[
     "GET /api/v1/servers",
     "GET /api/v1/templates",
     "GET /api/v1/templates/{name}",
+    "GET /api/v1/token",
     "POST /api/v1/discovered/adopt",
     "POST /api/v1/images",
     "POST /api/v1/nodes",
@@ -344,6 +345,12 @@ fn every_answer_has_its_documented_shape() -> Result {
          VALUES ('52:54:00:00:b0:07', NULL, '', 1, 1, 2, 1)",
         [],
     )?;
+    // n1 has booted as far as its script: the list carries that stage.
+    db.execute(
+        "INSERT INTO boot_stages (mac, stage, at_ms, detail) VALUES
+         ('52:54:00:00:b0:01', 'dhcp', 1000, 'offer'), ('52:54:00:00:b0:01', 'script', 1500, '')",
+        [],
+    )?;
     let dir = env.dir.path().to_string_lossy().to_string();
     let serve = ApiServe::start(&env, &["--api-import-dir", &dir])?;
     let (_, doc) = serve.call("GET", "/openapi.json", None, None)?;
@@ -364,6 +371,8 @@ fn every_answer_has_its_documented_shape() -> Result {
         ("/templates/{name}", "/templates/lab", &ro),
         ("/servers", "/servers", &ro),
         ("/df", "/df", &ro),
+        ("/token", "/token", &ro),
+        ("/token", "/token", &full),
     ] {
         let (s, v) = serve.call("GET", concrete, Some(token), None)?;
         assert_eq!(s, 200, "{concrete}: {v}");
@@ -382,6 +391,16 @@ fn every_answer_has_its_documented_shape() -> Result {
             checked += 1;
         }
     }
+    // Each listed node's last stage, in its documented shape.
+    let (_, list) = serve.call("GET", "/nodes", Some(&ro), None)?;
+    let last = &list[0]["last_stage"];
+    assert_eq!(
+        (&last["stage"], &last["at_ms"], &last["boot_started_ms"]),
+        (&json!("script"), &json!(1500), &json!(1000)),
+        "{list}"
+    );
+    let (props, required) = shape(&doc, "LastStage");
+    check_shape("last_stage", last, &props, &required, true);
     // The error shape, and the answers of changes.
     let (s, v) = serve.call("GET", "/nodes/nope", Some(&ro), None)?;
     assert_eq!(s, 404);
@@ -404,7 +423,7 @@ fn every_answer_has_its_documented_shape() -> Result {
     let (props, required) = answer_schema("delete", "/nodes/{node}", "200");
     check_shape("node rm", &v, &props, &required, true);
     assert_eq!(v["mac"], n1["mac"]);
-    assert!(checked >= 10);
+    assert!(checked >= 12);
     serve.stop()?;
     Ok(())
 }

@@ -3,6 +3,10 @@
 // /api/v1/events. No framework, no build step; every string from the API
 // reaches the page through textContent, never as HTML.
 //
+// Where each node's boot got to comes with the list (`last_stage`); a
+// node's whole timeline is fetched only when it is opened, then follows
+// the event stream.
+//
 // Rendering: the node list is virtualised (only the rows in view exist in
 // the DOM, reused as it scrolls) and every change (an event, a reply) only
 // marks what is dirty; one requestAnimationFrame callback draws it. A burst
@@ -11,10 +15,14 @@
 
 /**
  * @typedef {{stage: string, at_ms: number, detail: string}} Stage
+ * @typedef {{stage: string, at_ms: number, boot_started_ms: number}} LastStage
  * @typedef {{name: string, mac: string, image: string, image_version: number,
- *   state: string, ip: string|null, pinned_server: string|null, owner: string|null}} ApiNode
- * @typedef {{n: ApiNode, stages: Stage[]|null, started: number, rd: number, wr: number,
- *   ioAt: number, key: string}} NodeRow
+ *   state: string, ip: string|null, pinned_server: string|null, owner: string|null,
+ *   last_stage: LastStage|null}} ApiNode
+ * @typedef {{n: ApiNode, stages: Stage[], full: boolean, started: number, rd: number,
+ *   wr: number, ioAt: number, key: string}} NodeRow
+ *   `stages`: this boot's stages known so far (from the list only the newest;
+ *   `full` once the node's timeline was fetched).
  * @typedef {{node: string, mac: string, stage: string, at_ms: number,
  *   boot_started_ms: number, new_boot: boolean, detail: string}} StageEvent
  * @typedef {{node: string, read_bytes_per_s: number, written_bytes_per_s: number}} IoNode
@@ -22,7 +30,6 @@
 
 const ROW = 30; // px; matches --row in style.css
 const OVERSCAN = 8;
-const TIMELINES_AT_ONCE = 3; // background fetches of /nodes/N/boot
 const SLOW_POLL_MS = 10000; // df, images, servers, discovered
 
 /** @param {string} id */
@@ -98,8 +105,6 @@ const state = {
   dirty: { list: false, rows: false, summary: false, side: false, detail: false },
   /** @type {string|null} */ detail: null,
   /** @type {AbortController|null} */ stream: null,
-  /** @type {Set<string>} */ wanted: new Set(),
-  fetching: 0,
   frame: 0,
   /** the node list has been read once since sign-in */ loaded: false,
   /** the slow poll's interval (one, whatever the sign-ins) */ poll: 0,
@@ -187,7 +192,7 @@ function refilter() {
   all.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   state.shown = f
     ? all.filter((r) => {
-        const s = r.stages && r.stages.length ? r.stages[r.stages.length - 1].stage : "";
+        const s = r.stages.length ? r.stages[r.stages.length - 1].stage : "";
         return `${r.n.name} ${r.n.mac} ${r.n.image} ${r.n.state} ${s}`.toLowerCase().includes(f);
       })
     : all;
@@ -218,19 +223,13 @@ function drawSummary() {
   const byState = new Map();
   /** @type {Map<string, number>} */
   const byStage = new Map();
-  let known = 0;
   for (const r of state.nodes.values()) {
     byState.set(r.n.state, (byState.get(r.n.state) || 0) + 1);
-    if (r.stages) {
-      known++;
-      const k = r.stages.length ? kind(r.stages[r.stages.length - 1].stage) : "never booted";
-      byStage.set(k, (byStage.get(k) || 0) + 1);
-    }
+    const k = r.stages.length ? kind(r.stages[r.stages.length - 1].stage) : "never booted";
+    byStage.set(k, (byStage.get(k) || 0) + 1);
   }
   drawCounts($("by-state"), byState);
   drawCounts($("by-stage"), byStage);
-  $("stage-note").textContent =
-    known < state.nodes.size ? `timelines loaded: ${known} of ${state.nodes.size}` : "";
   const [rd, wr] = state.ioTotal;
   $("io-total").textContent = `↓ ${bytes(rd)}/s  ↑ ${bytes(wr)}/s`;
   let busy = 0;
@@ -334,10 +333,6 @@ function newRow() {
  */
 function drawTimeline(cell, r) {
   const st = r.stages;
-  if (!st) {
-    cell.textContent = "…";
-    return;
-  }
   if (!st.length) {
     cell.textContent = "–";
     return;
@@ -376,19 +371,18 @@ function drawRows() {
     div.style.top = `${(first + i) * ROW}px`;
     if (div.dataset.node !== r.n.name) div.dataset.node = r.n.name;
     const c = rowCells(div);
-    const last = r.stages && r.stages.length ? r.stages[r.stages.length - 1] : null;
+    const last = r.stages.length ? r.stages[r.stages.length - 1] : null;
     c[0].textContent = r.n.name;
     c[1].textContent = r.n.mac;
     c[2].textContent = `${r.n.image} v${r.n.image_version}`;
     c[3].textContent = r.n.state;
-    c[4].textContent = last ? last.stage : r.stages ? "never booted" : "…";
+    c[4].textContent = last ? last.stage : "never booted";
     c[4].className = last ? `stage s-${kind(last.stage)}` : "";
     c[4].dataset.stage = last ? last.stage : "";
     drawTimeline(c[5], r);
     const fresh = Date.now() - r.ioAt < 3000;
     c[6].textContent = fresh && r.rd + r.wr > 0 ? `↓${bytes(r.rd)}/s ↑${bytes(r.wr)}/s` : "";
     for (const b of c[7].querySelectorAll("button")) b.disabled = state.readOnly;
-    if (!r.stages) want(r.n.name);
   }
   perf.rowsInDom = list.querySelectorAll(".row:not([hidden])").length;
 }
@@ -403,7 +397,7 @@ function drawDetail() {
   }
   sec.hidden = false;
   $("detail-title").textContent = `${r.n.name} (${r.n.mac}) · ${r.n.image} v${r.n.image_version}`;
-  const st = r.stages || [];
+  const st = r.stages;
   const t0 = r.started || (st[0] ? st[0].at_ms : 0);
   $("detail-stages").replaceChildren(
     ...st.map((s) => {
@@ -421,41 +415,45 @@ function drawDetail() {
 // ---- data --------------------------------------------------------------------
 
 /**
- * Timelines to fetch; rows in view ask first.
- * @param {string} name
+ * The newest stage a list entry carries, as this page's partial timeline.
+ * @param {ApiNode} n
+ * @returns {Stage[]}
  */
-function want(name) {
-  state.wanted.add(name);
-  pump();
+function listedStages(n) {
+  const l = n.last_stage;
+  return l ? [{ stage: l.stage, at_ms: l.at_ms, detail: "" }] : [];
 }
 
-function pump() {
-  while (state.fetching < TIMELINES_AT_ONCE && state.wanted.size) {
-    const name = /** @type {string} */ (state.wanted.values().next().value);
-    state.wanted.delete(name);
-    const r = state.nodes.get(name);
-    if (!r || r.stages) continue;
-    state.fetching++;
-    api("GET", `/nodes/${encodeURIComponent(name)}/boot`)
-      .then((v) => {
-        // A live event may have come first: it is newer.
-        if (r && !r.stages) {
-          /** @type {Stage[]} */
-          const st = v.stages || [];
-          r.stages = st;
-          r.started = st.length ? st[0].at_ms : 0;
-        }
-        dirty("rows", "summary");
-        if (state.detail === name) dirty("detail");
-      })
-      .catch(() => {
-        if (r) r.stages = r.stages || [];
-      })
-      .finally(() => {
-        state.fetching--;
-        pump();
-      });
-  }
+/**
+ * The whole timeline of the node opened (one request, not one per node).
+ * @param {string} name
+ */
+function fetchTimeline(name) {
+  const r = state.nodes.get(name);
+  if (!r || r.full) return;
+  api("GET", `/nodes/${encodeURIComponent(name)}/boot`)
+    .then((v) => {
+      const cur = state.nodes.get(name);
+      if (!cur) return;
+      /** @type {Stage[]} */
+      const st = v.stages || [];
+      const started = st.length ? st[0].at_ms : 0;
+      // Events of the same boot that came during the fetch and are newer
+      // than its answer stay; a newer boot seen live wins outright.
+      if (cur.stages.length && cur.started > started) return;
+      const end = st.length ? st[st.length - 1].at_ms : 0;
+      const seen = new Set(st.map((s) => s.stage));
+      const newer =
+        cur.started === started
+          ? cur.stages.filter((s) => s.at_ms >= end && !seen.has(s.stage))
+          : [];
+      cur.stages = [...st, ...newer];
+      cur.started = started;
+      cur.full = true;
+      dirty("rows", "summary");
+      if (state.detail === name) dirty("detail");
+    })
+    .catch(() => {});
 }
 
 async function loadNodes() {
@@ -465,10 +463,20 @@ async function loadNodes() {
   const next = new Map();
   for (const n of list) {
     const old = state.nodes.get(n.name);
+    const l = n.last_stage;
+    // What this page already has of the boot the list names is kept if it
+    // reaches as far (live events may be ahead of the list, never behind).
+    const oldLast = old && old.stages.length ? old.stages[old.stages.length - 1] : null;
+    const keep =
+      old &&
+      (l
+        ? old.started === l.boot_started_ms && oldLast !== null && oldLast.at_ms >= l.at_ms
+        : !old.stages.length);
     next.set(n.name, {
       n,
-      stages: old ? old.stages : null,
-      started: old ? old.started : 0,
+      stages: keep && old ? old.stages : listedStages(n),
+      full: keep && old ? old.full : false,
+      started: keep && old ? old.started : l ? l.boot_started_ms : 0,
       rd: old ? old.rd : 0,
       wr: old ? old.wr : 0,
       ioAt: old ? old.ioAt : 0,
@@ -479,11 +487,10 @@ async function loadNodes() {
   perf.nodes = next.size;
   state.loaded = true;
   dirty("list");
-  // Every node's timeline, for the counts by stage, after those in view.
-  setTimeout(() => {
-    for (const r of state.nodes.values()) if (!r.stages) state.wanted.add(r.n.name);
-    pump();
-  }, 500);
+  if (state.detail) {
+    fetchTimeline(state.detail);
+    dirty("detail");
+  }
 }
 
 async function loadSide() {
@@ -518,9 +525,11 @@ function onStage(e) {
     return;
   }
   const s = { stage: e.stage, at_ms: e.at_ms, detail: e.detail };
-  if (e.new_boot || !r.stages || r.started !== e.boot_started_ms) {
-    // A new boot starts a new timeline (the earlier stages are gone).
-    r.stages = e.new_boot || !r.stages ? [s] : [...r.stages, s];
+  if (e.new_boot || r.started !== e.boot_started_ms) {
+    // A new boot starts a new timeline (the earlier stages are gone); a
+    // boot this page knew only the newest stage of is known from here on.
+    r.stages = e.new_boot ? [s] : [...r.stages, s];
+    r.full = e.new_boot;
   } else {
     r.stages.push(s);
   }
@@ -620,8 +629,9 @@ function dispatch(block) {
   if (ev === "stage") onStage(v);
   else if (ev === "io") onIo(v);
   else if (ev === "lagged") {
-    // Stages were missed: every timeline again, the list too.
-    for (const r of state.nodes.values()) r.stages = null;
+    // Stages were missed: the list again (it has each node's newest stage),
+    // and the open node's whole timeline.
+    for (const r of state.nodes.values()) r.full = false;
     loadNodes().catch(() => {});
   }
 }
@@ -733,18 +743,6 @@ function adopt(mac) {
 
 // ---- sign-in -------------------------------------------------------------------
 
-/** Whether the token may change things: a change that is invalid on
- * purpose (adopt nothing) is refused 403 for a read-only token before any
- * handler runs, and 422 (nothing changed) for a full one. */
-async function mayChange() {
-  try {
-    await api("POST", "/discovered/adopt", {});
-    return true;
-  } catch (e) {
-    return !(e instanceof ApiError && e.status === 403);
-  }
-}
-
 /** @param {string} why */
 function signOut(why) {
   state.token = "";
@@ -776,9 +774,18 @@ async function signIn(token) {
     return;
   }
   sessionStorage.setItem("bootd-token", state.token);
-  state.readOnly = !(await mayChange());
+  // What the token may do, as the API says (GET /token).
+  /** @type {{name: string, read_only: boolean}} */
+  let me;
+  try {
+    me = await api("GET", "/token");
+  } catch (e) {
+    signOut(`cannot sign in: ${e instanceof Error ? e.message : e}`);
+    return;
+  }
+  state.readOnly = me.read_only !== false;
   document.body.classList.toggle("readonly", state.readOnly);
-  $("who").textContent = state.readOnly ? "read-only token" : "full token";
+  $("who").textContent = `${me.name} (${state.readOnly ? "read-only" : "full"} token)`;
   $("signin").hidden = true;
   $("app").hidden = false;
   $("signout").hidden = false;
@@ -815,7 +822,7 @@ function start() {
     else if (action === "move") move(name);
     else {
       state.detail = name;
-      want(name);
+      fetchTimeline(name);
       dirty("detail");
     }
   });

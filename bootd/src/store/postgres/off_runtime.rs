@@ -99,6 +99,9 @@ impl Records for OffRuntime {
     fn boot_stages(&self, mac: &str) -> Result<Vec<BootStage>> {
         self.with(|s| s.boot_stages(mac))
     }
+    fn last_stages(&self) -> Result<Vec<crate::store::LastStage>> {
+        self.with(|s| s.last_stages())
+    }
 }
 
 impl Servers for OffRuntime {

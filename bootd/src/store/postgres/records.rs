@@ -2,8 +2,10 @@
 //! served changes), so no notification either.
 
 use super::PgStore;
-use crate::store::rows::{discovered_row, stage_row, DISCOVERED_SELECT, STAGE_SELECT};
-use crate::store::{BootStage, Discovered, Records, Result};
+use crate::store::rows::{
+    discovered_row, last_stage_row, stage_row, DISCOVERED_SELECT, LAST_STAGE_SELECT, STAGE_SELECT,
+};
+use crate::store::{BootStage, Discovered, LastStage, Records, Result};
 
 /// Discovered machines kept at most (as in SQLite).
 const MAX_DISCOVERED: i64 = 10_000;
@@ -63,5 +65,10 @@ impl Records for PgStore {
             &[&mac],
         )?;
         rows.iter().map(stage_row).collect()
+    }
+
+    fn last_stages(&self) -> Result<Vec<LastStage>> {
+        let rows = self.rows(LAST_STAGE_SELECT, &[])?;
+        rows.iter().map(last_stage_row).collect()
     }
 }

@@ -2,8 +2,10 @@
 //! changes).
 
 use super::SqliteStore;
-use crate::store::rows::{discovered_row, stage_row, DISCOVERED_SELECT, STAGE_SELECT};
-use crate::store::{BootStage, Discovered, Records, Result};
+use crate::store::rows::{
+    discovered_row, last_stage_row, stage_row, DISCOVERED_SELECT, LAST_STAGE_SELECT, STAGE_SELECT,
+};
+use crate::store::{BootStage, Discovered, LastStage, Records, Result};
 use rusqlite::params;
 
 /// Discovered machines kept at most.
@@ -61,6 +63,12 @@ impl Records for SqliteStore {
             "{STAGE_SELECT} WHERE mac = ?1 ORDER BY at_ms, stage"
         ))?;
         let rows = st.query_map([mac], |r| stage_row(r))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn last_stages(&self) -> Result<Vec<LastStage>> {
+        let mut st = self.conn.prepare(LAST_STAGE_SELECT)?;
+        let rows = st.query_map([], |r| last_stage_row(r))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -436,6 +436,28 @@ pub fn discovered_and_stages(f: Fixture) -> Result<()> {
     assert_eq!(s.boot_stages(&d.mac)?.len(), 2);
     s.record_stage(&d.mac, &st("dhcp", 3), true)?;
     assert_eq!(s.boot_stages(&d.mac)?, vec![st("dhcp", 3)]);
+    // Each MAC's newest stage, all in one: ties at one millisecond go to
+    // the name `boot_stages` lists last, and the boot's start comes along.
+    let other = "52:54:00:00:00:99";
+    s.record_stage(other, &st("dhcp", 10), true)?;
+    s.record_stage(other, &st("tftp", 12), false)?;
+    s.record_stage(other, &st("script", 12), false)?;
+    let mut last = s.last_stages()?;
+    last.sort_by(|a, b| a.mac.cmp(&b.mac));
+    let want = |mac: &str, stage: &str, at_ms, boot_started_ms| crate::store::LastStage {
+        mac: mac.into(),
+        stage: stage.into(),
+        at_ms,
+        boot_started_ms,
+    };
+    assert_eq!(
+        last,
+        vec![want(&d.mac, "dhcp", 3, 3), want(other, "tftp", 12, 10)]
+    );
+    assert_eq!(
+        s.boot_stages(other)?.last().map(|b| b.stage.clone()),
+        Some("tftp".into())
+    );
     // Neither moves what serve watches.
     assert_eq!(s.generation()?, g);
     // Adding the MAC as a node takes it off the list.

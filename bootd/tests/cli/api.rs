@@ -8,7 +8,7 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A serve with the API on a free port of 127.0.0.1; its stderr kept in a
 /// file (for "no token in the log"); killed on drop.
@@ -94,20 +94,7 @@ impl ApiServe {
     }
 
     pub fn stop(mut self) -> Result {
-        let mut child = self.child.take().ok_or("stopped")?;
-        tool("kill", &["-TERM", &child.id().to_string()])?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = child.try_wait()? {
-                assert!(s.success(), "serve exited with {s}");
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err("serve did not stop within 20 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        stop_child(self.child.take().ok_or("stopped")?)
     }
 }
 

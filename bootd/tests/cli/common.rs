@@ -253,20 +253,7 @@ impl Serve {
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) -> Result {
-        let mut child = self.child.take().ok_or("already stopped")?;
-        tool("kill", &["-TERM", &child.id().to_string()])?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = child.try_wait()? {
-                assert!(s.success(), "serve exited with {s}");
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err("serve did not stop within 20 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        stop_child(self.child.take().ok_or("already stopped")?)
     }
 }
 
@@ -403,4 +390,21 @@ pub fn on_postgres_with_image(
     golden(&raw, size, 1 << 20, 0x5a)?;
     env.ok(&["image", "import", "deb", &raw.to_string_lossy()])?;
     Ok((env, db))
+}
+
+/// SIGTERM to a serve process, then wait (at most 20 s) for a clean exit.
+pub fn stop_child(mut child: std::process::Child) -> Result {
+    tool("kill", &["-TERM", &child.id().to_string()])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            assert!(s.success(), "serve exited with {s}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("serve did not stop within 20 s of SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

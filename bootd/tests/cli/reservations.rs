@@ -7,8 +7,8 @@
 
 use crate::common::*;
 use crate::pr_client::{Session, GOOD, RESERVATION_CONFLICT, WE};
-use crate::servers::{owners, servers, within};
-use crate::takeover::{registry_with_one_node, serve_logged, with_logs};
+use crate::servers::{owners, within};
+use crate::takeover::{registry_with_one_node, s1_owns_n1_beside_s2, serve_logged, with_logs};
 use std::time::{Duration, Instant};
 
 const KEY_A: u64 = 0xA1A1_0000_0000_00A1;
@@ -74,17 +74,7 @@ fn a_peer_that_takes_the_node_over_keeps_its_reservation() -> Result {
     else {
         return Ok(());
     };
-    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
-    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log1)?;
-    within(Duration::from_secs(15), "n1 owned by s1", || {
-        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
-    })?;
-    // Pinned to s1 while s1 is live; to the survivor when it is not.
-    env.ok(&["node", "move", "n1", "--server", "s1"])?;
-    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
-    within(Duration::from_secs(10), "s2 live", || {
-        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
-    })?;
+    let (s1, s2, log1, log2) = s1_owns_n1_beside_s2(&env, &[])?;
     register_and_reserve(&format!("127.0.0.1:{}", s1.port), &node)
         .map_err(|e| with_logs(e, &[&log1, &log2]))?;
     // The owner dies; s2 takes n1 once s1's ownership has expired.

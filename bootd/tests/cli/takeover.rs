@@ -58,6 +58,26 @@ fn serve_logged_with(
     Serve::start_cmd(c)
 }
 
+/// Two servers on the registry: s1 (started with `s1_args`) owns n1, pinned
+/// to it while it is live (to the survivor when it is not), and s2 is live
+/// beside it. Returns both and their log files.
+pub(crate) fn s1_owns_n1_beside_s2(
+    env: &Env,
+    s1_args: &[&str],
+) -> Result<(Serve, Serve, std::path::PathBuf, std::path::PathBuf)> {
+    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
+    let s1 = serve_logged_with(env, "s1", "127.0.0.1", &log1, s1_args)?;
+    within(Duration::from_secs(15), "n1 owned by s1", || {
+        Ok(owners(env)?["n1"].as_deref() == Some("s1"))
+    })?;
+    env.ok(&["node", "move", "n1", "--server", "s1"])?;
+    let s2 = serve_logged(env, "s2", "127.0.0.2", &log2)?;
+    within(Duration::from_secs(10), "s2 live", || {
+        Ok(servers(env)?.get("s2").is_some_and(|s| s["live"] == true))
+    })?;
+    Ok((s1, s2, log1, log2))
+}
+
 /// A database of its own on the shared PostgreSQL, one golden image and
 /// node `n1`; `None` when PostgreSQL is missing (and not required).
 pub(crate) fn registry_with_one_node(test: &str) -> Result<Option<(Env, serde_json::Value)>> {
@@ -150,17 +170,7 @@ fn a_paused_owner_fences_itself_and_its_peer_takes_over() -> Result {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
-    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log1)?;
-    within(Duration::from_secs(15), "n1 owned by s1", || {
-        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
-    })?;
-    // Pinned to s1 while s1 is live; to the survivor when it is not.
-    env.ok(&["node", "move", "n1", "--server", "s1"])?;
-    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
-    within(Duration::from_secs(10), "s2 live", || {
-        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
-    })?;
+    let (s1, s2, log1, log2) = s1_owns_n1_beside_s2(&env, &[])?;
     let epoch0 = env.json(&["node", "show", "n1", "--json"])?["owner_epoch"]
         .as_u64()
         .unwrap_or(0);
@@ -284,16 +294,7 @@ fn a_clean_stop_hands_nodes_over_at_once() -> Result {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
-    let s1 = serve_logged(&env, "s1", "127.0.0.1", &log1)?;
-    within(Duration::from_secs(15), "n1 owned by s1", || {
-        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
-    })?;
-    env.ok(&["node", "move", "n1", "--server", "s1"])?;
-    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
-    within(Duration::from_secs(10), "s2 live", || {
-        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
-    })?;
+    let (s1, s2, _, _) = s1_owns_n1_beside_s2(&env, &[])?;
     io_ok_at("127.0.0.1", s1.port, &node, &["write -P 0xc1 0 64k"])?;
     let stopping = Instant::now();
     s1.stop()?;
@@ -389,16 +390,7 @@ fn a_drain_hands_a_node_in_use_to_the_peer_with_a_short_stall() -> Result {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (log1, log2) = (env.path("s1.log"), env.path("s2.log"));
-    let s1 = serve_logged_with(&env, "s1", "127.0.0.1", &log1, &["--drain"])?;
-    within(Duration::from_secs(15), "n1 owned by s1", || {
-        Ok(owners(&env)?["n1"].as_deref() == Some("s1"))
-    })?;
-    env.ok(&["node", "move", "n1", "--server", "s1"])?;
-    let s2 = serve_logged(&env, "s2", "127.0.0.2", &log2)?;
-    within(Duration::from_secs(10), "s2 live", || {
-        Ok(servers(&env)?.get("s2").is_some_and(|s| s["live"] == true))
-    })?;
+    let (s1, s2, log1, log2) = s1_owns_n1_beside_s2(&env, &["--drain"])?;
     let both = [("s1", &s1), ("s2", &s2)];
 
     // `server drain` while the node writes every 100 ms.

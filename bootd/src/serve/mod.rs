@@ -6,6 +6,7 @@
 //! DHCP (crate::dhcp) points the firmware at them.
 
 pub mod config;
+pub mod durability;
 pub mod grants;
 mod owned;
 mod targets;
@@ -145,6 +146,7 @@ async fn serve(
         tokio::sync::watch::channel(SocketAddr::new(s.listen_ip(), s.iscsi_port()));
     let mut targets = targets::Targets::new(server.clone(), dd.clone(), events.clone())
         .with_space(s.node_quota, s.reserve_free, s.warn_free)?
+        .with_sync_writes(durability::SyncSetting::resolve(s.sync_writes, shared))
         .with_ownership(owned::Ownership {
             me: id.clone(),
             registry: registry.clone(),

@@ -20,6 +20,7 @@ mod eio;
 mod enospc;
 mod guest;
 mod kill9;
+mod machine_death;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -295,8 +295,11 @@ def main():
         fs = FailFs(backing, control)
     # big_writes: 128 KiB writes instead of 4 KiB; foreground so the test owns the
     # process; threads so a slow request does not hold up the others.
+    # nonempty (volatile): a test may mount it over the very directory it passes
+    # through, reached by BACKING_DIR through a bind mount.
+    extra = {"nonempty": True} if volatile else {}
     FUSE(fs, mountpoint, foreground=True, nothreads=False,
-         big_writes=True, max_write=131072, default_permissions=True)
+         big_writes=True, max_write=131072, default_permissions=True, **extra)
 
 
 if __name__ == "__main__":

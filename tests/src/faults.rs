@@ -144,6 +144,14 @@ impl Drop for Mounted {
     }
 }
 
+/// Bind-mounts `from` on `to` (in the calling thread's namespace): a second view of the
+/// same directory, still reachable after something is mounted over `from`.
+pub fn bind(from: &Path, to: &Path) -> Result<Mounted> {
+    let source = from.to_str().context("a path that is not UTF-8")?;
+    mount(Some(source), to, None, libc::MS_BIND, None)?;
+    Ok(Mounted(to.to_path_buf()))
+}
+
 /// Mounts a tmpfs of `bytes` on `dir` (in the calling thread's namespace), moving what
 /// `dir` held onto it.
 pub fn tmpfs_over(dir: &Path, bytes: u64) -> Result<Mounted> {

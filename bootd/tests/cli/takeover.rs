@@ -11,11 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `serve` as server `id` on `ip`, its log in `log` (read by the test).
-fn serve_logged(env: &Env, id: &str, ip: &str, log: &std::path::Path) -> Result<Serve> {
+pub(crate) fn serve_logged(env: &Env, id: &str, ip: &str, log: &std::path::Path) -> Result<Serve> {
     serve_logged_with(env, id, ip, log, &[])
 }
 
-fn serve_logged_with(
+pub(crate) fn serve_logged_with(
     env: &Env,
     id: &str,
     ip: &str,
@@ -60,7 +60,7 @@ fn serve_logged_with(
 
 /// A database of its own on the shared PostgreSQL, one golden image and
 /// node `n1`; `None` when PostgreSQL is missing (and not required).
-fn registry_with_one_node(test: &str) -> Result<Option<(Env, serde_json::Value)>> {
+pub(crate) fn registry_with_one_node(test: &str) -> Result<Option<(Env, serde_json::Value)>> {
     let Some(pg) = shared(test) else {
         return Ok(None);
     };

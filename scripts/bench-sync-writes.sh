@@ -76,7 +76,7 @@ run() {
     BOOTD_DATA_DIR=$WORK/data "$BOOTD" export "$WORK/ov.qcow2" --backing "$GOLDEN" --sync-writes "$mode" \
         --iqn iqn.2026-11.test:sync --listen "127.0.0.1:$PORT" >"$WORK/export.log" 2>&1 &
     PID=$!
-    for _ in $(seq 100); do grep -q '^iscsi://' "$WORK/export.log" && break; sleep 0.1; done
+    for _ in $(seq 300); do grep -q '^iscsi://' "$WORK/export.log" && break; sleep 0.1; done
     url=$(grep -m1 '^iscsi://' "$WORK/export.log") || { cat "$WORK/export.log" >&2; die "export did not start"; }
     t0=$(date +%s.%N)
     out=$(timeout 900 qemu-io -f raw -t writeback "$url" <"$WORK/qd$qd.cmds" 2>&1) || { echo "$out" | tail -5 >&2; die "qemu-io failed ($mode, QD$qd)"; }
@@ -91,7 +91,10 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}'; }
 
 for r in $(seq "$ROUNDS"); do
     for qd in 1 32; do
-        for mode in flush always each; do
+        # Alternate the order: a run pays for the file the previous one deleted.
+        modes="flush always each"
+        ((r % 2 == 0)) && modes="each always flush"
+        for mode in $modes; do
             run "$mode" "$qd"; log "round $r QD$qd $mode: $(tail -1 "$WORK/$mode.$qd") IOPS"
         done
     done

@@ -72,10 +72,12 @@ impl Overlay {
         self.check_failed()?;
         let ticket = self.group.ticket();
         let commit = Arc::clone(&self.commit).lock_owned().await;
+        // The commit this caller queued behind may have failed the overlay:
+        // a sync that succeeds after a failed one proves nothing (the
+        // kernel may have dropped the pages that failed).
+        self.check_failed()?;
         if share && self.group.covered(ticket) {
-            // A commit that failed fails the overlay; a covered caller must
-            // not report success for it.
-            return self.check_failed();
+            return Ok(());
         }
         let seq = self.group.start();
         if let Some(wal) = &self.wal {

@@ -78,8 +78,15 @@ run() {
     PID=$!
     for _ in $(seq 300); do grep -q '^iscsi://' "$WORK/export.log" && break; sleep 0.1; done
     url=$(grep -m1 '^iscsi://' "$WORK/export.log") || { cat "$WORK/export.log" >&2; die "export did not start"; }
-    t0=$(date +%s.%N)
-    out=$(timeout 900 qemu-io -f raw -t writeback "$url" <"$WORK/qd$qd.cmds" 2>&1) || { echo "$out" | tail -5 >&2; die "qemu-io failed ($mode, QD$qd)"; }
+    # A login refused now and then on this busy box ("can't open device"): nothing was
+    # written yet, so try again.
+    for try in 1 2 3; do
+        t0=$(date +%s.%N)
+        if out=$(timeout 900 qemu-io -f raw -t writeback "$url" <"$WORK/qd$qd.cmds" 2>&1); then break; fi
+        grep -q "can't open device" <<<"$out" && [[ $try != 3 ]] || { echo "$out" | tail -5 >&2; die "qemu-io failed ($mode, QD$qd)"; }
+        log "login failed, again: $(grep -m1 "can't open" <<<"$out")"
+        sleep 1
+    done
     t1=$(date +%s.%N)
     wrote=$(grep -c 'wrote 4096/4096' <<<"$out" || true)
     [[ $wrote == "$WRITES" ]] || { echo "$out" | grep -v '^wrote\|^4 KiB' | tail -5 >&2; die "$mode QD$qd: $wrote of $WRITES writes acknowledged"; }

@@ -47,6 +47,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_key_takes_the_modes() -> Result<(), toml::de::Error> {
+        use crate::serve::config::ServeConfig;
+        let c: ServeConfig = toml::from_str("sync_writes = \"always\"\n")?;
+        assert_eq!(c.sync_writes, Some(SyncSetting::Always));
+        let c: ServeConfig = toml::from_str("sync_writes = \"auto\"\n")?;
+        assert_eq!(c.sync_writes, Some(SyncSetting::Auto));
+        assert!(toml::from_str::<ServeConfig>("sync_writes = \"sometimes\"\n").is_err());
+        Ok(())
+    }
+
+    #[test]
     fn auto_is_always_with_peers_and_flush_alone() {
         assert_eq!(SyncSetting::resolve(None, true), SyncWrites::Always);
         assert_eq!(SyncSetting::resolve(None, false), SyncWrites::Flush);

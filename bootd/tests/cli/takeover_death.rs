@@ -171,8 +171,17 @@ fn death_and_takeover(test: &str, extra: &'static [&'static str]) -> Result<Opti
         .map(|o| format!("read -P {} {o} 4k", (o >> 16) % 250 + 1))
         .collect();
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    let o = crate::servers::io_at("127.0.0.2", s2.port, &node, &cmds)?;
-    let text = crate::takeover::text(&o);
+    // s2 has the file open a moment before its target is up (until then it
+    // redirects logins to the dead owner's portal): log in until it answers.
+    let t = Instant::now();
+    let text = loop {
+        let o = crate::servers::io_at("127.0.0.2", s2.port, &node, &cmds)?;
+        let text = crate::takeover::text(&o);
+        if !text.contains("can't open") || t.elapsed() > Duration::from_secs(20) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let lost = text.matches("Pattern verification failed").count();
     println!(
         "n1 served by s2 {:?} after the death; {lost} of {} acknowledged writes lost",

@@ -115,8 +115,10 @@ fn death_and_takeover(test: &str, extra: &'static [&'static str]) -> Result<Opti
     })?;
 
     let out = env.path("writer.out");
-    let mut c = Command::new("qemu-io");
-    c.arg("-t")
+    // stdbuf: line-buffered, so each completion line is whole in the file when
+    // qemu-io is killed (a full stdio buffer cut at 4 KiB cuts lines, too).
+    let mut c = Command::new("stdbuf");
+    c.args(["-oL", "qemu-io", "-t"])
         .arg("writeback")
         .arg("--image-opts")
         .arg(opts("127.0.0.1", port1, &node));
@@ -127,7 +129,9 @@ fn death_and_takeover(test: &str, extra: &'static [&'static str]) -> Result<Opti
             b * (64 << 10)
         ));
     }
-    c.arg("-c").arg("aio_flush");
+    // aio_flush only waits for the writes; the sleep keeps the disk open, since
+    // closing it would flush it (SYNCHRONIZE CACHE) before the machine dies.
+    c.arg("-c").arg("aio_flush").arg("-c").arg("sleep 600000");
     let mut writer = c
         .stdout(std::fs::File::create(&out)?)
         .stderr(Stdio::null())
@@ -135,9 +139,12 @@ fn death_and_takeover(test: &str, extra: &'static [&'static str]) -> Result<Opti
     let acked = |out: &Path| -> Vec<u64> {
         std::fs::read_to_string(out)
             .unwrap_or_default()
-            .lines()
+            .split_inclusive('\n')
+            // Only whole lines: the last one may still be on its way.
+            .filter_map(|l| l.strip_suffix('\n'))
             .filter_map(|l| l.split_once("wrote 4096/4096 bytes at offset "))
-            .filter_map(|(_, o)| o.trim().parse().ok())
+            .filter_map(|(_, o)| o.trim().parse::<u64>().ok())
+            .filter(|o| o % (64 << 10) == 0 && *o < BLOCKS * (64 << 10))
             .collect()
     };
     let t = Instant::now();
@@ -183,6 +190,19 @@ fn death_and_takeover(test: &str, extra: &'static [&'static str]) -> Result<Opti
         std::thread::sleep(Duration::from_millis(200));
     };
     let lost = text.matches("Pattern verification failed").count();
+    if lost > 0 && extra.is_empty() {
+        let at: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("Pattern verification failed"))
+            .collect();
+        println!("lost: {at:?}\nacked in order: {acked:?}");
+        if let Ok(l) = std::fs::read_to_string(&log1) {
+            println!(
+                "--- s1 log tail:\n{}",
+                l.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
     println!(
         "n1 served by s2 {:?} after the death; {lost} of {} acknowledged writes lost",
         takeover,

@@ -287,7 +287,7 @@ async fn always_completed_writes_need_no_log_at_any_crash_point() -> Result<(), 
         Overlay::create(&ov, SIZE, "golden.raw").map_err(|e| e.to_string())?;
         let mut done = Vec::new();
         {
-            let dev = Arc::new(open(&ov, &gold)?);
+            let dev = Arc::new(open_again(&ov, &gold)?);
             dev.set_sync_writes(super::SyncWrites::Always);
             crash::arm(&[ino(&ov)], crash_at);
             let mut tasks = tokio::task::JoinSet::new();
@@ -309,7 +309,7 @@ async fn always_completed_writes_need_no_log_at_any_crash_point() -> Result<(), 
             crash::disarm(&[ino(&ov)]);
         }
         wal::remove(&ov).map_err(s)?;
-        let dev = open(&ov, &gold)?;
+        let dev = open_again(&ov, &gold)?;
         for &(i, off) in &done {
             let got = dev.read(off, 2048).await.map_err(|e| e.to_string())?;
             if got.iter().any(|&b| b != i as u8 + 1) {
@@ -331,4 +331,19 @@ async fn always_completed_writes_need_no_log_at_any_crash_point() -> Result<(), 
         return Err("no write ever completed".into());
     }
     Ok(())
+}
+
+/// [`open`], retried while "in use": another test spawning qemu-img shares
+/// every descriptor (and so this file's `flock`) with the child until it
+/// execs.
+fn open_again(ov: &Path, gold: &Path) -> Result<Overlay, String> {
+    for _ in 0..100 {
+        match open(ov, gold) {
+            Err(e) if e.contains("in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+    open(ov, gold)
 }

@@ -107,7 +107,8 @@ fn die_once(mode: &'static str, seed: u64) -> Result<Death> {
         0x40,
         mix(seed ^ 0xdead),
     )?;
-    let mut writer = Writer::start_aio(&login, &fills)?;
+    // Stays connected after its writes: its close would flush them.
+    let mut writer = Writer::start_aio_staying(&login, &fills)?;
     let at = 40 + usize::try_from(mix(seed) % (WRITES as u64 - 80))?;
     ensure!(
         writer.wait_acked(at, CLIENT_LIMIT),

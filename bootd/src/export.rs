@@ -44,6 +44,12 @@ pub struct ExportArgs {
     /// Only these initiator names may log in (repeatable; default: any).
     #[arg(long = "initiator", value_name = "IQN")]
     initiators: Vec<String>,
+    /// For a qcow2 overlay: when an acknowledged write is durable, always
+    /// (before its status; concurrent writes share one fdatasync) or flush
+    /// (at SYNCHRONIZE CACHE or FUA) [default: flush]; as `serve
+    /// --sync-writes`.
+    #[arg(long, value_name = "MODE")]
+    sync_writes: Option<crate::serve::durability::SyncSetting>,
 }
 
 fn split_chap(s: &str) -> Result<(String, Vec<u8>)> {
@@ -94,6 +100,13 @@ pub fn run(data_dir: &Path, args: ExportArgs) -> Result<()> {
     let path = std::fs::canonicalize(&args.file)
         .with_context(|| format!("{}: cannot open", args.file.display()))?;
     let (device, overlay) = open_image(&path, args.backing.as_deref(), args.read_only)?;
+    if let Some(o) = &overlay {
+        // One server: no peer opens the file after this machine dies.
+        o.set_sync_writes(crate::serve::durability::SyncSetting::resolve(
+            args.sync_writes,
+            false,
+        ));
+    }
     let id = crate::names::stable_id(&format!("{}\0{}", iqn, path.display()));
     let pr_dir = data_dir.join("pr");
     let pr_store = match std::fs::create_dir_all(&pr_dir) {

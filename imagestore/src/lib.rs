@@ -9,4 +9,5 @@ pub mod format;
 pub mod qcow2;
 
 pub use error::ImageError;
+pub use qcow2::overlay::SyncWrites;
 pub use qcow2::Overlay;

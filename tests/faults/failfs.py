@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A passthrough FUSE file system that fails on demand, for the data-safety tests.
 
-    failfs.py BACKING_DIR MOUNTPOINT CONTROL_FILE
+    failfs.py [--volatile] BACKING_DIR MOUNTPOINT CONTROL_FILE
 
 Every file operation on MOUNTPOINT goes to the same path under BACKING_DIR. While
 CONTROL_FILE exists (it lives outside the mount), the words it contains choose what
@@ -17,11 +17,21 @@ the write-ahead logs).
 So a test turns a fault on and off with one file and needs no device-mapper. Runs in
 the foreground until unmounted or killed; prints "failfs: mounted" once serving, and
 one "failfs: EIO OP PATH" line per injected failure (flushed, for the test's log).
+
+--volatile makes it a machine that can die: writes and truncations are kept in this
+process's memory (reads and sizes show them) and reach BACKING_DIR only at an fsync or
+fdatasync of that file, as dirty pages reach the disk only when synced (the worst case
+a kernel allows). SIGUSR1 is the machine's death: every unsynced change is dropped,
+the process prints "failfs: died, dropped N unsynced changes" and exits, and the mount
+answers ENOTCONN from then on. BACKING_DIR then holds what a survivor reading the same
+storage would find. Namespace changes (create, rename, unlink) go through at once.
 """
 
 import errno
 import os
+import signal
 import sys
+import threading
 
 from fusepy import FUSE, FuseOSError, Operations
 
@@ -142,14 +152,154 @@ class FailFs(Operations):
             os.close(fd)
 
 
+class VolatileFs(FailFs):
+    """FailFs whose writes stay in memory until the file is synced (see the module
+    docs). One lock orders every change against syncs and the death: a sync that
+    returned before the death is in BACKING_DIR, anything after it is refused."""
+
+    def __init__(self, backing, control):
+        super().__init__(backing, control)
+        self.mu = threading.Lock()
+        # path -> [("w", offset, bytes) | ("t", length)], oldest first.
+        self.pending = {}
+        self.dead = False
+
+    def _alive(self):
+        if self.dead:
+            raise FuseOSError(errno.ENOTCONN)
+
+    def die(self):
+        with self.mu:
+            self.dead = True
+            dropped = sum(len(ops) for ops in self.pending.values())
+            self.pending.clear()
+            print(f"failfs: died, dropped {dropped} unsynced changes", flush=True)
+            os._exit(0)
+
+    def _size(self, path, ops):
+        size = os.lstat(self._path(path)).st_size
+        for op in ops:
+            size = max(size, op[1] + len(op[2])) if op[0] == "w" else op[1]
+        return size
+
+    def getattr(self, path, fh=None):
+        with self.mu:
+            self._alive()
+            st = super().getattr(path, fh)
+            ops = self.pending.get(path)
+            if ops:
+                st["st_size"] = self._size(path, ops)
+            return st
+
+    def read(self, path, size, offset, fh):
+        with self.mu:
+            self._alive()
+            ops = self.pending.get(path)
+            if not ops:
+                return os.pread(fh, size, offset)
+            # Its own descriptor: fh may be write-only.
+            fd = os.open(self._path(path), os.O_RDONLY)
+            try:
+                base = os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+            buf = bytearray(base.ljust(size, b"\0"))
+            end = offset + size
+            for op in ops:
+                if op[0] == "w":
+                    lo, hi = max(op[1], offset), min(op[1] + len(op[2]), end)
+                    if lo < hi:
+                        buf[lo - offset:hi - offset] = op[2][lo - op[1]:hi - op[1]]
+                elif op[1] < end:
+                    lo = max(op[1], offset)
+                    buf[lo - offset:] = bytes(end - lo)
+            return bytes(buf[:max(0, min(size, self._size(path, ops) - offset))])
+
+    def write(self, path, data, offset, fh):
+        with self.mu:
+            self._alive()
+            self._failing("write", path)
+            self.pending.setdefault(path, []).append(("w", offset, bytes(data)))
+            return len(data)
+
+    def truncate(self, path, length, fh=None):
+        with self.mu:
+            self._alive()
+            self.pending.setdefault(path, []).append(("t", length))
+
+    def fsync(self, path, datasync, fh):
+        with self.mu:
+            self._alive()
+            self._failing("fsync", path)
+            ops = self.pending.pop(path, [])
+            fd = os.open(self._path(path), os.O_WRONLY)
+            try:
+                for op in ops:
+                    if op[0] == "w":
+                        os.pwrite(fd, op[2], op[1])
+                    else:
+                        os.ftruncate(fd, op[1])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def create(self, path, mode, fi=None):
+        with self.mu:
+            self._alive()
+            self.pending.pop(path, None)
+            return super().create(path, mode, fi)
+
+    def open(self, path, flags):
+        with self.mu:
+            self._alive()
+            if flags & os.O_TRUNC:
+                self.pending.pop(path, None)
+            return super().open(path, flags)
+
+    def unlink(self, path):
+        with self.mu:
+            self._alive()
+            self.pending.pop(path, None)
+            super().unlink(path)
+
+    def rename(self, old, new):
+        with self.mu:
+            self._alive()
+            super().rename(old, new)
+            self.pending.pop(new, None)
+            if old in self.pending:
+                self.pending[new] = self.pending.pop(old)
+
+
 def main():
-    if len(sys.argv) != 4:
+    args = sys.argv[1:]
+    volatile = args[:1] == ["--volatile"]
+    if volatile:
+        args = args[1:]
+    if len(args) != 3:
         sys.exit(__doc__)
-    backing, mountpoint, control = sys.argv[1:]
+    backing, mountpoint, control = args
+    if volatile:
+        fs = VolatileFs(backing, control)
+        # The death comes as SIGUSR1 to a thread of its own: Python runs signal
+        # handlers only in the main thread, which sits in libfuse's loop. Blocked
+        # here, before any thread starts, so every thread inherits the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+        def wait_for_death():
+            signal.sigwait({signal.SIGUSR1})
+            fs.die()
+
+        threading.Thread(target=wait_for_death, daemon=True).start()
+    else:
+        fs = FailFs(backing, control)
     # big_writes: 128 KiB writes instead of 4 KiB; foreground so the test owns the
     # process; threads so a slow request does not hold up the others.
-    FUSE(FailFs(backing, control), mountpoint, foreground=True, nothreads=False,
-         big_writes=True, max_write=131072, default_permissions=True)
+    # nonempty (volatile): a test may mount it over the very directory it passes
+    # through, reached by BACKING_DIR through a bind mount.
+    extra = {"nonempty": True} if volatile else {}
+    FUSE(fs, mountpoint, foreground=True, nothreads=False,
+         big_writes=True, max_write=131072, default_permissions=True, **extra)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,14 @@ impl Drop for Mounted {
     }
 }
 
+/// Bind-mounts `from` on `to` (in the calling thread's namespace): a second view of the
+/// same directory, still reachable after something is mounted over `from`.
+pub fn bind(from: &Path, to: &Path) -> Result<Mounted> {
+    let source = from.to_str().context("a path that is not UTF-8")?;
+    mount(Some(source), to, None, libc::MS_BIND, None)?;
+    Ok(Mounted(to.to_path_buf()))
+}
+
 /// Mounts a tmpfs of `bytes` on `dir` (in the calling thread's namespace), moving what
 /// `dir` held onto it.
 pub fn tmpfs_over(dir: &Path, bytes: u64) -> Result<Mounted> {
@@ -196,9 +204,23 @@ impl FailFs {
     /// Mounts it; `mountpoint` must be empty (move its files into `backing` first).
     /// Must run on the thread whose namespace should see the mount.
     pub fn mount(backing: &Path, mountpoint: &Path, control: &Path) -> Result<Self> {
+        Self::mount_as(backing, mountpoint, control, false)
+    }
+
+    /// Mounts it as a machine that can die (`failfs.py --volatile`): writes reach
+    /// `backing` only when their file is synced; [`FailFs::die`] drops the rest.
+    pub fn mount_volatile(backing: &Path, mountpoint: &Path, control: &Path) -> Result<Self> {
+        Self::mount_as(backing, mountpoint, control, true)
+    }
+
+    fn mount_as(backing: &Path, mountpoint: &Path, control: &Path, volatile: bool) -> Result<Self> {
         let script = workspace_root().join("tests/faults/failfs.py");
         let mut cmd = Command::new(PYTHON);
-        cmd.arg(&script).arg(backing).arg(mountpoint).arg(control);
+        cmd.arg(&script);
+        if volatile {
+            cmd.arg("--volatile");
+        }
+        cmd.arg(backing).arg(mountpoint).arg(control);
         let command = describe(&cmd);
         let (child, log, rx) = Log::spawn(&mut cmd)?;
         let mut fs = Self {
@@ -246,6 +268,37 @@ impl FailFs {
         match std::fs::remove_file(&self.control) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
+        }
+    }
+
+    /// The machine dies (volatile mounts): every change not yet synced is dropped and
+    /// the file system process exits; `backing` then holds what a survivor reading the
+    /// same storage finds. Returns how many unsynced changes were dropped.
+    pub fn die(&mut self) -> Result<usize> {
+        let mut child = self.child.take().context("failfs is not running")?;
+        // SAFETY: kill(2) on our own child's pid, which wait() has not reaped yet.
+        if unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) } != 0 {
+            bail!("kill -USR1 failfs: {}", std::io::Error::last_os_error());
+        }
+        if wait_until(&mut child, Instant::now() + MOUNT_LIMIT)?.is_none() {
+            bail!("failfs did not die on SIGUSR1\n{}", self.log());
+        }
+        // Its last line may still be in the reader thread.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let text = self.log.text();
+            if let Some(n) = text
+                .lines()
+                .find_map(|l| l.split_once("failfs: died, dropped ").map(|(_, r)| r))
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+            {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                bail!("failfs exited without saying it died\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -74,12 +74,30 @@ impl Writer {
         Self::spawn(login, fills, false, true, 0)
     }
 
+    /// Like [`Writer::start_aio`], then stays connected (for ten minutes) instead of
+    /// closing the disk, which would flush it: for a test that must know that no
+    /// flush came after the writes.
+    pub fn start_aio_staying(login: &Login, fills: &[Fill]) -> Result<Self> {
+        Self::spawn_with(login, fills, false, true, 0, true)
+    }
+
     fn spawn(
         login: &Login,
         fills: &[Fill],
         flush: bool,
         aio: bool,
         flush_every: usize,
+    ) -> Result<Self> {
+        Self::spawn_with(login, fills, flush, aio, flush_every, false)
+    }
+
+    fn spawn_with(
+        login: &Login,
+        fills: &[Fill],
+        flush: bool,
+        aio: bool,
+        flush_every: usize,
+        stay: bool,
     ) -> Result<Self> {
         let mut by_offset = BTreeMap::new();
         for f in fills {
@@ -107,6 +125,11 @@ impl Writer {
         }
         if flush {
             cmd.args(["-c", "flush"]);
+        }
+        if stay {
+            // `aio_flush` only waits for the writes (it sends no SYNCHRONIZE CACHE);
+            // `sleep` (milliseconds) keeps the disk open, so no flush at close.
+            cmd.args(["-c", "aio_flush", "-c", "sleep 600000"]);
         }
         let command = describe(&cmd);
         let mut child = cmd

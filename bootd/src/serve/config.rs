@@ -22,7 +22,7 @@ pub struct ServeConfig {
     /// TOML file with any of: listen_ip, iscsi_port, dhcp, ipv6_ra, interface, pool,
     /// router, dns, lease_secs, http_port, tftp_port, tftp_dir, efi_binary,
     /// unknown, unknown_cap, record_io, relays, script_access, metrics_from,
-    /// per_source, node_quota, reserve_free, warn_free, server_id, api_listen,
+    /// per_source, node_quota, reserve_free, warn_free, sync_writes, server_id, api_listen,
     /// api_cert, api_key, api_import_dir (sizes as strings,
     /// e.g. "20G"). Unknown keys are an error. Flags (and BOOTD_* variables)
     /// override it.
@@ -145,6 +145,14 @@ pub struct ServeConfig {
     #[arg(long, value_name = "SIZE", value_parser = crate::space::parse_size, env = "BOOTD_WARN_FREE")]
     #[serde(deserialize_with = "size_text")]
     pub warn_free: Option<u64>,
+    /// When an acknowledged write is durable on the overlays' storage:
+    /// always (before its SCSI status; concurrent writes share one
+    /// fdatasync), flush (at SYNCHRONIZE CACHE or FUA; a crash of serve
+    /// loses nothing, a crash of the machine what was not flushed) or auto
+    /// (always with a shared PostgreSQL registry, whose peers take over
+    /// after this machine died; flush alone) [default: auto].
+    #[arg(long, value_name = "MODE", env = "BOOTD_SYNC_WRITES")]
+    pub sync_writes: Option<super::durability::SyncSetting>,
     /// This server's name among those sharing one registry (letters,
     /// digits, '.', '_', '-'; at most 63): its row in `server list`, the
     /// owner of the nodes it serves, its lock file in the data directory
@@ -313,6 +321,7 @@ impl ServeConfig {
             node_quota,
             reserve_free,
             warn_free,
+            sync_writes,
             server_id,
             api_listen,
             api_cert,

@@ -6,6 +6,7 @@
 //! DHCP (crate::dhcp) points the firmware at them.
 
 pub mod config;
+pub mod durability;
 pub mod grants;
 mod owned;
 mod pr;
@@ -148,6 +149,7 @@ async fn serve(
     let mut targets =
         targets::Targets::new(server.clone(), dd.clone(), registry.clone(), events.clone())
             .with_space(s.node_quota, s.reserve_free, s.warn_free)?
+            .with_sync_writes(durability::SyncSetting::resolve(s.sync_writes, shared))
             .with_ownership(owned::Ownership {
                 me: id.clone(),
                 registry: registry.clone(),

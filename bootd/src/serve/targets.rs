@@ -53,6 +53,7 @@ pub struct Targets {
     limits: Limits,
     /// Free bytes below which serve warns.
     warn_free: u64,
+    sync_writes: imagestore::SyncWrites,
     watermark: crate::space::Watermark,
     /// Who this server is and how it claims nodes; `None` serves every
     /// ready node (no registry peers).
@@ -91,6 +92,7 @@ impl Targets {
             seen: None,
             limits: Limits::default(),
             warn_free: 0,
+            sync_writes: imagestore::SyncWrites::Flush,
             watermark: Default::default(),
             own: None,
             live: Vec::new(),
@@ -124,6 +126,16 @@ impl Targets {
         };
         self.warn_free = warn.unwrap_or_else(|| crate::space::default_warn(total));
         Ok(self)
+    }
+
+    /// Sets when acknowledged writes are durable (`serve --sync-writes`).
+    pub fn with_sync_writes(mut self, mode: imagestore::SyncWrites) -> Self {
+        tracing::info!(sync_writes = ?mode, "overlay writes durable {}", match mode {
+            imagestore::SyncWrites::Flush => "at SYNCHRONIZE CACHE or FUA",
+            _ => "before they are acknowledged",
+        });
+        self.sync_writes = mode;
+        self
     }
 
     /// Free space and failed overlays: logged when they change, and in
@@ -485,6 +497,7 @@ impl Targets {
             tracing::warn!(node = %node.name, "write-ahead log not replayed: {why}");
         }
         overlay.set_limits(self.limits);
+        overlay.set_sync_writes(self.sync_writes);
         let overlay = Arc::new(overlay);
         let id = crate::names::stable_id(&node.target_iqn);
         // Every request checks the lease first (`peers::lease`).

@@ -21,6 +21,7 @@ mod security;
 mod serve;
 mod servers;
 mod takeover;
+mod takeover_death;
 mod takeover_vrrp;
 mod tftp;
 mod user_data;

@@ -15,7 +15,7 @@ pub(crate) fn serve_logged(env: &Env, id: &str, ip: &str, log: &std::path::Path)
     serve_logged_with(env, id, ip, log, &[])
 }
 
-fn serve_logged_with(
+pub(crate) fn serve_logged_with(
     env: &Env,
     id: &str,
     ip: &str,

@@ -16,3 +16,4 @@ mod engine;
 mod imago_bench;
 mod interop;
 mod model;
+mod sync_writes;

@@ -58,11 +58,28 @@ pub fn plan(m: &mut Meta) -> Plan {
 }
 
 impl Overlay {
+    /// Makes every request completed before the call durable, sharing a
+    /// commit with concurrent callers (see [`super::group`]).
+    pub(super) async fn commit(&self) -> Result<(), BlockError> {
+        self.commit_with(true).await
+    }
+
     /// Writes the table changes made so far; see the module docs. A failed
     /// write or sync fails the overlay for good (see [`Overlay::failed`]).
-    pub(super) async fn commit(&self) -> Result<(), BlockError> {
+    /// `share`: return without a commit of its own when one that started
+    /// after the call has already finished.
+    pub(super) async fn commit_with(&self, share: bool) -> Result<(), BlockError> {
         self.check_failed()?;
+        let ticket = self.group.ticket();
         let commit = Arc::clone(&self.commit).lock_owned().await;
+        // The commit this caller queued behind may have failed the overlay:
+        // a sync that succeeds after a failed one proves nothing (the
+        // kernel may have dropped the pages that failed).
+        self.check_failed()?;
+        if share && self.group.covered(ticket) {
+            return Ok(());
+        }
+        let seq = self.group.start();
         if let Some(wal) = &self.wal {
             // The next epoch writes the file of the epoch before this one:
             // no late record of that one may land on a newer record there.
@@ -108,6 +125,7 @@ impl Overlay {
             Ok(commit)
         })
         .await?;
+        self.group.finish(seq);
         if frees.is_empty() {
             restore.dirty = None;
             return Ok(());

@@ -1,11 +1,25 @@
 //! The overlay as a [`BlockDevice`]: reads planned by source, writes,
 //! flushes, discards and block status, each refused once the overlay failed.
 
-use super::{Overlay, Src, MAX_EXTENTS};
+use super::{Overlay, Src, SyncWrites, MAX_EXTENTS};
 use crate::qcow2::CLUSTER_SIZE;
 use async_trait::async_trait;
 use blockdev::{Allocation, BlockDevice, BlockError, Capabilities, Extent};
 use bytes::{Bytes, BytesMut};
+
+impl Overlay {
+    /// After a request changed the device: commits when the request asked
+    /// for it (FUA) or the sync mode makes every change durable before it
+    /// completes.
+    async fn durable(&self, fua: bool) -> Result<(), BlockError> {
+        match self.sync_writes() {
+            SyncWrites::Each => self.commit_with(false).await,
+            SyncWrites::Always => self.commit().await,
+            SyncWrites::Flush if fua => self.commit().await,
+            SyncWrites::Flush => Ok(()),
+        }
+    }
+}
 
 #[async_trait]
 impl BlockDevice for Overlay {
@@ -62,10 +76,7 @@ impl BlockDevice for Overlay {
             return Ok(());
         }
         self.write_inner(offset, data).await?;
-        if fua {
-            self.commit().await?;
-        }
-        Ok(())
+        self.durable(fua).await
     }
 
     async fn flush(&self) -> Result<(), BlockError> {
@@ -78,7 +89,8 @@ impl BlockDevice for Overlay {
     async fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         self.writable()?;
         self.range(offset, len)?;
-        self.zero_range(offset, len).await
+        self.zero_range(offset, len).await?;
+        self.durable(false).await
     }
 
     /// Both ways set the zero flag on whole clusters: the range reads zeros
@@ -86,7 +98,8 @@ impl BlockDevice for Overlay {
     async fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> Result<(), BlockError> {
         self.writable()?;
         self.range(offset, len)?;
-        self.zero_range(offset, len).await
+        self.zero_range(offset, len).await?;
+        self.durable(false).await
     }
 
     async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BlockError> {

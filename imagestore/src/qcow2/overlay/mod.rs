@@ -44,6 +44,11 @@
 //!   entries durable, and after every I/O planned against the old mapping
 //!   has finished (the `gate` barrier), so a freed cluster is never reused
 //!   while a table on disk or a request in flight still points to it.
+//! * With [`SyncWrites::Always`] every write, zeroing and discard is also
+//!   committed before it completes, in commits shared by concurrent
+//!   requests (see [`group`]): for servers that share the overlays'
+//!   storage, whose peer must find every acknowledged write after this
+//!   whole machine died (another machine drops the log).
 //! * The dirty bit is never set: refcounts on disk are always right or
 //!   higher than needed.
 //!
@@ -58,6 +63,7 @@ mod commit;
 #[cfg(test)]
 mod crashpoints;
 mod device;
+mod group;
 mod publish;
 mod replay;
 mod write;
@@ -69,6 +75,8 @@ use super::meta::Meta;
 use super::refcount::Write;
 use super::wal::{self, Pending, Wal};
 use super::{header::Header, ImageError, CLUSTER_SIZE};
+pub use group::SyncWrites;
+
 use blockdev::{BlockDevice, BlockError, Capabilities};
 use bytes::{Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
@@ -127,6 +135,8 @@ pub struct Overlay {
     failed: Arc<AtomicBool>,
     limits: Mutex<Limits>,
     recovered: Recovered,
+    /// When writes become durable, and the group commit's counters.
+    group: group::Group,
 }
 
 /// Space limits checked before clusters are reserved.
@@ -329,6 +339,7 @@ impl Overlay {
             failed: Arc::new(AtomicBool::new(false)),
             limits: Mutex::new(Limits::default()),
             recovered,
+            group: group::Group::default(),
         })
     }
 
@@ -345,6 +356,22 @@ impl Overlay {
     /// Sets the space limits for later reservations.
     pub fn set_limits(&self, limits: Limits) {
         *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// Sets when completed writes are durable (see [`SyncWrites`]).
+    pub fn set_sync_writes(&self, mode: SyncWrites) {
+        self.group.set_mode(mode);
+    }
+
+    /// When completed writes are durable.
+    pub fn sync_writes(&self) -> SyncWrites {
+        self.group.mode()
+    }
+
+    /// Commits started since the open (each one or two `fdatasync`s of the
+    /// overlay): how well group commit shares them.
+    pub fn commits(&self) -> u64 {
+        self.group.commits()
     }
 
     fn limits(&self) -> Limits {

@@ -10,6 +10,9 @@
 //!   fails (a03ed47; main 89bfac3 with `--reserve-free 0`): it found a capacity bug.
 //! - `eio`: the overlays directory on a FUSE file system that fails fsync or write on
 //!   demand (`tests/faults/failfs.py`).
+//! - `machine_death`: the overlays directory on `failfs.py --volatile`, which loses
+//!   every unsynced write when its "machine" dies: `--sync-writes always` loses no
+//!   acknowledged write, `flush` loses them (issue 15, item 5).
 //! - `guest`: a TCG Linux guest's kernel initiator (iscsistart, then iscsid) writes
 //!   ext4 files through its page cache while serve is killed twice (~85 s).
 //!
@@ -20,6 +23,7 @@ mod eio;
 mod enospc;
 mod guest;
 mod kill9;
+mod machine_death;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -277,7 +277,13 @@ async fn serve(
     out.write_all(lines.as_bytes())?;
     out.flush()?;
     drop(out);
-    tracing::info!(server = %id, listen = %local, nodes = targets.len(), "serving");
+    tracing::info!(
+        server = %id,
+        listen = %local,
+        nodes = targets.len(),
+        writes_durable = targets.durable_when(),
+        "serving"
+    );
     // Said once serving: a serve that fails to start says one line, its error.
     if let Some(why) = api_skipped {
         tracing::warn!("{why}");

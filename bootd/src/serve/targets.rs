@@ -130,12 +130,17 @@ impl Targets {
 
     /// Sets when acknowledged writes are durable (`serve --sync-writes`).
     pub fn with_sync_writes(mut self, mode: imagestore::SyncWrites) -> Self {
-        tracing::info!(sync_writes = ?mode, "overlay writes durable {}", match mode {
-            imagestore::SyncWrites::Flush => "at SYNCHRONIZE CACHE or FUA",
-            _ => "before they are acknowledged",
-        });
         self.sync_writes = mode;
         self
+    }
+
+    /// When acknowledged writes are durable, in words for serve's start line
+    /// (said once the configuration is known good, not before its errors).
+    pub fn durable_when(&self) -> &'static str {
+        match self.sync_writes {
+            imagestore::SyncWrites::Flush => "at SYNCHRONIZE CACHE or FUA",
+            _ => "before they are acknowledged",
+        }
     }
 
     /// Free space and failed overlays: logged when they change, and in

@@ -23,58 +23,24 @@ pub struct ApiServe {
 
 impl ApiServe {
     pub fn start(env: &Env, extra: &[&str]) -> Result<Self> {
-        let mut args = vec![
-            "serve",
-            "--dhcp",
-            "off",
-            "--listen-ip",
-            "127.0.0.1",
-            "--iscsi-port",
-            "0",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
+        let args = loopback_serve(&[&["--api-listen", "127.0.0.1:0"], extra].concat());
         let log = env.path("serve.log");
         let mut cmd = env.bootd_cmd(&args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            for _ in 0..4 {
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                let _ = tx.send(line);
-            }
-        });
         let mut s = Self {
-            child: Some(child),
+            child: Some(cmd.spawn()?),
             iscsi: 0,
             http: 0,
             api: String::new(),
             log,
         };
-        let addr = |kind: &str| -> Result<String> {
-            let line = rx.recv_timeout(Duration::from_secs(20))?;
-            Ok(line
-                .trim()
-                .strip_prefix(kind)
-                .ok_or_else(|| format!("expected {kind:?}, serve printed {line:?}"))?
-                .to_string())
-        };
-        let port = |a: String| a.rsplit(':').next().and_then(|p| p.parse().ok());
-        s.iscsi = port(addr("iscsi ")?).ok_or("iscsi port")?;
-        s.http = port(addr("http ")?).ok_or("http port")?;
-        addr("tftp ")?;
-        s.api = addr("api ")?;
+        let child = s.child.as_mut().ok_or("no child")?;
+        let addrs = ready_addrs(child, &["iscsi", "http", "tftp", "api"])?;
+        s.iscsi = port_of(&addrs[0])?;
+        s.http = port_of(&addrs[1])?;
+        s.api = addrs[3].clone();
         Ok(s)
     }
 

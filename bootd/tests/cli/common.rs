@@ -165,21 +165,7 @@ impl Serve {
 
     /// With `extra` arguments after the defaults (e.g. `--tftp-dir DIR`).
     pub fn start_with(env: &Env, extra: &[&str]) -> Result<Self> {
-        let mut args = vec![
-            "serve",
-            "--dhcp",
-            "off",
-            "--listen-ip",
-            "127.0.0.1",
-            "--iscsi-port",
-            "0",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        Self::start_args(env, &args)
+        Self::start_args(env, &loopback_serve(extra))
     }
 
     /// `bootd ARGS` (a serve command line of its own); waits for the ready
@@ -194,42 +180,21 @@ impl Serve {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        // The ready lines: "iscsi 127.0.0.1:PORT", "http ...", "tftp ...".
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            for _ in 0..3 {
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                let _ = tx.send(line);
-            }
-        });
         let mut serve = Self {
-            child: Some(child),
+            child: Some(cmd.spawn()?),
             port: 0,
             http: 0,
             tftp: 0,
             listen: Vec::new(),
         };
-        let mut port = |kind: &str| -> Result<u16> {
-            let line = rx.recv_timeout(Duration::from_secs(20))?;
-            let addr = line
-                .trim()
-                .strip_prefix(kind)
-                .ok_or_else(|| format!("expected a {kind} line, serve printed {line:?}"))?;
-            serve.listen.push(addr.to_string());
-            Ok(addr
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| format!("expected a {kind} line, serve printed {line:?}"))?)
-        };
-        let iscsi = port("iscsi ")?;
-        let http = port("http ")?;
-        let tftp = port("tftp ")?;
-        (serve.port, serve.http, serve.tftp) = (iscsi, http, tftp);
+        let child = serve.child.as_mut().ok_or("no child")?;
+        serve.listen = ready_addrs(child, &["iscsi", "http", "tftp"])?;
+        let ports = serve
+            .listen
+            .iter()
+            .map(|a| port_of(a))
+            .collect::<Result<Vec<u16>>>()?;
+        (serve.port, serve.http, serve.tftp) = (ports[0], ports[1], ports[2]);
         Ok(serve)
     }
 
@@ -393,6 +358,70 @@ pub fn on_postgres_with_image(
 }
 
 /// SIGTERM to a serve process, then wait (at most 20 s) for a clean exit.
+/// `serve` on 127.0.0.1 with no DHCP and every port chosen by the kernel,
+/// then `extra`.
+pub fn loopback_serve<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    serve_at("127.0.0.1", extra)
+}
+
+/// [`loopback_serve`] on address `ip` (another loopback address, or one in
+/// a namespace).
+pub fn serve_at<'a>(ip: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "serve",
+        "--dhcp",
+        "off",
+        "--listen-ip",
+        ip,
+        "--iscsi-port",
+        "0",
+        "--http-port",
+        "0",
+        "--tftp-port",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// serve's ready lines on its stdout ("iscsi ADDR", "http ADDR", ...), one
+/// per `kinds` in that order: the addresses. Each may take 20 s (a debug
+/// build opening its registry on a loaded machine).
+pub fn ready_addrs(child: &mut Child, kinds: &[&str]) -> Result<Vec<String>> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let n = kinds.len();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A thread, so a serve that never prints cannot hang the test.
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        for _ in 0..n {
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+        }
+    });
+    let mut addrs = Vec::new();
+    for kind in kinds {
+        let line = rx.recv_timeout(Duration::from_secs(20))?;
+        let addr = line
+            .trim()
+            .strip_prefix(kind)
+            .and_then(|a| a.strip_prefix(' '))
+            .ok_or_else(|| format!("expected a {kind} line, serve printed {line:?}"))?;
+        addrs.push(addr.to_string());
+    }
+    Ok(addrs)
+}
+
+/// The port of `HOST:PORT`.
+pub fn port_of(addr: &str) -> Result<u16> {
+    Ok(addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no port in {addr:?}"))?)
+}
+
 pub fn stop_child(mut child: std::process::Child) -> Result {
     tool("kill", &["-TERM", &child.id().to_string()])?;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -11,27 +11,9 @@ use std::time::{Duration, Instant};
 
 /// `serve` as server `id` on loopback address `ip`, every port picked free.
 pub(crate) fn serve_as(env: &Env, id: &str, ip: &str) -> Result<Serve> {
-    Serve::start_args(
-        env,
-        &[
-            "serve",
-            "--server-id",
-            id,
-            "--dhcp",
-            "off",
-            "--listen-ip",
-            ip,
-            "--iscsi-port",
-            "0",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-            // Scripts for anyone: the test asks for them from loopback.
-            "--script-access",
-            "open",
-        ],
-    )
+    // Scripts for anyone: the test asks for them from loopback.
+    let extra = ["--server-id", id, "--script-access", "open"];
+    Serve::start_args(env, &serve_at(ip, &extra))
 }
 
 /// Node `mac`'s iPXE script as the server at `ip:http` serves it.

@@ -22,24 +22,10 @@ pub(crate) fn serve_logged_with(
     log: &std::path::Path,
     extra: &[&str],
 ) -> Result<Serve> {
-    let mut args = vec![
-        "serve",
-        "--server-id",
-        id,
-        "--dhcp",
-        "off",
-        "--listen-ip",
+    let args = serve_at(
         ip,
-        "--iscsi-port",
-        "0",
-        "--http-port",
-        "0",
-        "--tftp-port",
-        "0",
-        "--script-access",
-        "open",
-    ];
-    args.extend_from_slice(extra);
+        &[&["--server-id", id, "--script-access", "open"], extra].concat(),
+    );
     let inner = env.bootd_cmd(&args);
     // `exec` keeps the pid bootd's, so SIGSTOP reaches serve itself.
     let mut c = Command::new("sh");
@@ -459,25 +445,14 @@ fn a_floating_address_is_served_and_published_while_the_host_has_it() -> Result 
     }
     let env = Env::new()?;
     let node = one_node(&env, "02:00:00:00:04:01")?;
-    let inner = env.bootd_cmd(&[
-        "serve",
+    let inner = env.bootd_cmd(&loopback_serve(&[
         "--server-id",
         "f1",
-        "--dhcp",
-        "off",
-        "--listen-ip",
-        "127.0.0.1",
-        "--iscsi-port",
-        "0",
-        "--http-port",
-        "0",
-        "--tftp-port",
-        "0",
         "--script-access",
         "open",
         "--floating-ip",
         "192.0.2.50",
-    ]);
+    ]));
     let mut c = Command::new("unshare");
     c.args(["-n", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
         .arg(inner.get_program())

@@ -170,7 +170,8 @@ impl Ownership {
         let done =
             tokio::task::spawn_blocking(move || registry.with(|s| s.release_node(&n, &me))).await;
         match done {
-            Ok(Ok(_)) => tracing::info!(node = %name, "released to its new owner"),
+            Ok(Ok(true)) => tracing::info!(node = %name, "released to its new owner"),
+            Ok(Ok(false)) => tracing::debug!(node = %name, "not ours to release any more"),
             Ok(Err(e)) => tracing::warn!(node = %name, "releasing ownership: {e}"),
             Err(e) => tracing::warn!(node = %name, "releasing ownership: {e}"),
         }

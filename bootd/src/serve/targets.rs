@@ -250,6 +250,9 @@ impl Targets {
         // them, sessions and all, when this server is drained (the
         // initiator logs in again and is redirected to the new owner).
         self.handing_off = false;
+        // Released in this tick: the snapshot still names this server their
+        // owner, which must not make the loop below release them again.
+        let mut released: Vec<String> = Vec::new();
         if let Some(own) = &self.own {
             let draining = own.draining(peers);
             let mut leaving = Vec::new();
@@ -292,6 +295,7 @@ impl Targets {
                     if let Some(own) = &self.own {
                         own.release(&name).await;
                     }
+                    released.push(name);
                 }
             }
         }
@@ -303,7 +307,9 @@ impl Targets {
             if let Some(own) = &self.own {
                 if !own.mine_now(node, &self.live, peers) {
                     // Not ours: let the owner it should have claim it.
-                    if node.owner.as_deref() == Some(own.me.as_str()) {
+                    if node.owner.as_deref() == Some(own.me.as_str())
+                        && !released.iter().any(|r| r == name)
+                    {
                         own.release(name).await;
                     }
                     self.failed.remove(*name);

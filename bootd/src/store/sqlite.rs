@@ -38,13 +38,26 @@ impl SqliteStore {
 
     fn setup(mut conn: Connection) -> Result<Self> {
         // Another bootd process may hold the write lock for a moment.
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_WAIT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        // In-memory databases answer "memory"; both are fine.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        migrate(&mut conn)?;
-        Ok(Self { conn })
+        // A fresh file is in rollback mode until one opener has made it WAL;
+        // there two openers that both read and then want to write deadlock,
+        // and SQLite answers one of them BUSY at once, without the busy
+        // timeout. That opener waits a moment and starts again.
+        let deadline = std::time::Instant::now() + BUSY_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match prepare(&mut conn) {
+                Err(StoreError::Db(e)) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                done => {
+                    done?;
+                    return Ok(Self { conn });
+                }
+            }
+        }
     }
 
     /// Runs one UPDATE of node `name` (`NotFound` if it changed nothing),
@@ -68,6 +81,24 @@ impl SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
+}
+
+/// How long an opener or writer waits for another bootd process's lock.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// WAL, full syncs, and the migrations this database lacks.
+fn prepare(conn: &mut Connection) -> Result<()> {
+    // In-memory databases answer "memory"; both are fine.
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrate(conn)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Applies the migrations this database lacks, each in its own transaction.

@@ -174,3 +174,39 @@ fn postgres_a_lost_connection_is_made_again() -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// SQLite only: many processes opening a data directory's fresh database at
+/// once (serve starting while operators run commands). Until one of them has
+/// switched the file to WAL it is in rollback mode, where two connections
+/// that both hold SHARED and want more deadlock, and SQLite answers one of
+/// them BUSY at once without waiting its busy timeout.
+#[test]
+fn sqlite_first_opens_at_once_all_succeed() -> Result<()> {
+    for round in 0..50 {
+        let dir = tempfile::tempdir().map_err(|e| io(e.to_string()))?;
+        let path = dir.path().join("bootd.db");
+        let barrier = std::sync::Barrier::new(8);
+        let opened: Vec<Result<u64>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (&path, &barrier);
+                    sc.spawn(move || {
+                        barrier.wait();
+                        super::sqlite::SqliteStore::open(path)?.generation()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(StoreError::Corrupt("panic".into())))
+                })
+                .collect()
+        });
+        for r in opened {
+            assert_eq!(r.map_err(|e| format!("round {round}: {e:?}")), Ok(0));
+        }
+    }
+    Ok(())
+}

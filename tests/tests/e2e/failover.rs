@@ -206,7 +206,12 @@ fn guest_writes_through_a_kill_and_a_drain_under_keepalived() -> Result<()> {
     within(
         Duration::from_secs(20),
         "floating address published by s1",
-        || Ok(reg.servers()?["s1"]["iscsi"].as_str() == Some(vip_portal.as_str())),
+        || {
+            Ok(reg
+                .servers()?
+                .get("s1")
+                .is_some_and(|s| s["iscsi"].as_str() == Some(vip_portal.as_str())))
+        },
     )?;
 
     let console = work.path().join("console.log");
@@ -269,7 +274,7 @@ fn guest_writes_through_a_kill_and_a_drain_under_keepalived() -> Result<()> {
             // s1 back, as after a repair: its keepalived stays backup (nopreempt).
             gone.push(std::mem::replace(&mut s1, serve(&reg, &hosts[0], 1)?));
             within(Duration::from_secs(15), "s1 live again", || {
-                Ok(reg.servers()?["s1"]["live"] == true)
+                Ok(reg.servers()?.get("s1").is_some_and(|s| s["live"] == true))
             })?;
             f.ops_at_drain = seen();
             let t = Instant::now();

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::bootd::{START_LIMIT, STOP_LIMIT};
 use crate::export::Log;
 use crate::netns::NetNs;
+use crate::postgres::{PgServer, PASSWORD};
 use crate::process::{describe, run, terminate, wait_until, Finished};
 use crate::serve::{DataDir, CLI_LIMIT};
 
@@ -31,6 +32,13 @@ impl SharedRegistry {
             url,
             password: password.to_string(),
         }
+    }
+
+    /// A new database on `pg` and a new data directory. Through the server's Unix
+    /// socket: serves in other network namespaces cannot reach the host's loopback.
+    pub fn fresh(pg: &PgServer) -> Result<Self> {
+        let db = pg.create_database()?;
+        Ok(Self::new(DataDir::new()?, pg.unix_url(&db), PASSWORD))
     }
 
     /// `bootd --registry URL ARGS` on the data directory.
@@ -155,6 +163,16 @@ impl Peer {
     /// Everything it printed so far.
     pub fn log(&self) -> String {
         format!("--- serve {} ---\n{}--- end ---", self.id, self.log.text())
+    }
+
+    /// SIGKILL, waited for: the server dies as in a crash (nothing committed,
+    /// nothing released, its heartbeats just stop). Its log stays readable.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
     }
 
     /// SIGTERM; it must flush and exit 0.

@@ -10,52 +10,19 @@ use crate::common::*;
 use crate::servers::{owners, servers, within};
 use crate::takeover::{finish, longest_write, text, with_logs, writer};
 use bootd_tests::diskless::Lan;
+use bootd_tests::keepalived::{config_args, Keepalived};
 use bootd_tests::netns::NetNs;
 use bootd_tests::postgres::{shared, PASSWORD};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const VIP: &str = "192.0.2.100";
 const PORT: u16 = 3260;
 
-struct Keepalived(Child);
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn keepalived(env: &Env, ns: &NetNs, n: u8, priority: &str) -> Result<Keepalived> {
-    let conf = env.ok(&[
-        "server",
-        "keepalived-config",
-        "--floating-ip",
-        &format!("{VIP}/24"),
-        "--interface",
-        "eth0",
-        "--check",
-        &format!("192.0.2.{n}:{PORT}"),
-        "--priority",
-        priority,
-    ])?;
-    let path = env.path(&format!("keepalived{n}.conf"));
-    std::fs::write(&path, conf)?;
-    let log = std::fs::File::create(env.path(&format!("keepalived{n}.log")))?;
-    let child = ns
-        .command("keepalived")
-        .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
-        .arg(&path)
-        .arg("--pid")
-        .arg(env.path(&format!("k{n}.pid")))
-        .arg("--vrrp_pid")
-        .arg(env.path(&format!("k{n}-vrrp.pid")))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    Ok(Keepalived(child))
+fn keepalived(env: &Env, ns: &NetNs, n: u8, priority: u8) -> Result<Keepalived> {
+    let args = config_args(VIP, "eth0", &format!("192.0.2.{n}:{PORT}"), priority);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let conf = env.ok(&args)?;
+    Keepalived::start(ns, &conf, &env.path(""), &n.to_string()).map_err(|e| format!("{e:#}").into())
 }
 
 fn serve_in(env: &Env, ns: &NetNs, n: u8) -> Result<Serve> {
@@ -138,13 +105,13 @@ fn keepalived_moves_the_address_and_the_survivor_takes_the_node() -> Result {
     })?;
     env.ok(&["node", "move", "n1", "--server", "s1"])?;
     let s2 = serve_in(&env, &h2, 2)?;
-    let _k1 = keepalived(&env, &h1, 1, "150")?;
-    let _k2 = keepalived(&env, &h2, 2, "100")?;
+    let _k1 = keepalived(&env, &h1, 1, 150)?;
+    let _k2 = keepalived(&env, &h2, 2, 100)?;
     let logs = [
         env.path("s1.log"),
         env.path("s2.log"),
-        env.path("keepalived1.log"),
-        env.path("keepalived2.log"),
+        Keepalived::log_path(&env.path(""), "1"),
+        Keepalived::log_path(&env.path(""), "2"),
     ];
     let log_refs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
     let portal = |id: &str| -> Result<String> {

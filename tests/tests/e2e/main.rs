@@ -10,6 +10,7 @@ mod dashboard;
 mod datasafety;
 mod debian;
 mod diskless;
+mod failover;
 mod hostile_iscsi;
 mod imagebuild;
 mod kernel;

@@ -31,8 +31,8 @@ use bootd_tests::fleet::{Peer, SharedRegistry};
 use bootd_tests::golden::{self, marker_field, GoldenImage, Markers};
 use bootd_tests::guest::{self, Boot, GuestImage};
 use bootd_tests::netns::NetNs;
-use bootd_tests::postgres::{shared, PASSWORD};
-use bootd_tests::serve::{DataDir, Fields};
+use bootd_tests::postgres::shared;
+use bootd_tests::serve::Fields;
 
 const POOL: &str = "192.0.2.100-192.0.2.120";
 /// Every server listens for iSCSI on this port at its own address.
@@ -85,9 +85,7 @@ fn logins_at_the_wrong_server_are_redirected_to_the_owner() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let golden_image = GoldenImage::build()?;
     let guest_image = GuestImage::build()?;
-    let db = pg.create_database()?;
-    // The Unix socket: serves in their namespaces cannot reach the host's loopback.
-    let reg = SharedRegistry::new(DataDir::new()?, pg.unix_url(&db), PASSWORD);
+    let reg = SharedRegistry::fresh(pg)?;
     let golden_path = golden_image.path.to_str().context("golden path")?;
     reg.run(&["image", "import", "golden", golden_path])?;
     let disk_bytes = std::fs::metadata(&golden_image.path)?.len();

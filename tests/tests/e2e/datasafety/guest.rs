@@ -1,15 +1,12 @@
 //! A Linux guest's kernel initiator writing through its page cache to a node's disk
 //! while serve is killed with SIGKILL twice and restarted.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bootd_tests::guest::{self, Boot, GuestImage};
+use bootd_tests::dsafe;
+use bootd_tests::guest::{self, Boot};
 use bootd_tests::netns::NetNs;
-use bootd_tests::overlay::qemu_img_check;
-use bootd_tests::process::run;
 use bootd_tests::serve::{DataDir, Serve, ServeOptions};
 
 use super::{needs, serve_retrying, MIB};
@@ -24,49 +21,6 @@ const KILLS_AT: [Duration; 2] = [Duration::from_secs(15), Duration::from_secs(35
 const DOWN: Duration = Duration::from_secs(3);
 /// Boot (~5 s under TCG), login, mkfs, the writing, the final sync and logout.
 const GUEST_LIMIT: Duration = Duration::from_secs(WRITE_SECS + 180);
-const TOOL_LIMIT: Duration = Duration::from_secs(120);
-/// One record of a guest file: `"%-10s %08d %011d\n"`.
-const RECORD: usize = 32;
-
-/// The guest's file `dir/f{i}`, as its init writes it.
-fn file_contents(token: &str, i: u64) -> Vec<u8> {
-    let n = (i % 29 + 1) * 64;
-    let mut s = String::with_capacity(n as usize * RECORD);
-    for k in 0..n {
-        s.push_str(&format!("{token:<10} {i:08} {k:011}\n"));
-    }
-    s.into_bytes()
-}
-
-/// The test guest's initramfs with `tests/guest/dsafe-init` appended as `/init` (the
-/// kernel unpacks concatenated archives in order; later files replace earlier ones).
-fn dsafe_image(dir: &Path) -> Result<GuestImage> {
-    let base = GuestImage::build()?;
-    let root = dir.join("initrd-overlay");
-    std::fs::create_dir_all(&root)?;
-    let init = bootd_tests::bootd::workspace_root().join("tests/guest/dsafe-init");
-    std::fs::copy(&init, root.join("init"))?;
-    let cpio = dir.join("extra.cpio");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo init | cpio -o -H newc --quiet > '{}'",
-            cpio.display()
-        ))
-        .current_dir(&root)
-        .status()?;
-    ensure!(status.success(), "cpio of the data-safety init: {status}");
-    let mut initrd = std::fs::read(&base.initrd)?;
-    // newc archives are 4-byte aligned; cpio pads its output to 512 bytes anyway.
-    initrd.resize(initrd.len().next_multiple_of(512), 0);
-    initrd.extend(std::fs::read(&cpio)?);
-    let path = dir.join("initrd-dsafe.cpio");
-    std::fs::write(&path, initrd)?;
-    Ok(GuestImage {
-        kernel: base.kernel,
-        initrd: path,
-    })
-}
 
 fn serve_in(ns: &NetNs, data: &DataDir) -> Result<Serve> {
     serve_retrying(
@@ -77,31 +31,6 @@ fn serve_in(ns: &NetNs, data: &DataDir) -> Result<Serve> {
             extra: vec!["--iscsi-port".into(), "3260".into()],
         },
     )
-}
-
-/// Waits until the console file shows `mark`, or the guest thread ended.
-fn wait_for_mark(
-    console: &Path,
-    mark: &str,
-    limit: Duration,
-    guest_done: impl Fn() -> bool,
-) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let text = std::fs::read(console).unwrap_or_default();
-        if String::from_utf8_lossy(&text).contains(mark) {
-            return Ok(());
-        }
-        if guest_done() {
-            bail!("the guest ended before {mark:?}");
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no {mark:?} within {}s",
-            limit.as_secs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Issue 17's guest measurement as a test. A TCG guest logs in to a node's target with
@@ -128,7 +57,7 @@ fn guest_page_cache_writes_survive_serve_kill9() -> Result<()> {
     }
     let started = Instant::now();
     let work = tempfile::tempdir()?;
-    let image = dsafe_image(work.path())?;
+    let image = dsafe::image(work.path())?;
     let golden = work.path().join("golden.raw");
     std::fs::File::create(&golden)?.set_len(DISK_BYTES)?;
     let data = DataDir::new()?;
@@ -157,7 +86,7 @@ fn guest_page_cache_writes_survive_serve_kill9() -> Result<()> {
     };
     let (outcome, serve) = std::thread::scope(|s| -> Result<_> {
         let guest = s.spawn(|| guest::boot(&ns, &boot));
-        let writing = wait_for_mark(
+        let writing = dsafe::wait_for_mark(
             &console,
             "BOOTD-E2E: writing for",
             Duration::from_secs(120),
@@ -195,56 +124,14 @@ fn guest_page_cache_writes_survive_serve_kill9() -> Result<()> {
     if !outcome.passed() {
         bail!("the guest did not pass\n{outcome}\n{}", serve.log());
     }
-    let wrote = outcome
-        .mark("wrote ")
-        .with_context(|| format!("no `wrote N files` report\n{outcome}"))?
-        .to_string();
-    let files: u64 = wrote
-        .strip_prefix("wrote ")
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("bad report {wrote:?}"))?;
-    println!("{TEST}: guest: {wrote}");
+    let files = dsafe::files_written(&outcome)?;
+    println!(
+        "{TEST}: guest: {}",
+        outcome.mark("wrote ").unwrap_or_default()
+    );
     serve.stop()?;
     drop(ns);
-
-    let check = qemu_img_check(&node.overlay_path, false)?;
-    let raw = work.path().join("disk.raw");
-    run(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "qcow2", "-O", "raw"])
-            .arg(&node.overlay_path)
-            .arg(&raw),
-        TOOL_LIMIT,
-    )?
-    .ok()?;
-    // Both verdicts make the report: e2fsck's, and how many files are wrong.
-    let fsck = run(Command::new("e2fsck").arg("-fn").arg(&raw), TOOL_LIMIT)?;
-    let dump = work.path().join("dump");
-    std::fs::create_dir(&dump)?;
-    run(
-        Command::new("debugfs")
-            .args(["-R", &format!("rdump /dir {}", dump.display())])
-            .arg(&raw),
-        TOOL_LIMIT,
-    )?
-    .ok()?;
-    let mut bad = Vec::new();
-    for i in 0..files {
-        let path: PathBuf = dump.join("dir").join(format!("f{i}"));
-        let ok = std::fs::read(&path).is_ok_and(|got| got == file_contents(&token, i));
-        if !ok {
-            bad.push(i);
-        }
-    }
-    ensure!(
-        bad.is_empty() && fsck.success(),
-        "{} of {files} files the guest wrote read back wrong or missing (first: {:?}); \
-         host e2fsck {}: {fsck}",
-        bad.len(),
-        &bad[..bad.len().min(10)],
-        if fsck.success() { "clean" } else { "NOT clean" }
-    );
+    let check = dsafe::check_disk(&node.overlay_path, work.path(), &token, files)?;
     println!(
         "{TEST}: all {files} files intact; e2fsck clean; qemu-img check: {check}; {:.1}s",
         started.elapsed().as_secs_f64()

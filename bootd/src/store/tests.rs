@@ -185,25 +185,7 @@ fn sqlite_first_opens_at_once_all_succeed() -> Result<()> {
     for round in 0..50 {
         let dir = tempfile::tempdir().map_err(|e| io(e.to_string()))?;
         let path = dir.path().join("bootd.db");
-        let barrier = std::sync::Barrier::new(8);
-        let opened: Vec<Result<u64>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    let (path, barrier) = (&path, &barrier);
-                    sc.spawn(move || {
-                        barrier.wait();
-                        super::sqlite::SqliteStore::open(path)?.generation()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(StoreError::Corrupt("panic".into())))
-                })
-                .collect()
-        });
+        let opened = suite::at_once(8, || super::sqlite::SqliteStore::open(&path)?.generation());
         for r in opened {
             assert_eq!(r.map_err(|e| format!("round {round}: {e:?}")), Ok(0));
         }

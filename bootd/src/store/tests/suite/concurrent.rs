@@ -79,17 +79,20 @@ pub fn a_write_by_another_connection_wakes_the_feed_within_a_second(f: Fixture) 
     Ok(())
 }
 
-/// Two bootd processes starting at once on an empty registry: one
-/// migrates, the other waits and finds the schema in place.
-pub fn two_processes_migrating_at_once_both_succeed(f: Fixture) -> Result<()> {
-    let barrier = std::sync::Barrier::new(4);
-    let opened: Vec<Result<u64>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..4)
+/// `n` threads run `work` at the same moment (released by one barrier);
+/// their results in order, a panic as an error.
+pub(in crate::store) fn at_once<T: Send>(
+    n: usize,
+    work: impl Fn() -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..n)
             .map(|_| {
-                let (f, barrier) = (&f, &barrier);
+                let (work, barrier) = (&work, &barrier);
                 sc.spawn(move || {
                     barrier.wait();
-                    f.open()?.generation()
+                    work()
                 })
             })
             .collect();
@@ -100,7 +103,13 @@ pub fn two_processes_migrating_at_once_both_succeed(f: Fixture) -> Result<()> {
                     .unwrap_or_else(|_| Err(StoreError::Corrupt("panic".into())))
             })
             .collect()
-    });
+    })
+}
+
+/// Two bootd processes starting at once on an empty registry: one
+/// migrates, the other waits and finds the schema in place.
+pub fn two_processes_migrating_at_once_both_succeed(f: Fixture) -> Result<()> {
+    let opened = at_once(4, || f.open()?.generation());
     for r in opened {
         assert_eq!(r?, 0);
     }

@@ -124,6 +124,22 @@ impl Ownership {
             .filter(|a| !self.holds(a.ip()))
     }
 
+    /// Whether `node`, not served here, is about to be: its owner is another
+    /// server whose published portal is a floating address this server
+    /// holds now, so the node's initiator reconnects here and the node
+    /// becomes this server's once that owner's lease has lapsed.
+    pub fn coming(&self, node: &NodePlan, peers: &[ServerInfo]) -> bool {
+        let Some(owner) = node.owner.as_deref().filter(|o| *o != self.me) else {
+            return false;
+        };
+        peers.iter().any(|p| {
+            p.id == owner
+                && p.iscsi
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| self.holds(a.ip()))
+        })
+    }
+
     /// Whether this server is being drained.
     pub fn draining(&self, peers: &[ServerInfo]) -> bool {
         peers.iter().any(|s| s.id == self.me && s.draining)

@@ -66,7 +66,7 @@ pub struct Targets {
     /// The live peers and their addresses at the last tick.
     peer_key: Vec<(String, String, bool)>,
     /// Logins redirected to a peer, by target IQN: initiator, address.
-    redirects: HashMap<String, (String, std::net::SocketAddr)>,
+    redirects: HashMap<String, (String, iscsi_target::Elsewhere)>,
     /// Nodes claimed in the registry whose overlay could not be opened
     /// yet (its file lock still held elsewhere), with the claim's epoch:
     /// the retry takes the lock again without claiming again, so a held
@@ -351,19 +351,25 @@ impl Targets {
             if self.served.contains_key(*name) {
                 continue;
             }
-            if let Some(to) = own.redirect(node, &self.live, peers) {
-                now.insert(node.target_iqn.clone(), (node.initiator_iqn.clone(), to));
-            }
+            let at = match own.redirect(node, &self.live, peers) {
+                Some(to) => iscsi_target::Elsewhere::Moved(to),
+                // Behind a floating address this server took: its login
+                // comes back until the owner's lease has lapsed and the node
+                // is claimed here, rather than failing as an unknown target.
+                None if own.coming(node, peers) => iscsi_target::Elsewhere::Coming,
+                None => continue,
+            };
+            now.insert(node.target_iqn.clone(), (node.initiator_iqn.clone(), at));
         }
         for iqn in self.redirects.keys() {
             if !now.contains_key(iqn) {
                 self.server.clear_moved(iqn);
             }
         }
-        for (iqn, (initiator, to)) in &now {
-            if self.redirects.get(iqn) != Some(&(initiator.clone(), *to)) {
-                tracing::debug!(iqn = %iqn, to = %to, "logins redirected");
-                self.server.set_moved(iqn, initiator, *to);
+        for (iqn, (initiator, at)) in &now {
+            if self.redirects.get(iqn) != Some(&(initiator.clone(), *at)) {
+                tracing::debug!(iqn = %iqn, at = ?at, "logins for a target elsewhere");
+                self.server.set_elsewhere(iqn, initiator, *at);
             }
         }
         self.redirects = now;

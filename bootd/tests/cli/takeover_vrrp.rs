@@ -64,6 +64,7 @@ fn keepalived_moves_the_address_and_the_survivor_takes_the_node() -> Result {
         .tool("ip", "iproute2")
         .tool("keepalived", "keepalived")
         .tool("qemu-io", "qemu-utils")
+        .tool("iscsi-inq", "libiscsi-bin")
         .met(name)
     {
         return Ok(());
@@ -141,6 +142,22 @@ fn keepalived_moves_the_address_and_the_survivor_takes_the_node() -> Result {
         || Ok(portal("s2")? == vip),
     )
     .map_err(|e| with_logs(e, &log_refs))?;
+    // Until s1's lease lapses the node is not s2's to serve; a fresh login
+    // at the address (a node booting now, or iscsid's next try) is told to
+    // come back (0x0301, a target error initiators retry), not that the
+    // target is unknown or that authentication failed (errors open-iscsi
+    // does not retry on a first login).
+    let still_s1 = owners(&env)?["n1"].as_deref() == Some("s1");
+    let probe = client
+        .run_inside(|| login_probe(VIP, PORT, &node).map_err(|e| anyhow::anyhow!("{e}")))
+        .map_err(|e| format!("{e:#}"))?;
+    if still_s1 && owners(&env)?["n1"].as_deref() == Some("s1") {
+        assert!(
+            probe.to_lowercase().contains("unavailable"),
+            "a login during the takeover: {probe}"
+        );
+        println!("a login during the takeover: {}", probe.trim());
+    }
     let taken = within(Duration::from_secs(20), "n1 owned by s2", || {
         Ok(owners(&env)?["n1"].as_deref() == Some("s2"))
     })
@@ -182,4 +199,24 @@ fn keepalived_moves_the_address_and_the_survivor_takes_the_node() -> Result {
         &["check", node["overlay_path"].as_str().unwrap_or_default()],
     )?;
     Ok(())
+}
+
+/// A fresh login with the node's credentials (libiscsi's iscsi-inq): what
+/// it printed.
+fn login_probe(ip: &str, port: u16, node: &serde_json::Value) -> Result<String> {
+    let s = |k: &str| node[k].as_str().unwrap_or_default().to_string();
+    let url = format!(
+        "iscsi://{}%{}@{ip}:{port}/{}/0",
+        s("chap_user"),
+        s("chap_secret"),
+        s("target_iqn")
+    );
+    let mut c = std::process::Command::new("iscsi-inq");
+    c.args(["-i", &s("initiator_iqn"), &url]);
+    let out = run(c)?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }

@@ -12,5 +12,5 @@ pub mod server;
 mod session;
 
 pub use events::{CommandDone, CommandObserver, EndReason, SessionEvent, SessionObserver};
-pub use server::{Server, ServerConfig, ServerError, Target};
+pub use server::{Elsewhere, Server, ServerConfig, ServerError, Target};
 pub use session::SessionError;

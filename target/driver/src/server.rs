@@ -138,13 +138,23 @@ pub enum ServerError {
     TargetExists(String),
 }
 
+/// Where a target that is not here is, for its initiator's logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// Served by the portal at this address: logins are redirected there.
+    Moved(SocketAddr),
+    /// About to be served here (a takeover under way): logins are answered
+    /// "service unavailable", which initiators retry.
+    Coming,
+}
+
 pub struct Server {
     pub(crate) config: ServerConfig,
     targets: RwLock<HashMap<String, Arc<Target>>>,
-    /// Targets served by another portal now, by name: the initiator that
-    /// may follow, and where to. A login by that initiator is redirected
-    /// there; anyone else gets the answer an unknown target gets.
-    moved: RwLock<HashMap<String, (String, SocketAddr)>>,
+    /// Targets not here, by name: the initiator that may know, and where
+    /// the target is. That initiator's login is redirected, or told to come
+    /// back; anyone else gets the answer an unknown target gets.
+    moved: RwLock<HashMap<String, (String, Elsewhere)>>,
     /// Live sessions by I_T nexus (discovery sessions by connection).
     pub(crate) sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_tsih: AtomicU16,
@@ -206,13 +216,20 @@ impl Server {
     /// Logins by `initiator` to target `iqn`, while no target of that name
     /// is here, are redirected to `to` (replacing an earlier redirect).
     pub fn set_moved(&self, iqn: &str, initiator: &str, to: SocketAddr) {
+        self.set_elsewhere(iqn, initiator, Elsewhere::Moved(to));
+    }
+
+    /// Logins by `initiator` to target `iqn`, while no target of that name
+    /// is here, are answered as `at` says (replacing an earlier answer).
+    pub fn set_elsewhere(&self, iqn: &str, initiator: &str, at: Elsewhere) {
         self.moved
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(iqn.to_string(), (initiator.to_string(), to));
+            .insert(iqn.to_string(), (initiator.to_string(), at));
     }
 
-    /// Stops redirecting logins to target `iqn`.
+    /// Stops redirecting logins to target `iqn` (or telling them to come
+    /// back).
     pub fn clear_moved(&self, iqn: &str) {
         self.moved
             .write()
@@ -220,9 +237,8 @@ impl Server {
             .remove(iqn);
     }
 
-    /// Where logins to target `iqn` by `initiator` are redirected, if
-    /// anywhere.
-    fn moved_to(&self, iqn: &str, initiator: &str) -> Option<SocketAddr> {
+    /// Where target `iqn` is for `initiator`'s logins, if it is known.
+    fn elsewhere(&self, iqn: &str, initiator: &str) -> Option<Elsewhere> {
         let moved = self.moved.read().unwrap_or_else(|e| e.into_inner());
         moved
             .get(iqn)
@@ -377,8 +393,9 @@ impl TargetDirectory for Directory<'_> {
             // Discovery: open to anyone; SendTargets filters what they see.
             None => Authorization::Allowed(None),
             Some(name) => match self.server.target(name) {
-                None => match self.server.moved_to(name, initiator) {
-                    Some(to) => Authorization::Moved(to),
+                None => match self.server.elsewhere(name, initiator) {
+                    Some(Elsewhere::Moved(to)) => Authorization::Moved(to),
+                    Some(Elsewhere::Coming) => Authorization::Unavailable,
                     None => Authorization::NotFound,
                 },
                 Some(t) => t.authorization(initiator),

@@ -85,6 +85,12 @@ pub enum Authorization {
     /// address, so the TargetAddress always carries an explicit port (iPXE
     /// mishandles one without).
     Moved(std::net::SocketAddr),
+    /// About to be served here (a peer's target that this portal takes
+    /// over once the peer's ownership has lapsed): the login is answered
+    /// "service unavailable" (0x0301), a target error that initiators retry
+    /// (open-iscsi also on a first login), not an initiator error such as an
+    /// unknown target or failed authentication, which they need not retry.
+    Unavailable,
 }
 
 /// One target as SendTargets reports it.

@@ -27,6 +27,7 @@ pub mod status {
     pub const SESSION_TYPE_UNSUPPORTED: (u8, u8) = (0x02, 0x09);
     pub const SESSION_DOES_NOT_EXIST: (u8, u8) = (0x02, 0x0a);
     pub const INVALID_DURING_LOGIN: (u8, u8) = (0x02, 0x0b);
+    pub const SERVICE_UNAVAILABLE: (u8, u8) = (0x03, 0x01);
     pub const OUT_OF_RESOURCES: (u8, u8) = (0x03, 0x02);
 }
 
@@ -273,6 +274,7 @@ impl Login {
                     tpgt: self.portal_group_tag,
                 })
             }
+            Authorization::Unavailable => return Err(LoginError::Unavailable),
             Authorization::Allowed(None) => self.auth = Auth::Open,
             Authorization::Allowed(Some(creds)) => self.auth = Auth::ChapRequired(creds),
         }

@@ -10,10 +10,11 @@ struct Open;
 
 impl TargetDirectory for Open {
     fn authorize(&self, _i: &str, t: Option<&str>) -> Authorization {
-        // Names starting with 'm' are served elsewhere: the redirect path
-        // gets hostile input too.
+        // Names starting with 'm' are served elsewhere, with 'u' about to be
+        // served here: the redirect and come-back paths get hostile input too.
         match t {
             Some(name) if name.starts_with('m') => Authorization::Moved(([192, 0, 2, 7], 3261).into()),
+            Some(name) if name.starts_with('u') => Authorization::Unavailable,
             _ => Authorization::Allowed(None),
         }
     }

@@ -76,6 +76,10 @@ pub enum LoginError {
     /// now; the response redirects the initiator there.
     #[error("target moved to {to}")]
     Moved { to: std::net::SocketAddr, tpgt: u16 },
+    /// The target is not served here yet but is about to be (a takeover
+    /// under way); the initiator should try again shortly.
+    #[error("target not available yet")]
+    Unavailable,
 }
 
 impl LoginError {
@@ -101,6 +105,7 @@ impl LoginError {
             SessionType(_) => status::SESSION_TYPE_UNSUPPORTED,
             NoSession(_) => status::SESSION_DOES_NOT_EXIST,
             Moved { .. } => status::TARGET_MOVED_TEMPORARILY,
+            Unavailable => status::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -164,6 +169,7 @@ mod tests {
             (ChapIWithoutC, "CHAP_I without CHAP_C", (2, 0)),
             (NotLoginPdu, "non-login PDU during login", (2, 0)),
             (StateMissing, "login state missing", (2, 0)),
+            (Unavailable, "target not available yet", (3, 1)),
         ];
         for (e, text, st) in cases {
             assert_eq!(e.to_string(), text);

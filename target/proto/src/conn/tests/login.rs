@@ -72,6 +72,46 @@ fn login_failures_have_the_right_status() -> Result<(), ConnError> {
     Ok(())
 }
 
+/// A target about to be served here (a takeover under way): the first login
+/// PDU is answered "service unavailable" (0x0301, a target error initiators
+/// retry), with no text, and the connection closes; nothing is negotiated.
+#[test]
+fn a_coming_target_is_answered_service_unavailable() -> Result<(), ConnError> {
+    let mut h = Harness::new(Some(creds(false)));
+    let mut p = Pairs::default();
+    p.push("InitiatorName", "iqn.i");
+    p.push("TargetName", "iqn.coming");
+    p.push("AuthMethod", "CHAP,None");
+    let mut buf = BytesMut::new();
+    Request::Login(LoginRequest {
+        transit: true,
+        cont: false,
+        csg: 0,
+        nsg: 1,
+        version_max: 0,
+        version_min: 0,
+        isid: [0x80, 0, 0, 0, 0, 9],
+        tsih: 0,
+        itt: 7,
+        cid: 0,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        data: p.encode(),
+    })
+    .encode(&mut buf, Digests::default());
+    let e = h.conn.handle_input(&mut buf, &h.dir, h.now);
+    assert!(
+        matches!(e, Err(ConnError::Login(LoginError::Unavailable))),
+        "{e:?}"
+    );
+    let wire = h.conn.poll_transmit().unwrap_or_default();
+    assert_eq!(wire[0] & 0x3f, op::LOGIN_RESPONSE);
+    assert_eq!((wire[36], wire[37]), (3, 1));
+    assert_eq!(&wire[5..8], &[0, 0, 0], "no text");
+    assert!(h.conn.is_closed());
+    Ok(())
+}
+
 /// A target served elsewhere: the first login PDU is answered with
 /// "target moved temporarily" (0x0101) and a TargetAddress with an explicit
 /// port and the portal group tag, on the wire as RFC 7143 11.13 lays it

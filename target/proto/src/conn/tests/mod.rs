@@ -22,6 +22,7 @@ impl TargetDirectory for Dir {
                     .parse()
                     .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
             ),
+            Some("iqn.coming") => Authorization::Unavailable,
             Some(_) => Authorization::NotFound,
         }
     }

@@ -143,25 +143,31 @@ fn keepalived_moves_the_address_and_the_survivor_takes_the_node() -> Result {
     )
     .map_err(|e| with_logs(e, &log_refs))?;
     // Until s1's lease lapses the node is not s2's to serve; a fresh login
-    // at the address (a node booting now, or iscsid's next try) is told to
-    // come back (0x0301, a target error initiators retry), not that the
-    // target is unknown or that authentication failed (errors open-iscsi
-    // does not retry on a first login).
+    // at the address (a node booting now, or iscsid's next try) is held
+    // and goes on once s2 has claimed the node, rather than failing as an
+    // unknown target (an authentication failure, which open-iscsi does not
+    // retry on a first login).
     let still_s1 = owners(&env)?["n1"].as_deref() == Some("s1");
+    let probing = Instant::now();
     let probe = client
         .run_inside(|| login_probe(VIP, PORT, &node).map_err(|e| anyhow::anyhow!("{e}")))
         .map_err(|e| format!("{e:#}"))?;
-    if still_s1 && owners(&env)?["n1"].as_deref() == Some("s1") {
+    if still_s1 {
         assert!(
-            probe.to_lowercase().contains("unavailable"),
+            !probe.contains("Login Failed") && probe.contains("Vendor:"),
             "a login during the takeover: {probe}"
         );
-        println!("a login during the takeover: {}", probe.trim());
+        println!(
+            "a login during the takeover: held {:?}, then logged in",
+            probing.elapsed()
+        );
     }
-    let taken = within(Duration::from_secs(20), "n1 owned by s2", || {
+    within(Duration::from_secs(20), "n1 owned by s2", || {
         Ok(owners(&env)?["n1"].as_deref() == Some("s2"))
     })
     .map_err(|e| with_logs(e, &log_refs))?;
+    // Within a poll of the claim (the held login above ended with it).
+    let taken = killed.elapsed();
     let done = finish(w, Duration::from_secs(90)).map_err(|e| with_logs(e, &log_refs))?;
     let t = text(&done);
     assert!(
@@ -172,7 +178,7 @@ fn keepalived_moves_the_address_and_the_survivor_takes_the_node() -> Result {
     assert_eq!(n, 100, "{t}");
     println!(
         "SIGKILL of the owner: floating address published by s2 {moved:?} later, n1 owned by s2 {:?} after the kill; longest write (the client's stall) {stall:?}",
-        killed.elapsed().min(taken + moved)
+        taken
     );
     // Every block reads back through the floating address, now s2's.
     let cmds: Vec<String> = (0..100u64)

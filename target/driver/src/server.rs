@@ -46,6 +46,11 @@ pub struct ServerConfig {
     pub portal_group_tag: u16,
     /// How long shutdown waits for initiators to log out.
     pub shutdown_grace: Duration,
+    /// How long a login for a target about to be served here
+    /// ([`Elsewhere::Coming`]) is held before it is answered "service
+    /// unavailable": it goes on at once when the target arrives. Below the
+    /// initiators' login timeouts (open-iscsi 15 s) and our own.
+    pub coming_hold: Duration,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             max_backlog_total: 256 << 20,
             portal_group_tag: 1,
             shutdown_grace: Duration::from_secs(2),
+            coming_hold: Duration::from_secs(8),
         }
     }
 }
@@ -235,6 +241,15 @@ impl Server {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(iqn);
+    }
+
+    /// Whether target `iqn` is about to be served here.
+    pub(crate) fn is_coming(&self, iqn: &str) -> bool {
+        self.moved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(iqn)
+            .is_some_and(|(_, at)| *at == Elsewhere::Coming)
     }
 
     /// Where target `iqn` is for `initiator`'s logins, if it is known.

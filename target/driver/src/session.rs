@@ -8,6 +8,7 @@ use crate::outbox::Outbox;
 use crate::server::{Directory, Server, SessionEntry, SessionKey, Target};
 use bytes::BytesMut;
 use iscsi_proto::conn::{ConnError, Connection, Event, SessionInfo, SessionType, TmfRequest};
+use iscsi_proto::login::LoginError;
 use iscsi_proto::scsi::spc;
 use iscsi_proto::task::{Nexus, ScsiCommand, ScsiResult, TmfResponse};
 use std::future::Future;
@@ -20,6 +21,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes of a connection's first login request kept to feed again after a
+/// hold (one is a few hundred bytes, at most a header and 8 KiB of text;
+/// more than this is not held).
+const LOGIN_KEPT_MAX: usize = 16 * 1024;
 const REPORT_LUNS: u8 = 0xA0;
 
 /// The logged-in side of a connection: its target and I_T nexus.
@@ -85,6 +90,10 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
     let mut stop = st.server.shutdown_signal();
     let mut stopping = false;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Every byte fed before the first login answer: a login for a target
+    // about to be served here is held, then fed again to a fresh
+    // connection state once the target is here (once per connection).
+    let mut login_bytes: Option<BytesMut> = Some(BytesMut::new());
     let result: Result<(), SessionError> = loop {
         let deadline = st.conn.poll_timeout();
         let sleep = async {
@@ -138,7 +147,43 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
                 server: &st.server,
                 local,
             };
-            if let Err(e) = st.conn.handle_input(&mut buf, &dir, Instant::now()) {
+            if login_bytes
+                .as_ref()
+                .is_some_and(|kept| kept.len() + buf.len() > LOGIN_KEPT_MAX)
+            {
+                login_bytes = None;
+            }
+            let before = login_bytes.is_some().then(|| buf.clone());
+            let mut fed = st.conn.handle_input(&mut buf, &dir, Instant::now());
+            if let (Some(before), Some(kept)) = (before, login_bytes.as_mut()) {
+                // What the connection took (a partial PDU stays in `buf`).
+                let taken = before.len().saturating_sub(buf.len());
+                kept.extend_from_slice(&before[..taken]);
+            }
+            let coming = match &fed {
+                Err(ConnError::Login(LoginError::Unavailable { target })) => Some(target.clone()),
+                _ => None,
+            };
+            if let (Some(target), Some(kept)) = (coming, login_bytes.take()) {
+                let hold = st.server.config.coming_hold;
+                if held(&st.server, &target, hold, &st.kill).await {
+                    // The answer queued ("service unavailable") goes with
+                    // the old state; the login starts again as it came.
+                    st.conn = Connection::new(st.server.conn_config(), Instant::now());
+                    let mut again = kept;
+                    again.extend_from_slice(&buf);
+                    buf = again;
+                    fed = st.conn.handle_input(&mut buf, &dir, Instant::now());
+                }
+            }
+            if fed.is_ok() && login_bytes.is_some() {
+                // The first answer is out: nothing is held after it.
+                if let Some(b) = st.conn.poll_transmit() {
+                    out.send(b);
+                    login_bytes = None;
+                }
+            }
+            if let Err(e) = fed {
                 flush_out(&mut st.conn, &out);
                 break Err(e.into());
             }
@@ -194,6 +239,26 @@ impl Watch {
             good: res.status == iscsi_proto::task::ScsiStatus::GOOD,
             elapsed: self.started.elapsed(),
         });
+    }
+}
+
+/// Waits, at most `hold`, while target `iqn` is about to be served here;
+/// whether that ended (the target is here, or is known elsewhere or not at
+/// all now) so the login can be fed again. Polls: a takeover is a matter of
+/// seconds and a held login costs one sleeping task.
+async fn held(server: &Server, iqn: &str, hold: std::time::Duration, kill: &Notify) -> bool {
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        if server.target(iqn).is_some() || !server.is_coming(iqn) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            _ = kill.notified() => return false,
+        }
     }
 }
 

@@ -117,3 +117,73 @@ async fn the_observer_sees_logins_and_their_end() -> Res<()> {
     }
     Ok(())
 }
+
+/// A target about to be served here (a takeover under way): its
+/// initiator's login is held, not answered, and goes on as soon as the
+/// target arrives, so the node's stall ends with the takeover rather than
+/// at its initiator's next retry. Held past `coming_hold`, it is answered
+/// "service unavailable" (0x0301), which initiators retry. Anyone else's
+/// login to that name gets the unknown-target answer at once.
+#[tokio::test]
+async fn a_login_for_a_coming_target_is_held_until_it_arrives() -> Res<()> {
+    use iscsi_target::Elsewhere;
+    use std::time::{Duration, Instant};
+    let (server, addr, _task) = start_with(
+        ServerConfig {
+            coming_hold: Duration::from_secs(3),
+            ..ServerConfig::default()
+        },
+        vec![],
+    )
+    .await?;
+    server.set_elsewhere(IQN, INITIATOR, Elsewhere::Coming);
+    let arrives = Duration::from_millis(700);
+    let (srv, t) = (server.clone(), target(IQN, 2048)?);
+    let adder = tokio::spawn(async move {
+        tokio::time::sleep(arrives).await;
+        let added = srv.add_target(t);
+        srv.clear_moved(IQN);
+        added.map_err(|e| e.to_string())
+    });
+    let t = Instant::now();
+    let mut c = login(addr, [0x80, 0, 0, 0, 0, 8]).await?;
+    let waited = t.elapsed();
+    assert!(
+        waited >= arrives,
+        "answered before the target came: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "held too long: {waited:?}");
+    adder.await??;
+    assert_eq!(tur(&mut c).await?, 0x02);
+
+    // Never arrives: answered 0x0301 once the hold is over.
+    server.set_elsewhere("iqn.2026-11.test:late", INITIATOR, Elsewhere::Coming);
+    let t = Instant::now();
+    let stream = TcpStream::connect(addr).await?;
+    let (_c, status) = login_as(
+        stream,
+        INITIATOR,
+        Some("iqn.2026-11.test:late"),
+        [0x80, 0, 0, 0, 0, 9],
+    )
+    .await?;
+    assert_eq!(status, (3, 1));
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+
+    // Another initiator learns nothing: the unknown-target answer (the
+    // decoy's authentication failure), at once.
+    let t = Instant::now();
+    let stream = TcpStream::connect(addr).await?;
+    let (_c, status) = login_as(
+        stream,
+        "iqn.other",
+        Some("iqn.2026-11.test:late"),
+        [0x80, 0, 0, 0, 0, 10],
+    )
+    .await?;
+    assert_ne!(status, (3, 1));
+    assert_ne!(status, (0, 0));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    Ok(())
+}

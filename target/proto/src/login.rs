@@ -274,7 +274,11 @@ impl Login {
                     tpgt: self.portal_group_tag,
                 })
             }
-            Authorization::Unavailable => return Err(LoginError::Unavailable),
+            Authorization::Unavailable => {
+                return Err(LoginError::Unavailable {
+                    target: target.unwrap_or_default(),
+                })
+            }
             Authorization::Allowed(None) => self.auth = Auth::Open,
             Authorization::Allowed(Some(creds)) => self.auth = Auth::ChapRequired(creds),
         }

@@ -79,7 +79,7 @@ pub enum LoginError {
     /// The target is not served here yet but is about to be (a takeover
     /// under way); the initiator should try again shortly.
     #[error("target not available yet")]
-    Unavailable,
+    Unavailable { target: String },
 }
 
 impl LoginError {
@@ -105,7 +105,7 @@ impl LoginError {
             SessionType(_) => status::SESSION_TYPE_UNSUPPORTED,
             NoSession(_) => status::SESSION_DOES_NOT_EXIST,
             Moved { .. } => status::TARGET_MOVED_TEMPORARILY,
-            Unavailable => status::SERVICE_UNAVAILABLE,
+            Unavailable { .. } => status::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -169,7 +169,13 @@ mod tests {
             (ChapIWithoutC, "CHAP_I without CHAP_C", (2, 0)),
             (NotLoginPdu, "non-login PDU during login", (2, 0)),
             (StateMissing, "login state missing", (2, 0)),
-            (Unavailable, "target not available yet", (3, 1)),
+            (
+                Unavailable {
+                    target: "iqn.t".into(),
+                },
+                "target not available yet",
+                (3, 1),
+            ),
         ];
         for (e, text, st) in cases {
             assert_eq!(e.to_string(), text);

@@ -101,7 +101,7 @@ fn a_coming_target_is_answered_service_unavailable() -> Result<(), ConnError> {
     .encode(&mut buf, Digests::default());
     let e = h.conn.handle_input(&mut buf, &h.dir, h.now);
     assert!(
-        matches!(e, Err(ConnError::Login(LoginError::Unavailable))),
+        matches!(e, Err(ConnError::Login(LoginError::Unavailable { ref target })) if target == "iqn.coming"),
         "{e:?}"
     );
     let wire = h.conn.poll_transmit().unwrap_or_default();

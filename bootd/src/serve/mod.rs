@@ -144,6 +144,11 @@ async fn serve(
     // The portal this server publishes: its own address, or a floating
     // one while the host holds it (`peers::floating`).
     let floating = s.floating_ip.clone();
+    // The host's addresses (netlink), followed with floating addresses.
+    let addrs = (!floating.is_empty())
+        .then(crate::peers::addrs::follow)
+        .transpose()
+        .context("following the host's addresses")?;
     let (portal_tx, portal_rx) =
         tokio::sync::watch::channel(SocketAddr::new(s.listen_ip(), s.iscsi_port()));
     let mut targets =
@@ -156,7 +161,7 @@ async fn serve(
                 sessions: sessions.clone(),
                 lease: lease.clone(),
                 keeper: keeper.clone(),
-                held: (!floating.is_empty()).then(|| portal_rx.clone()),
+                held: addrs.clone(),
                 floating: floating.clone(),
             });
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
@@ -187,8 +192,7 @@ async fn serve(
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
-    if !floating.is_empty() {
-        let addrs = crate::peers::addrs::follow().context("following the host's addresses")?;
+    if let Some(addrs) = addrs {
         portal_tx.send_replace(crate::peers::floating::portal(
             &floating,
             &addrs.borrow(),

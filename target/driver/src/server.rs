@@ -378,8 +378,13 @@ impl TargetDirectory for Directory<'_> {
             None => Authorization::Allowed(None),
             Some(name) => match self.server.target(name) {
                 None => match self.server.moved_to(name, initiator) {
-                    Some(to) => Authorization::Moved(to),
-                    None => Authorization::NotFound,
+                    // Never back to the portal the login came in at: a
+                    // floating address that just arrived here may still
+                    // be the moved-to address of a dead peer's target
+                    // until the owner of this server takes it (the
+                    // initiator loops through redirects to itself).
+                    Some(to) if to != self.local => Authorization::Moved(to),
+                    _ => Authorization::NotFound,
                 },
                 Some(t) => t.authorization(initiator),
             },
@@ -439,5 +444,31 @@ impl TargetDirectory for Directory<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .is_some_and(|s| s.tsih == tsih)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_is_never_redirected_to_the_portal_it_came_in_at() {
+        let server = Server::new(ServerConfig::default());
+        let here: SocketAddr = SocketAddr::from(([192, 0, 2, 100], 3260));
+        let there: SocketAddr = SocketAddr::from(([192, 0, 2, 101], 3260));
+        let (iqn, ini) = ("iqn.2026-01.test:t", "iqn.2026-01.test:i");
+        server.set_moved(iqn, ini, here);
+        let at = |local| Directory {
+            server: &server,
+            local,
+        };
+        assert!(matches!(
+            at(here).authorize(ini, Some(iqn)),
+            Authorization::NotFound
+        ));
+        assert!(matches!(
+            at(there).authorize(ini, Some(iqn)),
+            Authorization::Moved(to) if to == here
+        ));
     }
 }

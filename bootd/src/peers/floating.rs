@@ -22,13 +22,6 @@ pub fn portal(ips: &[IpAddr], host: &BTreeSet<IpAddr>, port: u16, own: SocketAdd
         .map_or(own, |ip| SocketAddr::new(*ip, port))
 }
 
-/// Whether a host with the addresses `host` holds `ip` as one of its
-/// floating addresses `ips`: every one it has, not only the one it
-/// publishes (a survivor holds its own and a dead peer's at once).
-pub fn holds(ips: &[IpAddr], host: &BTreeSet<IpAddr>, ip: IpAddr) -> bool {
-    ips.contains(&ip) && host.contains(&ip)
-}
-
 /// Follows `addrs` until shutdown: listens on each of `ips` once it
 /// arrives, publishes the portal on `tx`.
 pub async fn run(
@@ -90,28 +83,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A survivor that holds its own floating address and a dead peer's
-    /// publishes its own, and still holds the peer's: it must take the
-    /// peer's nodes and never redirect a login at that address to itself
-    /// (it did: the storm with a server killed saw logins redirected in a
-    /// loop to the address they came in at).
-    #[test]
-    fn every_floating_address_on_the_host_is_held_not_only_the_published_one() {
-        let own: SocketAddr = "192.0.2.1:3260"
-            .parse()
-            .unwrap_or(SocketAddr::from(([0; 4], 0)));
-        let mine: IpAddr = [192, 0, 2, 50].into();
-        let peers: IpAddr = [192, 0, 2, 51].into();
-        let host = BTreeSet::from([own.ip(), mine, peers]);
-        let ips = [mine, peers];
-        assert_eq!(portal(&ips, &host, 3260, own), SocketAddr::new(mine, 3260));
-        assert!(holds(&ips, &host, mine));
-        assert!(holds(&ips, &host, peers));
-        // Not a floating address of ours, or not on the host: not held.
-        assert!(!holds(&ips, &host, own.ip()));
-        assert!(!holds(&ips, &BTreeSet::from([own.ip(), mine]), peers));
-    }
 
     #[test]
     fn the_first_floating_address_held_is_the_portal() {

@@ -144,11 +144,6 @@ async fn serve(
     // The portal this server publishes: its own address, or a floating
     // one while the host holds it (`peers::floating`).
     let floating = s.floating_ip.clone();
-    // The host's addresses (netlink), followed with floating addresses.
-    let addrs = (!floating.is_empty())
-        .then(crate::peers::addrs::follow)
-        .transpose()
-        .context("following the host's addresses")?;
     let (portal_tx, portal_rx) =
         tokio::sync::watch::channel(SocketAddr::new(s.listen_ip(), s.iscsi_port()));
     let mut targets =
@@ -161,7 +156,7 @@ async fn serve(
                 sessions: sessions.clone(),
                 lease: lease.clone(),
                 keeper: keeper.clone(),
-                held: addrs.clone(),
+                held: (!floating.is_empty()).then(|| portal_rx.clone()),
                 floating: floating.clone(),
             });
     let addr = SocketAddr::new(s.listen_ip(), s.iscsi_port());
@@ -192,7 +187,8 @@ async fn serve(
     // ports; one write, so a reader that takes only the first line still gets
     // both in one read and never closes the pipe between them.
     let http_local = http_listener.local_addr()?;
-    if let Some(addrs) = addrs {
+    if !floating.is_empty() {
+        let addrs = crate::peers::addrs::follow().context("following the host's addresses")?;
         portal_tx.send_replace(crate::peers::floating::portal(
             &floating,
             &addrs.borrow(),

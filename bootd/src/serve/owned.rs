@@ -41,10 +41,8 @@ pub struct Ownership {
     pub lease: Arc<peers::lease::Lease>,
     /// Holds the overlays' file locks; drops them when the lease lapses.
     pub keeper: Arc<peers::keeper::Keeper>,
-    /// The host's addresses now, followed when serve has `--floating-ip`:
-    /// which floating addresses it holds (all of them, not only the one
-    /// it publishes: a survivor holds its own and a dead peer's).
-    pub held: Option<crate::peers::addrs::Addrs>,
+    /// The floating addresses this host holds now (`serve --floating-ip`).
+    pub held: Option<tokio::sync::watch::Receiver<std::net::SocketAddr>>,
     /// The floating addresses serve was given.
     pub floating: Vec<std::net::IpAddr>,
 }
@@ -70,9 +68,7 @@ impl Ownership {
 
     /// Whether this server holds `ip` as a floating address now.
     fn holds(&self, ip: std::net::IpAddr) -> bool {
-        self.held
-            .as_ref()
-            .is_some_and(|h| crate::peers::floating::holds(&self.floating, &h.borrow(), ip))
+        self.floating.contains(&ip) && self.held.as_ref().is_some_and(|h| h.borrow().ip() == ip)
     }
 
     /// Whether `node` should be on this server: [`Ownership::mine`], or
@@ -143,10 +139,7 @@ impl Ownership {
         // And the floating address held here: it decides which dead
         // server's nodes are ours.
         if let Some(h) = &self.held {
-            let host = h.borrow();
-            for ip in self.floating.iter().filter(|ip| host.contains(ip)) {
-                v.push((String::new(), ip.to_string(), false));
-            }
+            v.push((String::new(), h.borrow().to_string(), false));
         }
         v.sort();
         v

@@ -48,8 +48,12 @@ pub struct Keepalived {
 /// One keepalived.conf holding every instance `bootd server
 /// keepalived-config` printed for one host (each prints one, named
 /// `bootd`): the first configuration whole, then each other's instance
-/// under a name of its own.
-fn merge(configs: &[String]) -> Result<String> {
+/// under a name of its own. The host's own address (`own`) drops
+/// `nopreempt`: the storm starts every server at once, and with
+/// `nopreempt` everywhere the first keepalived to time out (a busy
+/// machine decides which) kept every address; a server that comes back
+/// would take its address back, but none comes back in a storm.
+fn merge(configs: &[String], own: usize) -> Result<String> {
     const INSTANCE: &str = "vrrp_instance bootd {";
     let mut out = String::new();
     for (j, c) in configs.iter().enumerate() {
@@ -60,7 +64,11 @@ fn merge(configs: &[String]) -> Result<String> {
         if j == 0 {
             out.push_str(head);
         }
-        out.push_str(&inst.replacen(INSTANCE, &format!("vrrp_instance bootd_v{} {{", j + 1), 1));
+        let inst = inst.replacen(INSTANCE, &format!("vrrp_instance bootd_v{} {{", j + 1), 1);
+        match j == own {
+            true => out.push_str(&inst.replacen("nopreempt", "", 1)),
+            false => out.push_str(&inst),
+        }
         out.push('\n');
     }
     Ok(out)
@@ -102,7 +110,7 @@ impl Keepalived {
             }
             let tag = format!("s{}", s + 1);
             let path = dir.join(format!("keepalived-{tag}.conf"));
-            std::fs::write(&path, merge(&configs)?)?;
+            std::fs::write(&path, merge(&configs, s)?)?;
             let out = std::fs::File::create(format!("{}.keepalived-{tag}", log.display()))?;
             let child = Command::new("ip")
                 .args(["netns", "exec", &ns.ns, "keepalived"])

@@ -11,7 +11,13 @@
 #      TIME_LIMIT (600 s per storm), READ_SET_MIB (64: distinct MiB each node reads),
 #      TRACE (empty: the recorded boot; `synthetic` or a file),
 #      OUT (a directory for the two JSON reports and the logs; default: a temp dir),
-#      BOOTD, STORM (binaries; default: the release builds, built when missing).
+#      BOOTD, STORM (binaries; default: the release builds, built when missing),
+#      KILL (K: in the several-server storm, SIGKILL server sK once KILL_AFTER nodes
+#            have logged in; each server then has a floating address moved by real
+#            keepalived, and the kill's figures are printed; empty: no kill),
+#      KILL_AFTER (logins before the kill; default: a third of NODES),
+#      ONE (1: also the one-server storm; 0: only the several-server one).
+# Example: sudo NODES=1000 SERVERS=3 KILL=2 ONE=0 scripts/bench-storm.sh
 set -euo pipefail
 
 NODES=${NODES:-2000}
@@ -20,6 +26,9 @@ CONCURRENCY=${CONCURRENCY:-64}
 TIME_LIMIT=${TIME_LIMIT:-600}
 READ_SET_MIB=${READ_SET_MIB:-64}
 TRACE=${TRACE:-}
+KILL=${KILL:-}
+KILL_AFTER=${KILL_AFTER:-}
+ONE=${ONE:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 BOOTD=${BOOTD:-$root/build/release/bootd}
 STORM=${STORM:-$root/build/release/bootd-storm}
@@ -40,6 +49,10 @@ run() { # NAME SERVERS
         --time-limit "$TIME_LIMIT" --read-set-mib "$READ_SET_MIB" --json
         --bootd "$BOOTD" --bootd-log "$OUT/$name.log")
     [ -n "$TRACE" ] && args+=(--trace "$TRACE")
+    if [ -n "$KILL" ] && [ "$servers" -gt 1 ]; then
+        args+=(--kill-server "$KILL")
+        [ -n "$KILL_AFTER" ] && args+=(--kill-after-logins "$KILL_AFTER")
+    fi
     echo "bench-storm: $NODES nodes against $servers server(s)..." >&2
     "$STORM" "${args[@]}" >"$OUT/$name.json" 2>"$OUT/$name.stderr" || rc=$?
     if [ ! -s "$OUT/$name.json" ]; then
@@ -49,12 +62,17 @@ run() { # NAME SERVERS
     fi
 }
 
-run one 1
+reports=()
+if [ "$ONE" = 1 ]; then
+    run one 1
+    reports+=("$OUT/one.json")
+fi
 run many "$SERVERS"
+reports+=("$OUT/many.json")
 
-python3 - "$OUT/one.json" "$OUT/many.json" <<'EOF'
+python3 - "${reports[@]}" <<'EOF'
 import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
+rs = [json.load(open(p)) for p in sys.argv[1:]]
 mib = 1 << 20
 def col(r):
     s = r["servers"]
@@ -75,15 +93,27 @@ def col(r):
     }
     for p in r["phases"]:
         rows[f'{p["phase"]} p50 / p99'] = f'{p["p50_ms"]:.1f} / {p["p99_ms"]:.1f} ms'
+    t = r.get("takeover")
+    if t:
+        killed = next(x for x in s if x["killed"])
+        rows["killed (after logins, at)"] = f'{t["killed_server"]} ({t["logins_before_kill"]}, {t["kill_at_secs"]:.1f} s)'
+        rows["its address on (after)"] = f'{t["address_moved_to"]} ({(t["address_moved_after_ms"] or 0) / 1000:.1f} s)'
+        rows["its placed nodes / sessions dropped"] = f'{killed["nodes_placed"]} / {t["sessions_dropped"]}'
+        rows["resumed: kill to I/O p50 / max"] = f'{t["resumed"]}: {t["resume_p50_ms"] / 1000:.1f} / {t["resume_max_ms"] / 1000:.1f} s'
+        rows["resumed per server"] = " / ".join(str(x["counts"]["resumed"]) for x in s)
+        rows["retries (not errors) / boots over"] = f'{t["retries"]} {t["retries_by_phase"]} / {t["boot_restarts"]}'
+        rows["re-logins redirected"] = str(t["redirected_relogins"])
     return rows
-ca, cb = col(a), col(b)
-w = max(len(k) for k in ca)
-wa = max(len(v) for v in ca.values())
+cols = [col(r) for r in rs]
+keys = list(dict.fromkeys(k for c in cols for k in c))
+w = max(len(k) for k in keys)
+wa = max(len(v) for c in cols for v in c.values())
+a = rs[0]
 print(f'{a["nodes"]} nodes, {a["concurrency"]} at a time, trace: {a["trace"]["source"]}')
-print(f'{"":<{w}}  {"one server":<{wa}}  {len(b["servers"])} servers')
-for k in ca:
-    print(f'{k:<{w}}  {ca[k]:<{wa}}  {cb.get(k, "")}')
-for r in (a, b):
+print(f'{"":<{w}}  ' + "  ".join(f'{(str(len(r["servers"])) + " server(s)"):<{wa}}' for r in rs))
+for k in keys:
+    print(f'{k:<{w}}  ' + "  ".join(f'{c.get(k, ""):<{wa}}' for c in cols))
+for r in rs:
     for p in r["phases"] + r["commands"]:
         for msg, n in p["error_samples"].items():
             print(f'{len(r["servers"])} server(s), error in {p["phase"]}: {msg} (x{n})')

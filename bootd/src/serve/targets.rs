@@ -356,7 +356,11 @@ impl Targets {
                 // Behind a floating address this server took: its login
                 // comes back until the owner's lease has lapsed and the node
                 // is claimed here, rather than failing as an unknown target.
-                None if own.coming(node, peers) => iscsi_target::Elsewhere::Coming,
+                // So is a node this server should have and has not claimed
+                // yet (a script may already name this portal).
+                None if own.coming(node, peers) || own.mine_now(node, &self.live, peers) => {
+                    iscsi_target::Elsewhere::Coming
+                }
                 None => continue,
             };
             now.insert(node.target_iqn.clone(), (node.initiator_iqn.clone(), at));

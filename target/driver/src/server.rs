@@ -243,13 +243,16 @@ impl Server {
             .remove(iqn);
     }
 
-    /// Whether target `iqn` is about to be served here.
-    pub(crate) fn is_coming(&self, iqn: &str) -> bool {
+    /// Whether target `iqn` is about to be served here, for a login that
+    /// came in at `local`: coming, or "moved" to that very portal.
+    pub(crate) fn is_coming(&self, iqn: &str, local: SocketAddr) -> bool {
         self.moved
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(iqn)
-            .is_some_and(|(_, at)| *at == Elsewhere::Coming)
+            .is_some_and(|(_, at)| {
+                matches!(at, Elsewhere::Coming) || *at == Elsewhere::Moved(local)
+            })
     }
 
     /// Where target `iqn` is for `initiator`'s logins, if it is known.
@@ -409,6 +412,12 @@ impl TargetDirectory for Directory<'_> {
             None => Authorization::Allowed(None),
             Some(name) => match self.server.target(name) {
                 None => match self.server.elsewhere(name, initiator) {
+                    // Never back to the portal the login came in at: a
+                    // floating address that just arrived here may still be
+                    // the moved-to address of a dead peer's target until
+                    // the next reconcile (the initiator would loop through
+                    // redirects to itself). The target is on its way here.
+                    Some(Elsewhere::Moved(to)) if to == self.local => Authorization::Unavailable,
                     Some(Elsewhere::Moved(to)) => Authorization::Moved(to),
                     Some(Elsewhere::Coming) => Authorization::Unavailable,
                     None => Authorization::NotFound,
@@ -471,5 +480,31 @@ impl TargetDirectory for Directory<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .is_some_and(|s| s.tsih == tsih)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_is_never_redirected_to_the_portal_it_came_in_at() {
+        let server = Server::new(ServerConfig::default());
+        let here: SocketAddr = SocketAddr::from(([192, 0, 2, 100], 3260));
+        let there: SocketAddr = SocketAddr::from(([192, 0, 2, 101], 3260));
+        let (iqn, ini) = ("iqn.2026-01.test:t", "iqn.2026-01.test:i");
+        server.set_moved(iqn, ini, here);
+        let at = |local| Directory {
+            server: &server,
+            local,
+        };
+        assert!(matches!(
+            at(here).authorize(ini, Some(iqn)),
+            Authorization::Unavailable
+        ));
+        assert!(matches!(
+            at(there).authorize(ini, Some(iqn)),
+            Authorization::Moved(to) if to == here
+        ));
     }
 }

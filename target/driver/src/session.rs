@@ -166,7 +166,7 @@ pub(crate) async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr
             };
             if let (Some(target), Some(kept)) = (coming, login_bytes.take()) {
                 let hold = st.server.config.coming_hold;
-                if held(&st.server, &target, hold, &st.kill).await {
+                if held(&st.server, &target, local, hold, &st.kill).await {
                     // The answer queued ("service unavailable") goes with
                     // the old state; the login starts again as it came.
                     st.conn = Connection::new(st.server.conn_config(), Instant::now());
@@ -246,10 +246,16 @@ impl Watch {
 /// whether that ended (the target is here, or is known elsewhere or not at
 /// all now) so the login can be fed again. Polls: a takeover is a matter of
 /// seconds and a held login costs one sleeping task.
-async fn held(server: &Server, iqn: &str, hold: std::time::Duration, kill: &Notify) -> bool {
+async fn held(
+    server: &Server,
+    iqn: &str,
+    local: SocketAddr,
+    hold: std::time::Duration,
+    kill: &Notify,
+) -> bool {
     let deadline = tokio::time::Instant::now() + hold;
     loop {
-        if server.target(iqn).is_some() || !server.is_coming(iqn) {
+        if server.target(iqn).is_some() || !server.is_coming(iqn, local) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -60,6 +60,22 @@ pub struct Args {
     /// it (and must be redirected to the owner); 0: none.
     #[arg(long, default_value_t = 0)]
     pub misdirect: usize,
+    /// SIGKILL server K (1-based: sK) in the middle of the storm, once
+    /// --kill-after-logins nodes have logged in. Implies --floating: the
+    /// dead server's nodes must come back at the floating address their
+    /// script named, on whichever survivor keepalived moved it to.
+    #[arg(long, value_name = "K")]
+    pub kill_server: Option<usize>,
+    /// iSCSI logins (over all servers) before --kill-server strikes
+    /// [default: a third of --nodes].
+    #[arg(long, value_name = "N")]
+    pub kill_after_logins: Option<u64>,
+    /// Give each server a floating portal address (198.18.1.K, `serve
+    /// --floating-ip`) moved by real keepalived (VRRP) running in every
+    /// server's namespace with the configuration `bootd server
+    /// keepalived-config` prints: node scripts name the floating address.
+    #[arg(long)]
+    pub floating: bool,
     /// Seconds the servers may take to place every node (setup).
     #[arg(long, default_value_t = 120)]
     pub place_limit: u64,

@@ -13,6 +13,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
+
+/// Told of every retransmission and restart: what happened, and the
+/// server the message was for when it named one.
+pub type Retry<'a> = dyn FnMut(String, Option<Ipv4Addr>) + Send + 'a;
 use tokio::sync::mpsc;
 
 /// What PXE ROMs (and iPXE after them) send as vendor class on BIOS.
@@ -112,15 +116,20 @@ impl Dhcp {
     }
 
     /// Sends `msg` and waits for a reply of one of `kinds`, retransmitting
-    /// on timeout. Every timeout is passed to `retry` (an error to count).
+    /// on timeout. Every timeout is passed to `retry` (an error to count)
+    /// with the server the message was for, if it names one.
     async fn exchange(
         &self,
         slot: &mut Slot<'_>,
         msg: &Message,
         to: SocketAddrV4,
         kinds: &[MessageType],
-        retry: &mut (dyn FnMut(String) + Send),
+        retry: &mut Retry<'_>,
     ) -> Result<Message> {
+        let server = match msg.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        };
         let what = msg.opts().msg_type().map_or_else(
             || "message".to_string(),
             |k| format!("{k:?}").to_uppercase(),
@@ -140,24 +149,23 @@ impl Dhcp {
                 }
             }
             if n + 1 < TRIES.len() {
-                retry(format!(
-                    "no answer to {what} within {wait:?}, retransmitted"
-                ));
+                retry(
+                    format!("no answer to {what} within {wait:?}, retransmitted"),
+                    server,
+                );
             }
         }
         bail!("no answer to {what} after {} tries", TRIES.len())
     }
 
     /// DISCOVER, OFFER, REQUEST, ACK for `mac`, as PXE firmware (`ipxe`
-    /// false) or as iPXE. A NAK restarts the exchange once.
-    pub async fn dora(
-        &self,
-        mac: [u8; 6],
-        ipxe: bool,
-        retry: &mut (dyn FnMut(String) + Send),
-    ) -> Result<Lease> {
+    /// false) or as iPXE. A NAK restarts the exchange once; a REQUEST
+    /// nobody answers (its server died after its OFFER) restarts it too,
+    /// as a client back in INIT state does.
+    pub async fn dora(&self, mac: [u8; 6], ipxe: bool, retry: &mut Retry<'_>) -> Result<Lease> {
         let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-        for attempt in 0..2 {
+        let mut naks = 0;
+        for attempt in 0..3 {
             let mut slot = self.slot();
             let discover = request(slot.xid, mac, MessageType::Discover, ipxe);
             let offer = self
@@ -178,7 +186,7 @@ impl Dhcp {
             req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
             req.opts_mut()
                 .insert(DhcpOption::ServerIdentifier(server_id));
-            let ack = self
+            let ack = match self
                 .exchange(
                     &mut slot,
                     &req,
@@ -186,11 +194,20 @@ impl Dhcp {
                     &[MessageType::Ack, MessageType::Nak],
                     retry,
                 )
-                .await?;
+                .await
+            {
+                Ok(a) => a,
+                Err(e) if attempt < 2 => {
+                    retry(format!("{e:#}, starting over"), Some(server_id));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if ack.opts().msg_type() == Some(MessageType::Nak) {
                 let text = nak_text(&ack);
-                if attempt == 0 {
-                    retry(format!("NAK for {ip}{text}, starting over"));
+                if naks == 0 && attempt < 2 {
+                    naks += 1;
+                    retry(format!("NAK for {ip}{text}, starting over"), None);
                     continue;
                 }
                 bail!("NAK for {ip}{text}");

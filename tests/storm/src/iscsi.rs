@@ -10,7 +10,7 @@ use iscsi_proto::initiator::{Event, Initiator, InitiatorConfig, Outcome};
 use iscsi_proto::pdu::Response;
 use iscsi_proto::scsi::opcode::{self as op, sai};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,16 +19,60 @@ const OUR_MAX_RECV: u32 = 262_144;
 /// Any single PDU exchange.
 pub const PDU_LIMIT: Duration = Duration::from_secs(30);
 
+/// How long a dropped session's initiator keeps trying to log in again
+/// before it fails the commands (open-iscsi's replacement_timeout).
+pub const REPLACEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// One re-login attempt (connect, login, TEST UNIT READY).
+const RELOGIN_ATTEMPT: Duration = Duration::from_secs(10);
+/// The longest pause between re-login attempts.
+const RELOGIN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// Who logs in where.
-pub struct Identity<'a> {
+#[derive(Clone)]
+pub struct Identity {
     /// The node's own address: every connection comes from it.
     pub local: Ipv4Addr,
+    /// The portal the node's script (and so its iBFT) names: where every
+    /// login, and every re-login after a drop, begins.
     pub portal: SocketAddr,
-    pub initiator: &'a str,
-    pub target: &'a str,
-    pub user: &'a str,
-    pub secret: &'a str,
+    pub initiator: String,
+    pub target: String,
+    pub user: String,
+    pub secret: String,
     pub isid: [u8; 6],
+}
+
+/// The connection is gone (closed, reset, silent): a real initiator logs in
+/// again and resends what did not complete.
+#[derive(Debug)]
+pub struct Lost(pub String);
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Lost {}
+
+fn lost(what: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Lost(what.to_string()))
+}
+
+/// A dropped connection and the re-login that followed.
+#[derive(Debug, Clone)]
+pub struct Outage {
+    /// Where the session was when it dropped.
+    pub portal: SocketAddr,
+    pub error: String,
+    /// Login attempts it took (1: the first one came back).
+    pub attempts: u32,
+    /// The failed attempts' texts (the first few).
+    pub failures: Vec<String>,
+    /// Login redirects the re-login followed.
+    pub hops: u32,
+    /// When the first command after it completed, and where.
+    pub back: Option<(Instant, SocketAddr)>,
 }
 
 /// Login redirects followed before giving up (a loop between servers).
@@ -43,6 +87,9 @@ pub enum Login {
 
 /// A logged-in session with one connection.
 pub struct Session {
+    id: Identity,
+    /// Every drop and re-login, in order.
+    pub outages: Vec<Outage>,
     stream: TcpStream,
     /// Where the session is (after any redirects).
     pub portal: SocketAddr,
@@ -93,11 +140,15 @@ const OFFER: [(&str, &str); 14] = [
 impl Session {
     /// Logs in at `id.portal`, following up to [`MAX_REDIRECTS`] login
     /// redirects; the session and how many redirects it took.
-    pub async fn login_following(id: &Identity<'_>) -> Result<(Self, u32)> {
+    pub async fn login_following(id: &Identity) -> Result<(Self, u32)> {
         let mut portal = id.portal;
         for hops in 0..=MAX_REDIRECTS {
             match Self::login(id, portal).await? {
                 Login::In(s) => return Ok((*s, hops)),
+                // A server must never send a login back where it came in.
+                Login::Moved(r) if r.to == portal => {
+                    bail!("login redirected to {portal}, the address it logged in at")
+                }
                 Login::Moved(r) => portal = r.to,
             }
         }
@@ -106,7 +157,7 @@ impl Session {
 
     /// Connects to `portal` and logs in: security stage with CHAP, then
     /// the operational stage, then full feature phase.
-    pub async fn login(id: &Identity<'_>, portal: SocketAddr) -> Result<Login> {
+    pub async fn login(id: &Identity, portal: SocketAddr) -> Result<Login> {
         let stream = tokio::time::timeout(PDU_LIMIT, crate::http::connect_from(id.local, portal))
             .await
             .map_err(|_| anyhow!("connect to {portal} timed out"))??;
@@ -117,9 +168,11 @@ impl Session {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            ..InitiatorConfig::chap(id.initiator, id.target, id.user, id.secret.as_bytes())
+            ..InitiatorConfig::chap(&id.initiator, &id.target, &id.user, id.secret.as_bytes())
         };
         let mut s = Self {
+            id: id.clone(),
+            outages: Vec::new(),
             stream,
             portal,
             redirect: None,
@@ -154,7 +207,10 @@ impl Session {
     async fn next_event(&mut self) -> Result<Event> {
         loop {
             if let Some(out) = self.ini.poll_transmit() {
-                self.stream.write_all(&out).await?;
+                self.stream
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| lost(format!("sending to {}: {e}", self.portal)))?;
             }
             if let Some(ev) = self.ini.poll_event() {
                 return Ok(ev);
@@ -162,9 +218,10 @@ impl Session {
             self.buf.reserve(OUR_MAX_RECV as usize + 1024);
             let n = tokio::time::timeout(PDU_LIMIT, self.stream.read_buf(&mut self.buf))
                 .await
-                .map_err(|_| anyhow!("no PDU from the target within {PDU_LIMIT:?}"))??;
+                .map_err(|_| lost(format!("no PDU from {} within {PDU_LIMIT:?}", self.portal)))?
+                .map_err(|e| lost(format!("reading from {}: {e}", self.portal)))?;
             if n == 0 {
-                bail!("target closed the connection");
+                return Err(lost(format!("{} closed the connection", self.portal)));
             }
             // The initiator consumes the PDU and reports only its status:
             // a redirect's address is read first.
@@ -175,8 +232,96 @@ impl Session {
         }
     }
 
-    /// Runs one command to completion.
+    /// Runs one command to completion; when the connection drops, logs in
+    /// again (see [`Session::relogin`]) and sends the command again, as a
+    /// real initiator does with the commands a dropped connection left
+    /// without an answer (reads, writes of the same data and flushes may
+    /// all run twice).
     pub async fn command(&mut self, cdb: [u8; 16], read_len: u32, write: &[u8]) -> Result<Outcome> {
+        loop {
+            match self.command_once(cdb, read_len, write).await {
+                Ok(o) => {
+                    if let Some(last) = self.outages.last_mut() {
+                        if last.back.is_none() {
+                            last.back = Some((Instant::now(), self.portal));
+                        }
+                    }
+                    return Ok(o);
+                }
+                Err(e) if e.downcast_ref::<Lost>().is_some() => self.relogin(e).await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// After a drop: log in again at the portal the node was given (not
+    /// where a redirect took it: open-iscsi fails back to the original
+    /// address too), with the same ISID (the target reinstates the
+    /// session), until one attempt succeeds or [`REPLACEMENT_TIMEOUT`]
+    /// has passed; then TEST UNIT READY consumes the new nexus's unit
+    /// attention, as the SCSI layer's retry does.
+    async fn relogin(&mut self, why: anyhow::Error) -> Result<()> {
+        let start = Instant::now();
+        let mut o = Outage {
+            portal: self.portal,
+            error: format!("{why:#}"),
+            attempts: 0,
+            failures: Vec::new(),
+            hops: 0,
+            back: None,
+        };
+        let mut pause = Duration::from_millis(250);
+        loop {
+            o.attempts += 1;
+            let attempt = tokio::time::timeout(RELOGIN_ATTEMPT, async {
+                let (mut s, hops) = Session::login_following(&self.id).await?;
+                s.ready().await?;
+                anyhow::Ok((s, hops))
+            })
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("re-login took over {RELOGIN_ATTEMPT:?}")));
+            match attempt {
+                Ok((s, hops)) => {
+                    if s.blocks != self.blocks || s.block_size != self.block_size {
+                        bail!(
+                            "after the re-login the disk has {} blocks of {}, before {} of {}",
+                            s.blocks,
+                            s.block_size,
+                            self.blocks,
+                            self.block_size
+                        );
+                    }
+                    o.hops = hops;
+                    self.stream = s.stream;
+                    self.buf = s.buf;
+                    self.ini = s.ini;
+                    self.portal = s.portal;
+                    self.outages.push(o);
+                    return Ok(());
+                }
+                Err(e) => {
+                    if o.failures.len() < 4 {
+                        o.failures.push(format!("{e:#}"));
+                    }
+                    if start.elapsed() + pause > REPLACEMENT_TIMEOUT {
+                        let n = o.attempts;
+                        self.outages.push(o);
+                        bail!("connection lost ({why:#}); no re-login in {n} attempts within {REPLACEMENT_TIMEOUT:?}, the last: {e:#}");
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RELOGIN_BACKOFF_MAX);
+        }
+    }
+
+    /// Runs one command on this connection.
+    async fn command_once(
+        &mut self,
+        cdb: [u8; 16],
+        read_len: u32,
+        write: &[u8],
+    ) -> Result<Outcome> {
         let want = self
             .ini
             .command(&cdb, read_len, Bytes::copy_from_slice(write))?;
@@ -211,7 +356,7 @@ impl Session {
         let mut tur = [0u8; 16];
         tur[0] = op::TEST_UNIT_READY;
         for _ in 0..5 {
-            let o = self.command(tur, 0, &[]).await?;
+            let o = self.command_once(tur, 0, &[]).await?;
             if o.status == 0 {
                 ok = true;
                 break;
@@ -227,7 +372,7 @@ impl Session {
         cdb[0] = op::SERVICE_ACTION_IN_16;
         cdb[1] = sai::READ_CAPACITY_16;
         cdb[13] = 32;
-        let o = self.command(cdb, 32, &[]).await?;
+        let o = self.command_once(cdb, 32, &[]).await?;
         if o.status != 0 {
             bail!("READ CAPACITY (16): {}", describe(&o));
         }
@@ -289,8 +434,18 @@ impl Session {
         Ok(())
     }
 
-    /// Logout (close the session) and its response.
-    pub async fn logout(mut self) -> Result<()> {
+    /// Logout (close the session) and its response; a connection that
+    /// drops first is logged in again and the logout sent again.
+    pub async fn logout(&mut self) -> Result<()> {
+        loop {
+            match self.logout_once().await {
+                Err(e) if e.downcast_ref::<Lost>().is_some() => self.relogin(e).await?,
+                r => return r,
+            }
+        }
+    }
+
+    async fn logout_once(&mut self) -> Result<()> {
         let want = self.ini.logout();
         loop {
             match self.next_event().await? {

@@ -15,6 +15,7 @@ mod registry;
 mod report;
 mod setup;
 mod stats;
+mod takeover;
 mod tftp;
 mod trace;
 
@@ -106,6 +107,12 @@ fn run(args: cli::Args) -> Result<bool> {
     };
     if kind == registry::Kind::Sqlite && args.servers > 1 {
         bail!("several servers share a PostgreSQL registry (--registry postgres)");
+    }
+    let floating = args.floating || args.kill_server.is_some();
+    if let Some(k) = args.kill_server {
+        if k == 0 || k > args.servers || args.servers < 2 {
+            bail!("--kill-server K needs 1 <= K <= --servers, and at least two servers");
+        }
     }
     let (pool, pool_size) = netns::pool(args.nodes)?;
     // SAFETY: geteuid has no preconditions.
@@ -200,20 +207,46 @@ fn run(args: cli::Args) -> Result<bool> {
         };
         let mut servers = Vec::new();
         for (k, ns) in wire.servers.iter().enumerate() {
+            let f = floating.then(|| takeover::serve_floating(k, args.servers));
             servers.push(setup::Server::start(
                 ns,
                 &format!("s{}", k + 1),
                 &log_of(k),
                 &opts,
+                f.as_deref(),
             )?);
         }
         let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+        // keepalived in every server's namespace (stopped after the servers).
+        let keepalived = floating
+            .then(|| takeover::Keepalived::start(&bootd, &wire.servers, work.path(), &log))
+            .transpose()?;
         let placed = registry::wait_placed(
             &bootd,
             &ids,
             args.nodes,
             Duration::from_secs(args.place_limit),
         )?;
+        if floating {
+            takeover::wait_published(&bootd, &ids, Duration::from_secs(60))?;
+        }
+        let kill = args.kill_server.map(|k| {
+            let s = &servers[k - 1];
+            Arc::new(takeover::Kill {
+                server: k - 1,
+                id: s.id.clone(),
+                pid: s.pid,
+                own: s.ip,
+                vip: takeover::floating_ip(k - 1),
+                after_logins: args
+                    .kill_after_logins
+                    .unwrap_or(args.nodes as u64 / 3)
+                    .min(args.nodes as u64),
+                logins: Default::default(),
+                at: Default::default(),
+                moved: Default::default(),
+            })
+        });
         let setup_secs = t0.elapsed().as_secs_f64();
         let ctx = rt.block_on(async {
             anyhow::Ok(Arc::new(Ctx {
@@ -231,6 +264,12 @@ fn run(args: cli::Args) -> Result<bool> {
                 pace: args.pace,
                 seed: args.seed,
                 stats: stats::Stats::default(),
+                kill: kill.clone(),
+                floating: if floating {
+                    (0..args.servers).map(takeover::floating_ip).collect()
+                } else {
+                    Vec::new()
+                },
             }))
         })?;
         let before = servers
@@ -242,6 +281,10 @@ fn run(args: cli::Args) -> Result<bool> {
         let limit = Duration::from_secs(args.time_limit);
         let b = bar(args.nodes as u64, args.json, "booting");
         let mut stop = stop_rx.clone();
+        if let Some(k) = kill.clone() {
+            let namespaces: Vec<String> = wire.servers.iter().map(|s| s.ns.clone()).collect();
+            rt.spawn(async move { k.run(namespaces, Duration::from_secs(60)).await });
+        }
         let outcome = rt.block_on(async {
             tokio::select! {
                 r = tokio::time::timeout(limit, storm(ctx.clone(), args.nodes, args.concurrency, &b)) => {
@@ -252,25 +295,63 @@ fn run(args: cli::Args) -> Result<bool> {
         });
         let wall = t1.elapsed().as_secs_f64();
         b.finish_and_clear();
-        let after: Vec<_> = servers.iter().map(|s| procstat::usage(s.pid)).collect();
+        let killed = |k: usize| {
+            kill.as_ref()
+                .is_some_and(|x| x.server == k && x.at.get().is_some())
+        };
+        // A killed server's figures stay those of the storm's start.
+        let after: Vec<_> = servers
+            .iter()
+            .enumerate()
+            .map(|(k, s)| match killed(k) {
+                true => Ok(before[k]),
+                false => procstat::usage(s.pid),
+            })
+            .collect();
         let own = procstat::own_cpu_secs() - own0;
-        let alive: Vec<bool> = servers.iter_mut().map(|s| s.alive()).collect();
+        let alive: Vec<bool> = servers
+            .iter_mut()
+            .enumerate()
+            .map(|(k, s)| killed(k) || s.alive())
+            .collect();
         let time_limit_hit = outcome?;
         let after = after.into_iter().collect::<Result<Vec<_>>>()?;
-        let stopped: Vec<_> = servers.iter_mut().map(|s| s.stop()).collect();
+        let stopped: Vec<_> = servers
+            .iter_mut()
+            .enumerate()
+            .map(|(k, s)| match killed(k) {
+                true => s.reap_killed(),
+                false => s.stop(),
+            })
+            .collect();
+        drop(keepalived);
         let totals = ctx.stats.totals(|t| *t);
         let phases = ctx.stats.report(&Phase::BOOT);
         let commands = ctx.stats.report(&Phase::COMMANDS);
         let errors = phases.iter().chain(&commands).map(|p| p.errors).sum();
+        // What the nodes did at the killed server's floating address after
+        // the kill went to the survivor that holds it.
+        let holder = kill.as_ref().and_then(|k| k.moved.get().map(|(h, _)| *h));
         let server_infos = servers
             .iter()
+            .enumerate()
             .zip(before.iter().zip(&after))
-            .map(|(s, (b, a))| ServerInfo {
+            .map(|((k, s), (b, a))| ServerInfo {
                 id: s.id.clone(),
                 address: s.ip.to_string(),
                 pid: s.pid,
                 nodes_placed: placed.get(&s.id).copied().unwrap_or(0),
-                counts: ctx.stats.server(s.ip, |c| *c),
+                counts: {
+                    let mut c = ctx.stats.server(s.ip, |c| *c);
+                    if holder == Some(k) {
+                        let t = ctx.stats.server(std::net::Ipv4Addr::UNSPECIFIED, |c| *c);
+                        c.sessions += t.sessions;
+                        c.resumed += t.resumed;
+                    }
+                    c
+                },
+                floating_ip: floating.then(|| takeover::floating_ip(k).to_string()),
+                killed: killed(k),
                 peak_rss_bytes: a.peak_rss_bytes,
                 peak_rss_before_bytes: b.peak_rss_bytes,
                 cpu_secs: a.cpu_secs - b.cpu_secs,
@@ -310,6 +391,9 @@ fn run(args: cli::Args) -> Result<bool> {
             dhcp_pool: pool.clone(),
             dhcp_pool_size: pool_size,
             bootd_log: log.display().to_string(),
+            takeover: kill
+                .as_ref()
+                .map(|k| k.report(ctx.stats.takeover(|t| t.clone()), t1, &ids)),
         };
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
@@ -317,6 +401,13 @@ fn run(args: cli::Args) -> Result<bool> {
             print!("{}", report.text());
         }
         let mut clean = report.ok();
+        if let Some(k) = kill.as_ref().filter(|k| k.at.get().is_none()) {
+            clean = false;
+            eprintln!(
+                "bootd-storm: {} was never killed ({} logins wanted)",
+                k.id, k.after_logins
+            );
+        }
         for ((s, alive), stopped) in servers.iter().zip(&alive).zip(&stopped) {
             if !alive {
                 clean = false;

@@ -5,6 +5,7 @@ use crate::dhcp::{Dhcp, Lease};
 use crate::iscsi::{Identity, Session};
 use crate::setup::mac;
 use crate::stats::{Phase, Stats};
+use crate::takeover::Kill;
 use crate::trace::{Op, Plan, SECTOR};
 use crate::{http, tftp};
 use anyhow::{bail, Context, Result};
@@ -22,6 +23,10 @@ const BLKSIZE: u16 = 1428;
 const LOGIN_TRIES: u32 = 3;
 /// GET attempts per script.
 const HTTP_TRIES: u32 = 3;
+/// Boots a node starts from DHCP again when the server it was booting
+/// from died under it (a PXE ROM or iPXE retrying, or the machine's
+/// firmware going round its boot order again).
+const BOOT_TRIES: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Verify {
@@ -53,36 +58,117 @@ pub struct Ctx {
     pub pace: bool,
     pub seed: u64,
     pub stats: Stats,
+    /// `--kill-server`: the server killed mid-storm.
+    pub kill: Option<Arc<Kill>>,
+    /// Each server's floating address (`--floating`), by index.
+    pub floating: Vec<Ipv4Addr>,
 }
 
-/// Runs `f` up to the phase's end, timing it; its error is the node's.
+/// Why a phase stopped the boot.
+#[derive(Debug)]
+pub enum Stop {
+    /// The node gave up (counted as a failure).
+    Failed,
+    /// The server the phase depended on was killed: start the boot over
+    /// (counted as a retry of the kill's).
+    Restart,
+}
+
+impl Ctx {
+    /// Whether `ip` is the killed server's and the kill has happened.
+    pub fn killed(&self, ip: Option<Ipv4Addr>) -> bool {
+        match (&self.kill, ip) {
+            (Some(k), Some(ip)) => k.involves(ip),
+            _ => false,
+        }
+    }
+
+    /// A retry: the kill's doing when it was talking to the dead server,
+    /// else an error.
+    fn retried(&self, p: Phase, at: Option<Ipv4Addr>, msg: String) {
+        if self.killed(at) {
+            self.stats.takeover(|t| t.retry(p, msg));
+        } else {
+            self.stats.error(p, msg);
+        }
+    }
+
+    /// The key a session at `ip` is counted under: server k's own address
+    /// for its own or floating address; [`Ipv4Addr::UNSPECIFIED`] for the
+    /// killed server's floating address after the kill (whoever holds it
+    /// now: the report credits the survivor keepalived gave it to).
+    pub fn server_key(&self, ip: Ipv4Addr) -> Ipv4Addr {
+        if let Some(k) = &self.kill {
+            if k.at.get().is_some() && ip == k.vip {
+                return Ipv4Addr::UNSPECIFIED;
+            }
+        }
+        match self.floating.iter().position(|v| *v == ip) {
+            Some(k) => self.servers[k],
+            None => ip,
+        }
+    }
+}
+
+/// Runs `f` up to the phase's end, timing it; its error is the node's,
+/// unless the server at `at` was killed: then the boot starts over.
 async fn phase<T>(
     ctx: &Ctx,
     p: Phase,
+    at: Option<Ipv4Addr>,
     f: impl std::future::Future<Output = Result<T>>,
-) -> Result<T, ()> {
+) -> Result<T, Stop> {
     let t0 = Instant::now();
     match f.await {
         Ok(v) => {
             ctx.stats.ok(p, t0.elapsed());
             Ok(v)
         }
+        Err(e) if ctx.killed(at) => {
+            ctx.stats
+                .takeover(|t| t.retry(p, format!("{e:#} (boot started over)")));
+            Err(Stop::Restart)
+        }
         Err(e) => {
             ctx.stats.fail(p, format!("{e:#}"));
+            Err(Stop::Failed)
+        }
+    }
+}
+
+/// The whole boot of node `i`. `Err` once a phase gave up (already
+/// counted). A boot whose server was killed under it starts over.
+pub async fn boot(ctx: Arc<Ctx>, i: usize) -> Result<(), ()> {
+    for _ in 1..BOOT_TRIES {
+        match boot_once(&ctx, i).await {
+            Err(Stop::Restart) => {
+                ctx.stats.takeover(|t| t.boot_restarts += 1);
+                // The firmware's pause before it tries again.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r.map_err(|_| ()),
+        }
+    }
+    match boot_once(&ctx, i).await {
+        Ok(()) => Ok(()),
+        Err(Stop::Failed) => Err(()),
+        Err(Stop::Restart) => {
+            ctx.stats.fail(
+                Phase::DhcpPxe,
+                format!("boot started over {BOOT_TRIES} times"),
+            );
             Err(())
         }
     }
 }
 
-/// The whole boot of node `i`. `Err` once a phase gave up (already counted).
-pub async fn boot(ctx: Arc<Ctx>, i: usize) -> Result<(), ()> {
-    let c = &*ctx;
+async fn boot_once(c: &Ctx, i: usize) -> Result<(), Stop> {
     let m = mac(i);
-    let retry = |p: Phase| move |msg: String| c.stats.error(p, msg);
+    let mut retry = |msg: String, at: Option<Ipv4Addr>| c.retried(Phase::DhcpPxe, at, msg);
 
     // 1. The PXE ROM: DORA, expecting the iPXE binary over TFTP.
-    let lease = phase(c, Phase::DhcpPxe, async {
-        let l = c.dhcp.dora(m, false, &mut retry(Phase::DhcpPxe)).await?;
+    let lease = phase(c, Phase::DhcpPxe, None, async {
+        let l = c.dhcp.dora(m, false, &mut retry).await?;
         if l.boot_file != c.ipxe_name {
             bail!("boot file {:?}, expected {:?}", l.boot_file, c.ipxe_name);
         }
@@ -98,7 +184,7 @@ pub async fn boot(ctx: Arc<Ctx>, i: usize) -> Result<(), ()> {
     .await?;
     if let Err(e) = c.hold(i, &lease) {
         c.stats.fail(Phase::DhcpPxe, format!("{e:#}"));
-        return Err(());
+        return Err(Stop::Failed);
     }
     c.stats.server(lease.server_id, |s| s.dhcp_acks += 1);
 
@@ -137,10 +223,10 @@ impl Ctx {
 }
 
 /// Everything after the first lease.
-async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(), ()> {
-    let retry = |p: Phase| move |msg: String| c.stats.error(p, msg);
+async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(), Stop> {
+    let by = Some(lease.server_id);
     // 2. The ROM fetches iPXE.
-    let got = phase(c, Phase::Tftp, async {
+    let got = phase(c, Phase::Tftp, Some(lease.next_server), async {
         let tftp = SocketAddr::new(lease.next_server.into(), c.tftp_port);
         tftp::fetch(
             lease.ip,
@@ -148,7 +234,7 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
             &lease.boot_file,
             BLKSIZE,
             &c.ipxe_bytes,
-            &mut retry(Phase::Tftp),
+            &mut |msg| c.retried(Phase::Tftp, Some(lease.next_server), msg),
         )
         .await
     })
@@ -156,8 +242,11 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     c.stats.totals(|t| t.tftp_bytes += got);
 
     // 3. iPXE: DORA again, now expecting the script URL.
-    let ipxe_lease = phase(c, Phase::DhcpIpxe, async {
-        let l = c.dhcp.dora(m, true, &mut retry(Phase::DhcpIpxe)).await?;
+    // The ROM's lease came from `by`: if it died, so did the lease's
+    // server, and the node starts over.
+    let ipxe_lease = phase(c, Phase::DhcpIpxe, by, async {
+        let mut retry = |msg: String, at: Option<Ipv4Addr>| c.retried(Phase::DhcpIpxe, at, msg);
+        let l = c.dhcp.dora(m, true, &mut retry).await?;
         let want = format!("http://{}:{}/boot.ipxe", l.server_id, c.http_port);
         if l.boot_file != want {
             bail!("boot file {:?}, expected {want:?}", l.boot_file);
@@ -170,7 +259,7 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     .await?;
 
     // 4. iPXE's scripts: /boot.ipxe, then the node's own.
-    let script = phase(c, Phase::Http, async {
+    let script = phase(c, Phase::Http, Some(ipxe_lease.server_id), async {
         let (addr, path) = http::parse_url(&ipxe_lease.boot_file)?;
         let chain = get_retrying(c, lease.ip, addr, &path).await?;
         let (addr, path) = http::parse_url(&http::chain_url(&chain, m)?)?;
@@ -181,18 +270,24 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     .await?;
 
     // 5. iSCSI: login (CHAP) as the node's initiator, disk ready.
-    let mut session = phase(c, Phase::IscsiLogin, async {
+    let mut session = phase(c, Phase::IscsiLogin, None, async {
         let n = i as u32;
         let id = Identity {
             local: lease.ip,
             portal: c.login_portal(i, script.portal),
-            initiator: &script.initiator_iqn,
-            target: &script.target_iqn,
-            user: &script.username,
-            secret: &script.password,
+            initiator: script.initiator_iqn.clone(),
+            target: script.target_iqn.clone(),
+            user: script.username.clone(),
+            secret: script.password.clone(),
             isid: [0x80, 0x00, 0x02, (n >> 16) as u8, (n >> 8) as u8, n as u8],
         };
         let mut tries = 0;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(250);
+        let portal_ip = match id.portal.ip() {
+            std::net::IpAddr::V4(v) => Some(v),
+            _ => None,
+        };
         loop {
             let attempt = async {
                 let (mut s, hops) = Session::login_following(&id).await?;
@@ -202,10 +297,17 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
             match attempt.await {
                 Ok((s, hops)) => {
                     if let std::net::IpAddr::V4(at) = s.portal.ip() {
-                        c.stats.server(at, |v| v.sessions += 1);
+                        c.stats.server(c.server_key(at), |v| v.sessions += 1);
+                    }
+                    if let Some(k) = &c.kill {
+                        k.login();
                     }
                     c.stats.totals(|t| t.redirects += u64::from(hops));
-                    if s.portal.ip() != script.portal.ip() {
+                    if c.killed(portal_ip) && hops > 0 {
+                        // The floating address's holder sent it on to
+                        // the server that took the node.
+                        c.stats.takeover(|t| t.redirected_relogins += 1);
+                    } else if s.portal.ip() != script.portal.ip() {
                         bail!(
                             "session on {}, the script's portal is {}",
                             s.portal,
@@ -213,6 +315,21 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
                         );
                     }
                     break Ok(s);
+                }
+                // The script's portal is the dead server's floating
+                // address: a real initiator keeps trying it (keepalived
+                // moves it, a survivor takes the node).
+                Err(e)
+                    if c.killed(portal_ip)
+                        && started.elapsed() < crate::iscsi::REPLACEMENT_TIMEOUT =>
+                {
+                    let msg = format!("{e:#} (retried)");
+                    match misdirected(&msg) {
+                        true => c.stats.error(Phase::IscsiLogin, msg),
+                        false => c.stats.takeover(|t| t.retry(Phase::IscsiLogin, msg)),
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Err(e) if tries + 1 < LOGIN_TRIES => {
                     tries += 1;
@@ -226,14 +343,82 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
     .await?;
 
     // 6. The boot's I/O, then logout (the OS shutting the disk down).
-    phase(c, Phase::Io, replay(c, i, &mut session)).await?;
-    phase(c, Phase::Logout, session.logout()).await?;
+    let io = phase(c, Phase::Io, None, replay(c, i, &mut session)).await;
+    let seen = outages(c, &session, 0);
+    io?;
+    let out = phase(c, Phase::Logout, None, session.logout()).await;
+    outages(c, &session, seen);
+    out?;
 
     // 7. The address goes back to the pool.
     c.unhold(i, ipxe_lease.ip);
-    phase(c, Phase::Release, c.dhcp.release(m, &ipxe_lease)).await?;
+    phase(c, Phase::Release, None, c.dhcp.release(m, &ipxe_lease)).await?;
     c.stats.totals(|t| t.nodes_done += 1);
     Ok(())
+}
+
+/// Counts the session's drops from `from` on: one at the killed server is
+/// the kill's (the node's wait until its I/O was served again, the
+/// survivor that served it); any other is an error (recovered). Returns
+/// how many it has seen.
+fn outages(c: &Ctx, s: &Session, from: usize) -> usize {
+    let mut dropped_here = from > 0 && s.outages[..from].iter().any(|o| c.killed(ip4(o.portal)));
+    for o in s.outages.iter().skip(from) {
+        let at = ip4(o.portal);
+        if !c.killed(at) {
+            c.stats.error(
+                Phase::Io,
+                format!("connection lost: {} (logged in again)", o.error),
+            );
+            continue;
+        }
+        let kill_at = c.kill.as_ref().and_then(|k| k.at.get().copied());
+        for f in o.failures.iter().filter(|f| misdirected(f)) {
+            c.stats.error(Phase::Io, format!("re-login: {f}"));
+        }
+        c.stats.takeover(|t| {
+            for f in o.failures.iter().filter(|f| !misdirected(f)) {
+                t.retry(Phase::Io, format!("re-login: {f}"));
+            }
+            // Failed attempts beyond the few texts kept.
+            let more =
+                u64::from(o.attempts.saturating_sub(1)).saturating_sub(o.failures.len() as u64);
+            *t.retries.entry(Phase::Io.name()).or_default() += more;
+            if o.hops > 0 {
+                t.redirected_relogins += 1;
+            }
+            if !dropped_here {
+                t.sessions_dropped += 1;
+                if let (Some((back, _)), Some(k)) = (o.back, kill_at) {
+                    t.resumed_ms
+                        .push(back.saturating_duration_since(k).as_secs_f64() * 1000.0);
+                }
+            }
+        });
+        if !dropped_here {
+            if let Some((_, where_)) = o.back {
+                if let Some(ip) = ip4(where_) {
+                    c.stats.server(c.server_key(ip), |v| v.resumed += 1);
+                }
+            }
+        }
+        dropped_here = true;
+    }
+    s.outages.len()
+}
+
+/// A login failure that is bootd's fault even after a kill: redirected
+/// back to the address it came in at. (A few redirects back and forth
+/// while the survivors settle who takes a dead server's node are retried.)
+fn misdirected(msg: &str) -> bool {
+    msg.contains("the address it logged in at")
+}
+
+fn ip4(a: SocketAddr) -> Option<Ipv4Addr> {
+    match a.ip() {
+        std::net::IpAddr::V4(v) => Some(v),
+        _ => None,
+    }
 }
 
 impl Ctx {
@@ -257,7 +442,7 @@ async fn get_retrying(c: &Ctx, local: Ipv4Addr, addr: SocketAddr, path: &str) ->
             Ok(body) => return Ok(body),
             Err(e) if tries + 1 < HTTP_TRIES => {
                 tries += 1;
-                c.stats.error(Phase::Http, format!("{e:#} (retried)"));
+                c.retried(Phase::Http, ip4(addr), format!("{e:#} (retried)"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e),

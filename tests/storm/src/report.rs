@@ -35,6 +35,11 @@ pub struct ServerInfo {
     pub cpu_secs: f64,
     /// bootd's utime + stime since it started.
     pub cpu_secs_total: f64,
+    /// Its floating portal address (`--floating`).
+    pub floating_ip: Option<String>,
+    /// The storm SIGKILLed it (its memory and CPU figures are from the
+    /// storm's start).
+    pub killed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +75,8 @@ pub struct Report {
     pub dhcp_pool_size: usize,
     /// Server 1's log (the others' beside it, `.sK`).
     pub bootd_log: String,
+    /// `--kill-server`: what the kill cost.
+    pub takeover: Option<crate::takeover::TakeoverReport>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -150,13 +157,14 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  {:<6} {:<12} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9}",
+            "  {:<6} {:<12} {:>7} {:>7} {:>7} {:>8} {:>7} {:>10} {:>10} {:>9}",
             "server",
             "address",
             "placed",
             "leases",
             "scripts",
             "sessions",
+            "resumed",
             "peak MiB",
             "before MiB",
             "CPU s"
@@ -164,17 +172,50 @@ impl Report {
         for s in &self.servers {
             let _ = writeln!(
                 o,
-                "  {:<6} {:<12} {:>7} {:>7} {:>7} {:>8} {:>10.1} {:>10.1} {:>9.1}",
+                "  {:<6} {:<12} {:>7} {:>7} {:>7} {:>8} {:>7} {:>10.1} {:>10.1} {:>9.1}{}",
                 s.id,
                 s.address,
                 s.nodes_placed,
                 s.counts.dhcp_acks,
                 s.counts.scripts,
                 s.counts.sessions,
+                s.counts.resumed,
                 s.peak_rss_bytes as f64 / MIB,
                 s.peak_rss_before_bytes as f64 / MIB,
-                s.cpu_secs
+                s.cpu_secs,
+                match (&s.floating_ip, s.killed) {
+                    (Some(f), true) => format!("  floating {f}, KILLED"),
+                    (Some(f), false) => format!("  floating {f}"),
+                    (None, true) => "  KILLED".to_string(),
+                    (None, false) => String::new(),
+                }
             );
+        }
+        if let Some(t) = &self.takeover {
+            let _ = writeln!(
+                o,
+                "kill: {} ({}, floating {}) SIGKILLed {:.1} s into the storm after {} logins; its address on {} {} ms later",
+                t.killed_server,
+                t.killed_address,
+                t.floating_ip,
+                t.kill_at_secs,
+                t.logins_before_kill,
+                t.address_moved_to.as_deref().unwrap_or("no survivor"),
+                t.address_moved_after_ms.map_or("-".to_string(), |m| format!("{m:.0}"))
+            );
+            let _ = writeln!(
+                o,
+                "  {} sessions dropped, {} served again: kill to first I/O served p50 {:.0} ms, max {:.0} ms",
+                t.sessions_dropped, t.resumed, t.resume_p50_ms, t.resume_max_ms
+            );
+            let _ = writeln!(
+                o,
+                "  {} retries (not errors) {:?}; {} boots started over; {} logins redirected by the address's new holder",
+                t.retries, t.retries_by_phase, t.boot_restarts, t.redirected_relogins
+            );
+            for (msg, n) in &t.retry_samples {
+                let _ = writeln!(o, "  retried: {msg} (x{n})");
+            }
         }
         let _ = writeln!(
             o,

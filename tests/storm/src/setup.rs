@@ -183,7 +183,14 @@ pub struct ServeOptions<'a> {
 impl Server {
     /// `bootd serve --server-id ID --dhcp full` inside `ns`, stderr to
     /// `log`; returns once the ready lines are printed.
-    pub fn start(ns: &ServerNs, id: &str, log_path: &Path, o: &ServeOptions) -> Result<Self> {
+    /// `floating`: its `--floating-ip` list, if any.
+    pub fn start(
+        ns: &ServerNs,
+        id: &str,
+        log_path: &Path,
+        o: &ServeOptions,
+        floating: Option<&str>,
+    ) -> Result<Self> {
         let log = std::fs::File::create(log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let b = o.bootd;
@@ -210,6 +217,7 @@ impl Server {
             .args(["--script-access", "bound"])
             .arg("--tftp-dir")
             .arg(o.tftp_dir)
+            .args(floating.map(|f| ["--floating-ip", f]).into_iter().flatten())
             .env("BOOTD_LOG", o.log_level)
             .args(
                 o.record_io
@@ -276,6 +284,19 @@ impl Server {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Reaps a server the storm SIGKILLed; an error if it died otherwise.
+    pub fn reap_killed(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        use std::os::unix::process::ExitStatusExt;
+        let status = child.wait()?;
+        if status.signal() != Some(libc::SIGKILL) {
+            bail!("bootd serve exited with {status}, not by the storm's SIGKILL");
+        }
+        Ok(())
     }
 
     /// SIGTERM, then SIGKILL if it does not exit in time.

@@ -72,6 +72,53 @@ pub struct Stats {
     phases: Mutex<BTreeMap<Phase, PhaseData>>,
     totals: Mutex<Totals>,
     servers: Mutex<BTreeMap<Ipv4Addr, ServerCounts>>,
+    takeover: Mutex<Takeover>,
+}
+
+/// What the kill of a server (`--kill-server`) cost the nodes: failures
+/// talking to the dead server, each retried as real firmware or a real
+/// initiator would (counted here, not as errors), and how long the nodes
+/// whose session it held waited for their I/O.
+#[derive(Default, Debug, Clone, Serialize)]
+pub struct Takeover {
+    /// Retries per phase (a DHCP retransmission, a phase started over, a
+    /// re-login attempt).
+    pub retries: BTreeMap<&'static str, u64>,
+    /// Up to ten distinct retry texts with their counts.
+    pub retry_samples: BTreeMap<String, u64>,
+    /// Nodes that started their boot over from DHCP (the firmware's retry).
+    pub boot_restarts: u64,
+    /// Nodes whose iSCSI connection the kill dropped.
+    pub sessions_dropped: u64,
+    /// Of those, how long from the kill to their first command served
+    /// again, in ms.
+    pub resumed_ms: Vec<f64>,
+    /// Re-logins after a drop that the server reached sent elsewhere.
+    pub redirected_relogins: u64,
+}
+
+impl Takeover {
+    pub fn retry(&mut self, phase: Phase, msg: String) {
+        *self.retries.entry(phase.name()).or_default() += 1;
+        // One text for every node: without the node's own address.
+        let msg = match msg.find(" from 198.19.") {
+            Some(at) => {
+                let rest = &msg[at + 6..];
+                let end = rest.find(|c: char| c != '.' && !c.is_ascii_digit());
+                format!(
+                    "{} from a node{}",
+                    &msg[..at],
+                    end.map_or("", |e| &rest[e..])
+                )
+            }
+            None => msg,
+        };
+        if let Some(n) = self.retry_samples.get_mut(&msg) {
+            *n += 1;
+        } else if self.retry_samples.len() < MAX_MESSAGES {
+            self.retry_samples.insert(msg, 1);
+        }
+    }
 }
 
 /// What one server did for the nodes, as the nodes saw it.
@@ -83,6 +130,9 @@ pub struct ServerCounts {
     pub scripts: u64,
     /// iSCSI sessions that ran on it (after any redirect).
     pub sessions: u64,
+    /// Sessions of the killed server's nodes that came back on it (at the
+    /// floating address it took over, or redirected to it).
+    pub resumed: u64,
 }
 
 #[derive(Default, Clone, Copy, Serialize)]
@@ -157,6 +207,10 @@ impl Stats {
     pub fn server<R>(&self, at: Ipv4Addr, f: impl FnOnce(&mut ServerCounts) -> R) -> R {
         let mut s = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         f(s.entry(at).or_default())
+    }
+
+    pub fn takeover<R>(&self, f: impl FnOnce(&mut Takeover) -> R) -> R {
+        f(&mut self.takeover.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn totals<R>(&self, f: impl FnOnce(&mut Totals) -> R) -> R {

@@ -303,11 +303,22 @@ async fn after_lease(c: &Ctx, i: usize, m: [u8; 6], lease: &Lease) -> Result<(),
                         k.login();
                     }
                     c.stats.totals(|t| t.redirects += u64::from(hops));
-                    if c.killed(portal_ip) && hops > 0 {
-                        // The floating address's holder sent it on to
-                        // the server that took the node.
+                    let v4 = |ip: std::net::IpAddr| match ip {
+                        std::net::IpAddr::V4(v) => Some(v),
+                        _ => None,
+                    };
+                    let at = v4(s.portal.ip());
+                    let server = |ip: Option<Ipv4Addr>| ip.map(|v| c.server_key(v));
+                    let after_kill = c.kill.as_ref().is_some_and(|k| k.at.get().is_some());
+                    if (c.killed(portal_ip) || c.killed(at) || after_kill) && hops > 0 {
+                        // After the kill, nodes move to their new owners:
+                        // a login redirected to the registry's owner (it may
+                        // have claimed the node behind the dead server's
+                        // floating address) is the takeover at work.
                         c.stats.takeover(|t| t.redirected_relogins += 1);
-                    } else if s.portal.ip() != script.portal.ip() {
+                    } else if server(at) != server(v4(script.portal.ip())) {
+                        // The same server at its own or its floating
+                        // address is the script's portal all the same.
                         bail!(
                             "session on {}, the script's portal is {}",
                             s.portal,

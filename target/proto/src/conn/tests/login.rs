@@ -72,15 +72,12 @@ fn login_failures_have_the_right_status() -> Result<(), ConnError> {
     Ok(())
 }
 
-/// A target about to be served here (a takeover under way): the first login
-/// PDU is answered "service unavailable" (0x0301, a target error initiators
-/// retry), with no text, and the connection closes; nothing is negotiated.
-#[test]
-fn a_coming_target_is_answered_service_unavailable() -> Result<(), ConnError> {
-    let mut h = Harness::new(Some(creds(false)));
+/// The bytes of a first Login request for `target` from "iqn.i", offering
+/// CHAP or none, straight to the operational stage.
+fn first_login(target: &str) -> BytesMut {
     let mut p = Pairs::default();
     p.push("InitiatorName", "iqn.i");
-    p.push("TargetName", "iqn.coming");
+    p.push("TargetName", target);
     p.push("AuthMethod", "CHAP,None");
     let mut buf = BytesMut::new();
     Request::Login(LoginRequest {
@@ -99,6 +96,16 @@ fn a_coming_target_is_answered_service_unavailable() -> Result<(), ConnError> {
         data: p.encode(),
     })
     .encode(&mut buf, Digests::default());
+    buf
+}
+
+/// A target about to be served here (a takeover under way): the first login
+/// PDU is answered "service unavailable" (0x0301, a target error initiators
+/// retry), with no text, and the connection closes; nothing is negotiated.
+#[test]
+fn a_coming_target_is_answered_service_unavailable() -> Result<(), ConnError> {
+    let mut h = Harness::new(Some(creds(false)));
+    let mut buf = first_login("iqn.coming");
     let e = h.conn.handle_input(&mut buf, &h.dir, h.now);
     assert!(
         matches!(e, Err(ConnError::Login(LoginError::Unavailable { ref target })) if target == "iqn.coming"),
@@ -123,27 +130,7 @@ fn a_moved_target_is_answered_with_a_redirect() -> Result<(), ConnError> {
         ("iqn.moved6", "[2001:db8::7]:3262,1"),
     ] {
         let mut h = Harness::new(Some(creds(false)));
-        let mut p = Pairs::default();
-        p.push("InitiatorName", "iqn.i");
-        p.push("TargetName", target);
-        p.push("AuthMethod", "CHAP,None");
-        let mut buf = BytesMut::new();
-        Request::Login(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: 0,
-            nsg: 1,
-            version_max: 0,
-            version_min: 0,
-            isid: [0x80, 0, 0, 0, 0, 9],
-            tsih: 0,
-            itt: 7,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            data: p.encode(),
-        })
-        .encode(&mut buf, Digests::default());
+        let mut buf = first_login(target);
         let e = h.conn.handle_input(&mut buf, &h.dir, h.now);
         assert!(
             matches!(e, Err(ConnError::Login(LoginError::Moved { .. }))),
